@@ -1,0 +1,246 @@
+"""Information flow from the context to the point of generation, with and without the transition.
+
+For one document (the built-in sample by default, or ``--text`` / ``--xsum --index``), the
+paper's summarisation prompt is run once per condition (baseline, the transition, and the
+placebo control whenever the paper version runs) with a ``FlowProbe`` attached after the
+transition's hooks, so the probe sees the pattern the model actually uses. Optionally each
+context region is knocked out in bands of layers to measure causal transfer.
+
+Outputs in ``--out`` (default ``out/flow``): ``flow.json`` (every number, the arguments and
+versions), and PNG figures each with the CSV of the data it plots: ``final_token_profile``,
+``region_mass`` (baseline) and ``region_mass_diff`` (transition - baseline), ``layer_measures``,
+``rollout``, ``knockout``. A summary table is printed.
+
+Usage:
+    python analyses/flow.py                              # tiny model, sample document, baseline vs paper
+    python analyses/flow.py --xsum ../shared/data/xsum-at-release/token_1900_evaluation.json.gz --index 3
+    python analyses/flow.py --model huggyllama/llama-7b --text doc.txt --transition both --out out/llama
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import at_probe
+from at_probe import ops
+from at_probe.knockout import knockout_sweep
+from at_probe.loading import SAMPLE_DOCUMENT, load_model
+from at_probe.probe import FlowProbe, FlowResult
+from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
+from at_probe.xsum import PROMPT_SUFFIX, load_records
+
+SAMPLE_SUMMARY = SAMPLE_DOCUMENT.with_name("sample_summary.txt")
+
+
+class UsageError(Exception):
+    """A problem with the command line or the input files (exit code 2, one line)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", help="'tiny', a local HF Llama directory, or a hub id")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", type=Path, help="a UTF-8 text file with the document")
+    src.add_argument("--xsum", type=Path, help="an XSum release file (.json or .json.gz)")
+    p.add_argument("--index", type=int, default=0, help="record index in --xsum (default 0)")
+    p.add_argument("--regions", type=int, default=16, help="context regions besides the sink (default 16)")
+    p.add_argument("--transition", choices=("none", "paper", "sra", "both"), default="paper")
+    p.add_argument("--alpha", type=float, default=1.0, help="paper: threshold factor (default 1.0)")
+    p.add_argument("--beta", type=float, default=0.5, help="paper: share of freed mass moved (default 0.5)")
+    p.add_argument("--k", type=int, default=2, help="paper: intervals per layer (default 2)")
+    p.add_argument("--no-placebo", action="store_true", help="skip the placebo control of the paper version")
+    p.add_argument("--sra-begin-length", type=int, default=100)
+    p.add_argument("--sra-threshold-len", type=int, default=200)
+    p.add_argument("--sra-elimi-inter", type=float, default=0.5)
+    p.add_argument("--sra-elimi-outer", type=float, default=0.3)
+    p.add_argument("--sra-strengthen-inter", type=float, default=4.0)
+    p.add_argument("--sra-strengthen-outer", type=float, default=4.0)
+    p.add_argument("--knockout", type=int, default=2, metavar="BAND",
+                   help="knock out each region in bands of BAND layers (default 2; 0 disables)")
+    p.add_argument("--out", type=Path, default=Path("out/flow"))
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="placebo seed (default 0)")
+    return p.parse_args(argv)
+
+
+def read_document(args: argparse.Namespace) -> tuple[str, str | None, str]:
+    """(document, reference summary or None, description)."""
+    if args.text is not None:
+        if not args.text.is_file():
+            raise UsageError(f"no such text file: {args.text}")
+        return args.text.read_text(encoding="utf-8"), None, str(args.text)
+    if args.xsum is not None:
+        try:
+            records = load_records(args.xsum)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(str(err)) from None
+        if not 0 <= args.index < len(records):
+            raise UsageError(f"--index {args.index} is outside 0..{len(records) - 1} for {args.xsum}")
+        rec = records[args.index]
+        return rec["document"], rec.get("summary"), f"{args.xsum}#{args.index} (id {rec['id']})"
+    return SAMPLE_DOCUMENT.read_text(), SAMPLE_SUMMARY.read_text().strip(), "built-in sample document"
+
+
+def prompt_tokens(model: Any, document: str, reference: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The paper's prompt as ``[1, T]`` tokens, truncated (with a notice) to fit the context."""
+    tok = model.tokenizer
+    suffix = tok(PROMPT_SUFFIX, add_special_tokens=False)["input_ids"]
+    doc = tok(document, add_special_tokens=True)["input_ids"]
+    ref = tok(" " + reference, add_special_tokens=False)["input_ids"] if reference else []
+    room = int(model.cfg.n_ctx) - len(suffix) - len(ref)
+    if len(doc) > room:
+        print(f"notice: document has {len(doc)} tokens; truncated to {room} to fit the model's "
+              f"context of {model.cfg.n_ctx} tokens (prompt suffix and reference kept)")
+        doc = doc[:room]
+    device = model.cfg.device
+    prompt = torch.tensor([doc + suffix], device=device)
+    return prompt, (torch.tensor([ref], device=device) if ref else None)
+
+
+def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
+    """Condition name -> transition object (None for the baseline)."""
+    conds: dict[str, Any] = {"baseline": None}
+    if args.transition in ("paper", "both"):
+        conds["paper"] = PaperTransition(alpha=args.alpha, beta=args.beta, intervals_per_layer=args.k)
+        if not args.no_placebo:
+            conds["placebo"] = PlaceboTransition(alpha=args.alpha, beta=args.beta, intervals_per_layer=args.k,
+                                                 seed=args.seed)
+    if args.transition in ("sra", "both"):
+        conds["sra"] = SRATransition(
+            begin_length=args.sra_begin_length, threshold_len=args.sra_threshold_len,
+            elimi_factor_inter=args.sra_elimi_inter, elimi_factor_outer=args.sra_elimi_outer,
+            strengthen_factor_inter=args.sra_strengthen_inter, strengthen_factor_outer=args.sra_strengthen_outer,
+        )
+    return conds
+
+
+def probe_condition(model: Any, prompt: torch.Tensor, transition: Any, regions: int) -> tuple[FlowResult, Any]:
+    """One prefill pass with the transition (if any) and the probe after it."""
+    probe = FlowProbe.for_model(model, regions=regions)
+    pairs = ([] if transition is None else transition.hooks(model)) + probe.hooks()
+    with torch.inference_mode():
+        model.run_with_hooks(prompt, fwd_hooks=pairs)
+    report = None if transition is None else transition.last_report()
+    return probe.result(), report
+
+
+def tidy_frames(results: dict[str, FlowResult], knock: dict[str, Any]) -> dict[str, Any]:
+    """The CSV data behind each figure (head means; differences vs baseline as conditions)."""
+    import pandas as pd
+
+    frames = {name: r.to_frame().assign(condition=name) for name, r in results.items()}
+    full = pd.concat(frames.values(), ignore_index=True)
+    head_mean = (full[full["head"] >= 0].groupby(["condition", "measure", "layer", "region", "from_region"],
+                                              dropna=False, sort=False)["value"].mean().reset_index())
+    profile = head_mean[head_mean.measure == "final_token_profile"][["condition", "layer", "region", "value"]]
+    base = profile[profile.condition == "baseline"].set_index(["layer", "region"])["value"]
+    diffs = []
+    for cond in results:
+        if cond == "baseline":
+            continue
+        d = profile[profile.condition == cond].set_index(["layer", "region"])["value"] - base
+        diffs.append(d.reset_index().assign(condition=f"{cond} - baseline"))
+    out = {"final_token_profile": pd.concat([profile, *diffs], ignore_index=True)}
+    mass = head_mean[head_mean.measure == "region_mass"][["condition", "layer", "from_region", "region", "value"]]
+    out["region_mass"] = mass[mass.condition == "baseline"]
+    treated = next((c for c in ("paper", "sra") if c in results), None)
+    if treated is not None:
+        keys = ["layer", "from_region", "region"]
+        d = (mass[mass.condition == treated].set_index(keys)["value"]
+             - mass[mass.condition == "baseline"].set_index(keys)["value"])
+        out["region_mass_diff"] = d.reset_index().assign(condition=f"{treated} - baseline")
+    out["layer_measures"] = (full[full.measure.isin(["sink_mass", "entropy", "distance"])]
+                             .groupby(["condition", "measure", "layer"], sort=False)["value"].mean().reset_index())
+    out["rollout"] = full[full.measure == "rollout"][["condition", "layer", "region", "value"]]
+    if knock:
+        rows = []
+        for cond, res in knock.items():
+            for metric, values in (("kl", res.kl), ("nll_delta", res.nll_delta)):
+                if values is None:
+                    continue
+                for i, (s, e) in enumerate(res.bands):
+                    for j, lab in enumerate(res.region_labels):
+                        rows.append({"condition": cond, "metric": metric, "band": f"{s}-{e - 1}",
+                                     "region": lab, "value": float(values[i, j])})
+        out["knockout"] = pd.DataFrame(rows)
+    return out
+
+
+def summary_table(results: dict[str, FlowResult], knock: dict[str, Any]) -> str:
+    lines = [f"{'condition':<10} {'sink':>6} {'entropy':>8} {'distance':>9} {'final->ctx':>11} "
+             f"{'rollout->1st half':>18} {'max KO KL':>10}"]
+    for name, r in results.items():
+        ctx = r.final_token_profile[-1].mean(0)[1:].sum().item()
+        half = r.rollout[-1][1 : 1 + (len(r.region_labels) - 1) // 2].sum().item() if r.rollout is not None else float("nan")
+        kl = knock[name].kl.max().item() if name in knock else float("nan")
+        lines.append(f"{name:<10} {r.sink_mass.mean():6.3f} {r.entropy.mean():8.3f} {r.distance.mean():9.1f} "
+                     f"{ctx:11.3f} {half:18.3f} {kl:10.4f}")
+    lines.append("sink/entropy/distance: mean over layers and heads; final->ctx: last layer's final-token "
+                 "mass on non-sink regions; KO: knockout")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        document, reference, source = read_document(args)
+        if args.regions < 1:
+            raise UsageError("--regions must be >= 1")
+        conditions = build_conditions(args)
+        model = load_model(args.model, device=args.device)
+    except (UsageError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"flow.py: error: {err}", file=sys.stderr)
+        return 2
+    from at_probe.plotting import PLOTS, save_figure
+
+    started = time.time()
+    prompt, ref_tokens = prompt_tokens(model, document, reference)
+    t = prompt.shape[1]
+    print(f"{source}: {t} prompt tokens, {len(conditions)} conditions, model {args.model}")
+    if t - 1 < args.regions:
+        print(f"flow.py: error: {t} tokens are too few for {args.regions} regions", file=sys.stderr)
+        return 2
+    results, reports, knock = {}, {}, {}
+    for name, tr in conditions.items():
+        results[name], reports[name] = probe_condition(model, prompt, tr, args.regions)
+        if args.knockout > 0 and name != "placebo":
+            knock[name] = knockout_sweep(model, prompt, results[name].region_bounds, band_size=args.knockout,
+                                         reference=ref_tokens, transition=tr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "versions": {"at_probe": at_probe.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "source": source,
+        "prompt_tokens": t,
+        "reference_tokens": None if ref_tokens is None else ref_tokens.shape[1],
+        "conditions": {
+            name: {"flow": results[name].to_dict(),
+                   "transition": None if tr is None else repr(tr),
+                   "report": None if reports[name] is None else {
+                       str(l): vars(r) for l, r in reports[name].layers.items()},
+                   "knockout": knock[name].to_dict() if name in knock else None}
+            for name, tr in conditions.items()
+        },
+        "seconds": round(time.time() - started, 1),
+    }
+    (args.out / "flow.json").write_text(json.dumps(record, indent=1, default=str))
+    (args.out / "args.json").write_text(json.dumps({"argv": sys.argv[1:] if argv is None else argv,
+                                                    **record["args"], **record["versions"]}, indent=1))
+    for name, frame in tidy_frames(results, knock).items():
+        save_figure(PLOTS[name](frame), args.out, name, frame)
+    print(summary_table(results, knock))
+    print(f"wrote {args.out}/flow.json and figures ({time.time() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""at_probe: probe and apply Attention Transition (arXiv 2307.13365) on Llama models.
+
+Built on TransformerLens' ``TransformerBridge``. See README.md for a tour.
+"""
+
+from at_probe.loading import TINY_MODEL_DIR, load_model
+from at_probe.transition import (
+    PaperTransition,
+    PlaceboTransition,
+    SRATransition,
+    dispense,
+    paper_schedule,
+    sra_layer,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TINY_MODEL_DIR",
+    "PaperTransition",
+    "PlaceboTransition",
+    "SRATransition",
+    "__version__",
+    "dispense",
+    "load_model",
+    "paper_schedule",
+    "sra_layer",
+]

@@ -1,0 +1,120 @@
+"""Loading Llama-family checkpoints as TransformerLens ``TransformerBridge`` models.
+
+``load_model("tiny")`` gives the embedded tiny Llama (``TINY_MODEL_DIR``); a local directory
+with an HF checkpoint or a hub id (e.g. ``huggyllama/llama-7b``, online or cached) loads the
+real thing. The result is TransformerLens' own object, unwrapped: ``to_tokens``, ``generate``,
+``hooks``, ``run_with_cache`` and hook names such as ``blocks.{l}.attn.hook_pattern`` are
+TransformerLens'.
+
+Example:
+    >>> import at_probe as ap
+    >>> model = ap.load_model("tiny")
+    >>> logits = model(model.to_tokens("The match ended in a draw."))
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "tiny-xsum"
+"""The embedded tiny Llama checkpoint (HF format, safetensors), loadable by ``from_pretrained``."""
+
+SAMPLE_DOCUMENT = Path(__file__).resolve().parent / "assets" / "sample_document.txt"
+"""A news-style sample document of our own writing (about 600 words) for demos and tests."""
+
+LLAMA_FAMILY = frozenset({"llama"})
+"""HF ``model_type`` values accepted (the transition and probe assume Llama attention)."""
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def load_model(
+    name_or_path: str | Path = "tiny",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> TransformerBridge:
+    """Load a Llama checkpoint as an eval-mode ``TransformerBridge``.
+
+    Weights come from safetensors; no remote code is run. The tokenizer pads on the left
+    (batched generation needs it) and gets a pad token if it has none.
+
+    Args:
+        name_or_path: ``"tiny"`` (the embedded model), a local checkpoint directory (config,
+            safetensors weights, tokenizer), or a hub id.
+        device: defaults to ``"cuda"`` when available, else ``"cpu"``.
+        dtype: defaults to float32 on CPU and to the checkpoint's dtype on a GPU.
+
+    Raises:
+        FileNotFoundError: a directory that does not exist or lacks ``config.json``.
+        ValueError: a config that is not Llama-family, or a checkpoint without a tokenizer.
+        OSError: a hub id that is neither cached nor reachable.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    source = _resolve_source(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except OSError as err:
+        raise OSError(f"cannot load a config for {name_or_path!r} (offline and not cached?): {err}") from err
+    if config.model_type not in LLAMA_FAMILY:
+        raise ValueError(
+            f"{name_or_path!r} is a {config.model_type!r} model; at_probe supports Llama-family "
+            f"checkpoints ({', '.join(sorted(LLAMA_FAMILY))})"
+        )
+    if isinstance(source, str) and Path(source).is_dir():
+        _require_tokenizer(Path(source))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or _default_dtype(config, device)
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, use_safetensors=True, attn_implementation="eager", trust_remote_code=False
+    )
+    bridge = TransformerBridge.boot_transformers(
+        str(source), hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=dtype
+    )
+    return bridge.eval()
+
+
+def _resolve_source(name_or_path: str | Path) -> str:
+    """``"tiny"`` -> the embedded directory; a path -> checked directory; else a hub id."""
+    if str(name_or_path) == "tiny":
+        return str(TINY_MODEL_DIR)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
+        return str(path)
+    if isinstance(name_or_path, Path) or not _HUB_ID.match(str(name_or_path)) or path.exists():
+        raise FileNotFoundError(f"no such model directory: {name_or_path}")
+    return str(name_or_path)
+
+
+def _require_tokenizer(path: Path) -> None:
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ValueError(
+            f"{path} has no tokenizer ({' or '.join(_TOKENIZER_FILES)}); save one with "
+            "tokenizer.save_pretrained(path)"
+        )
+
+
+def _default_dtype(config: object, device: torch.device) -> torch.dtype:
+    if device.type == "cpu":
+        return torch.float32  # bf16 on CPU is slow and lossy
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    return stored if isinstance(stored, torch.dtype) else torch.float16

@@ -1,0 +1,118 @@
+"""Flow reductions: pure tensor functions over attention patterns.
+
+Everything here takes tensors and returns new tensors (float32 inside), never a model, a
+hook or state. The probe (``at_probe.probe``) calls these inside hooks, one head at a time,
+so a forward pass never holds more than one extra ``T x T`` matrix.
+
+Regions: token 0 (the attention sink) is region 0 on its own; tokens ``1 .. T-1`` are split
+into ``R`` contiguous regions of near-equal size (regions ``1 .. R``).
+
+References: arXiv 2307.13365 (information transfer across layers); Abnar & Zuidema 2020,
+"Quantifying Attention Flow in Transformers" (attention rollout).
+
+Example:
+    >>> bounds = region_bounds(T, 16)                  # [18]: sink, then 16 regions
+    >>> mass = key_region_mass(pattern[0, 0], bounds)  # [T, 17]
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Square = Float[Tensor, "query_pos key_pos"]
+
+
+def region_bounds(seq_len: int, n_regions: int) -> Int[Tensor, " n_bounds"]:
+    """Boundaries ``[0, 1, b_1, ..., T]`` of the sink region and ``n_regions`` context regions.
+
+    Raises:
+        ValueError: ``n_regions < 1`` or fewer than ``n_regions`` tokens after the sink.
+    """
+    if n_regions < 1:
+        raise ValueError(f"n_regions must be >= 1, got {n_regions}")
+    if seq_len - 1 < n_regions:
+        raise ValueError(f"{seq_len} tokens cannot be split into a sink and {n_regions} regions")
+    inner = torch.linspace(1, seq_len, n_regions + 1).round().long()
+    return torch.cat((torch.tensor([0]), inner))
+
+
+def region_labels(bounds: Tensor) -> list[str]:
+    """Human-readable labels: ``"sink"`` then ``"1-52"`` style token ranges (inclusive)."""
+    b = bounds.tolist()
+    return ["sink"] + [f"{b[i]}-{b[i + 1] - 1}" for i in range(1, len(b) - 1)]
+
+
+def _assignment(bounds: Tensor, n: int) -> Tensor:
+    """One-hot ``[n, regions]`` matrix assigning each position to its region (float32)."""
+    idx = torch.bucketize(torch.arange(n, device=bounds.device), bounds[1:], right=True)
+    return torch.nn.functional.one_hot(idx, len(bounds) - 1).float()
+
+
+def key_region_mass(pattern: Square, bounds: Tensor) -> Float[Tensor, "query_pos region"]:
+    """Attention mass each query row puts on each key region (row sums kept as they are)."""
+    bounds = bounds.to(pattern.device)
+    return pattern.float() @ _assignment(bounds, pattern.shape[-1])
+
+
+def region_to_region(key_mass: Float[Tensor, "query_pos region"], bounds: Tensor) -> Float[Tensor, "region region"]:
+    """Mean over the query rows of each region of their key-region mass: ``[from, to]``."""
+    bounds = bounds.to(key_mass.device)
+    assign = _assignment(bounds, key_mass.shape[0])
+    counts = assign.sum(0).clamp(min=1)
+    return (assign.T @ key_mass) / counts[:, None]
+
+
+def sink_mass(pattern: Square) -> Tensor:
+    """Mean attention on token 0 over rows ``1 .. T-1`` (row 0 can only attend to itself)."""
+    return pattern[1:, 0].float().mean()
+
+
+def row_entropy(pattern: Square) -> Tensor:
+    """Mean Shannon entropy (nats) of rows ``1 .. T-1``, each renormalised to sum 1 first."""
+    rows = pattern[1:].float()
+    rows = rows / rows.sum(-1, keepdim=True).clamp(min=1e-12)
+    return -(rows * torch.log(rows.clamp(min=1e-30))).sum(-1).mean()
+
+
+def attention_distance(pattern: Square) -> Tensor:
+    """Mean over rows ``1 .. T-1`` of the expected query-key distance in tokens.
+
+    Each row is renormalised to sum 1, so a row the transition inflated counts once.
+    """
+    rows = pattern[1:].float()
+    q = torch.arange(1, pattern.shape[0], device=pattern.device, dtype=torch.float32)
+    k = torch.arange(pattern.shape[1], device=pattern.device, dtype=torch.float32)
+    total = rows.sum(-1).clamp(min=1e-12)
+    return (q - (rows @ k) / total).mean()
+
+
+def with_residual(mean_pattern: Square) -> Square:
+    """Rollout's augmented matrix: ``A + I`` (the residual stream) with rows renormalised to 1."""
+    a = mean_pattern.float()
+    aug = a + torch.eye(a.shape[0], device=a.device)
+    return aug / aug.sum(-1, keepdim=True)
+
+
+def rollout_step(joint: Square | None, mean_pattern: Square) -> Square:
+    """One layer of attention rollout: ``joint_l = aug(A_l) @ joint_{l-1}`` (identity before layer 0)."""
+    aug = with_residual(mean_pattern)
+    return aug if joint is None else aug @ joint
+
+
+def knockout(pattern: Tensor, start: int, end: int) -> Tensor:
+    """Block attention to keys ``[start, end)`` from the rows after them, rows renormalised.
+
+    Rows ``>= end`` lose their mass on the region and are rescaled to their original sum;
+    rows inside or before the region are untouched (the region still reads its own past).
+    Works on ``[..., q, k]``; returns a new tensor.
+    """
+    out = pattern.clone()
+    rows = out[..., end:, :]
+    before = rows.sum(-1, keepdim=True)
+    rows[..., start:end] = 0
+    after = rows.sum(-1, keepdim=True)
+    scale = torch.where(after > 0, before / after.clamp(min=1e-30), torch.ones_like(after))
+    out[..., end:, :] = rows * scale
+    return out

@@ -1,0 +1,165 @@
+"""Seaborn figures from tidy data: DataFrame in, Figure out.
+
+Every figure is saved next to the CSV of exactly the data it plots (``save_figure``), so
+``analyses/figures.py`` can redraw it from committed data without recomputing. ``PLOTS`` maps
+a figure name to its plotting function; a figure's CSV is ``<name>.csv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    return plt, sns
+
+
+def _region_order(df: pd.DataFrame, column: str = "region") -> list[str]:
+    """Region labels in token order (``sink`` first), whatever order the CSV holds."""
+    labels = list(dict.fromkeys(df[column]))
+    return sorted(labels, key=lambda s: -1 if s == "sink" else int(str(s).split("-")[0]))
+
+
+def final_token_profile(df: pd.DataFrame) -> Figure:
+    """Layers x regions heatmaps of the last token's attention (head mean), one per condition.
+
+    ``df``: columns ``condition, layer, region, value`` (difference panels appear as their own
+    condition, e.g. ``paper - baseline``).
+    """
+    plt, sns = _plt()
+    conditions = list(dict.fromkeys(df["condition"]))
+    fig, axes = plt.subplots(1, len(conditions), figsize=(4.2 * len(conditions), 3.6), squeeze=False)
+    order = _region_order(df)
+    for ax, cond in zip(axes[0], conditions):
+        grid = df[df.condition == cond].pivot_table(index="layer", columns="region", values="value")[order]
+        diff = " - " in cond
+        sns.heatmap(grid, ax=ax, cmap="RdBu_r" if diff else "viridis", center=0 if diff else None,
+                    cbar_kws={"label": "attention mass"})
+        ax.set_title(cond)
+        ax.set_xlabel("key region (tokens)")
+        ax.set_ylabel("layer")
+    fig.suptitle("Final prompt token: attention mass per context region (mean over heads)")
+    fig.tight_layout()
+    return fig
+
+
+def region_mass(df: pd.DataFrame) -> Figure:
+    """From-region x to-region mass (head mean), one panel per layer; ``df``: layer, from_region, region, value."""
+    plt, sns = _plt()
+    layers = sorted(df["layer"].unique())
+    cols = min(4, len(layers))
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.0 * rows), squeeze=False)
+    order = _region_order(df)
+    for ax, layer in zip(axes.flat, layers):
+        grid = df[df.layer == layer].pivot_table(index="from_region", columns="region", values="value")
+        sns.heatmap(grid.loc[order, order], ax=ax, cmap="magma", vmin=0, cbar=False, xticklabels=False,
+                    yticklabels=False)
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("to region")
+        ax.set_ylabel("from region")
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    title = df["condition"].iloc[0] if "condition" in df else ""
+    fig.suptitle(f"Region-to-region attention mass ({title}; sink first, mean over heads)")
+    fig.tight_layout()
+    return fig
+
+
+def layer_measures(df: pd.DataFrame) -> Figure:
+    """Per-layer sink mass, entropy and distance (head mean), ``hue=condition``."""
+    plt, sns = _plt()
+    measures = list(dict.fromkeys(df["measure"]))
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.0 * len(measures), 3.2), squeeze=False)
+    units = {"sink_mass": "attention on token 0", "entropy": "row entropy (nats)",
+             "distance": "mean query-key distance (tokens)"}
+    for ax, m in zip(axes[0], measures):
+        sns.lineplot(data=df[df.measure == m], x="layer", y="value", hue="condition", marker="o", ax=ax,
+                     errorbar=None)
+        ax.set_title(m)
+        ax.set_ylabel(units.get(m, m))
+    fig.tight_layout()
+    return fig
+
+
+def rollout(df: pd.DataFrame) -> Figure:
+    """Rollout from the last token to each region at the last layer, ``hue=condition``."""
+    plt, sns = _plt()
+    last = df[df.layer == df.layer.max()]
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    sns.barplot(data=last, x="region", y="value", hue="condition", order=_region_order(last), ax=ax)
+    ax.set_ylabel("rollout weight")
+    ax.set_xlabel("context region (tokens)")
+    ax.set_title("Attention rollout from the final token (after the last layer)")
+    ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    return fig
+
+
+def knockout(df: pd.DataFrame) -> Figure:
+    """Knockout effect heatmaps (bands x regions), one panel per condition and metric."""
+    plt, sns = _plt()
+    panels = list(dict.fromkeys(zip(df["condition"], df["metric"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), squeeze=False)
+    order = _region_order(df)
+    for ax, (cond, metric) in zip(axes[0], panels):
+        part = df[(df.condition == cond) & (df.metric == metric)]
+        grid = part.pivot_table(index="band", columns="region", values="value", sort=False)[order]
+        sns.heatmap(grid, ax=ax, cmap="rocket_r" if metric == "kl" else "RdBu_r",
+                    center=None if metric == "kl" else 0,
+                    cbar_kws={"label": "KL (nats)" if metric == "kl" else "delta NLL (nats/token)"})
+        ax.set_title(f"{cond}: {metric}")
+        ax.set_xlabel("knocked-out region")
+        ax.set_ylabel("layers")
+    fig.suptitle("Attention knockout: effect at the end of the prompt")
+    fig.tight_layout()
+    return fig
+
+
+PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
+    "final_token_profile": final_token_profile,
+    "region_mass": region_mass,
+    "region_mass_diff": region_mass,
+    "layer_measures": layer_measures,
+    "rollout": rollout,
+    "knockout": knockout,
+}
+
+
+def save_figure(fig: Figure, directory: str | Path, name: str, data: pd.DataFrame | None = None) -> Path:
+    """Write ``<name>.png`` (and ``<name>.csv`` of ``data``) into ``directory``; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        data.to_csv(directory / f"{name}.csv", index=False)
+    path = directory / f"{name}.png"
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def redraw(directory: str | Path) -> list[Path]:
+    """Redraw every ``<name>.png`` in ``directory`` whose ``<name>.csv`` has a known plot."""
+    import pandas as pd
+
+    written = []
+    for csv in sorted(Path(directory).glob("*.csv")):
+        plot = PLOTS.get(csv.stem)
+        if plot is not None:
+            written.append(save_figure(plot(pd.read_csv(csv)), directory, csv.stem))
+    return written

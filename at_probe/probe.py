@@ -1,0 +1,238 @@
+"""FlowProbe: how attention moves information across layers, reduced inside the hooks.
+
+During one prefill forward pass the probe's hooks on ``blocks.{l}.attn.hook_pattern`` reduce
+each layer's ``[1, head, T, T]`` pattern, one head at a time, to small per-layer, per-head
+measures (``at_probe.ops``), and optionally advance attention rollout (Abnar & Zuidema
+2020) with one running ``T x T`` matrix. Memory is ``O(L * H * R^2)`` plus that matrix;
+no layer's full pattern is kept unless ``keep_maps=True`` asks for head-averaged maps.
+
+Hook order: on a shared hook point hooks run in registration order, so
+``tr.hooks(model) + probe.hooks()`` lets the probe see the pattern *after* the transition,
+and ``probe.hooks() + tr.hooks(model)`` the pattern before it.
+
+Example:
+    >>> probe = FlowProbe.for_model(model, regions=16)
+    >>> model.run_with_hooks(tokens, fwd_hooks=tr.hooks(model) + probe.hooks())
+    >>> flow = probe.result()
+    >>> flow.final_token_profile.shape   # [layer, head, region]
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from at_probe import ops
+from at_probe.names import layer_of, pattern_hook
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_PER_HEAD = ("sink_mass", "entropy", "distance")
+
+
+@dataclass
+class FlowResult:
+    """Per-layer, per-head flow measures of one sequence (small CPU float32 tensors).
+
+    Attributes:
+        region_bounds: ``[R + 2]`` token boundaries (sink ``[0, 1)``, then ``R`` regions).
+        region_labels: ``R + 1`` labels (``"sink"``, ``"1-52"``, ...).
+        region_mass: ``[layer, head, from_region, to_region]`` mean mass per query row.
+        final_token_profile: ``[layer, head, region]`` the last token's mass per key region.
+        sink_mass: ``[layer, head]`` mean attention on token 0.
+        entropy: ``[layer, head]`` mean row entropy (nats).
+        distance: ``[layer, head]`` mean query-key distance (tokens).
+        rollout: ``[layer, region]`` rollout from the last token back to the regions, or None.
+        maps: ``[layer, T, T]`` head-averaged patterns when kept, else None.
+        meta: free-form labels (model, document, condition, ...).
+    """
+
+    region_bounds: Tensor
+    region_labels: list[str]
+    region_mass: Tensor
+    final_token_profile: Tensor
+    sink_mass: Tensor
+    entropy: Tensor
+    distance: Tensor
+    rollout: Tensor | None = None
+    maps: Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return self.region_mass.shape[0]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy frame: one row per (measure, layer, head, region, from_region) value.
+
+        ``head`` is -1 for head-independent measures (rollout); ``region`` / ``from_region``
+        are empty where they do not apply.
+        """
+        import pandas as pd
+
+        rows: list[dict[str, Any]] = []
+        labels = self.region_labels
+        n_layers, n_heads = self.sink_mass.shape
+        for name in _PER_HEAD:
+            values = getattr(self, name)
+            for l in range(n_layers):
+                for h in range(n_heads):
+                    rows.append({"measure": name, "layer": l, "head": h, "value": float(values[l, h])})
+        for l in range(n_layers):
+            for h in range(n_heads):
+                for r, lab in enumerate(labels):
+                    rows.append({"measure": "final_token_profile", "layer": l, "head": h, "region": lab,
+                                 "value": float(self.final_token_profile[l, h, r])})
+                    for f, src in enumerate(labels):
+                        rows.append({"measure": "region_mass", "layer": l, "head": h, "region": lab,
+                                     "from_region": src, "value": float(self.region_mass[l, h, f, r])})
+            if self.rollout is not None:
+                for r, lab in enumerate(labels):
+                    rows.append({"measure": "rollout", "layer": l, "head": -1, "region": lab,
+                                 "value": float(self.rollout[l, r])})
+        frame = pd.DataFrame(rows)
+        for key, value in self.meta.items():
+            if isinstance(value, (str, int, float)):
+                frame[key] = value
+        return frame
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every number (maps excluded: they are large)."""
+        out: dict[str, Any] = {"region_labels": self.region_labels, "meta": self.meta}
+        for name in ("region_bounds", "region_mass", "final_token_profile", *_PER_HEAD, "rollout"):
+            value = getattr(self, name)
+            out[name] = None if value is None else value.tolist()
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write ``to_dict()`` as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FlowResult:
+        """Read a result written by ``save``."""
+        data = json.loads(Path(path).read_text())
+        tensors = {
+            k: None if data[k] is None else torch.tensor(data[k])
+            for k in ("region_bounds", "region_mass", "final_token_profile", *_PER_HEAD, "rollout")
+        }
+        return cls(region_labels=data["region_labels"], meta=data.get("meta", {}), **tensors)
+
+
+class FlowProbe:
+    """Accumulates flow measures from the attention patterns of one prefill pass.
+
+    Single-sequence (batch 1): run one document at a time. Decode steps of ``generate``
+    (query length != key length) are ignored; only the first full pass after ``reset()``
+    is captured.
+
+    Args:
+        n_layers, n_heads: model shape (``for_model`` reads them).
+        regions: number of context regions ``R`` besides the sink.
+        rollout: also compute attention rollout (one running ``T x T`` matrix).
+        keep_maps: keep head-averaged ``[L, T, T]`` maps (explicit opt-in: ``O(L T^2)``).
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, *, regions: int = 16, rollout: bool = True,
+                 keep_maps: bool = False):
+        if regions < 1:
+            raise ValueError(f"regions must be >= 1, got {regions}")
+        self.n_layers, self.n_heads, self.regions = n_layers, n_heads, regions
+        self.rollout, self.keep_maps = rollout, keep_maps
+        self.reset()
+
+    @classmethod
+    def for_model(cls, model: Any, **kwargs: Any) -> FlowProbe:
+        """A probe sized for ``model`` (a ``TransformerBridge``); kwargs as in ``__init__``."""
+        return cls(int(model.cfg.n_layers), int(model.cfg.n_heads), **kwargs)
+
+    def reset(self) -> None:
+        """Forget everything captured so far."""
+        self._bounds: Tensor | None = None
+        self._layers: dict[int, dict[str, Tensor]] = {}
+        self._joint: Tensor | None = None
+        self._rollout_rows: dict[int, Tensor] = {}
+        self._maps: dict[int, Tensor] = {}
+        self._warned = False
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        """``(hook_name, fn)`` pairs for every layer's attention pattern."""
+        return [(pattern_hook(l), self._hook) for l in range(self.n_layers)]
+
+    @contextmanager
+    def attached(self, model: Any) -> Iterator[FlowProbe]:
+        """Context manager: the probe's hooks are on ``model`` inside the block (removed on exit)."""
+        with model.hooks(fwd_hooks=self.hooks()):
+            yield self
+
+    def _hook(self, pattern: Tensor, *, hook: Any) -> None:
+        layer = layer_of(hook.name)
+        if pattern.shape[-2] != pattern.shape[-1]:
+            return  # a KV-cache decode step
+        if pattern.shape[0] != 1:
+            raise ValueError(f"FlowProbe reads one sequence at a time, got a batch of {pattern.shape[0]}")
+        if layer in self._layers:
+            if not self._warned:
+                warnings.warn("FlowProbe already holds a pass; later passes are ignored (call reset())",
+                              stacklevel=2)
+                self._warned = True
+            return
+        with torch.no_grad():
+            self._capture(layer, pattern[0].detach())
+
+    def _capture(self, layer: int, heads: Tensor) -> None:
+        t = heads.shape[-1]
+        if self._bounds is None:
+            self._bounds = ops.region_bounds(t, self.regions)
+        bounds = self._bounds
+        per_head: dict[str, list[Tensor]] = {k: [] for k in ("region_mass", "final", *_PER_HEAD)}
+        mean = torch.zeros(t, t, dtype=torch.float32, device=heads.device) if self.rollout or self.keep_maps else None
+        for h in range(heads.shape[0]):
+            p = heads[h].float()  # the one T x T working matrix
+            key_mass = ops.key_region_mass(p, bounds)
+            per_head["region_mass"].append(ops.region_to_region(key_mass, bounds))
+            per_head["final"].append(key_mass[-1])
+            per_head["sink_mass"].append(ops.sink_mass(p))
+            per_head["entropy"].append(ops.row_entropy(p))
+            per_head["distance"].append(ops.attention_distance(p))
+            if mean is not None:
+                mean += p / heads.shape[0]
+        self._layers[layer] = {k: torch.stack(v).cpu() for k, v in per_head.items()}
+        if mean is not None:
+            if self.keep_maps:
+                self._maps[layer] = mean.cpu()
+            if self.rollout:
+                self._joint = ops.rollout_step(self._joint, mean)
+                self._rollout_rows[layer] = ops.key_region_mass(self._joint[-1:], bounds)[0].cpu()
+
+    def result(self, **meta: Any) -> FlowResult:
+        """The captured measures as a ``FlowResult`` (``meta`` is stored alongside).
+
+        Raises:
+            RuntimeError: nothing was captured, or some layers are missing.
+        """
+        missing = [l for l in range(self.n_layers) if l not in self._layers]
+        if self._bounds is None or missing:
+            raise RuntimeError(f"no complete pass captured (missing layers {missing}): run a forward pass first")
+        stack = lambda key: torch.stack([self._layers[l][key] for l in range(self.n_layers)])  # noqa: E731
+        return FlowResult(
+            region_bounds=self._bounds.cpu(),
+            region_labels=ops.region_labels(self._bounds),
+            region_mass=stack("region_mass"),
+            final_token_profile=stack("final"),
+            sink_mass=stack("sink_mass"),
+            entropy=stack("entropy"),
+            distance=stack("distance"),
+            rollout=torch.stack([self._rollout_rows[l] for l in range(self.n_layers)]) if self.rollout else None,
+            maps=torch.stack([self._maps[l] for l in range(self.n_layers)]) if self.keep_maps else None,
+            meta=dict(meta),
+        )

@@ -1,0 +1,778 @@
+"""Attention Transition: the exact arithmetic and its TransformerLens hooks.
+
+Two published versions (arXiv 2307.13365; ``../shared/docs/transition-spec.md``):
+
+* **paper** (2023): on layer ``l`` the query rows of a few context spans drop small attention
+  entries, halve the sink column and move ``beta`` times the freed mass onto the two
+  intervals just before the span (7 : 3). Rows do **not** keep summing to 1.
+* **SRA** (2025): "inter" strengthening of a window three intervals back for a span of rows,
+  and "outer" strengthening of one window for the last ``threshold_len`` prompt rows.
+
+Pure tensor functions come first (``paper_schedule``, ``dispense``, ``sra_layer``): they take
+and return tensors and never touch a model. The hook classes below them (``PaperTransition``,
+``SRATransition``, ``PlaceboTransition``) find the prompt rows of each sequence, call the same
+arithmetic in place on the touched rows only, and record a report.
+
+Example:
+    >>> import torch, at_probe as ap
+    >>> from at_probe.transition import PaperTransition
+    >>> model = ap.load_model("tiny")
+    >>> tr = PaperTransition(alpha=1.0, beta=0.5, intervals_per_layer=2)
+    >>> with tr.applied(model), torch.inference_mode():
+    ...     out = model.generate(tokens, max_new_tokens=20, do_sample=False, verbose=False)
+    >>> tr.last_report().to_frame()
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from at_probe.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, resolve_layers
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Pattern = Float[Tensor, "batch head query_pos key_pos"]
+Span = tuple[int, int]
+HookPair = tuple[str, Callable[..., Any]]
+
+MIN_PAPER_LEN = 400
+"""Prompts shorter than this are left unchanged by the paper version (the original crashes)."""
+
+# The paper's weights for the two history intervals, and its special first-interval branch.
+_RECENT_WEIGHT, _OLDER_WEIGHT, _FIRST_WEIGHT = 7.0, 3.0, 10.0
+_SMALL_FILL, _FIRST_SMALL_FILL = 0.01, 0.001
+# SRA's mask weights for kept (>= tau) and small entries of the target window.
+_SRA_KEPT, _SRA_SMALL = 100, 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure arithmetic
+# ---------------------------------------------------------------------------------------------
+
+
+def paper_interval(seq_len: int, n_layers: int, intervals_per_layer: int) -> int:
+    """Span length of the paper schedule: ``floor(T / (L - 1 + K))`` rounded down to a multiple of 5."""
+    raw = seq_len // (n_layers - 1 + intervals_per_layer)
+    return raw - raw % 5
+
+
+def paper_schedule(
+    seq_len: int, n_layers: int = 32, intervals_per_layer: int = 2
+) -> dict[int, list[Span]]:
+    """Layer index -> query-row spans ``[start, end)`` of the paper version.
+
+    Layers ``1 .. L-3`` are scheduled; layer ``l`` works on spans
+    ``[(l - 1 + j + 2) * I, (l - 1 + j + 3) * I)`` for ``j < K``, so deeper layers work nearer
+    the end of the context. Returns ``{}`` when ``seq_len < 400`` (too short to apply) or when
+    the interval ``I`` rounds down to 0.
+
+    Args:
+        seq_len: prompt length ``T`` in tokens (one sequence, no padding).
+        n_layers: model depth ``L``.
+        intervals_per_layer: ``K >= 1``, spans per layer.
+
+    Raises:
+        ValueError: negative or non-integer ``seq_len``, ``n_layers < 4`` or ``K < 1``.
+    """
+    _check_int("seq_len", seq_len, minimum=0)
+    _check_int("n_layers", n_layers, minimum=4)
+    _check_int("intervals_per_layer", intervals_per_layer, minimum=1)
+    if seq_len < MIN_PAPER_LEN:
+        return {}
+    interval = paper_interval(seq_len, n_layers, intervals_per_layer)
+    if interval == 0:
+        return {}
+    return {
+        layer: [
+            ((layer - 1 + j + 2) * interval, (layer - 1 + j + 3) * interval)
+            for j in range(intervals_per_layer)
+        ]
+        for layer in range(1, n_layers - 2)
+    }
+
+
+def dispense(
+    pattern: Pattern,
+    spans: Sequence[Span],
+    alpha: float,
+    beta: float,
+    *,
+    conserve_mass: bool = False,
+) -> Pattern:
+    """Apply the paper's transition to the query rows of ``spans``; returns a new tensor.
+
+    For each span ``[s, e)`` (``n = e - s``), in float32: entries of rows ``s..e-1`` (keys
+    ``< e``) below ``tau = alpha / e`` become 0, the sink column 0 is halved, and with the freed
+    mass ``r = 1 - row sum`` and the mask ``m`` (1 where an entry is ``>= tau``, else 0.01) over
+    the window ``[s - 2n, e - n)``, ``a = beta * r / sum(m)`` is spread as ``7 a m`` on keys
+    ``[s - n, s)`` and ``3 a m`` on ``[s - 2n, s - n)``. A span with ``s == n`` uses the
+    original's first-interval branch (window ``[0, n)``, fill 0.001, weight 10).
+
+    Invariant: rows do **not** keep summing to 1 (they end between ``1 - r + 3 beta r`` and
+    ``1 - r + 7 beta r``), unless ``conserve_mass=True``, the named non-default variant that
+    rescales every touched row to its original sum. Other rows and the input are untouched.
+
+    Args:
+        pattern: post-softmax causal pattern ``[batch, head, q, k]`` of one prompt (no padding).
+        spans: ``[start, end)`` query-row spans (e.g. ``paper_schedule(T, L, K)[layer]``).
+        alpha: threshold factor, ``> 0``.
+        beta: share of the freed mass moved to the history, ``>= 0``.
+        conserve_mass: renormalise touched rows to their original sums.
+
+    Returns:
+        A new tensor of the same shape and dtype.
+
+    Raises:
+        ValueError: pattern not 4-d, a span outside it or without ``2n`` keys of history
+            (other than ``s == n``), overlapping spans, ``alpha <= 0`` or ``beta < 0``.
+    """
+    _check_pattern(pattern)
+    _check_paper_params(alpha, beta)
+    spans = _check_spans(spans, pattern.shape[-2], pattern.shape[-1])
+    out = pattern.clone()
+    for span in spans:
+        _dispense_span_(out, span, alpha, beta, conserve_mass=conserve_mass)
+    return out
+
+
+def sra_layer(
+    pattern: Pattern,
+    layer: int,
+    n_layers: int,
+    *,
+    begin_length: int,
+    threshold_len: int,
+    elimi_factor_inter: float,
+    elimi_factor_outer: float,
+    strengthen_factor_inter: float,
+    strengthen_factor_outer: float,
+    dyna_div: int | None = None,
+) -> Pattern:
+    """One layer of the 2025 SRA version ("inter" on ``l < L-1``, "outer" on ``1 <= l < L-1``).
+
+    Each sequence uses its own valid length ``V`` (query rows with any non-zero attention).
+    Both parts share one step: in the selected rows (per head and row, those with an entry
+    ``> tau`` in the target window) entries ``< tau`` become 0, and ``rem = 1 - row sum`` is
+    added to the target window as ``rem / sum(m) * factor * m`` with ``m`` = 100 on entries
+    ``>= tau`` and 5 elsewhere. Rows do not keep summing to 1.
+
+    * inter (skipped if ``V <= B0 + TL + 3``): ``c = ceil((V - B0 - TL - 3) / (L + 3))``,
+      rows ``[s, e)`` with ``s = (l + 3) c + B0 + 3``, ``e = min(s + c, V - TL)``, keys ``< e``,
+      ``tau = ei / (s - B0)``, target ``[s - 3n, s - 2n)``.
+    * outer (skipped if ``V <= TL + 3``): ``c = ceil((V - TL - 3) / (L + 3))``, the last
+      ``TL`` rows, all keys, ``tau = eo / (V - TL)``, target ``[(l + 2) c + 3, min(.. + c, V - TL))``.
+      The original reads batch row 0 for every sequence; here each sequence uses its own rows.
+
+    Args:
+        pattern: post-softmax causal pattern ``[batch, head, q, k]`` (float32 arithmetic).
+        layer: 0-based layer index; ``n_layers``: model depth ``L``.
+        begin_length, threshold_len: ``B0`` and ``TL`` in tokens.
+        elimi_factor_inter, elimi_factor_outer: threshold factors ``ei``, ``eo``.
+        strengthen_factor_inter, strengthen_factor_outer: factors ``si``, ``so``.
+        dyna_div: if given, ``TL = floor(V / dyna_div)`` per sequence (dynamic threshold).
+
+    Returns:
+        A new tensor; the input is untouched.
+
+    Raises:
+        ValueError: pattern not 4-d, a layer outside ``0..L-1``, or invalid parameters.
+    """
+    _check_pattern(pattern)
+    _check_int("n_layers", n_layers, minimum=2)
+    _check_int("layer", layer, minimum=0)
+    if layer >= n_layers:
+        raise ValueError(f"layer {layer} is outside 0..{n_layers - 1}")
+    params = SRAParams(
+        begin_length, threshold_len, elimi_factor_inter, elimi_factor_outer,
+        strengthen_factor_inter, strengthen_factor_outer, dyna_div,
+    )
+    out = pattern.clone()
+    valid = (pattern.sum(dim=(1, 3)) > 0).sum(dim=-1)
+    for b in range(out.shape[0]):
+        _sra_sequence_(out[b : b + 1], layer, n_layers, int(valid[b]), params)
+    return out
+
+
+@dataclass(frozen=True)
+class SRAParams:
+    """Parameters of the SRA version (public defaults of the authors' code)."""
+
+    begin_length: int = 100
+    threshold_len: int = 200
+    elimi_factor_inter: float = 0.5
+    elimi_factor_outer: float = 0.3
+    strengthen_factor_inter: float = 4.0
+    strengthen_factor_outer: float = 4.0
+    dyna_div: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("begin_length", self.begin_length, minimum=0)
+        _check_int("threshold_len", self.threshold_len, minimum=0)
+        for name in ("elimi_factor_inter", "elimi_factor_outer"):
+            _check_positive(name, getattr(self, name))
+        for name in ("strengthen_factor_inter", "strengthen_factor_outer"):
+            _check_nonnegative(name, getattr(self, name))
+        if self.dyna_div is not None:
+            _check_int("dyna_div", self.dyna_div, minimum=1)
+
+    def threshold_for(self, valid_len: int) -> int:
+        """``TL`` for a sequence of ``valid_len`` tokens (dynamic when ``dyna_div`` is set)."""
+        return valid_len // self.dyna_div if self.dyna_div else self.threshold_len
+
+
+# ---------------------------------------------------------------------------------------------
+# In-place kernels on the touched rows only (shared by the pure functions and the hooks)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RowStats:
+    """Diagnostics of one edit: per-row freed and added mass and row sums after (float32 CPU)."""
+
+    rows: int = 0
+    freed: list[Tensor] = field(default_factory=list)
+    added: list[Tensor] = field(default_factory=list)
+    sums_after: list[Tensor] = field(default_factory=list)
+
+    def record(self, freed: Tensor, added: Tensor, sums_after: Tensor) -> None:
+        self.rows += sums_after.numel()
+        self.freed.append(freed.detach().flatten())
+        self.added.append(added.detach().flatten())
+        self.sums_after.append(sums_after.detach().flatten())
+
+
+def _dispense_span_(
+    pattern: Tensor,
+    span: Span,
+    alpha: float,
+    beta: float,
+    *,
+    conserve_mass: bool,
+    heads: Tensor | None = None,
+    stats: RowStats | None = None,
+    target_start: int | None = None,
+) -> None:
+    """Paper edit of one span, in place on ``pattern`` (all heads, or the ``heads`` index).
+
+    ``target_start`` moves the 2n-key history window elsewhere (the placebo control) while
+    keeping the per-row added mass of the real edit.
+    """
+    s, e = span
+    n = e - s
+    head_idx = slice(None) if heads is None else heads
+    original = pattern[:, head_idx, s:e, :e].float()
+    tau = alpha / e
+    block = torch.where(original < tau, torch.zeros_like(original), original)
+    block[..., 0] = block[..., 0] / 2
+    freed = 1.0 - block.sum(dim=-1, keepdim=True)
+    if s == n:  # the original's branch for a span one interval in
+        mask = torch.where(block[..., :n] >= tau, 1.0, _FIRST_SMALL_FILL)
+        a = beta * freed / mask.sum(dim=-1, keepdim=True)
+        addition = torch.zeros_like(block)
+        addition[..., :n] = _FIRST_WEIGHT * a * mask
+    else:
+        window = block[..., s - 2 * n : s]
+        mask = torch.where(window >= tau, 1.0, _SMALL_FILL)
+        a = beta * freed / mask.sum(dim=-1, keepdim=True)
+        weights = torch.cat((_OLDER_WEIGHT * mask[..., :n], _RECENT_WEIGHT * mask[..., n:]), dim=-1)
+        addition = torch.zeros_like(block)
+        addition[..., s - 2 * n : s] = a * weights
+        if target_start is not None:
+            mass = addition.sum(dim=-1, keepdim=True)
+            addition.zero_()
+            addition[..., target_start : target_start + 2 * n] = mass * weights / weights.sum(
+                dim=-1, keepdim=True
+            )
+    block = block + addition
+    if conserve_mass:
+        block = block * (original.sum(dim=-1, keepdim=True) / block.sum(dim=-1, keepdim=True))
+    pattern[:, head_idx, s:e, :e] = block.to(pattern.dtype)
+    if stats is not None:
+        stats.record(freed, block.sum(-1) - (1.0 - freed.squeeze(-1)), block.sum(-1))
+
+
+def _sra_sequence_(
+    pattern: Tensor,
+    layer: int,
+    n_layers: int,
+    valid_len: int,
+    params: SRAParams,
+    *,
+    heads: Tensor | None = None,
+    stats: RowStats | None = None,
+) -> list[Span]:
+    """SRA on one sequence ``[1, head, V, V]`` (no padding), in place; returns the row spans."""
+    edited: list[Span] = []
+    if layer >= n_layers - 1:
+        return edited
+    blocks = n_layers + 3
+    tl = params.threshold_for(valid_len)
+    if valid_len > params.begin_length + tl + 3:
+        chunk = math.ceil((valid_len - params.begin_length - tl - 3) / blocks)
+        s = (layer + 3) * chunk + params.begin_length + 3
+        e = min(s + chunk, valid_len - tl)
+        n = e - s
+        if n > 0:
+            tau = params.elimi_factor_inter / (s - params.begin_length)
+            edited.append((s, e))
+            _strengthen_(
+                pattern, rows=(s, e), keys_end=e, target=(s - 3 * n, s - 2 * n), tau=tau,
+                factor=params.strengthen_factor_inter, heads=heads, stats=stats,
+            )
+    if layer >= 1 and valid_len > tl + 3:
+        chunk = math.ceil((valid_len - tl - 3) / blocks)
+        s = (layer + 2) * chunk + 3
+        e = min(s + chunk, valid_len - tl)
+        if e > s:
+            edited.append((valid_len - tl, valid_len))
+            _strengthen_(
+                pattern, rows=(valid_len - tl, valid_len), keys_end=valid_len, target=(s, e),
+                tau=params.elimi_factor_outer / (valid_len - tl),
+                factor=params.strengthen_factor_outer, heads=heads, stats=stats,
+            )
+    return edited
+
+
+def _strengthen_(
+    pattern: Tensor,
+    *,
+    rows: Span,
+    keys_end: int,
+    target: Span,
+    tau: float,
+    factor: float,
+    heads: Tensor | None,
+    stats: RowStats | None,
+) -> None:
+    """SRA's shared step ("strengthen a target window") on ``rows``, in place."""
+    head_idx = slice(None) if heads is None else heads
+    r0, r1 = rows
+    t0, t1 = target
+    block = pattern[:, head_idx, r0:r1, :keys_end].float()
+    selected = (block[..., t0:t1] > tau).any(dim=-1, keepdim=True)
+    kept = torch.where(block < tau, torch.zeros_like(block), block)
+    remaining = 1.0 - kept.sum(dim=-1, keepdim=True)
+    window = kept[..., t0:t1]
+    mask = torch.where(window >= tau, _SRA_KEPT, _SRA_SMALL)
+    per_unit = remaining / mask.sum(dim=-1, keepdim=True) * factor
+    new = kept.clone()
+    new[..., t0:t1] = window + per_unit * mask
+    new = torch.where(selected, new, block)
+    pattern[:, head_idx, r0:r1, :keys_end] = new.to(pattern.dtype)
+    if stats is not None:
+        sel = selected.squeeze(-1)
+        stats.record(
+            remaining.squeeze(-1)[sel], (new.sum(-1) - kept.sum(-1))[sel], new.sum(-1)[sel]
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_positive(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+
+
+def _check_nonnegative(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def _check_paper_params(alpha: object, beta: object) -> None:
+    _check_positive("alpha", alpha)
+    _check_nonnegative("beta", beta)
+
+
+def _check_pattern(pattern: object) -> None:
+    if not isinstance(pattern, Tensor) or pattern.ndim != 4:
+        shape = tuple(pattern.shape) if isinstance(pattern, Tensor) else type(pattern).__name__
+        raise ValueError(f"pattern must be a 4-d tensor [batch, head, q, k], got {shape}")
+
+
+def _check_spans(spans: Sequence[Span], n_queries: int, n_keys: int) -> list[Span]:
+    """Validate spans against a ``[.., q, k]`` pattern; returns them as int tuples."""
+    out: list[Span] = []
+    for span in spans:
+        try:
+            s, e = (int(v) for v in span)
+        except (TypeError, ValueError):
+            raise ValueError(f"a span must be a pair (start, end), got {span!r}") from None
+        n = e - s
+        if not 0 <= s < e <= min(n_queries, n_keys):
+            raise ValueError(
+                f"span [{s}, {e}) is empty or outside the pattern ({n_queries} queries, {n_keys} keys)"
+            )
+        if s != n and s - 2 * n < 0:
+            raise ValueError(
+                f"span [{s}, {e}) needs {2 * n} keys of history before it (start >= {2 * n}, "
+                f"or start == length for the first-interval branch)"
+            )
+        out.append((s, e))
+    ordered = sorted(out)
+    for (_, e0), (s1, _) in zip(ordered, ordered[1:]):
+        if s1 < e0:
+            raise ValueError(f"spans overlap: {ordered}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What the transition did at one layer in the last prefill.
+
+    ``spans`` lists, per sequence, the ``[start, end)`` row spans edited (positions within the
+    sequence, padding excluded). Mass figures are per touched (head, row), in attention units.
+    """
+
+    layer: int
+    spans: list[list[Span]]
+    rows_touched: int
+    freed_mass_mean: float
+    added_mass_mean: float
+    row_sum_min: float
+    row_sum_mean: float
+    row_sum_max: float
+
+
+@dataclass(frozen=True)
+class TransitionReport:
+    """Per-layer reports of the last forward pass, plus notes (e.g. "prompt too short")."""
+
+    layers: dict[int, LayerReport]
+    notes: tuple[str, ...] = ()
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer (tidy), for printing or seaborn."""
+        import pandas as pd
+
+        rows = [{k: v for k, v in vars(r).items() if k != "spans"} | {"spans": r.spans}
+                for r in self.layers.values()]
+        return pd.DataFrame(rows)
+
+    def __str__(self) -> str:
+        if not self.layers:
+            return "no rows edited" + "".join(f"\n{n}" for n in self.notes)
+        lines = ["layer  rows  freed  added  row-sum min/mean/max"]
+        for r in self.layers.values():
+            lines.append(
+                f"{r.layer:5d} {r.rows_touched:5d} {r.freed_mass_mean:6.3f} {r.added_mass_mean:6.3f}"
+                f"  {r.row_sum_min:.3f}/{r.row_sum_mean:.3f}/{r.row_sum_max:.3f}"
+            )
+        return "\n".join(lines + list(self.notes))
+
+
+class _Run:
+    """State of one set of hooks: the current prompt, reports, warnings.
+
+    The prompt is read from the token ids at ``embed.hook_in``. A full pass whose tokens
+    extend the recorded prompt is a continuation (``generate`` without a KV cache): it keeps
+    the prompt lengths, so generated rows are never edited. Any other full pass is a new prompt.
+    """
+
+    def __init__(self, prompt_lengths: Sequence[int] | None):
+        self.fixed_lengths = list(prompt_lengths) if prompt_lengths is not None else None
+        self.prompt: Tensor | None = None
+        self.lengths: list[int] | None = None
+        self.stats: dict[int, tuple[list[list[Span]], RowStats]] = {}
+        self.notes: list[str] = []
+
+    def see_tokens(self, tokens: Tensor, *, hook: Any = None) -> None:
+        """``embed.hook_in`` hook: start a new prompt unless this pass continues the last one."""
+        if tokens.ndim != 2 or tokens.is_floating_point():
+            return
+        old = self.prompt
+        continues = (
+            old is not None
+            and old.shape[0] == tokens.shape[0]
+            and tokens.shape[1] >= old.shape[1]
+            and torch.equal(tokens[:, : old.shape[1]], old)
+        )
+        if tokens.shape[1] == 1 and old is not None:
+            return  # a KV-cache decode step
+        if not continues:
+            self.prompt = tokens.detach().clone()
+            self.lengths = None
+            self.stats = {}
+
+    def note_once(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+            warnings.warn(message, stacklevel=3)
+
+    def prompt_lengths(self, pattern: Tensor, offsets: list[int]) -> list[int]:
+        """Real (non-padding) prompt length of each sequence in a full pass."""
+        if self.fixed_lengths is not None:
+            if len(self.fixed_lengths) != pattern.shape[0]:
+                raise ValueError(
+                    f"prompt_lengths has {len(self.fixed_lengths)} entries for a batch of {pattern.shape[0]}"
+                )
+            return [min(n, pattern.shape[-1] - o) for n, o in zip(self.fixed_lengths, offsets)]
+        if self.lengths is None or self.prompt is None:
+            t = pattern.shape[-1] if self.prompt is None else self.prompt.shape[1]
+            self.lengths = [t - o for o in offsets]
+        return self.lengths
+
+    def report(self) -> TransitionReport:
+        layers = {}
+        for layer in sorted(self.stats):
+            spans, st = self.stats[layer]
+            if st.rows == 0:
+                continue
+            sums = torch.cat(st.sums_after).float().cpu()
+            layers[layer] = LayerReport(
+                layer=layer,
+                spans=spans,
+                rows_touched=st.rows,
+                freed_mass_mean=torch.cat(st.freed).float().mean().item(),
+                added_mass_mean=torch.cat(st.added).float().mean().item(),
+                row_sum_min=sums.min().item(),
+                row_sum_mean=sums.mean().item(),
+                row_sum_max=sums.max().item(),
+            )
+        return TransitionReport(layers, tuple(self.notes))
+
+
+def padding_offsets(pattern: Tensor) -> list[int]:
+    """Left-padding length of each sequence, read from the last query row of a full pattern.
+
+    Padding keys get exactly zero attention from real rows, and the last row is always real
+    under left padding; the first key with mass in any head is the sequence's first token.
+    """
+    last = pattern[:, :, -1, :].float().sum(dim=1)  # [batch, key]
+    return (last > 0).int().argmax(dim=-1).tolist()
+
+
+@dataclass(frozen=True)
+class _Transition:
+    """Shared hook plumbing; subclasses define ``_layers`` and ``_edit_``."""
+
+    def _layers(self, n_layers: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _edit_(self, seq: Tensor, layer: int, n_layers: int, heads: Tensor | None,
+               stats: RowStats, run: _Run) -> list[Span]:
+        """Edit one sequence ``[1, head, T, T]`` in place; return the row spans edited."""
+        raise NotImplementedError
+
+    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None) -> list[HookPair]:
+        """Plain TransformerLens ``(hook_name, fn)`` pairs applying the transition.
+
+        Each call starts fresh state (prompt lengths, report). Pairs can be concatenated with
+        other hooks; on a shared hook point hooks run in list order, so ``tr.hooks(m) +
+        probe.hooks()`` lets the probe see the edited pattern.
+
+        Args:
+            model: a ``TransformerBridge`` (its ``cfg.n_layers`` / ``cfg.n_heads`` are used).
+            prompt_lengths: real (non-padding) prompt tokens per sequence, when a pass holds
+                more than the prompt (e.g. prompt + reference for teacher forcing); rows past
+                it are never edited. ``None``: the first full pass is the prompt.
+
+        Raises:
+            ValueError: layers or heads outside the model.
+        """
+        n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+        layers = self._layers(n_layers)
+        heads = _resolve_heads(getattr(self, "heads"), n_heads)
+        if isinstance(prompt_lengths, int):
+            prompt_lengths = [prompt_lengths]
+        run = _Run(prompt_lengths)
+        object.__setattr__(self, "_last_run", run)
+
+        def hook_fn(pattern: Tensor, *, hook: Any) -> Tensor | None:
+            layer = layer_of(hook.name)
+            if pattern.shape[-2] != pattern.shape[-1]:
+                return None  # a KV-cache decode step: prompt rows were edited at prefill
+            if pattern.requires_grad and torch.is_grad_enabled():
+                pattern = pattern.clone()  # keep autograd's saved softmax output intact
+            offsets = padding_offsets(pattern)
+            lengths = run.prompt_lengths(pattern, offsets)
+            stats = RowStats()
+            spans = []
+            for b, (off, length) in enumerate(zip(offsets, lengths)):
+                seq = pattern[b : b + 1, :, off : off + length, off : off + length]
+                spans.append(self._edit_(seq, layer, n_layers, heads, stats, run))
+            run.stats[layer] = (spans, stats)
+            return pattern
+
+        return [(EMBED_INPUT_HOOK, run.see_tokens)] + [(pattern_hook(l), hook_fn) for l in layers]
+
+    @contextmanager
+    def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None) -> Iterator[Any]:
+        """Context manager: the transition is active on ``model`` inside the block.
+
+        Hooks are registered through ``model.hooks(...)`` and always removed on exit, also when
+        the body raises. Works with ``model(...)``, ``run_with_cache`` and ``generate`` (with or
+        without the KV cache: only prompt rows are edited, at prefill). Yields the model.
+        """
+        with model.hooks(fwd_hooks=self.hooks(model, prompt_lengths=prompt_lengths)):
+            yield model
+
+    def last_report(self) -> TransitionReport:
+        """What the most recent hooks did (per layer: spans, rows, freed/added mass, row sums)."""
+        run = getattr(self, "_last_run", None)
+        if run is None:
+            raise RuntimeError("no hooks have been built yet: call .hooks(model) or .applied(model)")
+        return run.report()
+
+
+def _resolve_heads(heads: Sequence[int] | None, n_heads: int) -> Tensor | None:
+    if heads is None:
+        return None
+    heads = tuple(heads)
+    bad = [h for h in heads if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < n_heads]
+    if bad or not heads:
+        raise ValueError(f"head indices {bad or '[]'} are invalid for a model with {n_heads} heads")
+    if len(set(heads)) != len(heads):
+        raise ValueError(f"duplicate head indices in {list(heads)}")
+    return torch.tensor(sorted(heads))
+
+
+def _check_layer_arg(layers: Sequence[int] | None) -> None:
+    if layers is not None:
+        if isinstance(layers, (str, bytes)) or not all(
+            isinstance(l, int) and not isinstance(l, bool) and l >= 0 for l in layers
+        ):
+            raise ValueError(f"layers must be non-negative integers, got {layers!r}")
+
+
+@dataclass(frozen=True)
+class PaperTransition(_Transition):
+    """The 2023 paper version as hooks on ``blocks.{l}.attn.hook_pattern``.
+
+    Each sequence's prompt rows are edited once, at prefill, with the schedule of its own
+    length (``paper_schedule``), its own sink column and offsets under left padding. Prompts
+    under 400 tokens are left unchanged (one warning). Attention mass is **not** conserved
+    (see ``dispense``); ``conserve_mass=True`` is the named variant that renormalises.
+
+    Args:
+        alpha: threshold factor (``tau = alpha / end``), ``> 0``.
+        beta: share of the freed mass moved to the history, ``>= 0``.
+        intervals_per_layer: ``K``, spans per layer.
+        layers: layers to edit; ``None`` means the paper's layers ``1 .. L-3``.
+            Explicit layers must lie in ``1 .. L-3`` (the schedule defines no spans elsewhere).
+        heads: head indices to edit; ``None`` means all heads.
+        conserve_mass: renormalise touched rows to their original sums.
+    """
+
+    alpha: float = 0.5
+    beta: float = 0.1
+    intervals_per_layer: int = 2
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    conserve_mass: bool = False
+
+    def __post_init__(self) -> None:
+        _check_paper_params(self.alpha, self.beta)
+        _check_int("intervals_per_layer", self.intervals_per_layer, minimum=1)
+        _check_layer_arg(self.layers)
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(self.heads))
+
+    def _layers(self, n_layers: int) -> tuple[int, ...]:
+        return resolve_layers(self.layers, range(1, n_layers - 2), what="the paper schedule's layers")
+
+    def _spans(self, seq_len: int, layer: int, n_layers: int, run: _Run) -> list[Span]:
+        if seq_len < MIN_PAPER_LEN:
+            run.note_once(
+                f"prompt of {seq_len} tokens is shorter than {MIN_PAPER_LEN}: the paper transition "
+                "leaves it unchanged"
+            )
+            return []
+        return paper_schedule(seq_len, n_layers, self.intervals_per_layer).get(layer, [])
+
+    def _edit_(self, seq, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
+        spans = self._spans(seq.shape[-1], layer, n_layers, run)
+        for span in spans:
+            _dispense_span_(seq, span, self.alpha, self.beta, conserve_mass=self.conserve_mass,
+                            heads=heads, stats=stats)
+        return spans
+
+
+@dataclass(frozen=True)
+class PlaceboTransition(PaperTransition):
+    """Control for the paper version: same rows, same freed and added mass, random targets.
+
+    Every scheduled span is edited exactly like ``PaperTransition`` (threshold, halved sink,
+    the same added mass per row), but the mass goes to a random window of ``2n`` keys
+    (drawn uniformly among the causal windows that end by the span's start, seeded per
+    ``(seed, layer, span)``) instead of the two intervals just before the span. A difference
+    between the paper version and this placebo is the effect of *where* the mass goes.
+    """
+
+    seed: int = 0
+
+    def _edit_(self, seq, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
+        spans = self._spans(seq.shape[-1], layer, n_layers, run)
+        for j, (s, e) in enumerate(spans):
+            n = e - s
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + layer * 1_009 + j)
+            start = int(torch.randint(0, s - 2 * n + 1, (1,), generator=gen))
+            _dispense_span_(seq, (s, e), self.alpha, self.beta, conserve_mass=self.conserve_mass,
+                            heads=heads, stats=stats, target_start=start)
+        return spans
+
+
+@dataclass(frozen=True)
+class SRATransition(_Transition):
+    """The authors' 2025 SRA version as hooks (``sra_layer`` per sequence, in place).
+
+    ``layers=None`` means every layer where SRA acts (``0 .. L-2``; "outer" from layer 1).
+    Defaults are the public ones of the authors' code.
+    """
+
+    begin_length: int = 100
+    threshold_len: int = 200
+    elimi_factor_inter: float = 0.5
+    elimi_factor_outer: float = 0.3
+    strengthen_factor_inter: float = 4.0
+    strengthen_factor_outer: float = 4.0
+    dyna_div: int | None = None
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _ = self.params  # validates the SRA parameters
+        _check_layer_arg(self.layers)
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(self.heads))
+
+    @property
+    def params(self) -> SRAParams:
+        return SRAParams(
+            self.begin_length, self.threshold_len, self.elimi_factor_inter, self.elimi_factor_outer,
+            self.strengthen_factor_inter, self.strengthen_factor_outer, self.dyna_div,
+        )
+
+    def _layers(self, n_layers: int) -> tuple[int, ...]:
+        return resolve_layers(self.layers, range(0, n_layers - 1), what="the layers where SRA acts")
+
+    def _edit_(self, seq, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
+        return _sra_sequence_(seq, layer, n_layers, seq.shape[-1], self.params, heads=heads, stats=stats)

@@ -1,0 +1,57 @@
+"""Shared fixtures: paths to ../shared, the tiny model (session-scoped, read-only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures" / "transition"
+XSUM_DIR = SHARED / "data" / "xsum-at-release"
+
+
+def require_shared(path: Path) -> Path:
+    """Skip (with the reason) when ``../shared`` is absent, as in a user's fresh clone."""
+    if not path.exists():
+        pytest.skip(f"{path} not found: ../shared is present beside the checkout on CI only")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The embedded tiny Llama as a TransformerBridge (float32, CPU). Do not mutate."""
+    import at_probe as ap
+
+    return ap.load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf():
+    """An independent Hugging Face copy of the tiny model (eager attention, float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import at_probe as ap
+
+    return AutoModelForCausalLM.from_pretrained(
+        ap.TINY_MODEL_DIR, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def heldout_docs() -> list[dict]:
+    """A few held-out XSum documents (``int(id) % 4 == 0``) from the 800 bucket."""
+    from at_probe.xsum import is_heldout, load_records
+
+    path = require_shared(XSUM_DIR / "token_800_evaluation.json.gz")
+    return [r for r in load_records(path) if is_heldout(r["id"])][:6]
+
+
+@pytest.fixture(scope="session")
+def sample_text() -> str:
+    """The built-in sample document (about 600 words) used by flow.py by default."""
+    from at_probe.loading import SAMPLE_DOCUMENT
+
+    return SAMPLE_DOCUMENT.read_text()

@@ -1,0 +1,99 @@
+"""Flow reductions against direct computation on small random causal patterns."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from at_probe import ops
+from tests.unit.test_transition import causal_pattern
+
+
+@pytest.fixture
+def p() -> torch.Tensor:
+    return causal_pattern(batch=1, heads=1, t=23, seed=5)[0, 0]
+
+
+def test_region_bounds_cover_the_sequence():
+    b = ops.region_bounds(23, 4)
+    assert b[0] == 0 and b[1] == 1 and b[-1] == 23 and len(b) == 6
+    assert (b[1:] > b[:-1]).all()
+    assert ops.region_labels(b)[0] == "sink" and len(ops.region_labels(b)) == 5
+    with pytest.raises(ValueError):
+        ops.region_bounds(4, 4)
+    with pytest.raises(ValueError):
+        ops.region_bounds(20, 0)
+
+
+def test_key_region_mass_direct(p):
+    b = ops.region_bounds(23, 4).tolist()
+    km = ops.key_region_mass(p, torch.tensor(b))
+    for q in range(23):
+        for r in range(len(b) - 1):
+            assert km[q, r].item() == pytest.approx(p[q, b[r] : b[r + 1]].sum().item(), abs=1e-6)
+    torch.testing.assert_close(km.sum(-1), p.sum(-1))  # region masses sum to the row sum
+
+
+def test_region_to_region_direct(p):
+    bounds = ops.region_bounds(23, 4)
+    b = bounds.tolist()
+    grid = ops.region_to_region(ops.key_region_mass(p, bounds), bounds)
+    for f in range(len(b) - 1):
+        rows = p[b[f] : b[f + 1]]
+        for t in range(len(b) - 1):
+            expected = rows[:, b[t] : b[t + 1]].sum(-1).mean().item()
+            assert grid[f, t].item() == pytest.approx(expected, abs=1e-6)
+    torch.testing.assert_close(grid.sum(-1), torch.ones(len(b) - 1))
+    assert torch.triu(grid, 1).abs().max() == 0  # causal: no mass on later regions
+
+
+def test_sink_entropy_distance_direct(p):
+    assert ops.sink_mass(p).item() == pytest.approx(p[1:, 0].mean().item())
+    ent = np.mean([-sum(x * math.log(x) for x in row.tolist() if x > 0) for row in p[1:]])
+    assert ops.row_entropy(p).item() == pytest.approx(ent, rel=1e-5)
+    dist = np.mean([sum(row[k].item() * (q - k) for k in range(q + 1)) for q, row in enumerate(p) if q > 0])
+    assert ops.attention_distance(p).item() == pytest.approx(dist, rel=1e-5)
+
+
+def _numpy_rollout(mats: list[np.ndarray]) -> np.ndarray:
+    """attention_flow's compute_joint_attention semantics, as an oracle."""
+    joint = None
+    for a in mats:
+        aug = a + np.eye(a.shape[0])
+        aug = aug / aug.sum(-1, keepdims=True)
+        joint = aug if joint is None else aug @ joint
+    return joint
+
+
+def test_rollout_against_numpy_oracle():
+    mats = [causal_pattern(heads=3, t=9, seed=s)[0].mean(0) for s in range(4)]
+    joint = None
+    for m in mats:
+        joint = ops.rollout_step(joint, m)
+    np.testing.assert_allclose(joint.numpy(), _numpy_rollout([m.numpy() for m in mats]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(joint.sum(-1), torch.ones(9))
+
+
+def test_rollout_hand_example():
+    """Two tokens, token 1 attends fully to token 0 in both layers."""
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    joint = ops.rollout_step(ops.rollout_step(None, a), a)
+    # aug = [[1, 0], [0.5, 0.5]]; aug @ aug = [[1, 0], [0.75, 0.25]]
+    torch.testing.assert_close(joint, torch.tensor([[1.0, 0.0], [0.75, 0.25]]))
+
+
+def test_knockout_zeroes_and_renormalises(p):
+    out = ops.knockout(p[None, None], 5, 9)[0, 0]
+    assert out[9:, 5:9].abs().max() == 0
+    torch.testing.assert_close(out[9:].sum(-1), p[9:].sum(-1))
+    assert torch.equal(out[:9], p[:9])  # rows before the region's end untouched
+
+
+def test_knockout_of_unattended_region_is_identity():
+    p = causal_pattern(heads=1, t=12)[0, 0].clone()
+    p[4:, 2:4] = 0
+    p = p / p.sum(-1, keepdim=True)
+    torch.testing.assert_close(ops.knockout(p, 2, 4), p)
