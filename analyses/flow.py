@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sra-strengthen-outer", type=float, default=4.0)
     p.add_argument("--knockout", type=int, default=2, metavar="BAND",
                    help="knock out each region in bands of BAND layers (default 2; 0 disables)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="truncate the prompt to this many tokens (default: the model's context)")
     p.add_argument("--out", type=Path, default=Path("out/flow"))
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0, help="placebo seed (default 0)")
@@ -89,16 +91,20 @@ def read_document(args: argparse.Namespace) -> tuple[str, str | None, str]:
     return SAMPLE_DOCUMENT.read_text(), SAMPLE_SUMMARY.read_text().strip(), "built-in sample document"
 
 
-def prompt_tokens(model: Any, document: str, reference: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The paper's prompt as ``[1, T]`` tokens, truncated (with a notice) to fit the context."""
+def prompt_tokens(model: Any, document: str, reference: str | None,
+                  max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The paper's prompt as ``[1, T]`` tokens; the document is truncated (with a notice) to fit."""
     tok = model.tokenizer
     suffix = tok(PROMPT_SUFFIX, add_special_tokens=False)["input_ids"]
     doc = tok(document, add_special_tokens=True)["input_ids"]
     ref = tok(" " + reference, add_special_tokens=False)["input_ids"] if reference else []
-    room = int(model.cfg.n_ctx) - len(suffix) - len(ref)
+    limit = min(int(model.cfg.n_ctx) - len(ref), max_tokens or int(model.cfg.n_ctx))
+    room = limit - len(suffix)
+    if room < 1:
+        raise UsageError(f"no room for the document in {limit} tokens")
     if len(doc) > room:
-        print(f"notice: document has {len(doc)} tokens; truncated to {room} to fit the model's "
-              f"context of {model.cfg.n_ctx} tokens (prompt suffix and reference kept)")
+        print(f"notice: document has {len(doc)} tokens; truncated to {room} so the prompt fits in "
+              f"{limit} tokens (model context {model.cfg.n_ctx}; prompt suffix and reference kept)")
         doc = doc[:room]
     device = model.cfg.device
     prompt = torch.tensor([doc + suffix], device=device)
@@ -202,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     from at_probe.plotting import PLOTS, save_figure
 
     started = time.time()
-    prompt, ref_tokens = prompt_tokens(model, document, reference)
+    try:
+        prompt, ref_tokens = prompt_tokens(model, document, reference, args.max_tokens)
+    except UsageError as err:
+        print(f"flow.py: error: {err}", file=sys.stderr)
+        return 2
     t = prompt.shape[1]
     print(f"{source}: {t} prompt tokens, {len(conditions)} conditions, model {args.model}")
     if t - 1 < args.regions:

@@ -1,0 +1,138 @@
+"""Re-analysis of the paper's released GPT-4 judgements (no model needed).
+
+For each length bucket (800/1200/1600/1900 tokens) of the release accompanying arXiv
+2307.13365: the released means (baseline and best-of-N, the paper's headline), how many
+records parse completely, every setting's mean paired gain over the baseline with a 95%
+bootstrap interval, the gain of the best setting when it is *chosen on one half of the
+documents and scored on the other* (2-fold, repeated on bootstrap resamples, seeded), the
+oracle's control (best-of-N over settings whose text equals the baseline's: pure judge
+noise) and how often a setting's text equals the baseline's.
+
+Usage:
+    python analyses/paper_scores.py --data ../shared/data/xsum-at-release --json out/paper_scores.json
+    python analyses/paper_scores.py --data ../shared/data/xsum-at-release --figures figures/paper_scores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from at_probe.judgements import analyse_bucket, best_setting
+from at_probe.xsum import load_records, release_files
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"),
+                   help="folder with token_<B>_evaluation.json.gz")
+    p.add_argument("--json", type=Path, default=None, help="write every number here")
+    p.add_argument("--figures", type=Path, default=None, help="write the figure (PNG + CSV) here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for intervals")
+    p.add_argument("--repeats", type=int, default=1000, help="repeats of the held-out selection")
+    return p.parse_args(argv)
+
+
+def figure_frames(result: dict) -> dict:
+    """Tidy data of the two figure panels: per-setting gains, and oracle vs held-out vs control."""
+    import pandas as pd
+
+    gains, headline = [], []
+    for bucket, r in result["buckets"].items():
+        for name, s in r["settings"].items():
+            gains.append({"bucket": bucket, "setting": name.removeprefix("decode_"), "mean_gain": s["mean_gain"],
+                          "lo": s["ci95"][0], "hi": s["ci95"][1]})
+        for label, est in (("oracle best-of-N (in-sample)", r["oracle_gain"]),
+                           ("best setting chosen on held-out half", r["heldout_selected_gain"]),
+                           ("oracle control: identical texts", r["oracle_control_identical_text"])):
+            headline.append({"bucket": bucket, "estimate": label, "mean_gain": est["mean"],
+                             "lo": est["ci95"][0], "hi": est["ci95"][1]})
+    return {"setting_gains": pd.DataFrame(gains), "oracle_vs_heldout": pd.DataFrame(headline)}
+
+
+def plot(frames: dict):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    gains, head = frames["setting_gains"], frames["oracle_vs_heldout"]
+    buckets = list(dict.fromkeys(gains["bucket"].astype(str)))
+    fig, axes = plt.subplots(1, len(buckets) + 1, figsize=(4.2 * (len(buckets) + 1), 6.5),
+                             gridspec_kw={"width_ratios": [1] * len(buckets) + [1.3]})
+    for ax, bucket in zip(axes, buckets):
+        part = gains[gains["bucket"].astype(str) == bucket].sort_values("mean_gain")
+        y = range(len(part))
+        ax.errorbar(part["mean_gain"], y, xerr=[part["mean_gain"] - part["lo"], part["hi"] - part["mean_gain"]],
+                    fmt="o", ms=3, capsize=2)
+        ax.set_yticks(list(y), part["setting"], fontsize=6)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"{bucket}-token bucket")
+        ax.set_xlabel("GPT-4 score gain vs baseline (95% CI)")
+    ax = axes[-1]
+    sns.pointplot(data=head, x="mean_gain", y="bucket", hue="estimate", dodge=0.5, linestyle="none",
+                  errorbar=None, ax=ax, order=buckets)
+    offsets = {lab: k for k, lab in enumerate(dict.fromkeys(head["estimate"]))}
+    for _, row in head.iterrows():
+        yb = buckets.index(str(row["bucket"])) + (offsets[row["estimate"]] - 1) * 0.25
+        ax.plot([row["lo"], row["hi"]], [yb, yb], color="grey", lw=1)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("mean gain (points, 95% interval)")
+    ax.set_title("Oracle vs held-out selection")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def print_summary(result: dict) -> None:
+    print(f"{'bucket':>6} {'base':>6} {'best-of-N':>9} {'complete':>8} {'oracle gain':>18} "
+          f"{'held-out selected':>22} {'identical-text control':>24} {'best in-sample setting'}")
+    for bucket, r in result["buckets"].items():
+        o, h, c = r["oracle_gain"], r["heldout_selected_gain"], r["oracle_control_identical_text"]
+        fmt = lambda e: f"{e['mean']:+6.1f} [{e['ci95'][0]:+.1f},{e['ci95'][1]:+.1f}]"  # noqa: E731
+        name, best = r["best_in_sample"]["setting"], r["best_in_sample"]
+        print(f"{bucket:>6} {r['baseline_mean_released']:6.1f} {r['best_of_n_mean_released']:9.1f} "
+              f"{r['n_complete']:>4}/{r['n_records']:<3} {fmt(o):>18} {fmt(h):>22} {fmt(c):>24} "
+              f"{name} {best['mean_gain']:+.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        files = release_files(args.data)
+        buckets = {b: load_records(p) for b, p in files.items()}
+    except (FileNotFoundError, ValueError) as err:
+        print(f"paper_scores.py: error: {err}", file=sys.stderr)
+        return 2
+    result: dict = {"buckets": {}, "args": {k: str(v) for k, v in vars(args).items()}}
+    for bucket, records in tqdm(buckets.items(), desc="buckets"):
+        r = analyse_bucket(records, seed=args.seed, n_boot=args.bootstrap, repeats=args.repeats)
+        name, est = best_setting(r)
+        r["best_in_sample"] = {"setting": name, "mean_gain": est.mean, "ci95": list(est.ci95)}
+        result["buckets"][bucket] = r
+    print_summary(result)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    if args.figures is not None:
+        from at_probe.plotting import save_figure
+
+        frames = figure_frames(result)
+        args.figures.mkdir(parents=True, exist_ok=True)
+        frames["oracle_vs_heldout"].to_csv(args.figures / "oracle_vs_heldout.csv", index=False)
+        save_figure(plot(frames), args.figures, "setting_gains", frames["setting_gains"])
+        (args.figures / "result.json").write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.figures}/setting_gains.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""FlowProbe on the tiny model against a run_with_cache oracle, and with the transition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from at_probe import ops
+from at_probe.names import pattern_hook
+from at_probe.probe import FlowProbe, FlowResult
+from at_probe.transition import PaperTransition
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny_model, sample_text):
+    return tiny_model.to_tokens(sample_text)[:, :450]
+
+
+def test_probe_matches_full_pattern_oracle(tiny_model, tokens, tmp_path):
+    """Each reduction equals the same reduction of the cached full patterns."""
+    n_layers = tiny_model.cfg.n_layers
+    probe = FlowProbe.for_model(tiny_model, regions=6, keep_maps=True)
+    with probe.attached(tiny_model), torch.inference_mode():
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    res = probe.result(doc="sample")
+    bounds = ops.region_bounds(tokens.shape[1], 6)
+    assert torch.equal(res.region_bounds, bounds)
+    joint = None
+    for l in range(n_layers):
+        pats = cache[pattern_hook(l)][0].float()
+        for h in range(pats.shape[0]):
+            km = ops.key_region_mass(pats[h], bounds)
+            torch.testing.assert_close(res.final_token_profile[l, h], km[-1])
+            torch.testing.assert_close(res.region_mass[l, h], ops.region_to_region(km, bounds))
+            torch.testing.assert_close(res.entropy[l, h], ops.row_entropy(pats[h]))
+            torch.testing.assert_close(res.sink_mass[l, h], ops.sink_mass(pats[h]))
+            torch.testing.assert_close(res.distance[l, h], ops.attention_distance(pats[h]))
+        torch.testing.assert_close(res.maps[l], pats.mean(0), atol=1e-6, rtol=1e-5)
+        joint = ops.rollout_step(joint, pats.mean(0))
+        torch.testing.assert_close(res.rollout[l], ops.key_region_mass(joint[-1:], bounds)[0],
+                                   atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(res.final_token_profile.sum(-1), torch.ones(n_layers, tiny_model.cfg.n_heads))
+    res.save(tmp_path / "r.json")
+    back = FlowResult.load(tmp_path / "r.json")
+    torch.testing.assert_close(back.region_mass, res.region_mass)
+    assert back.meta == {"doc": "sample"}
+    frame = res.to_frame()
+    assert set(frame.measure) == {"sink_mass", "entropy", "distance", "final_token_profile", "region_mass", "rollout"}
+
+
+def test_probe_sees_the_edited_pattern_after_the_transition(tiny_model, tokens):
+    tr = PaperTransition(alpha=1.0, beta=1.5)
+    after, before = FlowProbe.for_model(tiny_model, regions=6), FlowProbe.for_model(tiny_model, regions=6)
+    with torch.inference_mode():
+        tiny_model.run_with_hooks(tokens, fwd_hooks=before.hooks() + tr.hooks(tiny_model) + after.hooks())
+    edited = tr.last_report().layers
+    layer = min(edited)
+    # Same input to the first edited layer: its "before" view is unedited, its "after" view is edited.
+    assert not torch.allclose(after.result().region_mass[layer], before.result().region_mass[layer])
+    assert torch.allclose(after.result().region_mass[0], before.result().region_mass[0])
+
+
+def test_probe_ignores_decode_steps_and_refuses_batches(tiny_model, tokens):
+    probe = FlowProbe.for_model(tiny_model, regions=4)
+    with probe.attached(tiny_model), torch.inference_mode():
+        tiny_model.generate(tokens, max_new_tokens=3, do_sample=False, verbose=False)
+    assert probe.result().region_bounds[-1] == tokens.shape[1]
+    with pytest.raises(ValueError, match="one sequence"):
+        with FlowProbe.for_model(tiny_model).attached(tiny_model), torch.inference_mode():
+            tiny_model(tokens.repeat(2, 1))
+    with pytest.raises(RuntimeError):
+        FlowProbe.for_model(tiny_model).result()
