@@ -130,7 +130,7 @@ def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
 
 def probe_condition(model: Any, prompt: torch.Tensor, transition: Any, regions: int) -> tuple[FlowResult, Any]:
     """One prefill pass with the transition (if any) and the probe after it."""
-    probe = FlowProbe.for_model(model, regions=regions)
+    probe = FlowProbe.for_model(model, regions=regions, rollout=True)
     pairs = ([] if transition is None else transition.hooks(model)) + probe.hooks()
     with torch.inference_mode():
         model.run_with_hooks(prompt, fwd_hooks=pairs)

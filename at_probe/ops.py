@@ -50,42 +50,52 @@ def _assignment(bounds: Tensor, n: int) -> Tensor:
     return torch.nn.functional.one_hot(idx, len(bounds) - 1).float()
 
 
-def key_region_mass(pattern: Square, bounds: Tensor) -> Float[Tensor, "query_pos region"]:
-    """Attention mass each query row puts on each key region (row sums kept as they are)."""
+def key_region_mass(pattern: Tensor, bounds: Tensor) -> Tensor:
+    """Attention mass each query row puts on each key region: ``[..., q, k] -> [..., q, region]``.
+
+    Row sums are kept as they are (the transition may leave rows summing to more than 1).
+    """
     bounds = bounds.to(pattern.device)
     return pattern.float() @ _assignment(bounds, pattern.shape[-1])
 
 
-def region_to_region(key_mass: Float[Tensor, "query_pos region"], bounds: Tensor) -> Float[Tensor, "region region"]:
-    """Mean over the query rows of each region of their key-region mass: ``[from, to]``."""
+def region_to_region(key_mass: Tensor, bounds: Tensor) -> Tensor:
+    """Mean over the query rows of each region of their key-region mass.
+
+    ``[..., q, region] -> [..., from_region, to_region]``.
+    """
     bounds = bounds.to(key_mass.device)
-    assign = _assignment(bounds, key_mass.shape[0])
+    assign = _assignment(bounds, key_mass.shape[-2])
     counts = assign.sum(0).clamp(min=1)
     return (assign.T @ key_mass) / counts[:, None]
 
 
-def sink_mass(pattern: Square) -> Tensor:
-    """Mean attention on token 0 over rows ``1 .. T-1`` (row 0 can only attend to itself)."""
-    return pattern[1:, 0].float().mean()
+def sink_mass(pattern: Tensor) -> Tensor:
+    """Mean attention on token 0 over rows ``1 .. T-1`` (row 0 can only attend to itself): ``[...]``."""
+    return pattern[..., 1:, 0].float().mean(-1)
 
 
-def row_entropy(pattern: Square) -> Tensor:
-    """Mean Shannon entropy (nats) of rows ``1 .. T-1``, each renormalised to sum 1 first."""
-    rows = pattern[1:].float()
-    rows = rows / rows.sum(-1, keepdim=True).clamp(min=1e-12)
-    return -(rows * torch.log(rows.clamp(min=1e-30))).sum(-1).mean()
+def row_entropy(pattern: Tensor) -> Tensor:
+    """Mean Shannon entropy (nats) of rows ``1 .. T-1``, each renormalised to sum 1: ``[...]``.
+
+    Uses ``H = log S - sum(p log p) / S`` with ``S`` the row sum, so only one temporary of the
+    pattern's size is made.
+    """
+    rows = pattern[..., 1:, :].float()
+    total = rows.sum(-1).clamp(min=1e-30)
+    return (total.log() - torch.special.xlogy(rows, rows).sum(-1) / total).mean(-1)
 
 
-def attention_distance(pattern: Square) -> Tensor:
-    """Mean over rows ``1 .. T-1`` of the expected query-key distance in tokens.
+def attention_distance(pattern: Tensor) -> Tensor:
+    """Mean over rows ``1 .. T-1`` of the expected query-key distance in tokens: ``[...]``.
 
     Each row is renormalised to sum 1, so a row the transition inflated counts once.
     """
-    rows = pattern[1:].float()
-    q = torch.arange(1, pattern.shape[0], device=pattern.device, dtype=torch.float32)
-    k = torch.arange(pattern.shape[1], device=pattern.device, dtype=torch.float32)
-    total = rows.sum(-1).clamp(min=1e-12)
-    return (q - (rows @ k) / total).mean()
+    rows = pattern[..., 1:, :].float()
+    q = torch.arange(1, pattern.shape[-2], device=pattern.device, dtype=torch.float32)
+    k = torch.arange(pattern.shape[-1], device=pattern.device, dtype=torch.float32)
+    total = rows.sum(-1).clamp(min=1e-30)
+    return (q - (rows @ k) / total).mean(-1)
 
 
 def with_residual(mean_pattern: Square) -> Square:
@@ -99,6 +109,25 @@ def rollout_step(joint: Square | None, mean_pattern: Square) -> Square:
     """One layer of attention rollout: ``joint_l = aug(A_l) @ joint_{l-1}`` (identity before layer 0)."""
     aug = with_residual(mean_pattern)
     return aug if joint is None else aug @ joint
+
+
+def rollout_rows(mean_patterns: Float[Tensor, "layer query_pos key_pos"], row: int = -1) -> Float[Tensor, "layer key_pos"]:
+    """Row ``row`` of the rollout after each layer, by vector-matrix products (``O(L^2 T^2)``).
+
+    ``out[l] = e_row^T aug(A_l) ... aug(A_0)``: the same numbers as ``rollout_step`` chained,
+    without the ``O(T^3)`` matrix products.
+    """
+    # v @ aug(A) = w @ A + w with w = v / (rowsum(A) + 1): no T x T temporary.
+    norm = mean_patterns.float().sum(-1) + 1.0
+    out = []
+    for last in range(mean_patterns.shape[0]):
+        v = torch.zeros(mean_patterns.shape[-1], dtype=torch.float32, device=mean_patterns.device)
+        v[row] = 1.0
+        for l in range(last, -1, -1):
+            w = v / norm[l]
+            v = w @ mean_patterns[l].float() + w
+        out.append(v)
+    return torch.stack(out)
 
 
 def knockout(pattern: Tensor, start: int, end: int) -> Tensor:

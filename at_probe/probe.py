@@ -1,10 +1,11 @@
 """FlowProbe: how attention moves information across layers, reduced inside the hooks.
 
 During one prefill forward pass the probe's hooks on ``blocks.{l}.attn.hook_pattern`` reduce
-each layer's ``[1, head, T, T]`` pattern, one head at a time, to small per-layer, per-head
-measures (``at_probe.ops``), and optionally advance attention rollout (Abnar & Zuidema
-2020) with one running ``T x T`` matrix. Memory is ``O(L * H * R^2)`` plus that matrix;
-no layer's full pattern is kept unless ``keep_maps=True`` asks for head-averaged maps.
+each layer's ``[1, head, T, T]`` pattern to small per-layer, per-head measures
+(``at_probe.ops``). Memory is ``O(L * H * R^2)`` plus one ``T x T`` working matrix; no layer's
+pattern is kept. Attention rollout (Abnar & Zuidema 2020) is an explicit opt-in
+(``rollout=True``): it keeps head-averaged ``[L, T, T]`` maps and computes the last token's
+rollout row by vector-matrix products at ``result()``.
 
 Hook order: on a shared hook point hooks run in registration order, so
 ``tr.hooks(model) + probe.hooks()`` lets the probe see the pattern *after* the transition,
@@ -138,11 +139,12 @@ class FlowProbe:
     Args:
         n_layers, n_heads: model shape (``for_model`` reads them).
         regions: number of context regions ``R`` besides the sink.
-        rollout: also compute attention rollout (one running ``T x T`` matrix).
-        keep_maps: keep head-averaged ``[L, T, T]`` maps (explicit opt-in: ``O(L T^2)``).
+        rollout: also compute attention rollout from the last token. Explicit opt-in: it keeps
+            head-averaged ``[L, T, T]`` maps (``4 L T^2`` bytes) until ``result()``.
+        keep_maps: return those head-averaged maps in the result.
     """
 
-    def __init__(self, n_layers: int, n_heads: int, *, regions: int = 16, rollout: bool = True,
+    def __init__(self, n_layers: int, n_heads: int, *, regions: int = 16, rollout: bool = False,
                  keep_maps: bool = False):
         if regions < 1:
             raise ValueError(f"regions must be >= 1, got {regions}")
@@ -159,8 +161,6 @@ class FlowProbe:
         """Forget everything captured so far."""
         self._bounds: Tensor | None = None
         self._layers: dict[int, dict[str, Tensor]] = {}
-        self._joint: Tensor | None = None
-        self._rollout_rows: dict[int, Tensor] = {}
         self._maps: dict[int, Tensor] = {}
         self._warned = False
 
@@ -190,29 +190,24 @@ class FlowProbe:
             self._capture(layer, pattern[0].detach())
 
     def _capture(self, layer: int, heads: Tensor) -> None:
-        t = heads.shape[-1]
+        """Reduce one layer's ``[head, T, T]`` pattern (batched matmuls; entropy per head)."""
         if self._bounds is None:
-            self._bounds = ops.region_bounds(t, self.regions)
-        bounds = self._bounds
-        per_head: dict[str, list[Tensor]] = {k: [] for k in ("region_mass", "final", *_PER_HEAD)}
-        mean = torch.zeros(t, t, dtype=torch.float32, device=heads.device) if self.rollout or self.keep_maps else None
-        for h in range(heads.shape[0]):
-            p = heads[h].float()  # the one T x T working matrix
-            key_mass = ops.key_region_mass(p, bounds)
-            per_head["region_mass"].append(ops.region_to_region(key_mass, bounds))
-            per_head["final"].append(key_mass[-1])
-            per_head["sink_mass"].append(ops.sink_mass(p))
-            per_head["entropy"].append(ops.row_entropy(p))
-            per_head["distance"].append(ops.attention_distance(p))
-            if mean is not None:
-                mean += p / heads.shape[0]
-        self._layers[layer] = {k: torch.stack(v).cpu() for k, v in per_head.items()}
-        if mean is not None:
-            if self.keep_maps:
-                self._maps[layer] = mean.cpu()
-            if self.rollout:
-                self._joint = ops.rollout_step(self._joint, mean)
-                self._rollout_rows[layer] = ops.key_region_mass(self._joint[-1:], bounds)[0].cpu()
+            self._bounds = ops.region_bounds(heads.shape[-1], self.regions)
+        key_mass = ops.key_region_mass(heads, self._bounds)  # [head, T, region]
+        self._layers[layer] = {
+            "region_mass": ops.region_to_region(key_mass, self._bounds).cpu(),
+            "final": key_mass[:, -1].cpu(),
+            "sink_mass": ops.sink_mass(heads).cpu(),
+            # one head at a time: entropy's elementwise temporary is the one T x T working matrix
+            "entropy": torch.stack([ops.row_entropy(heads[h]) for h in range(heads.shape[0])]).cpu(),
+            "distance": ops.attention_distance(heads).cpu(),
+        }
+        if self.rollout or self.keep_maps:
+            self._maps[layer] = heads.float().mean(0)
+
+    def _rollout(self) -> Tensor:
+        maps = torch.stack([self._maps[l] for l in range(self.n_layers)])
+        return ops.key_region_mass(ops.rollout_rows(maps), self._bounds).cpu()
 
     def result(self, **meta: Any) -> FlowResult:
         """The captured measures as a ``FlowResult`` (``meta`` is stored alongside).
@@ -232,7 +227,7 @@ class FlowProbe:
             sink_mass=stack("sink_mass"),
             entropy=stack("entropy"),
             distance=stack("distance"),
-            rollout=torch.stack([self._rollout_rows[l] for l in range(self.n_layers)]) if self.rollout else None,
-            maps=torch.stack([self._maps[l] for l in range(self.n_layers)]) if self.keep_maps else None,
+            rollout=self._rollout() if self.rollout else None,
+            maps=torch.stack([self._maps[l].cpu() for l in range(self.n_layers)]) if self.keep_maps else None,
             meta=dict(meta),
         )

@@ -78,3 +78,156 @@ def load_all_documents(data_dir: str | Path) -> list[dict[str, Any]]:
 def make_prompt(document: str) -> str:
     """The paper's summarisation prompt for one document."""
     return document + PROMPT_SUFFIX
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: "baseline", "paper:alpha=1,beta=0.5,k=2", "sra:threshold_len=200,...", "placebo:..."
+# ---------------------------------------------------------------------------------------------
+
+
+class SettingError(ValueError):
+    """A setting string that cannot be parsed (the message names the bad part)."""
+
+
+_PAPER_KEYS = {"alpha": float, "beta": float, "k": int}
+_SETTING_KEYS: dict[str, dict[str, type]] = {
+    "paper": _PAPER_KEYS,
+    "placebo": {**_PAPER_KEYS, "seed": int},
+    "sra": {"begin_length": int, "threshold_len": int, "elimi_factor_inter": float,
+            "elimi_factor_outer": float, "strengthen_factor_inter": float,
+            "strengthen_factor_outer": float, "dyna_div": int},
+}
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """One setting string -> (canonical name, transition object or None for the baseline).
+
+    Grammar: ``baseline`` | ``KIND:key=value,key=value`` with KIND ``paper`` / ``placebo``
+    (keys ``alpha``, ``beta``, ``k``; placebo also ``seed``) or ``sra`` (keys of
+    ``SRATransition``). Omitted keys take the class defaults.
+
+    Raises:
+        SettingError: unknown kind or key, a value of the wrong type, or invalid parameters.
+    """
+    from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
+
+    text = text.strip()
+    if text == "baseline":
+        return "baseline", None
+    kind, _, body = text.partition(":")
+    if kind not in _SETTING_KEYS:
+        raise SettingError(f"unknown setting {text!r}: expected baseline, paper:..., sra:... or placebo:...")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in body.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in _SETTING_KEYS[kind]:
+            raise SettingError(f"bad parameter {item!r} in {text!r}; {kind} takes {', '.join(_SETTING_KEYS[kind])}")
+        try:
+            params[key] = _SETTING_KEYS[kind][key](value.strip())
+        except ValueError:
+            raise SettingError(f"bad value {value!r} for {key} in {text!r}") from None
+    if "k" in params:
+        params["intervals_per_layer"] = params.pop("k")
+    try:
+        cls = {"paper": PaperTransition, "placebo": PlaceboTransition, "sra": SRATransition}[kind]
+        transition = cls(**params)
+    except ValueError as err:
+        raise SettingError(f"invalid {text!r}: {err}") from None
+    canonical = kind + ":" + ",".join(f"{k}={v}" for k, v in sorted(_canonical_params(kind, transition).items()))
+    return canonical, transition
+
+
+def _canonical_params(kind: str, transition: Any) -> dict[str, Any]:
+    keys = [k if k != "k" else "intervals_per_layer" for k in _SETTING_KEYS[kind]]
+    values = {k: getattr(transition, k) for k in keys}
+    if "intervals_per_layer" in values:
+        values["k"] = values.pop("intervals_per_layer")
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def parse_settings(text: str) -> dict[str, Any]:
+    """``;``-separated settings -> {canonical name: transition or None}, in order, no duplicates."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, transition = parse_setting(part)
+        if name in out:
+            raise SettingError(f"setting {part!r} appears twice")
+        out[name] = transition
+    if not out:
+        raise SettingError("no settings given")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation and teacher-forced scoring (batched, left padding)
+# ---------------------------------------------------------------------------------------------
+
+
+def _prompt_ids(model: Any, texts: list[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of each text (with BOS); a text over ``max_tokens`` keeps BOS and its last tokens,
+    so the summarisation instruction at the end survives."""
+    ids = [model.tokenizer(t)["input_ids"] for t in texts]
+    return [x if len(x) <= max_tokens else x[:1] + x[len(x) - max_tokens + 1 :] for x in ids]
+
+
+def left_pad(model: Any, rows: list[list[int]]) -> tuple[Any, Any]:
+    """Left-padded ``(input_ids, attention_mask)`` tensors on the model's device."""
+    import torch
+
+    width = max(map(len, rows))
+    pad = model.tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in rows], device=model.cfg.device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows], device=model.cfg.device)
+    return ids, mask
+
+
+def summarise(model: Any, prompts: list[str], transition: Any, *, max_new_tokens: int = 50,
+              max_prompt_tokens: int | None = None) -> list[str]:
+    """Greedy continuations (new tokens only, cut at EOS) of a batch of prompts.
+
+    The transition (or None) is active on each prompt's own rows at prefill. Rows of a batch
+    get what they would get alone (left padding with an attention mask).
+    """
+    import contextlib
+
+    import torch
+
+    limit = (max_prompt_tokens or int(model.cfg.n_ctx)) - max_new_tokens
+    input_ids, mask = left_pad(model, _prompt_ids(model, prompts, limit))
+    ctx = contextlib.nullcontext() if transition is None else transition.applied(model)
+    with ctx, torch.inference_mode():
+        out = model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             stop_at_eos=True, verbose=False)
+    eos = model.tokenizer.eos_token_id
+    texts = []
+    for row in out[:, input_ids.shape[1] :].tolist():
+        if eos in row:
+            row = row[: row.index(eos)]
+        texts.append(model.tokenizer.decode(row, skip_special_tokens=True))
+    return texts
+
+
+def reference_nll(model: Any, prompts: list[str], references: list[str], transition: Any,
+                  *, max_prompt_tokens: int | None = None) -> list[float]:
+    """Teacher-forced mean NLL (nats/token) of each reference given its prompt, setting active.
+
+    The transition edits prompt rows only (``prompt_lengths``), never the reference's rows.
+    """
+    import torch
+
+    tok = model.tokenizer
+    refs = [tok(" " + r, add_special_tokens=False)["input_ids"] for r in references]
+    limit = (max_prompt_tokens or int(model.cfg.n_ctx)) - max(map(len, refs))
+    prompts_ids = _prompt_ids(model, prompts, limit)
+    ids, mask = left_pad(model, [p + r for p, r in zip(prompts_ids, refs)])
+    hooks = [] if transition is None else transition.hooks(model, prompt_lengths=[len(p) for p in prompts_ids])
+    with torch.inference_mode():
+        logp = model.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks).float().log_softmax(-1)
+    width = ids.shape[1]
+    out = []
+    for i, ref in enumerate(refs):
+        n = len(ref)
+        targets = ids[i, width - n :]
+        out.append(float(-logp[i, width - n - 1 : width - 1].gather(-1, targets[:, None]).mean()))
+    return out

@@ -19,7 +19,7 @@ def tokens(tiny_model, sample_text):
 def test_probe_matches_full_pattern_oracle(tiny_model, tokens, tmp_path):
     """Each reduction equals the same reduction of the cached full patterns."""
     n_layers = tiny_model.cfg.n_layers
-    probe = FlowProbe.for_model(tiny_model, regions=6, keep_maps=True)
+    probe = FlowProbe.for_model(tiny_model, regions=6, rollout=True, keep_maps=True)
     with probe.attached(tiny_model), torch.inference_mode():
         _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     res = probe.result(doc="sample")

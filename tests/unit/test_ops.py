@@ -97,3 +97,13 @@ def test_knockout_of_unattended_region_is_identity():
     p[4:, 2:4] = 0
     p = p / p.sum(-1, keepdim=True)
     torch.testing.assert_close(ops.knockout(p, 2, 4), p)
+
+
+def test_rollout_rows_equal_chained_rollout_steps():
+    maps = torch.stack([causal_pattern(heads=2, t=11, seed=s)[0].mean(0) for s in range(5)])
+    maps[2] *= 1.3  # rows not summing to 1, as after the paper transition
+    rows = ops.rollout_rows(maps)
+    joint = None
+    for l in range(5):
+        joint = ops.rollout_step(joint, maps[l])
+        torch.testing.assert_close(rows[l], joint[-1], atol=1e-6, rtol=1e-5)

@@ -1,0 +1,158 @@
+"""Overhead benchmarks, measured side by side in one process (ratios, not absolute times).
+
+* transition: a forward pass of a ``--tokens``-token document with the paper transition on all
+  scheduled layers (and SRA) vs the same forward without it;
+* probe: the same forward with a ``FlowProbe`` attached (with and without rollout) vs without;
+* memory: peak RSS of ``analyses/flow.py`` on that document vs a plain forward of the same
+  tokens, each in a fresh subprocess.
+
+Each timing ratio is the median over ``--repeats`` interleaved (paired) runs.
+
+Usage:
+    python analyses/bench.py                                   # tiny model, CPU
+    python analyses/bench.py --model DIR --device cuda --dtype bfloat16 --random-init  # 7b-shaped
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from at_probe.loading import load_model
+from at_probe.probe import FlowProbe
+from at_probe.transition import PaperTransition, SRATransition
+from at_probe.xsum import load_records
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_XSUM = REPO.parent / "shared" / "data" / "xsum-at-release" / "token_1900_evaluation.json.gz"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def paired_ratio(plain: Callable[[], Any], treated: Callable[[], Any], repeats: int,
+                 device: torch.device) -> dict[str, float]:
+    """Median of treated/plain time ratios over interleaved runs (one warm-up each)."""
+    plain(), treated()
+    ratios, base_times = [], []
+    for _ in range(repeats):
+        times = []
+        for fn in (plain, treated):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        base_times.append(times[0])
+        ratios.append(times[1] / times[0])
+    return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "plain_seconds_median": statistics.median(base_times)}
+
+
+def document_tokens(model: Any, n_tokens: int, xsum: Path) -> tuple[torch.Tensor, str]:
+    """``n_tokens`` tokens of the first XSum document long enough, else of repeated sample text."""
+    if xsum.is_file():
+        for i, rec in enumerate(load_records(xsum)):
+            toks = model.to_tokens(rec["document"])
+            if toks.shape[1] >= n_tokens:
+                return toks[:, :n_tokens], f"{xsum.name}#{i}"
+    from at_probe.loading import SAMPLE_DOCUMENT
+
+    toks = model.to_tokens(SAMPLE_DOCUMENT.read_text() * 8)
+    return toks[:, :n_tokens], "sample document repeated"
+
+
+def peak_rss_mb(code: str) -> float:
+    """Peak RSS (MiB) of a fresh Python process running ``code`` (printed by the child)."""
+    wrapped = code + "\nimport resource; print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, check=True,
+                         cwd=REPO, env={"MPLBACKEND": "Agg", **__import__("os").environ})
+    line = next(l for l in out.stdout.splitlines() if l.startswith("PEAK_RSS_KB"))
+    return int(line.split()[1]) / 1024
+
+
+def memory_ratio(args: argparse.Namespace, source: str) -> dict[str, float]:
+    """flow.py vs a plain forward, same model and tokens, each in its own process."""
+    common = (f"import torch\nfrom at_probe.loading import load_model\n"
+              f"m = load_model({args.model!r}, device={args.device!r})\n")
+    plain = common + (
+        f"from analyses.bench import document_tokens\nfrom pathlib import Path\n"
+        f"toks, _ = document_tokens(m, {args.tokens}, Path({str(args.xsum)!r}))\n"
+        f"with torch.inference_mode(): m(toks)\n")
+    flow = ("import sys\nsys.path.insert(0, 'analyses')\nimport flow\n"
+            f"assert flow.main(['--model', {args.model!r}, '--xsum', {str(args.xsum)!r}, '--index', "
+            f"{source.split('#')[-1]!r}, '--max-tokens', '{args.tokens}', '--knockout', '8', "
+            f"'--out', '/tmp/at_probe_bench_flow']) == 0\n")
+    a, b = peak_rss_mb(plain), peak_rss_mb(flow)
+    return {"plain_forward_peak_rss_mib": a, "flow_py_peak_rss_mib": b, "ratio": b / a}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--device", default=None)
+    p.add_argument("--tokens", type=int, default=1900)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--xsum", type=Path, default=DEFAULT_XSUM)
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    torch.manual_seed(0)
+    model = load_model(args.model, device=args.device)
+    device = torch.device(model.cfg.device)
+    tokens, source = document_tokens(model, args.tokens, args.xsum)
+    print(f"model {args.model} on {device}, {tokens.shape[1]} tokens from {source}")
+
+    def plain() -> None:
+        with torch.inference_mode():
+            model(tokens)
+
+    def hooked(make_pairs: Callable[[], list]) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode():
+                model.run_with_hooks(tokens, fwd_hooks=make_pairs())
+        return run
+
+    def probed(rollout: bool) -> Callable[[], None]:
+        def run() -> None:
+            probe = FlowProbe.for_model(model, rollout=rollout)
+            with torch.inference_mode():
+                model.run_with_hooks(tokens, fwd_hooks=probe.hooks())
+                probe.result()
+        return run
+
+    results: dict[str, Any] = {"model": args.model, "device": str(device), "tokens": tokens.shape[1],
+                               "source": source}
+    paper = PaperTransition(alpha=1.0, beta=0.5, intervals_per_layer=2)
+    sra = SRATransition()
+    results["paper_transition"] = paired_ratio(plain, hooked(lambda: paper.hooks(model)), args.repeats, device)
+    results["sra_transition"] = paired_ratio(plain, hooked(lambda: sra.hooks(model)), args.repeats, device)
+    results["probe"] = paired_ratio(plain, probed(False), args.repeats, device)
+    results["probe_with_rollout"] = paired_ratio(plain, probed(True), args.repeats, device)
+    for key in ("paper_transition", "sra_transition", "probe", "probe_with_rollout"):
+        r = results[key]
+        print(f"{key:<20} {r['ratio_median']:.3f}x  (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}; "
+              f"plain forward {r['plain_seconds_median'] * 1000:.0f} ms)")
+    if not args.skip_memory and args.xsum.is_file() and "#" in source:
+        results["memory"] = memory_ratio(args, source)
+        m = results["memory"]
+        print(f"{'flow.py peak RSS':<20} {m['ratio']:.3f}x  ({m['flow_py_peak_rss_mib']:.0f} MiB vs "
+              f"{m['plain_forward_peak_rss_mib']:.0f} MiB for a plain forward)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""XSum summarisation with and without the transition, end to end, resumable.
+
+For each document of a bucket (held-out documents by default: ``int(id) % 4 == 0``, never
+seen by the tiny model) and each setting, the model greedily continues the paper's prompt
+``document + " Please summarize context above:"`` and the output (new tokens only) is scored
+against the reference: ROUGE-1/2/L F1 (stemmed), 4-gram repetition, novel bigrams, where in the
+document copied content comes from, and ``summary_nll``, the teacher-forced NLL of the
+reference given the prompt with the setting active (a judge-free comprehension measure).
+
+Settings (``--settings``, separated by ``;``):
+    baseline
+    paper:alpha=A,beta=B,k=K          the 2023 transition
+    placebo:alpha=A,beta=B,k=K,seed=S the same rows and mass, random targets (control)
+    sra:threshold_len=N,...           the 2025 SRA version (keys of SRATransition)
+
+The run directory holds ``manifest.json`` (model, data file hash, settings, version) and
+``records.jsonl`` (one line per document and setting). Killed at any moment and re-run with
+the same arguments, it continues where it stopped; a different configuration is refused.
+
+Usage:
+    python analyses/xsum_eval.py --data ../shared/data/xsum-at-release --bucket 800 --limit 20 --out runs/tiny800
+    python analyses/xsum_report.py runs/tiny800
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+import at_probe
+from at_probe import text_metrics
+from at_probe.xsum import (
+    BUCKETS,
+    SettingError,
+    is_heldout,
+    load_records,
+    make_prompt,
+    parse_settings,
+    reference_nll,
+    summarise,
+)
+
+DEFAULT_SETTINGS = "baseline;paper:alpha=1,beta=0.5,k=2;placebo:alpha=1,beta=0.5,k=2"
+
+
+class RunError(Exception):
+    """A usage or run-directory problem: reported in one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"))
+    p.add_argument("--bucket", choices=BUCKETS, default="800")
+    p.add_argument("--split", choices=("heldout", "all"), default="heldout")
+    p.add_argument("--limit", type=int, default=None, help="first N documents of the split")
+    p.add_argument("--settings", default=DEFAULT_SETTINGS)
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    return p.parse_args(argv)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_manifest(run: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest, or refuse if the directory holds a different configuration."""
+    path = run / "manifest.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in manifest if old.get(k) != manifest[k])
+        if diff:
+            raise RunError(f"{run} holds a run with a different configuration ({', '.join(diff)}); "
+                           "use another --out")
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=1))
+
+
+def load_done(records_path: Path) -> set[tuple[str, str]]:
+    """Completed (doc_id, setting) pairs; a partial last line from a kill is cut off."""
+    if not records_path.is_file():
+        return set()
+    raw = records_path.read_bytes()
+    keep = raw[: raw.rfind(b"\n") + 1]
+    done, good = set(), 0
+    for line in keep.splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        done.add((rec["doc_id"], rec["setting"]))
+        good += len(line)
+    if good != len(raw):
+        with open(records_path, "r+b") as fh:
+            fh.truncate(good)
+    return done
+
+
+def score(output: str, rec: dict[str, Any]) -> dict[str, Any]:
+    positions = text_metrics.source_positions(output, rec["document"])
+    return {
+        **text_metrics.rouge(output, rec["summary"]),
+        "repetition_4gram": text_metrics.repetition_rate(output),
+        "novel_bigrams": text_metrics.novel_bigram_share(output, rec["document"]),
+        "source_position_mean": sum(positions) / len(positions) if positions else None,
+        "source_ngrams_matched": len(positions),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = parse_settings(args.settings)
+        if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
+            raise RunError("--batch-size, --max-new-tokens and --limit must be >= 1")
+        data_file = args.data / f"token_{args.bucket}_evaluation.json.gz"
+        docs = load_records(data_file)
+        if args.split == "heldout":
+            docs = [d for d in docs if is_heldout(d["id"])]
+        docs = docs[: args.limit]
+        manifest = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
+                    "bucket": args.bucket, "split": args.split, "settings": list(settings),
+                    "max_new_tokens": args.max_new_tokens, "at_probe_version": at_probe.__version__}
+        check_manifest(args.out, manifest)
+        model = at_probe.load_model(args.model, device=args.device)
+    except (SettingError, RunError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"xsum_eval.py: error: {err}", file=sys.stderr)
+        return 2
+
+    records_path = args.out / "records.jsonl"
+    done = load_done(records_path)
+    todo = [(name, d) for name in settings for d in docs if (str(d["id"]), name) not in done]
+    print(f"{len(docs)} documents x {len(settings)} settings: {len(done)} done, {len(todo)} to go")
+    bar = tqdm(total=len(todo), desc="xsum", unit="summary")
+    with open(records_path, "a", encoding="utf-8") as out:
+        for name in settings:
+            pending = [d for n, d in todo if n == name]
+            for start in range(0, len(pending), args.batch_size):
+                batch = pending[start : start + args.batch_size]
+                t0 = time.perf_counter()
+                prompts = [make_prompt(d["document"]) for d in batch]
+                outputs = summarise(model, prompts, settings[name], max_new_tokens=args.max_new_tokens)
+                nlls = reference_nll(model, prompts, [d["summary"] for d in batch], settings[name])
+                seconds = (time.perf_counter() - t0) / len(batch)
+                lines = [json.dumps({"doc_id": str(d["id"]), "setting": name, "output": o, **score(o, d),
+                                     "summary_nll": nll, "wall_seconds": seconds}) + "\n"
+                         for d, o, nll in zip(batch, outputs, nlls)]
+                out.write("".join(lines))
+                out.flush()
+                os.fsync(out.fileno())
+                bar.update(len(batch))
+    bar.close()
+    print(f"wrote {records_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Report of an ``xsum_eval.py`` run: paired differences, held-out selection, placebo control.
+
+For every setting and metric: the mean paired difference against the baseline on the same
+documents with a 95% bootstrap interval. Across the transition settings: the gain of the
+setting chosen on one half of the documents and scored on the other (never the in-sample
+best). For each paper setting with a placebo of the same parameters: paper minus placebo,
+which isolates *where* the mass goes from merely editing the rows.
+
+Usage:
+    python analyses/xsum_report.py runs/tiny800 [--figures figures/xsum] [--json report.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from at_probe.stats import bootstrap_mean, heldout_selected_gain
+
+METRICS = ("rouge1", "rouge2", "rougeL", "summary_nll", "repetition_4gram", "novel_bigrams",
+           "source_position_mean")
+LOWER_IS_BETTER = {"summary_nll", "repetition_4gram"}
+
+
+def load_run(run: Path):
+    import pandas as pd
+
+    path = run / "records.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no records.jsonl in {run}")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
+def differences(frame, metric: str, a: str, b: str):
+    """Per-document ``a - b`` of ``metric`` (a Series by doc_id; NaN where either is missing)."""
+    wide = frame.pivot_table(index="doc_id", columns="setting", values=metric, aggfunc="first", dropna=False)
+    return wide[a].astype(float) - wide[b].astype(float)
+
+
+def paired(frame, metric: str, a: str, b: str) -> np.ndarray:
+    """``differences`` on the documents scored under both settings."""
+    return differences(frame, metric, a, b).dropna().to_numpy(dtype=float)
+
+
+def placebo_twins(name: str, settings: list[str]) -> list[str]:
+    """Placebo settings with the same alpha, beta and k as a paper setting (any seed)."""
+    if not name.startswith("paper:"):
+        return []
+    prefix = "placebo:" + name.removeprefix("paper:") + ","
+    return [s for s in settings if s.startswith(prefix)]
+
+
+def report(frame, *, seed: int = 0) -> dict[str, Any]:
+    settings = list(dict.fromkeys(frame["setting"]))
+    treated = [s for s in settings if s != "baseline" and not s.startswith("placebo:")]
+    out: dict[str, Any] = {"n_documents": int(frame["doc_id"].nunique()), "settings": settings,
+                           "vs_baseline": {}, "vs_placebo": {}, "heldout_selected": {}, "means": {}}
+    for s in settings:
+        part = frame[frame.setting == s]
+        out["means"][s] = {m: float(part[m].astype(float).mean()) for m in METRICS}
+        if s == "baseline" or "baseline" not in settings:
+            continue
+        out["vs_baseline"][s] = {m: bootstrap_mean(paired(frame, m, s, "baseline"), seed=seed).to_dict()
+                                 for m in METRICS}
+    for s in treated:
+        for p in placebo_twins(s, settings):
+            out["vs_placebo"][f"{s} vs {p}"] = {m: bootstrap_mean(paired(frame, m, s, p), seed=seed).to_dict()
+                                                for m in METRICS}
+    if treated and "baseline" in settings:
+        for m in ("rougeL", "summary_nll"):
+            gains = np.column_stack([differences(frame, m, s, "baseline").to_numpy() for s in treated])
+            gains = gains[~np.isnan(gains).any(axis=1)]
+            if m in LOWER_IS_BETTER:
+                gains = -gains  # select the largest improvement
+            est = heldout_selected_gain(gains, seed=seed).to_dict()
+            out["heldout_selected"][m] = {**est, "sign": "improvement (baseline - setting)"
+                                          if m in LOWER_IS_BETTER else "setting - baseline"}
+    return out
+
+
+def figure_frame(result: dict[str, Any]):
+    import pandas as pd
+
+    rows = []
+    for comparison, block in (("vs baseline", result["vs_baseline"]), ("vs placebo", result["vs_placebo"])):
+        for name, metrics in block.items():
+            for m, est in metrics.items():
+                rows.append({"comparison": comparison, "setting": name, "metric": m, "mean": est["mean"],
+                             "lo": est["ci95"][0], "hi": est["ci95"][1], "n": est["n"]})
+    return pd.DataFrame(rows)
+
+
+def plot(df):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    metrics = [m for m in ("rougeL", "summary_nll", "repetition_4gram", "novel_bigrams") if m in set(df.metric)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.6 * df.setting.nunique() + 2.5),
+                             squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        part = df[df.metric == m].reset_index(drop=True)
+        labels = [f"{r.setting} ({r.comparison})" for r in part.itertuples()]
+        ax.errorbar(part["mean"], range(len(part)), xerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]],
+                    fmt="o", capsize=3)
+        ax.set_yticks(range(len(part)), labels if ax is axes[0][0] else [""] * len(part), fontsize=7)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
+        ax.set_xlabel("paired difference (95% CI)")
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--figures", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        frame = load_run(args.run)
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        print(f"xsum_report.py: error: {err}", file=sys.stderr)
+        return 2
+    result = report(frame, seed=args.seed)
+    print(f"{result['n_documents']} documents; settings: {', '.join(result['settings'])}")
+    for block in ("vs_baseline", "vs_placebo"):
+        for name, metrics in result[block].items():
+            cells = "  ".join(f"{m} {e['mean']:+.4f} [{e['ci95'][0]:+.4f},{e['ci95'][1]:+.4f}]"
+                              for m, e in metrics.items() if m in ("rougeL", "summary_nll"))
+            print(f"{name} {block.replace('_', ' ')}: {cells}")
+    for m, e in result["heldout_selected"].items():
+        print(f"held-out selected setting, {m}: {e['mean']:+.4f} [{e['ci95'][0]:+.4f},{e['ci95'][1]:+.4f}] "
+              f"({e['sign']})")
+    out_json = args.json or args.run / "report.json"
+    out_json.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out_json}")
+    if args.figures is not None:
+        from at_probe.plotting import save_figure
+
+        df = figure_frame(result)
+        if len(df):
+            save_figure(plot(df), args.figures, "xsum_paired", df)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
