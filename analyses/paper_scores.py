@@ -38,57 +38,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def figure_frames(result: dict) -> dict:
-    """Tidy data of the two figure panels: per-setting gains, and oracle vs held-out vs control."""
+def figure_frame(result: dict):
+    """Tidy data of the figure: per-setting gains, and oracle vs held-out vs control (``panel``)."""
     import pandas as pd
 
-    gains, headline = [], []
+    rows = []
     for bucket, r in result["buckets"].items():
         for name, s in r["settings"].items():
-            gains.append({"bucket": bucket, "setting": name.removeprefix("decode_"), "mean_gain": s["mean_gain"],
-                          "lo": s["ci95"][0], "hi": s["ci95"][1]})
+            rows.append({"panel": "setting", "bucket": bucket, "label": name.removeprefix("decode_"),
+                         "mean_gain": s["mean_gain"], "lo": s["ci95"][0], "hi": s["ci95"][1]})
         for label, est in (("oracle best-of-N (in-sample)", r["oracle_gain"]),
                            ("best setting chosen on held-out half", r["heldout_selected_gain"]),
                            ("oracle control: identical texts", r["oracle_control_identical_text"])):
-            headline.append({"bucket": bucket, "estimate": label, "mean_gain": est["mean"],
-                             "lo": est["ci95"][0], "hi": est["ci95"][1]})
-    return {"setting_gains": pd.DataFrame(gains), "oracle_vs_heldout": pd.DataFrame(headline)}
-
-
-def plot(frames: dict):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="paper")
-    gains, head = frames["setting_gains"], frames["oracle_vs_heldout"]
-    buckets = list(dict.fromkeys(gains["bucket"].astype(str)))
-    fig, axes = plt.subplots(1, len(buckets) + 1, figsize=(4.2 * (len(buckets) + 1), 6.5),
-                             gridspec_kw={"width_ratios": [1] * len(buckets) + [1.3]})
-    for ax, bucket in zip(axes, buckets):
-        part = gains[gains["bucket"].astype(str) == bucket].sort_values("mean_gain")
-        y = range(len(part))
-        ax.errorbar(part["mean_gain"], y, xerr=[part["mean_gain"] - part["lo"], part["hi"] - part["mean_gain"]],
-                    fmt="o", ms=3, capsize=2)
-        ax.set_yticks(list(y), part["setting"], fontsize=6)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_title(f"{bucket}-token bucket")
-        ax.set_xlabel("GPT-4 score gain vs baseline (95% CI)")
-    ax = axes[-1]
-    sns.pointplot(data=head, x="mean_gain", y="bucket", hue="estimate", dodge=0.5, linestyle="none",
-                  errorbar=None, ax=ax, order=buckets)
-    offsets = {lab: k for k, lab in enumerate(dict.fromkeys(head["estimate"]))}
-    for _, row in head.iterrows():
-        yb = buckets.index(str(row["bucket"])) + (offsets[row["estimate"]] - 1) * 0.25
-        ax.plot([row["lo"], row["hi"]], [yb, yb], color="grey", lw=1)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("mean gain (points, 95% interval)")
-    ax.set_title("Oracle vs held-out selection")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig
+            rows.append({"panel": "headline", "bucket": bucket, "label": label, "mean_gain": est["mean"],
+                         "lo": est["ci95"][0], "hi": est["ci95"][1]})
+    return pd.DataFrame(rows)
 
 
 def print_summary(result: dict) -> None:
@@ -123,13 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
     if args.figures is not None:
-        from at_probe.plotting import save_figure
+        from at_probe.plotting import save_figure, setting_gains
 
-        frames = figure_frames(result)
-        args.figures.mkdir(parents=True, exist_ok=True)
-        frames["oracle_vs_heldout"].to_csv(args.figures / "oracle_vs_heldout.csv", index=False)
-        save_figure(plot(frames), args.figures, "setting_gains", frames["setting_gains"])
-        (args.figures / "result.json").write_text(json.dumps(result, indent=1))
+        frame = figure_frame(result)
+        save_figure(setting_gains(frame), args.figures, "setting_gains", frame)
+        (args.figures / "paper_scores.json").write_text(json.dumps(result, indent=1))
         print(f"wrote {args.figures}/setting_gains.png")
     return 0
 

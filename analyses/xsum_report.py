@@ -96,30 +96,6 @@ def figure_frame(result: dict[str, Any]):
     return pd.DataFrame(rows)
 
 
-def plot(df):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="paper")
-    metrics = [m for m in ("rougeL", "summary_nll", "repetition_4gram", "novel_bigrams") if m in set(df.metric)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.6 * df.setting.nunique() + 2.5),
-                             squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        part = df[df.metric == m].reset_index(drop=True)
-        labels = [f"{r.setting} ({r.comparison})" for r in part.itertuples()]
-        ax.errorbar(part["mean"], range(len(part)), xerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]],
-                    fmt="o", capsize=3)
-        ax.set_yticks(range(len(part)), labels if ax is axes[0][0] else [""] * len(part), fontsize=7)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
-        ax.set_xlabel("paired difference (95% CI)")
-    fig.tight_layout()
-    return fig
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path)
@@ -146,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     out_json.write_text(json.dumps(result, indent=1))
     print(f"wrote {out_json}")
     if args.figures is not None:
-        from at_probe.plotting import save_figure
+        from at_probe.plotting import save_figure, xsum_paired
 
         df = figure_frame(result)
         if len(df):
-            save_figure(plot(df), args.figures, "xsum_paired", df)
+            save_figure(xsum_paired(df), args.figures, "xsum_paired", df)
     return 0
 
 

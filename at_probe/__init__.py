@@ -4,6 +4,7 @@ Built on TransformerLens' ``TransformerBridge``. See README.md for a tour.
 """
 
 from at_probe.loading import TINY_MODEL_DIR, load_model
+from at_probe.probe import FlowProbe, FlowResult
 from at_probe.transition import (
     PaperTransition,
     PlaceboTransition,
@@ -17,6 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "TINY_MODEL_DIR",
+    "FlowProbe",
+    "FlowResult",
     "PaperTransition",
     "PlaceboTransition",
     "SRATransition",

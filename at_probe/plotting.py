@@ -129,7 +129,66 @@ def knockout(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def setting_gains(df: pd.DataFrame) -> Figure:
+    """Release re-analysis: per-setting gains per bucket, then oracle vs held-out vs control.
+
+    ``df``: columns ``panel`` (``setting`` / ``headline``), ``bucket, label, mean_gain, lo, hi``.
+    """
+    plt, sns = _plt()
+    gains, head = df[df.panel == "setting"], df[df.panel == "headline"].reset_index(drop=True)
+    buckets = list(dict.fromkeys(df["bucket"].astype(str)))
+    fig, axes = plt.subplots(1, len(buckets) + 1, figsize=(4.2 * (len(buckets) + 1), 6.5),
+                             gridspec_kw={"width_ratios": [1] * len(buckets) + [1.4]})
+    for ax, bucket in zip(axes, buckets):
+        part = gains[gains["bucket"].astype(str) == bucket].sort_values("mean_gain")
+        y = range(len(part))
+        ax.errorbar(part["mean_gain"], y, xerr=[part["mean_gain"] - part["lo"], part["hi"] - part["mean_gain"]],
+                    fmt="o", ms=3, capsize=2)
+        ax.set_yticks(list(y), part["label"], fontsize=6)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"{bucket}-token bucket: each setting")
+        ax.set_xlabel("GPT-4 score gain vs baseline (95% CI)")
+    ax = axes[-1]
+    labels = list(dict.fromkeys(head["label"]))
+    palette = sns.color_palette(n_colors=len(labels))
+    for k, label in enumerate(labels):
+        part = head[head.label == label]
+        y = [buckets.index(str(b)) + (k - (len(labels) - 1) / 2) * 0.22 for b in part["bucket"]]
+        ax.errorbar(part["mean_gain"], y, xerr=[part["mean_gain"] - part["lo"], part["hi"] - part["mean_gain"]],
+                    fmt="o", capsize=3, color=palette[k], label=label)
+    ax.set_yticks(range(len(buckets)), [f"{b} tokens" for b in buckets])
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("mean gain over baseline (points, 95% interval)")
+    ax.set_title("Oracle vs held-out selection")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def xsum_paired(df: pd.DataFrame) -> Figure:
+    """XSum run: paired differences (95% CI) per setting, vs baseline and vs placebo."""
+    plt, sns = _plt()
+    lower = {"summary_nll", "repetition_4gram"}
+    metrics = [m for m in ("rougeL", "summary_nll", "repetition_4gram", "novel_bigrams") if m in set(df.metric)]
+    n_rows = len(df[df.metric == metrics[0]])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.6 * n_rows + 2.5), squeeze=False)
+    for i, (ax, m) in enumerate(zip(axes[0], metrics)):
+        part = df[df.metric == m].reset_index(drop=True)
+        labels = [f"{r.setting} ({r.comparison})" for r in part.itertuples()]
+        ax.errorbar(part["mean"], range(len(part)), xerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]],
+                    fmt="o", capsize=3)
+        ax.set_yticks(range(len(part)), labels if i == 0 else [""] * len(part), fontsize=7)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(m + (" (lower is better)" if m in lower else ""))
+        ax.set_xlabel("paired difference (95% CI)")
+    fig.tight_layout()
+    return fig
+
+
 PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
+    "setting_gains": setting_gains,
+    "xsum_paired": xsum_paired,
     "final_token_profile": final_token_profile,
     "region_mass": region_mass,
     "region_mass_diff": region_mass,

@@ -91,3 +91,53 @@ def test_report_paired_differences_and_placebo(full_run, tmp_path):
     assert est["n"] == 4 and est["ci95"][0] <= est["mean"] <= est["ci95"][1]
     assert "rougeL" in rep["heldout_selected"]
     assert (tmp_path / "fig" / "xsum_paired.png").is_file()
+
+
+def test_judge_against_a_local_fake_endpoint(full_run, monkeypatch, capsys):
+    """The judge step talks to any OpenAI-compatible endpoint; the key never reaches disk or stdout."""
+    import http.server
+    import threading
+
+    xsum_judge = load_script("xsum_judge")
+    seen: list[dict] = []
+
+    class Fake(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append({"auth": self.headers["Authorization"], "prompt": body["messages"][0]["content"]})
+            reply = "'decode_or': 40: , Reason: ok\n'decode_set1': 55: , Reason: x\n'decode_set2': 50"
+            data = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Fake)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AT_PROBE_TEST_KEY", "sk-secret-123")
+        code = xsum_judge.main([str(full_run), "--endpoint", f"http://127.0.0.1:{server.server_port}/v1",
+                                "--model", "fake", "--api-key-env", "AT_PROBE_TEST_KEY",
+                                "--data", str(XSUM_DIR), "--limit", "2"])
+    finally:
+        server.shutdown()
+    assert code == 0 and len(seen) == 2
+    assert seen[0]["auth"] == "Bearer sk-secret-123"
+    assert seen[0]["prompt"].startswith("Given a document and some summaries")
+    lines = (full_run / "judgements.jsonl").read_text()
+    assert "sk-secret" not in lines and "sk-secret" not in capsys.readouterr().out
+    first = json.loads(lines.splitlines()[0])
+    assert first["scores"] == {"baseline": 40.0, "paper:alpha=1.0,beta=0.5,k=2": 55.0,
+                               "placebo:alpha=1.0,beta=0.5,k=2,seed=0": 50.0}
+
+
+def test_judge_needs_the_key(full_run, monkeypatch, capsys):
+    xsum_judge = load_script("xsum_judge")
+    monkeypatch.delenv("AT_PROBE_MISSING_KEY", raising=False)
+    assert xsum_judge.main([str(full_run), "--endpoint", "http://127.0.0.1:9", "--model", "m",
+                            "--api-key-env", "AT_PROBE_MISSING_KEY"]) == 2
+    assert "AT_PROBE_MISSING_KEY" in capsys.readouterr().err
