@@ -97,6 +97,22 @@ def memory_ratio(args: argparse.Namespace, source: str) -> dict[str, float]:
     return {"plain_forward_peak_rss_mib": a, "flow_py_peak_rss_mib": b, "ratio": b / a}
 
 
+def xsum_throughput(model: Any, docs: list[dict], batch_size: int, max_new_tokens: int) -> dict[str, float]:
+    """Documents per second of greedy summarisation, batch ``batch_size`` vs batch 1 (same docs)."""
+    from at_probe.xsum import make_prompt, summarise
+
+    prompts = [make_prompt(d["document"]) for d in docs]
+    rates = {}
+    summarise(model, prompts[:1], None, max_new_tokens=4)  # warm-up
+    for size in (1, batch_size):
+        t0 = time.perf_counter()
+        for i in range(0, len(prompts), size):
+            summarise(model, prompts[i : i + size], None, max_new_tokens=max_new_tokens)
+        rates[size] = len(prompts) / (time.perf_counter() - t0)
+    return {"docs_per_s_batch_1": rates[1], f"docs_per_s_batch_{batch_size}": rates[batch_size],
+            "ratio": rates[batch_size] / rates[1], "documents": len(prompts)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny")
@@ -105,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--xsum", type=Path, default=DEFAULT_XSUM)
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--throughput-docs", type=int, default=16,
+                   help="held-out 800-bucket documents for the batch-8 vs batch-1 throughput (0 skips)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -149,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         m = results["memory"]
         print(f"{'flow.py peak RSS':<20} {m['ratio']:.3f}x  ({m['flow_py_peak_rss_mib']:.0f} MiB vs "
               f"{m['plain_forward_peak_rss_mib']:.0f} MiB for a plain forward)")
+    bucket_800 = args.xsum.with_name("token_800_evaluation.json.gz")
+    if args.throughput_docs > 0 and bucket_800.is_file():
+        from at_probe.xsum import is_heldout
+
+        docs = [d for d in load_records(bucket_800) if is_heldout(d["id"])][: args.throughput_docs]
+        results["xsum_throughput"] = t = xsum_throughput(model, docs, 8, 50)
+        print(f"{'xsum batch 8 vs 1':<20} {t['ratio']:.2f}x  ({t['docs_per_s_batch_8']:.2f} vs "
+              f"{t['docs_per_s_batch_1']:.2f} documents/s, {t['documents']} documents, 50 new tokens)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -1,7 +1,8 @@
 """Attention knockout: a causal measure of information transfer from a context region.
 
 In a band of layers, attention from every row after a region to the region's keys is zeroed
-and the rows renormalised (``ops.knockout``). The effect is read at the end of the prompt:
+and the rows renormalised (``ops.knockout``); the final prompt token (where the effect is read)
+is never itself knocked out, so its row is always "after" the region. The effect is read at the end of the prompt:
 the KL divergence of the next-token distribution (``KL(base || knocked)``, nats) and, when a
 reference continuation is given (e.g. the XSum summary), the change of its teacher-forced
 mean NLL (nats/token). One forward pass per (region, band) gives both, because the prompt's
@@ -97,7 +98,9 @@ def knockout_sweep(
     tokens = prompt if reference is None else torch.cat((prompt, reference.to(prompt.device)), dim=1)
     bands = layer_bands(int(model.cfg.n_layers), band_size)
     labels = ops.region_labels(bounds)
-    b = bounds.tolist()
+    # The final prompt token is where the effect is read: it is never knocked out as a key, so
+    # the last region's knockout reaches it.
+    b = [min(x, t - 1) for x in bounds.tolist()]
 
     def run(extra: list) -> tuple[Tensor, Tensor | None]:
         pairs = ([] if transition is None else transition.hooks(model, prompt_lengths=t)) + extra

@@ -573,6 +573,15 @@ class _Transition:
     def _layers(self, n_layers: int) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def _freeze_selection(self) -> None:
+        """Validate ``layers`` at construction and store ``layers``/``heads`` as tuples."""
+        layers, heads = getattr(self, "layers"), getattr(self, "heads")
+        _check_layer_arg(layers)
+        if layers is not None:
+            object.__setattr__(self, "layers", tuple(layers))
+        if heads is not None:
+            object.__setattr__(self, "heads", tuple(heads))
+
     def _edit_(self, seq: Tensor, layer: int, n_layers: int, heads: Tensor | None,
                stats: RowStats, run: _Run) -> list[Span]:
         """Edit one sequence ``[1, head, T, T]`` in place; return the row spans edited."""
@@ -688,11 +697,7 @@ class PaperTransition(_Transition):
     def __post_init__(self) -> None:
         _check_paper_params(self.alpha, self.beta)
         _check_int("intervals_per_layer", self.intervals_per_layer, minimum=1)
-        _check_layer_arg(self.layers)
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
-        if self.heads is not None:
-            object.__setattr__(self, "heads", tuple(self.heads))
+        self._freeze_selection()
 
     def _layers(self, n_layers: int) -> tuple[int, ...]:
         return resolve_layers(self.layers, range(1, n_layers - 2), what="the paper schedule's layers")
@@ -739,40 +744,23 @@ class PlaceboTransition(PaperTransition):
 
 
 @dataclass(frozen=True)
-class SRATransition(_Transition):
+class SRATransition(SRAParams, _Transition):
     """The authors' 2025 SRA version as hooks (``sra_layer`` per sequence, in place).
 
-    ``layers=None`` means every layer where SRA acts (``0 .. L-2``; "outer" from layer 1).
-    Defaults are the public ones of the authors' code.
+    Parameters are those of ``SRAParams`` (public defaults of the authors' code), plus
+    ``layers`` (``None``: every layer where SRA acts, ``0 .. L-2``; "outer" from layer 1) and
+    ``heads`` (``None``: all heads).
     """
 
-    begin_length: int = 100
-    threshold_len: int = 200
-    elimi_factor_inter: float = 0.5
-    elimi_factor_outer: float = 0.3
-    strengthen_factor_inter: float = 4.0
-    strengthen_factor_outer: float = 4.0
-    dyna_div: int | None = None
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        _ = self.params  # validates the SRA parameters
-        _check_layer_arg(self.layers)
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
-        if self.heads is not None:
-            object.__setattr__(self, "heads", tuple(self.heads))
-
-    @property
-    def params(self) -> SRAParams:
-        return SRAParams(
-            self.begin_length, self.threshold_len, self.elimi_factor_inter, self.elimi_factor_outer,
-            self.strengthen_factor_inter, self.strengthen_factor_outer, self.dyna_div,
-        )
+        super().__post_init__()
+        self._freeze_selection()
 
     def _layers(self, n_layers: int) -> tuple[int, ...]:
         return resolve_layers(self.layers, range(0, n_layers - 1), what="the layers where SRA acts")
 
     def _edit_(self, seq, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
-        return _sra_sequence_(seq, layer, n_layers, seq.shape[-1], self.params, heads=heads, stats=stats)
+        return _sra_sequence_(seq, layer, n_layers, seq.shape[-1], self, heads=heads, stats=stats)

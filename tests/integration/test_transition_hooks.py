@@ -179,17 +179,28 @@ def test_left_padded_batch_equals_alone(tiny_model, sample_text, transition):
     "transition", [PaperTransition(alpha=1.0, beta=0.5), SRATransition(**SRA_SMALL)], ids=["paper", "sra"]
 )
 def test_generation_cached_equals_uncached(tiny_model, tokens, transition):
-    """Only prompt rows are edited, at prefill: the KV cache changes nothing."""
-    prompt = tokens[:, :500]
+    """Only prompt rows are edited, at prefill: the KV cache changes nothing.
+
+    Without the cache every step re-runs the whole sequence; the report must still show the
+    prompt's own schedule (generated rows never edited), identical to the cached run's.
+    """
+    # 535 tokens: interval 55 for 8 layers and K=2; from 540 tokens on it would be 60, so a
+    # schedule recomputed on prompt + generated tokens would show up in the report.
+    prompt = tokens[:, :535]
     kw = dict(max_new_tokens=16, do_sample=False, verbose=False, stop_at_eos=False)
     with torch.inference_mode():
-        plain = tiny_model.generate(prompt, **kw)
         with transition.applied(tiny_model):
             cached = tiny_model.generate(prompt, use_past_kv_cache=True, **kw)
+        cached_report = transition.last_report()
         with transition.applied(tiny_model):
             uncached = tiny_model.generate(prompt, use_past_kv_cache=False, **kw)
+        uncached_report = transition.last_report()
     assert torch.equal(cached, uncached)
-    assert not torch.equal(cached, plain)
+    assert cached_report.layers, "the transition must have edited the prompt at prefill"
+    assert {l: r.spans for l, r in cached_report.layers.items()} == {
+        l: r.spans for l, r in uncached_report.layers.items()}
+    assert {l: r.rows_touched for l, r in cached_report.layers.items()} == {
+        l: r.rows_touched for l, r in uncached_report.layers.items()}
 
 
 def test_prompt_lengths_protect_continuation_rows(tiny_model, tokens):
