@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def peak_rss_mb(code: str) -> float:
     """Peak RSS (MiB) of a fresh Python process running ``code`` (printed by the child)."""
     wrapped = code + "\nimport resource; print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, check=True,
-                         cwd=REPO, env={"MPLBACKEND": "Agg", **__import__("os").environ})
+                         cwd=REPO, env={**os.environ, "MPLBACKEND": "Agg"})
     line = next(l for l in out.stdout.splitlines() if l.startswith("PEAK_RSS_KB"))
     return int(line.split()[1]) / 1024
 

@@ -186,9 +186,9 @@ def summary_table(results: dict[str, FlowResult], knock: dict[str, Any]) -> str:
     for name, r in results.items():
         ctx = r.final_token_profile[-1].mean(0)[1:].sum().item()
         half = r.rollout[-1][1 : 1 + (len(r.region_labels) - 1) // 2].sum().item() if r.rollout is not None else float("nan")
-        kl = knock[name].kl.max().item() if name in knock else float("nan")
+        kl = f"{knock[name].kl.max().item():10.4f}" if name in knock else f"{'-':>10}"
         lines.append(f"{name:<10} {r.sink_mass.mean():6.3f} {r.entropy.mean():8.3f} {r.distance.mean():9.1f} "
-                     f"{ctx:11.3f} {half:18.3f} {kl:10.4f}")
+                     f"{ctx:11.3f} {half:18.3f} {kl}")
     lines.append("sink/entropy/distance: mean over layers and heads; final->ctx: last layer's final-token "
                  "mass on non-sink regions; KO: knockout")
     return "\n".join(lines)

@@ -59,6 +59,21 @@ def key_region_mass(pattern: Tensor, bounds: Tensor) -> Tensor:
     return pattern.float() @ _assignment(bounds, pattern.shape[-1])
 
 
+def row_summary(pattern: Square, bounds: Tensor) -> tuple[Tensor, Tensor]:
+    """One matrix product giving a pattern's key-region masses and mean key positions.
+
+    Returns ``(key_mass [q, region], mean_key [q])`` where ``mean_key`` is the expected key
+    index of each row renormalised to sum 1. ``sink_mass`` and ``attention_distance`` follow
+    from these without another pass over the ``T x T`` pattern.
+    """
+    n = pattern.shape[-1]
+    bounds = bounds.to(pattern.device)
+    positions = torch.arange(n, device=pattern.device, dtype=torch.float32)[:, None]
+    out = pattern.float() @ torch.cat((_assignment(bounds, n), positions), dim=1)
+    key_mass = out[..., :-1]
+    return key_mass, out[..., -1] / key_mass.sum(-1).clamp(min=1e-30)
+
+
 def region_to_region(key_mass: Tensor, bounds: Tensor) -> Tensor:
     """Mean over the query rows of each region of their key-region mass.
 
@@ -75,15 +90,23 @@ def sink_mass(pattern: Tensor) -> Tensor:
     return pattern[..., 1:, 0].float().mean(-1)
 
 
-def row_entropy(pattern: Tensor) -> Tensor:
+def row_entropy(pattern: Tensor, *, causal_block: int | None = None) -> Tensor:
     """Mean Shannon entropy (nats) of rows ``1 .. T-1``, each renormalised to sum 1: ``[...]``.
 
-    Uses ``H = log S - sum(p log p) / S`` with ``S`` the row sum, so only one temporary of the
-    pattern's size is made.
+    Uses ``H = log S + sum(entr(p)) / S`` with ``S`` the row sum. Entries below zero (float
+    rounding in the transition's arithmetic can leave ~-1e-9) count as 0. With ``causal_block=B`` the
+    rows are taken in blocks of ``B`` and only keys up to each block's last row are read,
+    skipping most of a causal pattern's zero upper triangle (same result, less work and a
+    ``B x T`` temporary instead of ``T x T``).
     """
-    rows = pattern[..., 1:, :].float()
-    total = rows.sum(-1).clamp(min=1e-30)
-    return (total.log() - torch.special.xlogy(rows, rows).sum(-1) / total).mean(-1)
+    t = pattern.shape[-2]
+    block = causal_block or t
+    total = pattern[..., 1:, :].float().clamp(min=0).sum(-1).clamp(min=1e-30)
+    plogp = torch.cat([
+        torch.special.entr(pattern[..., i0 : min(t, i0 + block), : min(t, i0 + block)].float().clamp(min=0)).sum(-1)
+        for i0 in range(1, t, block)
+    ], dim=-1)
+    return (total.log() + plogp / total).mean(-1)
 
 
 def attention_distance(pattern: Tensor) -> Tensor:
@@ -112,22 +135,21 @@ def rollout_step(joint: Square | None, mean_pattern: Square) -> Square:
 
 
 def rollout_rows(mean_patterns: Float[Tensor, "layer query_pos key_pos"], row: int = -1) -> Float[Tensor, "layer key_pos"]:
-    """Row ``row`` of the rollout after each layer, by vector-matrix products (``O(L^2 T^2)``).
+    """Row ``row`` of the rollout after each layer: ``out[l] = e_row^T aug(A_l) ... aug(A_0)``.
 
-    ``out[l] = e_row^T aug(A_l) ... aug(A_0)``: the same numbers as ``rollout_step`` chained,
-    without the ``O(T^3)`` matrix products.
+    The same numbers as chained ``rollout_step`` calls, without ``O(T^3)`` matrix products:
+    going down the layers, every rollout that includes layer ``l`` is advanced with one
+    ``[k, T] @ [T, T]`` product, so each layer's map is read once.
     """
+    n_layers, t = mean_patterns.shape[0], mean_patterns.shape[-1]
     # v @ aug(A) = w @ A + w with w = v / (rowsum(A) + 1): no T x T temporary.
     norm = mean_patterns.float().sum(-1) + 1.0
-    out = []
-    for last in range(mean_patterns.shape[0]):
-        v = torch.zeros(mean_patterns.shape[-1], dtype=torch.float32, device=mean_patterns.device)
-        v[row] = 1.0
-        for l in range(last, -1, -1):
-            w = v / norm[l]
-            v = w @ mean_patterns[l].float() + w
-        out.append(v)
-    return torch.stack(out)
+    out = torch.zeros(n_layers, t, dtype=torch.float32, device=mean_patterns.device)
+    out[:, row] = 1.0
+    for l in range(n_layers - 1, -1, -1):
+        w = out[l:] / norm[l]
+        out[l:] = w @ mean_patterns[l].float() + w
+    return out
 
 
 def knockout(pattern: Tensor, start: int, end: int) -> Tensor:

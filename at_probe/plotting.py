@@ -27,6 +27,17 @@ def _plt():
     return plt, sns
 
 
+def _panels(n: int, width: float, height: float, max_cols: int = 3):
+    """Figure with ``n`` panels wrapped into rows of ``max_cols``; unused axes hidden."""
+    plt, _ = _plt()
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat)[:n]
+
+
 def _region_order(df: pd.DataFrame, column: str = "region") -> list[str]:
     """Region labels in token order (``sink`` first), whatever order the CSV holds."""
     labels = list(dict.fromkeys(df[column]))
@@ -41,9 +52,9 @@ def final_token_profile(df: pd.DataFrame) -> Figure:
     """
     plt, sns = _plt()
     conditions = list(dict.fromkeys(df["condition"]))
-    fig, axes = plt.subplots(1, len(conditions), figsize=(4.2 * len(conditions), 3.6), squeeze=False)
+    fig, axes = _panels(len(conditions), 5.0, 4.2, max_cols=4)
     order = _region_order(df)
-    for ax, cond in zip(axes[0], conditions):
+    for ax, cond in zip(axes, conditions):
         grid = df[df.condition == cond].pivot_table(index="layer", columns="region", values="value")[order]
         diff = " - " in cond
         sns.heatmap(grid, ax=ax, cmap="RdBu_r" if diff else "viridis", center=0 if diff else None,
@@ -60,19 +71,15 @@ def region_mass(df: pd.DataFrame) -> Figure:
     """From-region x to-region mass (head mean), one panel per layer; ``df``: layer, from_region, region, value."""
     plt, sns = _plt()
     layers = sorted(df["layer"].unique())
-    cols = min(4, len(layers))
-    rows = -(-len(layers) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = _panels(len(layers), 3.3, 3.0, max_cols=4)
     order = _region_order(df)
-    for ax, layer in zip(axes.flat, layers):
+    for ax, layer in zip(axes, layers):
         grid = df[df.layer == layer].pivot_table(index="from_region", columns="region", values="value")
         sns.heatmap(grid.loc[order, order], ax=ax, cmap="magma", vmin=0, cbar=False, xticklabels=False,
                     yticklabels=False)
         ax.set_title(f"layer {layer}")
         ax.set_xlabel("to region")
         ax.set_ylabel("from region")
-    for ax in list(axes.flat)[len(layers):]:
-        ax.axis("off")
     title = df["condition"].iloc[0] if "condition" in df else ""
     fig.suptitle(f"Region-to-region attention mass ({title}; sink first, mean over heads)")
     fig.tight_layout()
@@ -113,9 +120,9 @@ def knockout(df: pd.DataFrame) -> Figure:
     """Knockout effect heatmaps (bands x regions), one panel per condition and metric."""
     plt, sns = _plt()
     panels = list(dict.fromkeys(zip(df["condition"], df["metric"])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), squeeze=False)
+    fig, axes = _panels(len(panels), 5.0, 3.8, max_cols=2 if len(panels) <= 4 else 4)
     order = _region_order(df)
-    for ax, (cond, metric) in zip(axes[0], panels):
+    for ax, (cond, metric) in zip(axes, panels):
         part = df[(df.condition == cond) & (df.metric == metric)]
         grid = part.pivot_table(index="band", columns="region", values="value", sort=False)[order]
         sns.heatmap(grid, ax=ax, cmap="rocket_r" if metric == "kl" else "RdBu_r",

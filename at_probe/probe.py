@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 _PER_HEAD = ("sink_mass", "entropy", "distance")
+_ENTROPY_BLOCK = 256  # rows per block: skips most of the causal zeros, keeps the temporary small
 
 
 @dataclass
@@ -190,20 +191,26 @@ class FlowProbe:
             self._capture(layer, pattern[0].detach())
 
     def _capture(self, layer: int, heads: Tensor) -> None:
-        """Reduce one layer's ``[head, T, T]`` pattern (batched matmuls; entropy per head)."""
+        """Reduce one layer's ``[head, T, T]`` pattern, one head (one ``T x T`` matrix) at a time."""
+        t = heads.shape[-1]
         if self._bounds is None:
-            self._bounds = ops.region_bounds(heads.shape[-1], self.regions)
-        key_mass = ops.key_region_mass(heads, self._bounds)  # [head, T, region]
-        self._layers[layer] = {
-            "region_mass": ops.region_to_region(key_mass, self._bounds).cpu(),
-            "final": key_mass[:, -1].cpu(),
-            "sink_mass": ops.sink_mass(heads).cpu(),
-            # one head at a time: entropy's elementwise temporary is the one T x T working matrix
-            "entropy": torch.stack([ops.row_entropy(heads[h]) for h in range(heads.shape[0])]).cpu(),
-            "distance": ops.attention_distance(heads).cpu(),
-        }
-        if self.rollout or self.keep_maps:
-            self._maps[layer] = heads.float().mean(0)
+            self._bounds = ops.region_bounds(t, self.regions)
+        q = torch.arange(1, t, device=heads.device, dtype=torch.float32)
+        per_head: dict[str, list[Tensor]] = {k: [] for k in ("region_mass", "final", *_PER_HEAD)}
+        mean = None
+        for h in range(heads.shape[0]):
+            p = heads[h].float()
+            key_mass, mean_key = ops.row_summary(p, self._bounds)
+            per_head["region_mass"].append(ops.region_to_region(key_mass, self._bounds))
+            per_head["final"].append(key_mass[-1])
+            per_head["sink_mass"].append(key_mass[1:, 0].mean())  # region 0 is token 0
+            per_head["distance"].append((q - mean_key[1:]).mean())
+            per_head["entropy"].append(ops.row_entropy(p, causal_block=_ENTROPY_BLOCK))
+            if self.rollout or self.keep_maps:
+                mean = p / heads.shape[0] if mean is None else mean.add_(p, alpha=1 / heads.shape[0])
+        self._layers[layer] = {k: torch.stack(v).cpu() for k, v in per_head.items()}
+        if mean is not None:
+            self._maps[layer] = mean
 
     def _rollout(self) -> Tensor:
         maps = torch.stack([self._maps[l] for l in range(self.n_layers)])

@@ -469,9 +469,7 @@ class TransitionReport:
         """One row per layer (tidy), for printing or seaborn."""
         import pandas as pd
 
-        rows = [{k: v for k, v in vars(r).items() if k != "spans"} | {"spans": r.spans}
-                for r in self.layers.values()]
-        return pd.DataFrame(rows)
+        return pd.DataFrame([vars(r) for r in self.layers.values()])
 
     def __str__(self) -> str:
         if not self.layers:
@@ -498,29 +496,34 @@ class _Run:
         self.prompt: Tensor | None = None
         self.lengths: list[int] | None = None
         self.stats: dict[int, tuple[list[list[Span]], RowStats]] = {}
-        self.notes: list[str] = []
+        self.notes: list[str] = []  # of the current prompt
+        self.warned: set[str] = set()  # over the whole run: each warning once
 
     def see_tokens(self, tokens: Tensor, *, hook: Any = None) -> None:
         """``embed.hook_in`` hook: start a new prompt unless this pass continues the last one."""
+        old = self.prompt
         if tokens.ndim != 2 or tokens.is_floating_point():
             return
-        old = self.prompt
+        if old is not None and tokens.shape[1] == 1:
+            return  # a KV-cache decode step
         continues = (
             old is not None
             and old.shape[0] == tokens.shape[0]
             and tokens.shape[1] >= old.shape[1]
             and torch.equal(tokens[:, : old.shape[1]], old)
         )
-        if tokens.shape[1] == 1 and old is not None:
-            return  # a KV-cache decode step
         if not continues:
             self.prompt = tokens.detach().clone()
             self.lengths = None
             self.stats = {}
+            self.notes = []
 
     def note_once(self, message: str) -> None:
+        """Record a note for this prompt's report; warn the first time the run sees it."""
         if message not in self.notes:
             self.notes.append(message)
+        if message not in self.warned:
+            self.warned.add(message)
             warnings.warn(message, stacklevel=3)
 
     def prompt_lengths(self, pattern: Tensor, offsets: list[int]) -> list[int]:

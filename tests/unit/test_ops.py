@@ -107,3 +107,29 @@ def test_rollout_rows_equal_chained_rollout_steps():
     for l in range(5):
         joint = ops.rollout_step(joint, maps[l])
         torch.testing.assert_close(rows[l], joint[-1], atol=1e-6, rtol=1e-5)
+
+
+def test_row_summary_and_blocked_entropy_match_direct_functions():
+    p = causal_pattern(heads=1, t=37, seed=9)[0, 0] * 1.2  # rows not summing to 1
+    bounds = ops.region_bounds(37, 5)
+    key_mass, mean_key = ops.row_summary(p, bounds)
+    torch.testing.assert_close(key_mass, ops.key_region_mass(p, bounds))
+    q = torch.arange(1, 37, dtype=torch.float32)
+    torch.testing.assert_close((q - mean_key[1:]).mean(), ops.attention_distance(p))
+    torch.testing.assert_close(key_mass[1:, 0].mean(), ops.sink_mass(p))
+    for block in (1, 5, 36, 100):
+        torch.testing.assert_close(ops.row_entropy(p, causal_block=block), ops.row_entropy(p))
+
+
+def test_entropy_ignores_rounding_negatives_after_the_transition():
+    """A row summing to just over 1 gives dispense a negative freed mass, and zeroed entries of
+    its window go slightly negative (faithful to the original); entropy must stay finite."""
+    from at_probe.transition import dispense
+
+    p = causal_pattern(heads=1, t=60, seed=4)
+    p[0, 0, 45] = 0.0
+    p[0, 0, 45, 20:30] = 0.1000001  # sums to 1 + 1e-6; keys 30..39 of the window are zero
+    out = dispense(p, [(40, 50)], 0.5, 1.0)
+    assert (out < 0).any()
+    assert torch.isfinite(ops.row_entropy(out[0, 0]))
+    torch.testing.assert_close(ops.row_entropy(out[0, 0]), ops.row_entropy(out[0, 0].clamp(min=0)))
