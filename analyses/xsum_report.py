@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held-out selected setting, {m}: {e['mean']:+.4f} [{e['ci95'][0]:+.4f},{e['ci95'][1]:+.4f}] "
               f"({e['sign']})")
     out_json = args.json or args.run / "report.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=1))
     print(f"wrote {out_json}")
     if args.figures is not None:
