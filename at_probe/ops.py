@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -134,21 +136,23 @@ def rollout_step(joint: Square | None, mean_pattern: Square) -> Square:
     return aug if joint is None else aug @ joint
 
 
-def rollout_rows(mean_patterns: Float[Tensor, "layer query_pos key_pos"], row: int = -1) -> Float[Tensor, "layer key_pos"]:
+def rollout_rows(mean_patterns: Sequence[Square] | Tensor, row: int = -1) -> Float[Tensor, "layer key_pos"]:
     """Row ``row`` of the rollout after each layer: ``out[l] = e_row^T aug(A_l) ... aug(A_0)``.
+
+    ``mean_patterns``: the head-averaged ``[T, T]`` pattern of each layer (a list, or ``[L, T, T]``).
 
     The same numbers as chained ``rollout_step`` calls, without ``O(T^3)`` matrix products:
     going down the layers, every rollout that includes layer ``l`` is advanced with one
     ``[k, T] @ [T, T]`` product, so each layer's map is read once.
     """
-    n_layers, t = mean_patterns.shape[0], mean_patterns.shape[-1]
-    # v @ aug(A) = w @ A + w with w = v / (rowsum(A) + 1): no T x T temporary.
-    norm = mean_patterns.float().sum(-1) + 1.0
-    out = torch.zeros(n_layers, t, dtype=torch.float32, device=mean_patterns.device)
+    n_layers, t = len(mean_patterns), mean_patterns[0].shape[-1]
+    out = torch.zeros(n_layers, t, dtype=torch.float32, device=mean_patterns[0].device)
     out[:, row] = 1.0
     for l in range(n_layers - 1, -1, -1):
-        w = out[l:] / norm[l]
-        out[l:] = w @ mean_patterns[l].float() + w
+        a = mean_patterns[l].float()
+        # v @ aug(A) = w @ A + w with w = v / (rowsum(A) + 1): no T x T temporary.
+        w = out[l:] / (a.sum(-1) + 1.0)
+        out[l:] = w @ a + w
     return out
 
 

@@ -197,7 +197,6 @@ class FlowProbe:
             self._bounds = ops.region_bounds(t, self.regions)
         q = torch.arange(1, t, device=heads.device, dtype=torch.float32)
         per_head: dict[str, list[Tensor]] = {k: [] for k in ("region_mass", "final", *_PER_HEAD)}
-        mean = None
         for h in range(heads.shape[0]):
             p = heads[h].float()
             key_mass, mean_key = ops.row_summary(p, self._bounds)
@@ -206,14 +205,12 @@ class FlowProbe:
             per_head["sink_mass"].append(key_mass[1:, 0].mean())  # region 0 is token 0
             per_head["distance"].append((q - mean_key[1:]).mean())
             per_head["entropy"].append(ops.row_entropy(p, causal_block=_ENTROPY_BLOCK))
-            if self.rollout or self.keep_maps:
-                mean = p / heads.shape[0] if mean is None else mean.add_(p, alpha=1 / heads.shape[0])
         self._layers[layer] = {k: torch.stack(v).cpu() for k, v in per_head.items()}
-        if mean is not None:
-            self._maps[layer] = mean
+        if self.rollout or self.keep_maps:
+            self._maps[layer] = heads.mean(dim=0, dtype=torch.float32)  # one pass, no float copy
 
     def _rollout(self) -> Tensor:
-        maps = torch.stack([self._maps[l] for l in range(self.n_layers)])
+        maps = [self._maps[l] for l in range(self.n_layers)]
         return ops.key_region_mass(ops.rollout_rows(maps), self._bounds).cpu()
 
     def result(self, **meta: Any) -> FlowResult:
