@@ -272,33 +272,29 @@ def _dispense_span_(
     head_idx = slice(None) if heads is None else heads
     original = pattern[:, head_idx, s:e, :e].float()
     tau = alpha / e
-    block = torch.where(original < tau, torch.zeros_like(original), original)
-    block[..., 0] = block[..., 0] / 2
+    block = torch.where(original < tau, torch.zeros_like(original), original)  # the one new block
+    block[..., 0] /= 2
     freed = 1.0 - block.sum(dim=-1, keepdim=True)
     if s == n:  # the original's branch for a span one interval in
-        mask = torch.where(block[..., :n] >= tau, 1.0, _FIRST_SMALL_FILL)
-        a = beta * freed / mask.sum(dim=-1, keepdim=True)
-        addition = torch.zeros_like(block)
-        addition[..., :n] = _FIRST_WEIGHT * a * mask
+        window = block[..., :n]
+        mask = torch.where(window >= tau, 1.0, _FIRST_SMALL_FILL)
+        window += _FIRST_WEIGHT * (beta * freed / mask.sum(dim=-1, keepdim=True)) * mask
     else:
         window = block[..., s - 2 * n : s]
         mask = torch.where(window >= tau, 1.0, _SMALL_FILL)
         a = beta * freed / mask.sum(dim=-1, keepdim=True)
         weights = torch.cat((_OLDER_WEIGHT * mask[..., :n], _RECENT_WEIGHT * mask[..., n:]), dim=-1)
-        addition = torch.zeros_like(block)
-        addition[..., s - 2 * n : s] = a * weights
-        if target_start is not None:
-            mass = addition.sum(dim=-1, keepdim=True)
-            addition.zero_()
-            addition[..., target_start : target_start + 2 * n] = mass * weights / weights.sum(
-                dim=-1, keepdim=True
-            )
-    block = block + addition
+        if target_start is None:
+            window += a * weights
+        else:  # placebo: the same added mass per row, spread over another 2n-key window
+            mass = (a * weights).sum(dim=-1, keepdim=True)
+            block[..., target_start : target_start + 2 * n] += mass * weights / weights.sum(dim=-1, keepdim=True)
     if conserve_mass:
-        block = block * (original.sum(dim=-1, keepdim=True) / block.sum(dim=-1, keepdim=True))
+        block *= original.sum(dim=-1, keepdim=True) / block.sum(dim=-1, keepdim=True)
+    sums_after = block.sum(-1) if stats is not None else None
     pattern[:, head_idx, s:e, :e] = block.to(pattern.dtype)
     if stats is not None:
-        stats.record(freed, block.sum(-1) - (1.0 - freed.squeeze(-1)), block.sum(-1))
+        stats.record(freed, sums_after - (1.0 - freed.squeeze(-1)), sums_after)
 
 
 def _sra_sequence_(
@@ -364,16 +360,14 @@ def _strengthen_(
     remaining = 1.0 - kept.sum(dim=-1, keepdim=True)
     window = kept[..., t0:t1]
     mask = torch.where(window >= tau, _SRA_KEPT, _SRA_SMALL)
-    per_unit = remaining / mask.sum(dim=-1, keepdim=True) * factor
-    new = kept.clone()
-    new[..., t0:t1] = window + per_unit * mask
-    new = torch.where(selected, new, block)
+    kept_sums = kept.sum(-1) if stats is not None else None
+    window += remaining / mask.sum(dim=-1, keepdim=True) * factor * mask
+    new = torch.where(selected, kept, block)
     pattern[:, head_idx, r0:r1, :keys_end] = new.to(pattern.dtype)
     if stats is not None:
         sel = selected.squeeze(-1)
-        stats.record(
-            remaining.squeeze(-1)[sel], (new.sum(-1) - kept.sum(-1))[sel], new.sum(-1)[sel]
-        )
+        sums = new.sum(-1)
+        stats.record(remaining.squeeze(-1)[sel], (sums - kept_sums)[sel], sums[sel])
 
 
 # ---------------------------------------------------------------------------------------------
