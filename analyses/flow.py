@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 import at_probe
-from at_probe import ops
 from at_probe.knockout import knockout_sweep
 from at_probe.loading import SAMPLE_DOCUMENT, load_model
 from at_probe.probe import FlowProbe, FlowResult

@@ -572,7 +572,7 @@ class _Transition:
 
     def _freeze_selection(self) -> None:
         """Validate ``layers`` at construction and store ``layers``/``heads`` as tuples."""
-        layers, heads = getattr(self, "layers"), getattr(self, "heads")
+        layers, heads = self.layers, self.heads  # type: ignore[attr-defined]  # subclass fields
         _check_layer_arg(layers)
         if layers is not None:
             object.__setattr__(self, "layers", tuple(layers))
@@ -602,7 +602,7 @@ class _Transition:
         """
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
         layers = self._layers(n_layers)
-        heads = _resolve_heads(getattr(self, "heads"), n_heads)
+        heads = _resolve_heads(self.heads, n_heads)  # type: ignore[attr-defined]
         if isinstance(prompt_lengths, int):
             prompt_lengths = [prompt_lengths]
         run = _Run(prompt_lengths)

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 from pathlib import Path
@@ -189,8 +190,6 @@ def summarise(model: Any, prompts: list[str], transition: Any, *, max_new_tokens
     The transition (or None) is active on each prompt's own rows at prefill. Rows of a batch
     get what they would get alone (left padding with an attention mask).
     """
-    import contextlib
-
     import torch
 
     limit = (max_prompt_tokens or int(model.cfg.n_ctx)) - max_new_tokens
