@@ -30,10 +30,10 @@ import torch
 from at_probe.loading import load_model
 from at_probe.probe import FlowProbe
 from at_probe.transition import PaperTransition, SRATransition
-from at_probe.xsum import load_records
+from at_probe.xsum import bucket_file, load_records
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_XSUM = REPO.parent / "shared" / "data" / "xsum-at-release" / "token_1900_evaluation.json.gz"
+DEFAULT_XSUM = bucket_file(REPO.parent / "shared" / "data" / "xsum-at-release", "1900")
 
 
 def _sync(device: torch.device) -> None:
@@ -100,9 +100,9 @@ def memory_ratio(args: argparse.Namespace, source: str) -> dict[str, float]:
 
 def xsum_throughput(model: Any, docs: list[dict], batch_size: int, max_new_tokens: int) -> dict[str, float]:
     """Documents per second of greedy summarisation, batch ``batch_size`` vs batch 1 (same docs)."""
-    from at_probe.xsum import make_prompt, summarise
+    from at_probe.xsum import summarise
 
-    prompts = [make_prompt(d["document"]) for d in docs]
+    prompts = [d["document"] for d in docs]
     rates = {}
     summarise(model, prompts[:1], None, max_new_tokens=4)  # warm-up
     for size in (1, batch_size):
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         m = results["memory"]
         print(f"{'flow.py peak RSS':<20} {m['ratio']:.3f}x  ({m['flow_py_peak_rss_mib']:.0f} MiB vs "
               f"{m['plain_forward_peak_rss_mib']:.0f} MiB for a plain forward)")
-    bucket_800 = args.xsum.with_name("token_800_evaluation.json.gz")
+    bucket_800 = bucket_file(args.xsum.parent, "800")
     if args.throughput_docs > 0 and bucket_800.is_file():
         from at_probe.xsum import is_heldout
 

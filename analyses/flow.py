@@ -34,7 +34,7 @@ from at_probe.knockout import knockout_sweep
 from at_probe.loading import SAMPLE_DOCUMENT, load_model
 from at_probe.probe import FlowProbe, FlowResult
 from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
-from at_probe.xsum import PROMPT_SUFFIX, load_records
+from at_probe.xsum import load_records, prompt_ids
 
 SAMPLE_SUMMARY = SAMPLE_DOCUMENT.with_name("sample_summary.txt")
 
@@ -93,21 +93,17 @@ def read_document(args: argparse.Namespace) -> tuple[str, str | None, str]:
 def prompt_tokens(model: Any, document: str, reference: str | None,
                   max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The paper's prompt as ``[1, T]`` tokens; the document is truncated (with a notice) to fit."""
-    tok = model.tokenizer
-    suffix = tok(PROMPT_SUFFIX, add_special_tokens=False)["input_ids"]
-    doc = tok(document, add_special_tokens=True)["input_ids"]
-    ref = tok(" " + reference, add_special_tokens=False)["input_ids"] if reference else []
+    ref = model.tokenizer(" " + reference, add_special_tokens=False)["input_ids"] if reference else []
     limit = min(int(model.cfg.n_ctx) - len(ref), max_tokens or int(model.cfg.n_ctx))
-    room = limit - len(suffix)
-    if room < 1:
-        raise UsageError(f"no room for the document in {limit} tokens")
-    if len(doc) > room:
-        print(f"notice: document has {len(doc)} tokens; truncated to {room} so the prompt fits in "
-              f"{limit} tokens (model context {model.cfg.n_ctx}; prompt suffix and reference kept)")
-        doc = doc[:room]
+    try:
+        (ids,), (dropped,) = prompt_ids(model, [document], limit)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if dropped:
+        print(f"notice: the document was truncated by {dropped} tokens so the prompt fits in {limit} "
+              f"tokens (model context {model.cfg.n_ctx}; prompt suffix and reference kept)")
     device = model.cfg.device
-    prompt = torch.tensor([doc + suffix], device=device)
-    return prompt, (torch.tensor([ref], device=device) if ref else None)
+    return torch.tensor([ids], device=device), (torch.tensor([ref], device=device) if ref else None)
 
 
 def build_conditions(args: argparse.Namespace) -> dict[str, Any]:

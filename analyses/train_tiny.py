@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from at_probe.xsum import PROMPT_SUFFIX, is_heldout, load_all_documents  # noqa: E402
@@ -148,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--attn", default="sdpa", help="attention kernel used for training only")
-    p.add_argument("--init", type=Path, default=None,
-                   help="continue training a checkpoint written by this script (its tokenizer is kept)")
     p.add_argument("--speed-test", action="store_true", help="time 5 steps and exit")
     args = p.parse_args(argv)
 
@@ -163,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     held = [r for r in records if is_heldout(r["id"])]
     print(f"{len(train)} training documents, {len(held)} held out", flush=True)
 
-    if args.init is not None:
-        tok = AutoTokenizer.from_pretrained(args.init)
-    else:
-        tok = train_tokenizer(training_texts(train), args.vocab)
+    tok = train_tokenizer(training_texts(train), args.vocab)
     vocab = len(tok)
     eos = tok.eos_token_id
     train_ids = [tok(t)["input_ids"] + [eos] for t in training_texts(train)]
@@ -175,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"vocab {vocab}; {len(stream)} training tokens; held-out docs up to "
           f"{max(map(len, held_ids))} tokens", flush=True)
 
-    if args.init is not None:
-        model = LlamaForCausalLM.from_pretrained(args.init, dtype=torch.float32, attn_implementation=args.attn)
-    else:
-        model = LlamaForCausalLM(make_config(args, vocab, tok))
+    model = LlamaForCausalLM(make_config(args, vocab, tok))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.2f}M parameters", flush=True)
 
@@ -245,11 +237,6 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "curve": curve,
     }
-    if args.init is not None:
-        previous = json.loads((args.init / "training.json").read_text())
-        stats["previous_phases"] = previous.get("previous_phases", []) + [
-            {k: v for k, v in previous.items() if k != "previous_phases"}]
-        stats["tokens_seen_total"] = stats["tokens_seen"] + sum(p["tokens_seen"] for p in stats["previous_phases"])
     (out / "training.json").write_text(json.dumps(stats, indent=1))
     write_card(out, stats)
     print(json.dumps({k: v for k, v in stats.items() if k != "curve"}, indent=1))
@@ -298,26 +285,8 @@ Loss curve (held-out NLL on the first 40 held-out documents during training):
 | --- | --- | --- |
 {rows}
 
-{phases_section(stats)}
-`training.json` holds the whole curve and the arguments (and those of earlier phases).
+`training.json` holds the whole curve and the arguments.
 """)
-
-
-def phases_section(stats: dict) -> str:
-    """Markdown for a run continued with ``--init`` (empty for a single-phase run)."""
-    phases = stats.get("previous_phases", [])
-    if not phases:
-        return ""
-    rows = []
-    for i, ph in enumerate(phases + [{k: v for k, v in stats.items() if k != "previous_phases"}], 1):
-        a = ph["args"]
-        rows.append(f"| {i} | {a['steps']} | {a['lr']} | {a['warmup']} | {a['seed']} | {ph['tokens_seen']} "
-                    f"| {ph['wall_minutes']} | {ph['ratio']:.3f} |")
-    return ("## Training phases\nThe model was trained in phases, each continuing the previous checkpoint "
-            "(`--init`; the tokenizer is kept, the optimiser restarts with its own warm-up and cosine "
-            "schedule). The recipe above is the last phase's.\n\n"
-            "| phase | steps | peak lr | warm-up | seed | tokens | minutes | held-out ratio after |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

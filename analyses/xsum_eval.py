@@ -40,9 +40,9 @@ from at_probe import text_metrics
 from at_probe.xsum import (
     BUCKETS,
     SettingError,
+    bucket_file,
     is_heldout,
     load_records,
-    make_prompt,
     parse_settings,
     reference_nll,
     summarise,
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = parse_settings(args.settings)
         if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
             raise RunError("--batch-size, --max-new-tokens and --limit must be >= 1")
-        data_file = args.data / f"token_{args.bucket}_evaluation.json.gz"
+        data_file = bucket_file(args.data, args.bucket)
         docs = load_records(data_file)
         if args.split == "heldout":
             docs = [d for d in docs if is_heldout(d["id"])]
@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             for start in range(0, len(pending), args.batch_size):
                 batch = pending[start : start + args.batch_size]
                 t0 = time.perf_counter()
-                prompts = [make_prompt(d["document"]) for d in batch]
-                outputs = summarise(model, prompts, settings[name], max_new_tokens=args.max_new_tokens)
-                nlls = reference_nll(model, prompts, [d["summary"] for d in batch], settings[name])
+                documents = [d["document"] for d in batch]
+                outputs = summarise(model, documents, settings[name], max_new_tokens=args.max_new_tokens)
+                nlls = reference_nll(model, documents, [d["summary"] for d in batch], settings[name])
                 seconds = (time.perf_counter() - t0) / len(batch)
                 lines = [json.dumps({"doc_id": str(d["id"]), "setting": name, "output": o, **score(o, d),
                                      "summary_nll": nll, "wall_seconds": seconds}) + "\n"

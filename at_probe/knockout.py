@@ -67,7 +67,9 @@ def knockout_hooks(start: int, end: int, layers: range) -> list[tuple[str, Any]]
     def fn(pattern: Tensor, *, hook: Any) -> Tensor | None:
         if pattern.shape[-2] != pattern.shape[-1]:
             return None
-        return ops.knockout(pattern, start, end)
+        if pattern.requires_grad and torch.is_grad_enabled():
+            return ops.knockout(pattern, start, end)  # keep autograd's saved softmax output intact
+        return ops.knockout_(pattern, start, end)  # only the rows after the region are touched
 
     return [(pattern_hook(l), fn) for l in layers]
 

@@ -161,13 +161,16 @@ def knockout(pattern: Tensor, start: int, end: int) -> Tensor:
 
     Rows ``>= end`` lose their mass on the region and are rescaled to their original sum;
     rows inside or before the region are untouched (the region still reads its own past).
-    Works on ``[..., q, k]``; returns a new tensor.
+    Works on ``[..., q, k]``; returns a new tensor (``knockout_`` edits in place).
     """
-    out = pattern.clone()
-    rows = out[..., end:, :]
+    return knockout_(pattern.clone(), start, end)
+
+
+def knockout_(pattern: Tensor, start: int, end: int) -> Tensor:
+    """In-place ``knockout`` touching only rows ``>= end``; returns ``pattern``."""
+    rows = pattern[..., end:, :]
     before = rows.sum(-1, keepdim=True)
     rows[..., start:end] = 0
     after = rows.sum(-1, keepdim=True)
-    scale = torch.where(after > 0, before / after.clamp(min=1e-30), torch.ones_like(after))
-    out[..., end:, :] = rows * scale
-    return out
+    rows *= torch.where(after > 0, before / after.clamp(min=1e-30), torch.ones_like(after))
+    return pattern

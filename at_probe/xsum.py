@@ -57,10 +57,14 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def bucket_file(data_dir: str | Path, bucket: str) -> Path:
+    """Path of a bucket's release file, ``token_<B>_evaluation.json.gz``, in ``data_dir``."""
+    return Path(data_dir) / f"token_{bucket}_evaluation.json.gz"
+
+
 def release_files(data_dir: str | Path) -> dict[str, Path]:
-    """Map each bucket (``"800"`` ...) to its ``token_<B>_evaluation.json.gz`` in ``data_dir``."""
-    data_dir = Path(data_dir)
-    files = {b: data_dir / f"token_{b}_evaluation.json.gz" for b in BUCKETS}
+    """Map each bucket (``"800"`` ...) to its release file in ``data_dir``; all must exist."""
+    files = {b: bucket_file(data_dir, b) for b in BUCKETS}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"missing release files: {', '.join(missing)}")
@@ -76,11 +80,6 @@ def load_all_documents(data_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def make_prompt(document: str) -> str:
-    """The paper's summarisation prompt for one document."""
-    return document + PROMPT_SUFFIX
-
-
 # ---------------------------------------------------------------------------------------------
 # Settings: "baseline", "paper:alpha=1,beta=0.5,k=2", "sra:threshold_len=200,...", "placebo:..."
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +90,7 @@ class SettingError(ValueError):
 
 
 _PAPER_KEYS = {"alpha": float, "beta": float, "k": int}
+_FIELD = {"k": "intervals_per_layer"}  # setting-string key -> transition field
 _SETTING_KEYS: dict[str, dict[str, type]] = {
     "paper": _PAPER_KEYS,
     "placebo": {**_PAPER_KEYS, "seed": int},
@@ -128,8 +128,7 @@ def parse_setting(text: str) -> tuple[str, Any]:
             params[key] = _SETTING_KEYS[kind][key](value.strip())
         except ValueError:
             raise SettingError(f"bad value {value!r} for {key} in {text!r}") from None
-    if "k" in params:
-        params["intervals_per_layer"] = params.pop("k")
+    params = {_FIELD.get(k, k): v for k, v in params.items()}
     try:
         cls = {"paper": PaperTransition, "placebo": PlaceboTransition, "sra": SRATransition}[kind]
         transition = cls(**params)
@@ -140,10 +139,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 
 def _canonical_params(kind: str, transition: Any) -> dict[str, Any]:
-    keys = [k if k != "k" else "intervals_per_layer" for k in _SETTING_KEYS[kind]]
-    values = {k: getattr(transition, k) for k in keys}
-    if "intervals_per_layer" in values:
-        values["k"] = values.pop("intervals_per_layer")
+    """Every parameter of a setting (short names, defaults filled in), for its canonical name."""
+    values = {k: getattr(transition, _FIELD.get(k, k)) for k in _SETTING_KEYS[kind]}
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -165,11 +162,22 @@ def parse_settings(text: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _prompt_ids(model: Any, texts: list[str], max_tokens: int) -> list[list[int]]:
-    """Token ids of each text (with BOS); a text over ``max_tokens`` keeps BOS and its last tokens,
-    so the summarisation instruction at the end survives."""
-    ids = [model.tokenizer(t)["input_ids"] for t in texts]
-    return [x if len(x) <= max_tokens else x[:1] + x[len(x) - max_tokens + 1 :] for x in ids]
+def prompt_ids(model: Any, documents: list[str], max_tokens: int) -> tuple[list[list[int]], list[int]]:
+    """The paper's prompt for each document as token ids: BOS + document + ``PROMPT_SUFFIX``.
+
+    A document too long for ``max_tokens`` is cut at its end, so the instruction survives.
+    Returns the ids and, per document, how many of its tokens were dropped (0 when it fits).
+
+    Raises:
+        ValueError: ``max_tokens`` leaves no room for the document.
+    """
+    tok = model.tokenizer
+    suffix = tok(PROMPT_SUFFIX, add_special_tokens=False)["input_ids"]
+    room = max_tokens - len(suffix)
+    if room < 2:
+        raise ValueError(f"no room for a document in {max_tokens} tokens")
+    docs = [tok(d)["input_ids"] for d in documents]  # BOS + document
+    return [d[:room] + suffix for d in docs], [max(0, len(d) - room) for d in docs]
 
 
 def left_pad(model: Any, rows: list[list[int]]) -> tuple[Any, Any]:
@@ -183,9 +191,9 @@ def left_pad(model: Any, rows: list[list[int]]) -> tuple[Any, Any]:
     return ids, mask
 
 
-def summarise(model: Any, prompts: list[str], transition: Any, *, max_new_tokens: int = 50,
+def summarise(model: Any, documents: list[str], transition: Any, *, max_new_tokens: int = 50,
               max_prompt_tokens: int | None = None) -> list[str]:
-    """Greedy continuations (new tokens only, cut at EOS) of a batch of prompts.
+    """Greedy continuations (new tokens only, cut at EOS) of the paper's prompt for each document.
 
     The transition (or None) is active on each prompt's own rows at prefill. Rows of a batch
     get what they would get alone (left padding with an attention mask).
@@ -193,7 +201,7 @@ def summarise(model: Any, prompts: list[str], transition: Any, *, max_new_tokens
     import torch
 
     limit = (max_prompt_tokens or int(model.cfg.n_ctx)) - max_new_tokens
-    input_ids, mask = left_pad(model, _prompt_ids(model, prompts, limit))
+    input_ids, mask = left_pad(model, prompt_ids(model, documents, limit)[0])
     ctx = contextlib.nullcontext() if transition is None else transition.applied(model)
     with ctx, torch.inference_mode():
         out = model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
@@ -207,7 +215,7 @@ def summarise(model: Any, prompts: list[str], transition: Any, *, max_new_tokens
     return texts
 
 
-def reference_nll(model: Any, prompts: list[str], references: list[str], transition: Any,
+def reference_nll(model: Any, documents: list[str], references: list[str], transition: Any,
                   *, max_prompt_tokens: int | None = None) -> list[float]:
     """Teacher-forced mean NLL (nats/token) of each reference given its prompt, setting active.
 
@@ -218,7 +226,7 @@ def reference_nll(model: Any, prompts: list[str], references: list[str], transit
     tok = model.tokenizer
     refs = [tok(" " + r, add_special_tokens=False)["input_ids"] for r in references]
     limit = (max_prompt_tokens or int(model.cfg.n_ctx)) - max(map(len, refs))
-    prompts_ids = _prompt_ids(model, prompts, limit)
+    prompts_ids = prompt_ids(model, documents, limit)[0]
     ids, mask = left_pad(model, [p + r for p, r in zip(prompts_ids, refs)])
     hooks = [] if transition is None else transition.hooks(model, prompt_lengths=[len(p) for p in prompts_ids])
     with torch.inference_mode():

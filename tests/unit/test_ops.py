@@ -86,7 +86,10 @@ def test_rollout_hand_example():
 
 
 def test_knockout_zeroes_and_renormalises(p):
+    before = p.clone()
     out = ops.knockout(p[None, None], 5, 9)[0, 0]
+    assert torch.equal(p, before), "knockout must not modify its input"
+    torch.testing.assert_close(ops.knockout_(p.clone(), 5, 9), out)
     assert out[9:, 5:9].abs().max() == 0
     torch.testing.assert_close(out[9:].sum(-1), p[9:].sum(-1))
     assert torch.equal(out[:9], p[:9])  # rows before the region's end untouched
