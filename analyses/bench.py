@@ -9,8 +9,9 @@
 Each timing ratio is the median over ``--repeats`` interleaved (paired) runs.
 
 Usage:
-    python analyses/bench.py                                   # tiny model, CPU
-    python analyses/bench.py --model DIR --device cuda --dtype bfloat16 --random-init  # 7b-shaped
+    python analyses/bench.py                                   # SmolLM2, CPU
+    python analyses/bench.py --model tiny                      # the embedded tiny model
+    python analyses/bench.py --model DIR --device cuda         # a local checkpoint on a GPU
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from at_probe.loading import load_model
+from at_probe.loading import DEFAULT_MODEL, load_model
 from at_probe.probe import FlowProbe
 from at_probe.transition import PaperTransition, SRATransition
 from at_probe.xsum import bucket_file, load_records
@@ -84,7 +85,7 @@ def peak_rss_mb(code: str) -> float:
 
 def memory_ratio(args: argparse.Namespace, source: str) -> dict[str, float]:
     """flow.py vs a plain forward, same model and tokens, each in its own process."""
-    common = (f"import torch\nfrom at_probe.loading import load_model\n"
+    common = (f"import torch\nfrom at_probe.loading import DEFAULT_MODEL, load_model\n"
               f"m = load_model({args.model!r}, device={args.device!r})\n")
     plain = common + (
         f"from analyses.bench import document_tokens\nfrom pathlib import Path\n"
@@ -116,7 +117,7 @@ def xsum_throughput(model: Any, docs: list[dict], batch_size: int, max_new_token
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--device", default=None)
     p.add_argument("--tokens", type=int, default=1900)
     p.add_argument("--repeats", type=int, default=7)

@@ -1,10 +1,13 @@
 """Information flow from the context to the point of generation, with and without the transition.
 
 For one document (the built-in sample by default, or ``--text`` / ``--xsum --index``), the
-paper's summarisation prompt is run once per condition (baseline, the transition, and the
-placebo control whenever the paper version runs) with a ``FlowProbe`` attached after the
-transition's hooks, so the probe sees the pattern the model actually uses. Optionally each
-context region is knocked out in bands of layers to measure causal transfer.
+summarisation prompt (``at_probe.prompts``: one chat turn for a chat model such as the default
+SmolLM2, the paper's plain prompt for a base model) is run once per condition (baseline, the
+transition, and the placebo control whenever the paper version runs) with a ``FlowProbe``
+attached after the transition's hooks, so the probe sees the pattern the model actually uses. Regions follow the
+prompt's parts: the sink (token 0), the rest of the template head, ``--regions`` document
+regions (``doc 01`` ..) and the instruction with the template tail. Each region is also knocked
+out in bands of layers to measure causal transfer (``--knockout``, three bands by default).
 
 Outputs in ``--out`` (default ``out/flow``): ``flow.json`` (every number, the arguments and
 versions), and PNG figures each with the CSV of the data it plots: ``final_token_profile``,
@@ -12,8 +15,9 @@ versions), and PNG figures each with the CSV of the data it plots: ``final_token
 ``rollout``, ``knockout``. A summary table is printed.
 
 Usage:
-    python analyses/flow.py                              # tiny model, sample document, baseline vs paper
+    python analyses/flow.py                              # SmolLM2, sample document, baseline vs paper vs placebo
     python analyses/flow.py --xsum ../shared/data/xsum-at-release/token_1900_evaluation.json.gz --index 3
+    python analyses/flow.py --model tiny --knockout 0    # the embedded tiny model, no knockout (seconds)
     python analyses/flow.py --model huggyllama/llama-7b --text doc.txt --transition both --out out/llama
 """
 
@@ -31,10 +35,11 @@ import torch
 
 import at_probe
 from at_probe.knockout import knockout_sweep
-from at_probe.loading import SAMPLE_DOCUMENT, load_model
+from at_probe.loading import DEFAULT_MODEL, SAMPLE_DOCUMENT, load_model
 from at_probe.probe import FlowProbe, FlowResult
+from at_probe.prompts import Prompt, build_prompt
 from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
-from at_probe.xsum import load_records, prompt_ids
+from at_probe.xsum import load_records
 
 SAMPLE_SUMMARY = SAMPLE_DOCUMENT.with_name("sample_summary.txt")
 
@@ -45,12 +50,13 @@ class UsageError(Exception):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="'tiny', a local HF Llama directory, or a hub id")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", type=Path, help="a UTF-8 text file with the document")
     src.add_argument("--xsum", type=Path, help="an XSum release file (.json or .json.gz)")
     p.add_argument("--index", type=int, default=0, help="record index in --xsum (default 0)")
-    p.add_argument("--regions", type=int, default=16, help="context regions besides the sink (default 16)")
+    p.add_argument("--regions", type=int, default=8, help="document regions (default 8)")
     p.add_argument("--transition", choices=("none", "paper", "sra", "both"), default="paper")
     p.add_argument("--alpha", type=float, default=1.0, help="paper: threshold factor (default 1.0)")
     p.add_argument("--beta", type=float, default=0.5, help="paper: share of freed mass moved (default 0.5)")
@@ -62,8 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sra-elimi-outer", type=float, default=0.3)
     p.add_argument("--sra-strengthen-inter", type=float, default=4.0)
     p.add_argument("--sra-strengthen-outer", type=float, default=4.0)
-    p.add_argument("--knockout", type=int, default=2, metavar="BAND",
-                   help="knock out each region in bands of BAND layers (default 2; 0 disables)")
+    p.add_argument("--knockout", type=int, default=None, metavar="BAND",
+                   help="knock out each region in bands of BAND layers (default: three bands; 0 disables)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="truncate the prompt to this many tokens (default: the model's context)")
     p.add_argument("--out", type=Path, default=Path("out/flow"))
@@ -90,20 +96,20 @@ def read_document(args: argparse.Namespace) -> tuple[str, str | None, str]:
     return SAMPLE_DOCUMENT.read_text(), SAMPLE_SUMMARY.read_text().strip(), "built-in sample document"
 
 
-def prompt_tokens(model: Any, document: str, reference: str | None,
-                  max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The paper's prompt as ``[1, T]`` tokens; the document is truncated (with a notice) to fit."""
+def make_prompt(model: Any, document: str, reference: str | None,
+                max_tokens: int | None = None) -> tuple[Prompt, torch.Tensor | None]:
+    """The summarisation prompt (document cut, with a notice, to fit) and the reference's ids."""
     ref = model.tokenizer(" " + reference, add_special_tokens=False)["input_ids"] if reference else []
     limit = min(int(model.cfg.n_ctx) - len(ref), max_tokens or int(model.cfg.n_ctx))
     try:
-        (ids,), (dropped,) = prompt_ids(model, [document], limit)
+        prompt = build_prompt(model.tokenizer, document, max_tokens=limit)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if dropped:
-        print(f"notice: the document was truncated by {dropped} tokens so the prompt fits in {limit} "
-              f"tokens (model context {model.cfg.n_ctx}; prompt suffix and reference kept)")
-    device = model.cfg.device
-    return torch.tensor([ids], device=device), (torch.tensor([ref], device=device) if ref else None)
+    if prompt.dropped:
+        print(f"notice: the document was truncated by {prompt.dropped} tokens so the prompt fits in {limit} "
+              f"tokens (model context {model.cfg.n_ctx}; instruction, template and reference kept)")
+    ref_tokens = torch.tensor([ref], device=model.cfg.device) if ref else None
+    return prompt, ref_tokens
 
 
 def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
@@ -123,12 +129,12 @@ def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
     return conds
 
 
-def probe_condition(model: Any, prompt: torch.Tensor, transition: Any, regions: int) -> tuple[FlowResult, Any]:
+def probe_condition(model: Any, prompt: Prompt, transition: Any, regions: int) -> tuple[FlowResult, Any]:
     """One prefill pass with the transition (if any) and the probe after it."""
-    probe = FlowProbe.for_model(model, regions=regions, rollout=True)
+    probe = FlowProbe.for_model(model, regions=regions, document=prompt.document, rollout=True)
     pairs = ([] if transition is None else transition.hooks(model)) + probe.hooks()
     with torch.inference_mode():
-        model.run_with_hooks(prompt, fwd_hooks=pairs)
+        model.run_with_hooks(prompt.tensor(model.cfg.device), fwd_hooks=pairs)
     report = None if transition is None else transition.last_report()
     return probe.result(), report
 
@@ -176,16 +182,18 @@ def tidy_frames(results: dict[str, FlowResult], knock: dict[str, Any]) -> dict[s
 
 
 def summary_table(results: dict[str, FlowResult], knock: dict[str, Any]) -> str:
-    lines = [f"{'condition':<10} {'sink':>6} {'entropy':>8} {'distance':>9} {'final->ctx':>11} "
-             f"{'rollout->1st half':>18} {'max KO KL':>10}"]
+    lines = [f"{'condition':<10} {'sink':>6} {'entropy':>8} {'distance':>9} {'final->doc':>11} "
+             f"{'rollout->doc 1st half':>22} {'max KO KL':>10}"]
     for name, r in results.items():
-        ctx = r.final_token_profile[-1].mean(0)[1:].sum().item()
-        half = r.rollout[-1][1 : 1 + (len(r.region_labels) - 1) // 2].sum().item() if r.rollout is not None else float("nan")
+        doc = [i for i, lab in enumerate(r.region_labels) if lab.startswith("doc ")]
+        first_half = doc[: len(doc) // 2] or doc
+        ctx = r.final_token_profile[-1].mean(0)[doc].sum().item()
+        half = r.rollout[-1][first_half].sum().item() if r.rollout is not None else float("nan")
         kl = f"{knock[name].kl.max().item():10.4f}" if name in knock else f"{'-':>10}"
         lines.append(f"{name:<10} {r.sink_mass.mean():6.3f} {r.entropy.mean():8.3f} {r.distance.mean():9.1f} "
-                     f"{ctx:11.3f} {half:18.3f} {kl}")
-    lines.append("sink/entropy/distance: mean over layers and heads; final->ctx: last layer's final-token "
-                 "mass on non-sink regions; KO: knockout")
+                     f"{ctx:11.3f} {half:22.3f} {kl}")
+    lines.append("sink/entropy/distance: mean over layers and heads; final->doc: last layer's final-token "
+                 "mass on document regions; KO: knockout")
     return "\n".join(lines)
 
 
@@ -204,20 +212,26 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     try:
-        prompt, ref_tokens = prompt_tokens(model, document, reference, args.max_tokens)
+        prompt, ref_tokens = make_prompt(model, document, reference, args.max_tokens)
     except UsageError as err:
         print(f"flow.py: error: {err}", file=sys.stderr)
         return 2
-    t = prompt.shape[1]
-    print(f"{source}: {t} prompt tokens, {len(conditions)} conditions, model {args.model}")
-    if t - 1 < args.regions:
-        print(f"flow.py: error: {t} tokens are too few for {args.regions} regions", file=sys.stderr)
+    t = len(prompt)
+    doc_tokens = prompt.document[1] - max(prompt.document[0], 1)
+    print(f"{source}: {t} prompt tokens ({prompt.style} prompt, {doc_tokens} document tokens), "
+          f"{len(conditions)} conditions, model {args.model}")
+    if doc_tokens < args.regions:
+        print(f"flow.py: error: {doc_tokens} document tokens are too few for {args.regions} regions",
+              file=sys.stderr)
         return 2
+    n_layers = int(model.cfg.n_layers)
+    band = -(-n_layers // 3) if args.knockout is None else args.knockout
     results, reports, knock = {}, {}, {}
     for name, tr in conditions.items():
         results[name], reports[name] = probe_condition(model, prompt, tr, args.regions)
-        if args.knockout > 0 and name != "placebo":
-            knock[name] = knockout_sweep(model, prompt, results[name].region_bounds, band_size=args.knockout,
+        if band > 0 and name != "placebo":
+            knock[name] = knockout_sweep(model, prompt.tensor(model.cfg.device), results[name].region_bounds,
+                                         band_size=band, labels=results[name].region_labels,
                                          reference=ref_tokens, transition=tr)
     args.out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -226,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                      "python": platform.python_version()},
         "source": source,
         "prompt_tokens": t,
+        "prompt_style": prompt.style,
+        "prompt_parts": prompt.parts,
+        "document_tokens_dropped": prompt.dropped,
+        "knockout_band": band,
         "reference_tokens": None if ref_tokens is None else ref_tokens.shape[1],
         "conditions": {
             name: {"flow": results[name].to_dict(),

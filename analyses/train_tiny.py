@@ -28,7 +28,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from at_probe.xsum import PROMPT_SUFFIX, is_heldout, load_all_documents  # noqa: E402
+from at_probe.prompts import INSTRUCTION  # noqa: E402
+from at_probe.xsum import is_heldout, load_all_documents  # noqa: E402
 
 SPECIALS = ["<s>", "</s>", "<pad>"]
 
@@ -60,7 +61,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 def training_texts(records: list[dict]) -> list[str]:
     """Document + prompt + reference summary, one string per training record."""
-    return [r["document"] + PROMPT_SUFFIX + " " + r["summary"] for r in records]
+    return [r["document"] + INSTRUCTION + " " + r["summary"] for r in records]
 
 
 def unigram_nll(train_ids: list[list[int]], eval_ids: list[list[int]], vocab: int) -> float:

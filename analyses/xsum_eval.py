@@ -1,8 +1,10 @@
 """XSum summarisation with and without the transition, end to end, resumable.
 
 For each document of a bucket (held-out documents by default: ``int(id) % 4 == 0``, never
-seen by the tiny model) and each setting, the model greedily continues the paper's prompt
-``document + " Please summarize context above:"`` and the output (new tokens only) is scored
+seen by the tiny model) and each setting, the model greedily continues the summarisation
+prompt (``at_probe.prompts``: the document and the paper's instruction "Please summarize
+context above:" as one chat turn for a chat model such as SmolLM2, the paper's plain prompt
+for a base model; the manifest records which) and the output (new tokens only) is scored
 against the reference: ROUGE-1/2/L F1 (stemmed), 4-gram repetition, novel bigrams, where in the
 document copied content comes from, and ``summary_nll``, the teacher-forced NLL of the
 reference given the prompt with the setting active (a judge-free comprehension measure).
@@ -13,13 +15,13 @@ Settings (``--settings``, separated by ``;``):
     placebo:alpha=A,beta=B,k=K,seed=S the same rows and mass, random targets (control)
     sra:threshold_len=N,...           the 2025 SRA version (keys of SRATransition)
 
-The run directory holds ``manifest.json`` (model, data file hash, settings, version) and
+The run directory holds ``manifest.json`` (model, prompt style, data file hash, settings, version) and
 ``records.jsonl`` (one line per document and setting). Killed at any moment and re-run with
 the same arguments, it continues where it stopped; a different configuration is refused.
 
 Usage:
-    python analyses/xsum_eval.py --data ../shared/data/xsum-at-release --bucket 800 --limit 20 --out runs/tiny800
-    python analyses/xsum_report.py runs/tiny800
+    python analyses/xsum_eval.py --data ../shared/data/xsum-at-release --bucket 800 --limit 20 --out runs/smol800
+    python analyses/xsum_report.py runs/smol800
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from tqdm.auto import tqdm
 
 import at_probe
 from at_probe import text_metrics
+from at_probe.loading import DEFAULT_MODEL
+from at_probe.prompts import prompt_style
 from at_probe.xsum import (
     BUCKETS,
     SettingError,
@@ -57,7 +61,8 @@ class RunError(Exception):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
     p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"))
     p.add_argument("--bucket", choices=BUCKETS, default="800")
     p.add_argument("--split", choices=("heldout", "all"), default="heldout")
@@ -134,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.split == "heldout":
             docs = [d for d in docs if is_heldout(d["id"])]
         docs = docs[: args.limit]
-        manifest = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
+        model = at_probe.load_model(args.model, device=args.device)  # before the manifest: a bad --model writes nothing
+        manifest = {"model": args.model, "prompt_style": prompt_style(model.tokenizer),
+                    "data_file": data_file.name, "data_sha256": file_sha256(data_file),
                     "bucket": args.bucket, "split": args.split, "settings": list(settings),
                     "max_new_tokens": args.max_new_tokens, "at_probe_version": at_probe.__version__}
         check_manifest(args.out, manifest)
-        model = at_probe.load_model(args.model, device=args.device)
     except (SettingError, RunError, FileNotFoundError, ValueError, OSError) as err:
         print(f"xsum_eval.py: error: {err}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ class KnockoutResult:
 
     Attributes:
         bands: ``[start, end)`` layer bands.
-        region_labels: labels of the knocked-out regions (``"sink"``, ``"1-52"``, ...).
+        region_labels: labels of the knocked-out regions (``"sink"``, ``"doc 01"``, ...).
         kl: ``[band, region]`` KL(base || knocked) of the next-token distribution (nats).
         nll_delta: ``[band, region]`` knocked minus base reference NLL (nats/token), or None.
         base_nll: the reference's mean NLL without knockout, or None.
@@ -80,6 +80,7 @@ def knockout_sweep(
     bounds: Tensor,
     *,
     band_size: int = 2,
+    labels: list[str] | None = None,
     reference: Tensor | None = None,
     transition: Any | None = None,
     progress: bool = True,
@@ -89,8 +90,9 @@ def knockout_sweep(
     Args:
         model: a ``TransformerBridge``.
         prompt: ``[1, T]`` prompt token ids.
-        bounds: region boundaries from ``ops.region_bounds(T, R)``.
+        bounds: region boundaries (``FlowResult.region_bounds``, ``ops.prompt_regions``).
         band_size: layers per band.
+        labels: one label per region (``FlowResult.region_labels``); default token ranges.
         reference: ``[1, N]`` continuation token ids (no BOS) for the NLL change, or None.
         transition: a transition (``PaperTransition`` ...) active in every pass, on the prompt
             rows only; knockout is applied after it.
@@ -99,7 +101,9 @@ def knockout_sweep(
     t = prompt.shape[1]
     tokens = prompt if reference is None else torch.cat((prompt, reference.to(prompt.device)), dim=1)
     bands = layer_bands(int(model.cfg.n_layers), band_size)
-    labels = ops.region_labels(bounds)
+    labels = ops.region_labels(bounds) if labels is None else list(labels)
+    if len(labels) != len(bounds) - 1:
+        raise ValueError(f"{len(labels)} labels for {len(bounds) - 1} regions")
     # The final prompt token is where the effect is read: it is never knocked out as a key, so
     # the last region's knockout reaches it.
     b = [min(x, t - 1) for x in bounds.tolist()]

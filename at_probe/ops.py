@@ -5,7 +5,9 @@ hook or state. The probe (``at_probe.probe``) calls these inside hooks, one head
 so a forward pass never holds more than one extra ``T x T`` matrix.
 
 Regions: token 0 (the attention sink) is region 0 on its own; tokens ``1 .. T-1`` are split
-into ``R`` contiguous regions of near-equal size (regions ``1 .. R``).
+into ``R`` contiguous regions of near-equal size (``region_bounds``), or, when the prompt's
+parts are known, the template head, ``R`` document regions and the instruction get regions of
+their own (``prompt_regions``).
 
 References: arXiv 2307.13365 (information transfer across layers); Abnar & Zuidema 2020,
 "Quantifying Attention Flow in Transformers" (attention rollout).
@@ -44,6 +46,47 @@ def region_labels(bounds: Tensor) -> list[str]:
     """Human-readable labels: ``"sink"`` then ``"1-52"`` style token ranges (inclusive)."""
     b = bounds.tolist()
     return ["sink"] + [f"{b[i]}-{b[i + 1] - 1}" for i in range(1, len(b) - 1)]
+
+
+def prompt_regions(seq_len: int, n_regions: int, document: tuple[int, int]) -> tuple[Tensor, list[str]]:
+    """Regions that follow a prompt's parts: bounds and labels.
+
+    Token 0 is ``"sink"``; the rest of the template head (if any) is ``"template"``; the
+    document ``[start, end)`` is split into ``n_regions`` near-equal regions ``"doc 01"`` ..;
+    everything after the document (the instruction and the template tail) is
+    ``"instruction"``. Empty parts are left out, so every region holds tokens.
+
+    Raises:
+        ValueError: the document span lies outside ``[0, seq_len]`` or has fewer tokens
+            (past token 0) than ``n_regions``.
+    """
+    start, end = document
+    first = max(start, 1)
+    if n_regions < 1:
+        raise ValueError(f"n_regions must be >= 1, got {n_regions}")
+    if not 0 <= start <= end <= seq_len or end - first < n_regions:
+        raise ValueError(f"document tokens [{start}, {end}) of a {seq_len}-token prompt cannot be split "
+                         f"into {n_regions} regions")
+    inner = torch.linspace(first, end, n_regions + 1).round().long().tolist()
+    bounds, labels = [0], ["sink"]
+    if first > 1:
+        bounds.append(1)
+        labels.append("template")
+    bounds += inner[:-1]
+    labels += [f"doc {i + 1:02d}" for i in range(n_regions)]
+    bounds.append(end)
+    if end < seq_len:
+        bounds.append(seq_len)
+        labels.append("instruction")
+    return torch.tensor(bounds), labels
+
+
+def region_sort_key(label: str) -> float:
+    """Token order of a region label (``sink``, ``template``, ``doc NN`` or ``a-b``, ``instruction``)."""
+    fixed = {"sink": -2.0, "template": -1.0, "instruction": float("inf")}
+    if label in fixed:
+        return fixed[label]
+    return float(label.removeprefix("doc ").split("-")[0])
 
 
 def _assignment(bounds: Tensor, n: int) -> Tensor:

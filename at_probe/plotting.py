@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from at_probe.ops import region_sort_key
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -40,8 +42,7 @@ def _panels(n: int, width: float, height: float, max_cols: int = 3):
 
 def _region_order(df: pd.DataFrame, column: str = "region") -> list[str]:
     """Region labels in token order (``sink`` first), whatever order the CSV holds."""
-    labels = list(dict.fromkeys(df[column]))
-    return sorted(labels, key=lambda s: -1 if s == "sink" else int(str(s).split("-")[0]))
+    return sorted(dict.fromkeys(df[column]), key=lambda s: region_sort_key(str(s)))
 
 
 def final_token_profile(df: pd.DataFrame) -> Figure:
@@ -60,7 +61,7 @@ def final_token_profile(df: pd.DataFrame) -> Figure:
         sns.heatmap(grid, ax=ax, cmap="RdBu_r" if diff else "viridis", center=0 if diff else None,
                     cbar_kws={"label": "attention mass"})
         ax.set_title(cond)
-        ax.set_xlabel("key region (tokens)")
+        ax.set_xlabel("key region")
         ax.set_ylabel("layer")
     fig.suptitle("Final prompt token: attention mass per context region (mean over heads)")
     fig.tight_layout()
@@ -109,7 +110,7 @@ def rollout(df: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(7.5, 3.4))
     sns.barplot(data=last, x="region", y="value", hue="condition", order=_region_order(last), ax=ax)
     ax.set_ylabel("rollout weight")
-    ax.set_xlabel("context region (tokens)")
+    ax.set_xlabel("context region")
     ax.set_title("Attention rollout from the final token (after the last layer)")
     ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()

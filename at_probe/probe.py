@@ -46,8 +46,10 @@ class FlowResult:
     """Per-layer, per-head flow measures of one sequence (small CPU float32 tensors).
 
     Attributes:
-        region_bounds: ``[R + 2]`` token boundaries (sink ``[0, 1)``, then ``R`` regions).
-        region_labels: ``R + 1`` labels (``"sink"``, ``"1-52"``, ...).
+        region_bounds: ``[regions + 1]`` token boundaries (sink ``[0, 1)`` first).
+        region_labels: one label per region: ``"sink"``, then ``"template"``, ``"doc 01"`` ..
+            and ``"instruction"`` when the prompt's parts are known, else ``"1-52"`` style
+            token ranges.
         region_mass: ``[layer, head, from_region, to_region]`` mean mass per query row.
         final_token_profile: ``[layer, head, region]`` the last token's mass per key region.
         sink_mass: ``[layer, head]`` mean attention on token 0.
@@ -139,17 +141,23 @@ class FlowProbe:
 
     Args:
         n_layers, n_heads: model shape (``for_model`` reads them).
-        regions: number of context regions ``R`` besides the sink.
+        regions: number of context regions ``R`` besides the sink (document regions when
+            ``document`` is given).
+        document: ``[start, end)`` token span of the document in the prompt (``Prompt.document``
+            from ``at_probe.prompts``); the template head and the instruction then get regions of
+            their own and only document tokens are split into ``R`` regions. ``None``: tokens
+            ``1 .. T-1`` are split evenly.
         rollout: also compute attention rollout from the last token. Explicit opt-in: it keeps
             head-averaged ``[L, T, T]`` maps (``4 L T^2`` bytes) until ``result()``.
         keep_maps: return those head-averaged maps in the result.
     """
 
-    def __init__(self, n_layers: int, n_heads: int, *, regions: int = 16, rollout: bool = False,
-                 keep_maps: bool = False):
+    def __init__(self, n_layers: int, n_heads: int, *, regions: int = 16,
+                 document: tuple[int, int] | None = None, rollout: bool = False, keep_maps: bool = False):
         if regions < 1:
             raise ValueError(f"regions must be >= 1, got {regions}")
         self.n_layers, self.n_heads, self.regions = n_layers, n_heads, regions
+        self.document = None if document is None else (int(document[0]), int(document[1]))
         self.rollout, self.keep_maps = rollout, keep_maps
         self.reset()
 
@@ -161,6 +169,7 @@ class FlowProbe:
     def reset(self) -> None:
         """Forget everything captured so far."""
         self._bounds: Tensor | None = None
+        self._labels: list[str] = []
         self._layers: dict[int, dict[str, Tensor]] = {}
         self._maps: dict[int, Tensor] = {}
         self._warned = False
@@ -194,7 +203,11 @@ class FlowProbe:
         """Reduce one layer's ``[head, T, T]`` pattern, one head (one ``T x T`` matrix) at a time."""
         t = heads.shape[-1]
         if self._bounds is None:
-            self._bounds = ops.region_bounds(t, self.regions)
+            if self.document is None:
+                self._bounds = ops.region_bounds(t, self.regions)
+                self._labels = ops.region_labels(self._bounds)
+            else:
+                self._bounds, self._labels = ops.prompt_regions(t, self.regions, self.document)
         q = torch.arange(1, t, device=heads.device, dtype=torch.float32)
         per_head: dict[str, list[Tensor]] = {k: [] for k in ("region_mass", "final", *_PER_HEAD)}
         for h in range(heads.shape[0]):
@@ -225,7 +238,7 @@ class FlowProbe:
         stack = lambda key: torch.stack([self._layers[l][key] for l in range(self.n_layers)])  # noqa: E731
         return FlowResult(
             region_bounds=self._bounds.cpu(),
-            region_labels=ops.region_labels(self._bounds),
+            region_labels=list(self._labels),
             region_mass=stack("region_mass"),
             final_token_profile=stack("final"),
             sink_mass=stack("sink_mass"),

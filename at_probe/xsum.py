@@ -18,8 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-PROMPT_SUFFIX = " Please summarize context above:"
-"""Appended to the document to form the paper's summarisation prompt."""
+from at_probe.prompts import build_prompts
 
 BUCKETS: tuple[str, ...] = ("800", "1200", "1600", "1900")
 """The release's length buckets (approximate LLaMA token counts)."""
@@ -162,24 +161,6 @@ def parse_settings(text: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def prompt_ids(model: Any, documents: list[str], max_tokens: int) -> tuple[list[list[int]], list[int]]:
-    """The paper's prompt for each document as token ids: BOS + document + ``PROMPT_SUFFIX``.
-
-    A document too long for ``max_tokens`` is cut at its end, so the instruction survives.
-    Returns the ids and, per document, how many of its tokens were dropped (0 when it fits).
-
-    Raises:
-        ValueError: ``max_tokens`` leaves no room for the document.
-    """
-    tok = model.tokenizer
-    suffix = tok(PROMPT_SUFFIX, add_special_tokens=False)["input_ids"]
-    room = max_tokens - len(suffix)
-    if room < 2:
-        raise ValueError(f"no room for a document in {max_tokens} tokens")
-    docs = [tok(d)["input_ids"] for d in documents]  # BOS + document
-    return [d[:room] + suffix for d in docs], [max(0, len(d) - room) for d in docs]
-
-
 def left_pad(model: Any, rows: list[list[int]]) -> tuple[Any, Any]:
     """Left-padded ``(input_ids, attention_mask)`` tensors on the model's device."""
     import torch
@@ -193,7 +174,10 @@ def left_pad(model: Any, rows: list[list[int]]) -> tuple[Any, Any]:
 
 def summarise(model: Any, documents: list[str], transition: Any, *, max_new_tokens: int = 50,
               max_prompt_tokens: int | None = None) -> list[str]:
-    """Greedy continuations (new tokens only, cut at EOS) of the paper's prompt for each document.
+    """Greedy continuations (new tokens only, cut at EOS) of each document's prompt.
+
+    Prompts come from ``at_probe.prompts.build_prompt`` (the chat template when the tokenizer
+    has one, else the paper's plain prompt), the document cut at its end to fit.
 
     The transition (or None) is active on each prompt's own rows at prefill. Rows of a batch
     get what they would get alone (left padding with an attention mask).
@@ -201,7 +185,8 @@ def summarise(model: Any, documents: list[str], transition: Any, *, max_new_toke
     import torch
 
     limit = (max_prompt_tokens or int(model.cfg.n_ctx)) - max_new_tokens
-    input_ids, mask = left_pad(model, prompt_ids(model, documents, limit)[0])
+    prompts = build_prompts(model.tokenizer, documents, max_tokens=limit)
+    input_ids, mask = left_pad(model, [list(p.ids) for p in prompts])
     ctx = contextlib.nullcontext() if transition is None else transition.applied(model)
     with ctx, torch.inference_mode():
         out = model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
@@ -226,7 +211,7 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
     tok = model.tokenizer
     refs = [tok(" " + r, add_special_tokens=False)["input_ids"] for r in references]
     limit = (max_prompt_tokens or int(model.cfg.n_ctx)) - max(map(len, refs))
-    prompts_ids = prompt_ids(model, documents, limit)[0]
+    prompts_ids = [list(p.ids) for p in build_prompts(model.tokenizer, documents, max_tokens=limit)]
     ids, mask = left_pad(model, [p + r for p, r in zip(prompts_ids, refs)])
     hooks = [] if transition is None else transition.hooks(model, prompt_lengths=[len(p) for p in prompts_ids])
     with torch.inference_mode():

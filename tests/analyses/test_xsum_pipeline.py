@@ -16,7 +16,7 @@ SETTINGS = "baseline;paper:alpha=1,beta=0.5,k=2;placebo:alpha=1,beta=0.5,k=2"
 
 
 def _args(out, *extra):
-    return ["--data", str(require_shared(XSUM_DIR)), "--bucket", "800", "--limit", "4",
+    return ["--model", "tiny", "--data", str(require_shared(XSUM_DIR)), "--bucket", "800", "--limit", "4",
             "--max-new-tokens", "12", "--settings", SETTINGS, "--out", str(out), *extra]
 
 
@@ -42,6 +42,7 @@ def test_records_complete_and_scored(full_run):
         assert 0 <= r["rougeL"] <= 1 and r["summary_nll"] > 0
     manifest = json.loads((full_run / "manifest.json").read_text())
     assert manifest["settings"][0] == "baseline" and len(manifest["data_sha256"]) == 64
+    assert manifest["prompt_style"] == "plain"
 
 
 def test_batch_equals_batch_size_one(full_run, tmp_path):

@@ -38,14 +38,3 @@ def test_left_padded_batch_equals_alone(tiny_model, sample_text):
         for row, text in enumerate(texts):
             alone = tiny_model.generate(tok(text, return_tensors="pt")["input_ids"], **kw)
             assert torch.equal(batch[row, -NEW:], alone[0, -NEW:]), f"row {row} differs from alone"
-
-
-def test_prompt_ids_truncate_the_document_and_keep_the_instruction(tiny_model, sample_text):
-    from at_probe.xsum import PROMPT_SUFFIX, prompt_ids
-
-    suffix = tiny_model.tokenizer(PROMPT_SUFFIX, add_special_tokens=False)["input_ids"]
-    (short, long), dropped = prompt_ids(tiny_model, ["A short note.", sample_text], 100)
-    assert dropped[0] == 0 and dropped[1] > 0
-    assert len(long) == 100 and long[-len(suffix):] == suffix and short[-len(suffix):] == suffix
-    assert long[0] == short[0] == tiny_model.tokenizer.bos_token_id
-    assert long[1 : 100 - len(suffix)] == tiny_model.tokenizer(sample_text)["input_ids"][1 : 100 - len(suffix)]
