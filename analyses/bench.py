@@ -3,7 +3,8 @@
 * transition: a forward pass of a ``--tokens``-token document with the paper transition on all
   scheduled layers (and SRA) vs the same forward without it;
 * probe: the same forward with a ``FlowProbe`` attached (with and without rollout) vs without;
-* memory: peak RSS of ``analyses/flow.py`` on that document vs a plain forward of the same
+* memory: peak RSS of ``analyses/flow.py`` on that document (probe passes; knockout off, its
+  passes are plain forwards with a band of edited layers) vs a plain forward of the same
   tokens, each in a fresh subprocess.
 
 Each timing ratio is the median over ``--repeats`` interleaved (paired) runs.
@@ -93,7 +94,7 @@ def memory_ratio(args: argparse.Namespace, source: str) -> dict[str, float]:
         f"with torch.inference_mode(): m(toks)\n")
     flow = ("import sys\nsys.path.insert(0, 'analyses')\nimport flow\n"
             f"assert flow.main(['--model', {args.model!r}, '--xsum', {str(args.xsum)!r}, '--index', "
-            f"{source.split('#')[-1]!r}, '--max-tokens', '{args.tokens}', '--knockout', '8', "
+            f"{source.split('#')[-1]!r}, '--max-tokens', '{args.tokens}', '--knockout', '0', "
             f"'--out', '/tmp/at_probe_bench_flow']) == 0\n")
     a, b = peak_rss_mb(plain), peak_rss_mb(flow)
     return {"plain_forward_peak_rss_mib": a, "flow_py_peak_rss_mib": b, "ratio": b / a}

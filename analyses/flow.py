@@ -12,7 +12,9 @@ out in bands of layers to measure causal transfer (``--knockout``, three bands b
 Outputs in ``--out`` (default ``out/flow``): ``flow.json`` (every number, the arguments and
 versions), and PNG figures each with the CSV of the data it plots: ``final_token_profile``,
 ``region_mass`` (baseline) and ``region_mass_diff`` (transition - baseline), ``layer_measures``,
-``rollout``, ``knockout``. A summary table is printed.
+``knockout`` and, with ``--rollout``, ``rollout``. A summary table is printed. Memory: the
+probe reduces each layer's pattern inside its hook; only ``--rollout`` keeps one head-averaged
+``T x T`` map per layer (``4 L T^2`` bytes) until the end of the pass.
 
 Usage:
     python analyses/flow.py                              # SmolLM2, sample document, baseline vs paper vs placebo
@@ -70,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sra-strengthen-outer", type=float, default=4.0)
     p.add_argument("--knockout", type=int, default=None, metavar="BAND",
                    help="knock out each region in bands of BAND layers (default: three bands; 0 disables)")
+    p.add_argument("--rollout", action="store_true",
+                   help="also compute attention rollout (keeps [layer, T, T] head-averaged maps)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="truncate the prompt to this many tokens (default: the model's context)")
     p.add_argument("--out", type=Path, default=Path("out/flow"))
@@ -129,9 +133,10 @@ def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
     return conds
 
 
-def probe_condition(model: Any, prompt: Prompt, transition: Any, regions: int) -> tuple[FlowResult, Any]:
+def probe_condition(model: Any, prompt: Prompt, transition: Any, regions: int,
+                    rollout: bool = False) -> tuple[FlowResult, Any]:
     """One prefill pass with the transition (if any) and the probe after it."""
-    probe = FlowProbe.for_model(model, regions=regions, document=prompt.document, rollout=True)
+    probe = FlowProbe.for_model(model, regions=regions, document=prompt.document, rollout=rollout)
     pairs = ([] if transition is None else transition.hooks(model)) + probe.hooks()
     with torch.inference_mode():
         model.run_with_hooks(prompt.tensor(model.cfg.device), fwd_hooks=pairs)
@@ -166,7 +171,8 @@ def tidy_frames(results: dict[str, FlowResult], knock: dict[str, Any]) -> dict[s
         out["region_mass_diff"] = d.reset_index().assign(condition=f"{treated} - baseline")
     out["layer_measures"] = (full[full.measure.isin(["sink_mass", "entropy", "distance"])]
                              .groupby(["condition", "measure", "layer"], sort=False)["value"].mean().reset_index())
-    out["rollout"] = full[full.measure == "rollout"][["condition", "layer", "region", "value"]]
+    if (full.measure == "rollout").any():
+        out["rollout"] = full[full.measure == "rollout"][["condition", "layer", "region", "value"]]
     if knock:
         rows = []
         for cond, res in knock.items():
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     band = -(-n_layers // 3) if args.knockout is None else args.knockout
     results, reports, knock = {}, {}, {}
     for name, tr in conditions.items():
-        results[name], reports[name] = probe_condition(model, prompt, tr, args.regions)
+        results[name], reports[name] = probe_condition(model, prompt, tr, args.regions, args.rollout)
         if band > 0 and name != "placebo":
             knock[name] = knockout_sweep(model, prompt.tensor(model.cfg.device), results[name].region_bounds,
                                          band_size=band, labels=results[name].region_labels,

@@ -27,9 +27,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ import at_probe
 from at_probe import text_metrics
 from at_probe.loading import DEFAULT_MODEL
 from at_probe.prompts import prompt_style
+from at_probe.runfiles import append_jsonl, file_sha256, read_jsonl
 from at_probe.xsum import (
     BUCKETS,
     SettingError,
@@ -75,14 +74,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_manifest(run: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest, or refuse if the directory holds a different configuration."""
     path = run / "manifest.json"
@@ -99,22 +90,7 @@ def check_manifest(run: Path, manifest: dict[str, Any]) -> None:
 
 def load_done(records_path: Path) -> set[tuple[str, str]]:
     """Completed (doc_id, setting) pairs; a partial last line from a kill is cut off."""
-    if not records_path.is_file():
-        return set()
-    raw = records_path.read_bytes()
-    keep = raw[: raw.rfind(b"\n") + 1]
-    done, good = set(), 0
-    for line in keep.splitlines(keepends=True):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        done.add((rec["doc_id"], rec["setting"]))
-        good += len(line)
-    if good != len(raw):
-        with open(records_path, "r+b") as fh:
-            fh.truncate(good)
-    return done
+    return {(r["doc_id"], r["setting"]) for r in read_jsonl(records_path)}
 
 
 def score(output: str, rec: dict[str, Any]) -> dict[str, Any]:
@@ -142,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         model = at_probe.load_model(args.model, device=args.device)  # before the manifest: a bad --model writes nothing
         manifest = {"model": args.model, "prompt_style": prompt_style(model.tokenizer),
                     "data_file": data_file.name, "data_sha256": file_sha256(data_file),
-                    "bucket": args.bucket, "split": args.split, "settings": list(settings),
-                    "max_new_tokens": args.max_new_tokens, "at_probe_version": at_probe.__version__}
+                    "bucket": args.bucket, "split": args.split, "limit": args.limit, "settings": list(settings),
+                    "max_new_tokens": args.max_new_tokens, "device": str(model.cfg.device),
+                    "dtype": str(model.cfg.dtype).removeprefix("torch."), "at_probe_version": at_probe.__version__}
         check_manifest(args.out, manifest)
     except (SettingError, RunError, FileNotFoundError, ValueError, OSError) as err:
         print(f"xsum_eval.py: error: {err}", file=sys.stderr)
@@ -162,14 +139,12 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 documents = [d["document"] for d in batch]
                 outputs = summarise(model, documents, settings[name], max_new_tokens=args.max_new_tokens)
-                nlls = reference_nll(model, documents, [d["summary"] for d in batch], settings[name])
+                nlls = reference_nll(model, documents, [d["summary"] for d in batch], settings[name],
+                                     max_new_tokens=args.max_new_tokens)
                 seconds = (time.perf_counter() - t0) / len(batch)
-                lines = [json.dumps({"doc_id": str(d["id"]), "setting": name, "output": o, **score(o, d),
-                                     "summary_nll": nll, "wall_seconds": seconds}) + "\n"
-                         for d, o, nll in zip(batch, outputs, nlls)]
-                out.write("".join(lines))
-                out.flush()
-                os.fsync(out.fileno())
+                append_jsonl(out, [{"doc_id": str(d["id"]), "setting": name, "output": o, **score(o, d),
+                                    "summary_nll": nll, "wall_seconds": seconds}
+                                   for d, o, nll in zip(batch, outputs, nlls)])
                 bar.update(len(batch))
     bar.close()
     print(f"wrote {records_path}")

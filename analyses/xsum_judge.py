@@ -7,8 +7,10 @@ notebook (yileijin/Attention-Transition, ``evaluation/evaluation.ipynb``); the s
 keyed ``decode_or`` (baseline) and ``decode_set1``... so the reply parses like the release.
 
 The API key is read from the environment variable named by ``--api-key-env`` (default
-``OPENAI_API_KEY``); it is sent in the request header only, never printed or written.
-Results go to ``RUN/judgements.jsonl`` (one line per document; resumable).
+``OPENAI_API_KEY``); it is sent in the request header only, never printed or written, only to
+an https endpoint (plain http only on loopback), and never across a redirect to another host.
+The release file must be the one the run used (its sha256 is checked against the manifest).
+Results go to ``RUN/judgements.jsonl`` (one line per document, fsynced; resumable after a kill).
 
 Usage:
     OPENAI_API_KEY=... python analyses/xsum_judge.py runs/tiny800 --endpoint https://api.example.com/v1 --model gpt-4
@@ -21,13 +23,13 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import httpx
 from tqdm.auto import tqdm
 
 from at_probe.judgements import parse_scores
+from at_probe.runfiles import append_jsonl, file_sha256, read_jsonl
 from at_probe.xsum import load_records
 
 # The authors' instructions (evaluation.ipynb, "with reason" variant), kept verbatim for fidelity.
@@ -56,20 +58,47 @@ def build_prompt(document: str, outputs: dict[str, str]) -> str:
     return _OPENING + body + _CLOSING
 
 
-def ask(endpoint: str, model: str, api_key: str, prompt: str, *, retries: int = 3, timeout: float = 120) -> str:
-    """One chat completion (temperature 0); retries transient failures."""
-    request = urllib.request.Request(
-        endpoint.rstrip("/") + "/chat/completions",
-        data=json.dumps({"model": model, "temperature": 0,
-                         "messages": [{"role": "user", "content": prompt}]}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
-    )
-    for attempt in range(retries):
+_LOOPBACK = ("localhost", "::1")
+
+
+def check_endpoint(endpoint: str) -> str:
+    """The endpoint, if it is https (or plain http on this machine's loopback, for tests).
+
+    Raises:
+        ValueError: another scheme or a non-loopback http endpoint (the key would travel in clear).
+    """
+    url = httpx.URL(endpoint)
+    loopback = url.host in _LOOPBACK or url.host.startswith("127.")
+    if url.scheme != "https" and not (url.scheme == "http" and loopback):
+        raise ValueError(f"--endpoint must be https (plain http only on loopback): {endpoint}")
+    return endpoint.rstrip("/")
+
+
+def judge_client(api_key: str, *, retries: int = 3, timeout: float = 120) -> httpx.Client:
+    """An HTTP client that sends the key as a bearer token and retries failed connections.
+
+    httpx drops the ``Authorization`` header when a redirect leaves the endpoint's origin, so
+    the key never reaches another host.
+    """
+    return httpx.Client(headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout,
+                        follow_redirects=True, transport=httpx.HTTPTransport(retries=retries))
+
+
+def ask(client: httpx.Client, endpoint: str, model: str, prompt: str, *, attempts: int = 3) -> str:
+    """One chat completion (temperature 0); retries 429 and 5xx answers with backoff."""
+    payload = {"model": model, "temperature": 0, "messages": [{"role": "user", "content": prompt}]}
+    for attempt in range(attempts):
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.load(response)["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, TimeoutError, KeyError, json.JSONDecodeError) as err:
-            if attempt == retries - 1:
+            response = client.post(endpoint + "/chat/completions", json=payload)
+            if response.status_code == 429 or response.status_code >= 500:
+                raise httpx.HTTPStatusError(f"HTTP {response.status_code}", request=response.request,
+                                            response=response)
+            response.raise_for_status()
+            return response.json()["choices"][0]["message"]["content"]
+        except (httpx.HTTPError, KeyError, ValueError) as err:
+            retry = isinstance(err, httpx.HTTPStatusError) and (
+                err.response.status_code == 429 or err.response.status_code >= 500)
+            if attempt == attempts - 1 or not (retry or isinstance(err, httpx.TransportError)):
                 raise RuntimeError(f"judge request failed: {type(err).__name__}: {err}") from None
             time.sleep(2 ** attempt)
     raise AssertionError("unreachable")
@@ -90,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xsum_judge.py: error: environment variable {args.api_key_env} is not set", file=sys.stderr)
         return 2
     try:
+        endpoint = check_endpoint(args.endpoint)
         manifest = json.loads((args.run / "manifest.json").read_text())
-        records = [json.loads(l) for l in (args.run / "records.jsonl").read_text().splitlines() if l.strip()]
-        docs = {str(r["id"]): r for r in load_records(args.data / manifest["data_file"])}
+        records = read_jsonl(args.run / "records.jsonl")
+        data_file = args.data / manifest["data_file"]
+        if file_sha256(data_file) != manifest["data_sha256"]:
+            raise ValueError(f"{data_file} is not the file the run used (sha256 differs from the manifest)")
+        docs = {str(r["id"]): r for r in load_records(data_file)}
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"xsum_judge.py: error: {err}", file=sys.stderr)
         return 2
@@ -101,17 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     for r in records:
         by_doc.setdefault(r["doc_id"], {})[keys[r["setting"]]] = r["output"]
     out_path = args.run / "judgements.jsonl"
-    done = set()
-    if out_path.is_file():
-        done = {json.loads(l)["doc_id"] for l in out_path.read_text().splitlines() if l.strip()}
+    done = {r["doc_id"] for r in read_jsonl(out_path)}  # a partial last line from a kill is dropped
     todo = [d for d in by_doc if d not in done and len(by_doc[d]) == len(keys)][: args.limit]
     names = {v: k for k, v in keys.items()}
-    with open(out_path, "a", encoding="utf-8") as out:
+    with judge_client(api_key) as client, open(out_path, "a", encoding="utf-8") as out:
         for doc_id in tqdm(todo, desc="judge"):
-            reply = ask(args.endpoint, args.model, api_key, build_prompt(docs[doc_id]["document"], by_doc[doc_id]))
+            reply = ask(client, endpoint, args.model, build_prompt(docs[doc_id]["document"], by_doc[doc_id]))
             scores = {names[k]: v for k, v in parse_scores(reply).items() if k in names}
-            out.write(json.dumps({"doc_id": doc_id, "scores": scores, "reply": reply}) + "\n")
-            out.flush()
+            append_jsonl(out, [{"doc_id": doc_id, "scores": scores, "reply": reply}])
     print(f"judged {len(todo)} documents; wrote {out_path}")
     return 0
 

@@ -1,5 +1,7 @@
 """Report of an ``xsum_eval.py`` run: paired differences, held-out selection, placebo control.
 
+Only documents scored under every setting are used (``n_documents``; the others are counted
+in ``n_documents_incomplete``), so every mean and difference is over the same documents.
 For every setting and metric: the mean paired difference against the baseline on the same
 documents with a 95% bootstrap interval. Across the transition settings: the gain of the
 setting chosen on one half of the documents and scored on the other (never the in-sample
@@ -56,10 +58,22 @@ def placebo_twins(name: str, settings: list[str]) -> list[str]:
     return [s for s in settings if s.startswith(prefix)]
 
 
+def complete_documents(frame):
+    """The records of the documents scored under every setting of the run (the paired set)."""
+    settings_per_doc = frame.groupby("doc_id")["setting"].nunique()
+    keep = settings_per_doc[settings_per_doc == frame["setting"].nunique()].index
+    return frame[frame.doc_id.isin(keep)]
+
+
 def report(frame, *, seed: int = 0) -> dict[str, Any]:
+    """Paired estimates over the documents that every setting scored (others are counted, not used)."""
     settings = list(dict.fromkeys(frame["setting"]))
+    all_docs = int(frame["doc_id"].nunique())
+    frame = complete_documents(frame)
     treated = [s for s in settings if s != "baseline" and not s.startswith("placebo:")]
-    out: dict[str, Any] = {"n_documents": int(frame["doc_id"].nunique()), "settings": settings,
+    out: dict[str, Any] = {"n_documents": int(frame["doc_id"].nunique()),
+                           "n_documents_incomplete": all_docs - int(frame["doc_id"].nunique()),
+                           "settings": settings,
                            "vs_baseline": {}, "vs_placebo": {}, "heldout_selected": {}, "means": {}}
     for s in settings:
         part = frame[frame.setting == s]
@@ -109,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xsum_report.py: error: {err}", file=sys.stderr)
         return 2
     result = report(frame, seed=args.seed)
-    print(f"{result['n_documents']} documents; settings: {', '.join(result['settings'])}")
+    manifest_path = args.run / "manifest.json"
+    if manifest_path.is_file():  # what produced the records: model, prompt style, data, settings
+        result["manifest"] = json.loads(manifest_path.read_text())
+    print(f"{result['n_documents']} documents scored under every setting "
+          f"({result['n_documents_incomplete']} incomplete left out); settings: {', '.join(result['settings'])}")
     for block in ("vs_baseline", "vs_placebo"):
         for name, metrics in result[block].items():
             cells = "  ".join(f"{m} {e['mean']:+.4f} [{e['ci95'][0]:+.4f},{e['ci95'][1]:+.4f}]"

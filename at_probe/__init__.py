@@ -3,8 +3,9 @@
 Built on TransformerLens' ``TransformerBridge``. See README.md for a tour.
 """
 
-from at_probe.loading import TINY_MODEL_DIR, load_model
+from at_probe.loading import DEFAULT_MODEL, TINY_MODEL_DIR, load_model
 from at_probe.probe import FlowProbe, FlowResult
+from at_probe.prompts import Prompt, build_prompt
 from at_probe.transition import (
     PaperTransition,
     PlaceboTransition,
@@ -17,13 +18,16 @@ from at_probe.transition import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
     "TINY_MODEL_DIR",
     "FlowProbe",
     "FlowResult",
     "PaperTransition",
     "PlaceboTransition",
+    "Prompt",
     "SRATransition",
     "__version__",
+    "build_prompt",
     "dispense",
     "load_model",
     "paper_schedule",

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from at_probe import ops
+from at_probe.hooked import editable
 from at_probe.names import pattern_hook
 
 
@@ -67,9 +68,7 @@ def knockout_hooks(start: int, end: int, layers: range) -> list[tuple[str, Any]]
     def fn(pattern: Tensor, *, hook: Any) -> Tensor | None:
         if pattern.shape[-2] != pattern.shape[-1]:
             return None
-        if pattern.requires_grad and torch.is_grad_enabled():
-            return ops.knockout(pattern, start, end)  # keep autograd's saved softmax output intact
-        return ops.knockout_(pattern, start, end)  # only the rows after the region are touched
+        return ops.knockout_(editable(pattern), start, end)  # a copy if an earlier hook or autograd holds it
 
     return [(pattern_hook(l), fn) for l in layers]
 

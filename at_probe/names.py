@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 
 EMBED_INPUT_HOOK = "embed.hook_in"
 """Hook that sees the token ids ``[batch, pos]`` of every forward pass."""
 
 _PATTERN_RE = re.compile(r"^blocks\.(\d+)\.attn\.hook_pattern$")
+
+
+def scores_hook(layer: int) -> str:
+    """Name of the pre-softmax attention score hook of ``layer`` (``[batch, head, q, k]``; masked
+    entries hold the dtype's minimum)."""
+    return f"blocks.{layer}.attn.hook_attn_scores"
 
 
 def pattern_hook(layer: int) -> str:
@@ -34,9 +41,9 @@ def resolve_layers(layers: object, allowed: range, *, what: str = "the model's l
         ValueError: an index is not an int in ``allowed``, or appears twice.
     """
     out = tuple(allowed) if layers is None else tuple(layers)  # type: ignore[call-overload]
-    bad = [l for l in out if isinstance(l, bool) or not isinstance(l, int) or l not in allowed]
+    bad = [l for l in out if isinstance(l, bool) or not isinstance(l, numbers.Integral) or l not in allowed]
     if bad:
         raise ValueError(f"layers {bad} are outside {what} ({allowed.start}..{allowed.stop - 1})")
     if len(set(out)) != len(out):
         raise ValueError(f"duplicate layer indices in {list(out)}")
-    return out
+    return tuple(int(l) for l in out)

@@ -167,7 +167,12 @@ def attention_distance(pattern: Tensor) -> Tensor:
 
 
 def with_residual(mean_pattern: Square) -> Square:
-    """Rollout's augmented matrix: ``A + I`` (the residual stream) with rows renormalised to 1."""
+    """Rollout's augmented matrix: ``A + I`` (the residual stream) with rows renormalised to 1.
+
+    A row of ``A`` summing to ``S`` becomes ``(A_row + e_q) / (S + 1)``: the residual stream
+    gets weight ``1 / (S + 1)``, which is 1/2 only while ``S = 1``. Rows the paper transition
+    inflated (``S`` up to ~4.7) therefore give attention more and the residual less weight.
+    """
     a = mean_pattern.float()
     aug = a + torch.eye(a.shape[0], device=a.device)
     return aug / aug.sum(-1, keepdim=True)

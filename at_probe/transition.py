@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from at_probe.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, resolve_layers
+from at_probe.hooked import editable, left_padding
+from at_probe.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, resolve_layers, scores_hook
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,9 +86,9 @@ def paper_schedule(
     Raises:
         ValueError: negative or non-integer ``seq_len``, ``n_layers < 4`` or ``K < 1``.
     """
-    _check_int("seq_len", seq_len, minimum=0)
-    _check_int("n_layers", n_layers, minimum=4)
-    _check_int("intervals_per_layer", intervals_per_layer, minimum=1)
+    seq_len = _check_int("seq_len", seq_len, minimum=0)
+    n_layers = _check_int("n_layers", n_layers, minimum=4)
+    intervals_per_layer = _check_int("intervals_per_layer", intervals_per_layer, minimum=1)
     if seq_len < MIN_PAPER_LEN:
         return {}
     interval = paper_interval(seq_len, n_layers, intervals_per_layer)
@@ -137,7 +139,7 @@ def dispense(
             (other than ``s == n``), overlapping spans, ``alpha <= 0`` or ``beta < 0``.
     """
     _check_pattern(pattern)
-    _check_paper_params(alpha, beta)
+    _check_paper_params(alpha, beta, conserve_mass)
     spans = _check_spans(spans, pattern.shape[-2], pattern.shape[-1])
     out = pattern.clone()
     for span in spans:
@@ -188,8 +190,8 @@ def sra_layer(
         ValueError: pattern not 4-d, a layer outside ``0..L-1``, or invalid parameters.
     """
     _check_pattern(pattern)
-    _check_int("n_layers", n_layers, minimum=2)
-    _check_int("layer", layer, minimum=0)
+    n_layers = _check_int("n_layers", n_layers, minimum=2)
+    layer = _check_int("layer", layer, minimum=0)
     if layer >= n_layers:
         raise ValueError(f"layer {layer} is outside 0..{n_layers - 1}")
     params = SRAParams(
@@ -216,14 +218,16 @@ class SRAParams:
     dyna_div: int | None = None
 
     def __post_init__(self) -> None:
-        _check_int("begin_length", self.begin_length, minimum=0)
-        _check_int("threshold_len", self.threshold_len, minimum=0)
+        fields = {"begin_length": _check_int("begin_length", self.begin_length, minimum=0),
+                  "threshold_len": _check_int("threshold_len", self.threshold_len, minimum=0)}
         for name in ("elimi_factor_inter", "elimi_factor_outer"):
-            _check_positive(name, getattr(self, name))
+            fields[name] = _check_positive(name, getattr(self, name))
         for name in ("strengthen_factor_inter", "strengthen_factor_outer"):
-            _check_nonnegative(name, getattr(self, name))
+            fields[name] = _check_nonnegative(name, getattr(self, name))
         if self.dyna_div is not None:
-            _check_int("dyna_div", self.dyna_div, minimum=1)
+            fields["dyna_div"] = _check_int("dyna_div", self.dyna_div, minimum=1)
+        for name, value in fields.items():  # plain Python numbers (numpy scalars accepted)
+            object.__setattr__(self, name, value)
 
     def threshold_for(self, valid_len: int) -> int:
         """``TL`` for a sequence of ``valid_len`` tokens (dynamic when ``dyna_div`` is set)."""
@@ -375,26 +379,43 @@ def _strengthen_(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+def _is_int(value: object) -> bool:
+    """Python or numpy integers (not bools)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> int:
+    """``value`` as a Python int, if it is an integer ``>= minimum`` (numpy integers accepted)."""
+    if not _is_int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
+    if value < minimum:  # type: ignore[operator]
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)  # type: ignore[call-overload]
 
 
-def _check_positive(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+def _check_real(name: str, value: object, *, positive: bool) -> float:
+    """``value`` as a float, if it is a finite number ``> 0`` (``positive``) or ``>= 0``."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
 
 
-def _check_nonnegative(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+def _check_positive(name: str, value: object) -> float:
+    return _check_real(name, value, positive=True)
 
 
-def _check_paper_params(alpha: object, beta: object) -> None:
+def _check_nonnegative(name: str, value: object) -> float:
+    return _check_real(name, value, positive=False)
+
+
+def _check_paper_params(alpha: object, beta: object, conserve_mass: bool = False) -> None:
     _check_positive("alpha", alpha)
     _check_nonnegative("beta", beta)
+    if conserve_mass and beta == 0:
+        raise ValueError("conserve_mass=True needs beta > 0: with beta = 0 a row whose entries all fall "
+                         "below the threshold keeps no mass to rescale (0 / 0)")
 
 
 def _check_pattern(pattern: object) -> None:
@@ -490,6 +511,7 @@ class _Run:
         self.prompt: Tensor | None = None
         self.lengths: list[int] | None = None
         self.stats: dict[int, tuple[list[list[Span]], RowStats]] = {}
+        self.offsets: list[int] = []  # left padding per sequence of the current pass (from the mask)
         self.notes: list[str] = []  # of the current prompt
         self.warned: set[str] = set()  # over the whole run: each warning once
 
@@ -553,16 +575,6 @@ class _Run:
         return TransitionReport(layers, tuple(self.notes))
 
 
-def padding_offsets(pattern: Tensor) -> list[int]:
-    """Left-padding length of each sequence, read from the last query row of a full pattern.
-
-    Padding keys get exactly zero attention from real rows, and the last row is always real
-    under left padding; the first key with mass in any head is the sequence's first token.
-    """
-    last = pattern[:, :, -1, :].float().sum(dim=1)  # [batch, key]
-    return (last > 0).int().argmax(dim=-1).tolist()
-
-
 @dataclass(frozen=True)
 class _Transition:
     """Shared hook plumbing; subclasses define ``_layers`` and ``_edit_``."""
@@ -575,9 +587,9 @@ class _Transition:
         layers, heads = self.layers, self.heads  # type: ignore[attr-defined]  # subclass fields
         _check_layer_arg(layers)
         if layers is not None:
-            object.__setattr__(self, "layers", tuple(layers))
+            object.__setattr__(self, "layers", tuple(int(l) for l in layers))
         if heads is not None:
-            object.__setattr__(self, "heads", tuple(heads))
+            object.__setattr__(self, "heads", tuple(int(h) if _is_int(h) else h for h in heads))
 
     def _edit_(self, seq: Tensor, layer: int, n_layers: int, heads: Tensor | None,
                stats: RowStats, run: _Run) -> list[Span]:
@@ -589,7 +601,11 @@ class _Transition:
 
         Each call starts fresh state (prompt lengths, report). Pairs can be concatenated with
         other hooks; on a shared hook point hooks run in list order, so ``tr.hooks(m) +
-        probe.hooks()`` lets the probe see the edited pattern.
+        probe.hooks()`` lets the probe see the edited pattern. A hook that ran earlier on the
+        same point keeps what it saw: the pattern is edited in place only when nothing else
+        holds it, and copied otherwise (``at_probe.hooked.editable``). Left padding is read
+        from the attention mask as applied to the pre-softmax scores (a pair on
+        ``hook_attn_scores`` per edited layer, read-only); right padding is refused.
 
         Args:
             model: a ``TransformerBridge`` (its ``cfg.n_layers`` / ``cfg.n_heads`` are used).
@@ -598,7 +614,7 @@ class _Transition:
                 it are never edited. ``None``: the first full pass is the prompt.
 
         Raises:
-            ValueError: layers or heads outside the model.
+            ValueError: layers or heads outside the model; at run time, right padding.
         """
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
         layers = self._layers(n_layers)
@@ -608,13 +624,16 @@ class _Transition:
         run = _Run(prompt_lengths)
         object.__setattr__(self, "_last_run", run)
 
+        def scores_fn(scores: Tensor, *, hook: Any) -> None:
+            if scores.shape[-2] == scores.shape[-1]:  # full pass: read the padding off the mask
+                run.offsets = left_padding(scores)
+
         def hook_fn(pattern: Tensor, *, hook: Any) -> Tensor | None:
             layer = layer_of(hook.name)
             if pattern.shape[-2] != pattern.shape[-1]:
                 return None  # a KV-cache decode step: prompt rows were edited at prefill
-            if pattern.requires_grad and torch.is_grad_enabled():
-                pattern = pattern.clone()  # keep autograd's saved softmax output intact
-            offsets = padding_offsets(pattern)
+            pattern = editable(pattern)  # a copy when an earlier hook kept this tensor
+            offsets = run.offsets
             lengths = run.prompt_lengths(pattern, offsets)
             stats = RowStats()
             spans = []
@@ -624,7 +643,8 @@ class _Transition:
             run.stats[layer] = (spans, stats)
             return pattern
 
-        return [(EMBED_INPUT_HOOK, run.see_tokens)] + [(pattern_hook(l), hook_fn) for l in layers]
+        return [(EMBED_INPUT_HOOK, run.see_tokens)] + [
+            pair for l in layers for pair in ((scores_hook(l), scores_fn), (pattern_hook(l), hook_fn))]
 
     @contextmanager
     def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None) -> Iterator[Any]:
@@ -649,7 +669,7 @@ def _resolve_heads(heads: Sequence[int] | None, n_heads: int) -> Tensor | None:
     if heads is None:
         return None
     heads = tuple(heads)
-    bad = [h for h in heads if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < n_heads]
+    bad = [h for h in heads if not _is_int(h) or not 0 <= h < n_heads]
     if bad or not heads:
         raise ValueError(f"head indices {bad or '[]'} are invalid for a model with {n_heads} heads")
     if len(set(heads)) != len(heads):
@@ -660,7 +680,7 @@ def _resolve_heads(heads: Sequence[int] | None, n_heads: int) -> Tensor | None:
 def _check_layer_arg(layers: Sequence[int] | None) -> None:
     if layers is not None:
         if isinstance(layers, (str, bytes)) or not all(
-            isinstance(l, int) and not isinstance(l, bool) and l >= 0 for l in layers
+            _is_int(l) and l >= 0 for l in layers
         ):
             raise ValueError(f"layers must be non-negative integers, got {layers!r}")
 
@@ -692,8 +712,11 @@ class PaperTransition(_Transition):
     conserve_mass: bool = False
 
     def __post_init__(self) -> None:
-        _check_paper_params(self.alpha, self.beta)
-        _check_int("intervals_per_layer", self.intervals_per_layer, minimum=1)
+        _check_paper_params(self.alpha, self.beta, self.conserve_mass)
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "beta", float(self.beta))
+        object.__setattr__(self, "intervals_per_layer",
+                           _check_int("intervals_per_layer", self.intervals_per_layer, minimum=1))
         self._freeze_selection()
 
     def _layers(self, n_layers: int) -> tuple[int, ...]:
@@ -706,7 +729,14 @@ class PaperTransition(_Transition):
                 "leaves it unchanged"
             )
             return []
-        return paper_schedule(seq_len, n_layers, self.intervals_per_layer).get(layer, [])
+        schedule = paper_schedule(seq_len, n_layers, self.intervals_per_layer)
+        if not schedule:
+            run.note_once(
+                f"prompt of {seq_len} tokens is too short for {n_layers} layers and K = "
+                f"{self.intervals_per_layer}: the paper's interval rounds down to 0 tokens, so the "
+                "transition leaves it unchanged"
+            )
+        return schedule.get(layer, [])
 
     def _edit_(self, seq, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
         spans = self._spans(seq.shape[-1], layer, n_layers, run)
@@ -729,14 +759,21 @@ class PlaceboTransition(PaperTransition):
 
     seed: int = 0
 
+    def target_start(self, layer: int, index: int, span: Span) -> int:
+        """First key of the ``2n``-key window that span number ``index`` of ``layer`` feeds.
+
+        Uniform over ``0 .. s - 2n`` (every causal window that ends by the span's start ``s``;
+        the paper's own window starts at ``s - 2n``), seeded per ``(seed, layer, index)``.
+        """
+        s, e = span
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + layer * 1_009 + index)
+        return int(torch.randint(0, s - 2 * (e - s) + 1, (1,), generator=gen))
+
     def _edit_(self, seq, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
         spans = self._spans(seq.shape[-1], layer, n_layers, run)
-        for j, (s, e) in enumerate(spans):
-            n = e - s
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + layer * 1_009 + j)
-            start = int(torch.randint(0, s - 2 * n + 1, (1,), generator=gen))
-            _dispense_span_(seq, (s, e), self.alpha, self.beta, conserve_mass=self.conserve_mass,
-                            heads=heads, stats=stats, target_start=start)
+        for j, span in enumerate(spans):
+            _dispense_span_(seq, span, self.alpha, self.beta, conserve_mass=self.conserve_mass,
+                            heads=heads, stats=stats, target_start=self.target_start(layer, j, span))
         return spans
 
 

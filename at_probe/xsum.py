@@ -123,6 +123,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
         key = key.strip()
         if not eq or key not in _SETTING_KEYS[kind]:
             raise SettingError(f"bad parameter {item!r} in {text!r}; {kind} takes {', '.join(_SETTING_KEYS[kind])}")
+        if key in params:
+            raise SettingError(f"{key} is given twice in {text!r}")
         try:
             params[key] = _SETTING_KEYS[kind][key](value.strip())
         except ValueError:
@@ -172,6 +174,13 @@ def left_pad(model: Any, rows: list[list[int]]) -> tuple[Any, Any]:
     return ids, mask
 
 
+def prompt_limit(model: Any, max_prompt_tokens: int | None, room: int) -> int:
+    """Most prompt tokens allowed: ``max_prompt_tokens`` (default the model's context) minus the
+    ``room`` kept for what follows the prompt. ``summarise`` and ``reference_nll`` both use it
+    with the same ``room``, so a document is cut the same way in both."""
+    return (max_prompt_tokens or int(model.cfg.n_ctx)) - room
+
+
 def summarise(model: Any, documents: list[str], transition: Any, *, max_new_tokens: int = 50,
               max_prompt_tokens: int | None = None) -> list[str]:
     """Greedy continuations (new tokens only, cut at EOS) of each document's prompt.
@@ -184,8 +193,8 @@ def summarise(model: Any, documents: list[str], transition: Any, *, max_new_toke
     """
     import torch
 
-    limit = (max_prompt_tokens or int(model.cfg.n_ctx)) - max_new_tokens
-    prompts = build_prompts(model.tokenizer, documents, max_tokens=limit)
+    prompts = build_prompts(model.tokenizer, documents, max_tokens=prompt_limit(model, max_prompt_tokens,
+                                                                               max_new_tokens))
     input_ids, mask = left_pad(model, [list(p.ids) for p in prompts])
     ctx = contextlib.nullcontext() if transition is None else transition.applied(model)
     with ctx, torch.inference_mode():
@@ -201,17 +210,27 @@ def summarise(model: Any, documents: list[str], transition: Any, *, max_new_toke
 
 
 def reference_nll(model: Any, documents: list[str], references: list[str], transition: Any,
-                  *, max_prompt_tokens: int | None = None) -> list[float]:
+                  *, max_new_tokens: int = 50, max_prompt_tokens: int | None = None) -> list[float]:
     """Teacher-forced mean NLL (nats/token) of each reference given its prompt, setting active.
 
+    Prompts are cut exactly as ``summarise`` cuts them with the same ``max_new_tokens`` and
+    ``max_prompt_tokens`` (``prompt_limit``), whatever the other references of the batch.
     The transition edits prompt rows only (``prompt_lengths``), never the reference's rows.
+
+    Raises:
+        ValueError: a prompt and its reference do not fit in ``max_prompt_tokens`` (the context).
     """
     import torch
 
     tok = model.tokenizer
     refs = [tok(" " + r, add_special_tokens=False)["input_ids"] for r in references]
-    limit = (max_prompt_tokens or int(model.cfg.n_ctx)) - max(map(len, refs))
+    limit = prompt_limit(model, max_prompt_tokens, max_new_tokens)
     prompts_ids = [list(p.ids) for p in build_prompts(model.tokenizer, documents, max_tokens=limit)]
+    total = max_prompt_tokens or int(model.cfg.n_ctx)
+    too_long = [i for i, (p, r) in enumerate(zip(prompts_ids, refs)) if len(p) + len(r) > total]
+    if too_long:
+        raise ValueError(f"references {too_long} do not fit after their prompts in {total} tokens; "
+                         f"raise max_new_tokens above {max(len(refs[i]) for i in too_long)}")
     ids, mask = left_pad(model, [p + r for p, r in zip(prompts_ids, refs)])
     hooks = [] if transition is None else transition.hooks(model, prompt_lengths=[len(p) for p in prompts_ids])
     with torch.inference_mode():

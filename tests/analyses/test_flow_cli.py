@@ -13,7 +13,7 @@ FIGURES = ("final_token_profile", "region_mass", "region_mass_diff", "layer_meas
 
 def test_default_run_writes_numbers_and_figures(tmp_path, capsys):
     out = tmp_path / "flow"
-    assert flow.main(["--model", "tiny", "--out", str(out), "--regions", "6", "--knockout", "4"]) == 0
+    assert flow.main(["--model", "tiny", "--out", str(out), "--regions", "6", "--knockout", "4", "--rollout"]) == 0
     record = json.loads((out / "flow.json").read_text())
     assert record["prompt_tokens"] >= 600 and record["prompt_style"] == "plain"
     assert record["prompt_parts"]["document"][0] == 1 and record["prompt_parts"]["instruction"][1] == record["prompt_tokens"]
@@ -50,3 +50,5 @@ def test_long_text_is_truncated_with_notice(tmp_path, capsys, sample_text):
     assert "truncated" in capsys.readouterr().out
     record = json.loads((tmp_path / "o" / "flow.json").read_text())
     assert set(record["conditions"]) == {"baseline"} and record["prompt_tokens"] == 700
+    assert record["conditions"]["baseline"]["flow"]["rollout"] is None, "rollout is opt-in"
+    assert not (tmp_path / "o" / "rollout.png").exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,7 @@ def test_records_complete_and_scored(full_run):
     manifest = json.loads((full_run / "manifest.json").read_text())
     assert manifest["settings"][0] == "baseline" and len(manifest["data_sha256"]) == 64
     assert manifest["prompt_style"] == "plain"
+    assert (manifest["limit"], manifest["device"], manifest["dtype"]) == (4, "cpu", "float32")
 
 
 def test_batch_equals_batch_size_one(full_run, tmp_path):
@@ -86,6 +89,7 @@ def test_report_paired_differences_and_placebo(full_run, tmp_path):
     assert xsum_report.main([str(full_run), "--figures", str(tmp_path / "fig")]) == 0
     rep = json.loads((full_run / "report.json").read_text())
     assert rep["n_documents"] == 4
+    assert rep["manifest"]["model"] == "tiny" and rep["manifest"]["prompt_style"] == "plain"
     assert set(rep["vs_baseline"]) == {"paper:alpha=1.0,beta=0.5,k=2", "placebo:alpha=1.0,beta=0.5,k=2,seed=0"}
     assert list(rep["vs_placebo"]) == ["paper:alpha=1.0,beta=0.5,k=2 vs placebo:alpha=1.0,beta=0.5,k=2,seed=0"]
     est = rep["vs_baseline"]["paper:alpha=1.0,beta=0.5,k=2"]["summary_nll"]
@@ -94,20 +98,43 @@ def test_report_paired_differences_and_placebo(full_run, tmp_path):
     assert (tmp_path / "fig" / "xsum_paired.png").is_file()
 
 
-def test_judge_against_a_local_fake_endpoint(full_run, monkeypatch, capsys):
-    """The judge step talks to any OpenAI-compatible endpoint; the key never reaches disk or stdout."""
+def test_report_uses_only_documents_scored_under_every_setting():
+    """Means and differences are over one document set: a document missing a setting is left
+    out of every number (and counted), never averaged into one setting's mean only."""
+    import pandas as pd
+
+    rows = [{"doc_id": str(d), "setting": s, "rougeL": 0.2 + 0.1 * (s != "baseline"), "summary_nll": 2.0}
+            for d in range(6) for s in ("baseline", "paper:alpha=1.0,beta=0.5,k=2")]
+    rows.append({"doc_id": "99", "setting": "baseline", "rougeL": 0.9, "summary_nll": 9.0})
+    frame = pd.DataFrame(rows).assign(**{m: 0.0 for m in xsum_report.METRICS if m not in ("rougeL", "summary_nll")})
+    rep = xsum_report.report(frame)
+    assert rep["n_documents"] == 6 and rep["n_documents_incomplete"] == 1
+    assert rep["means"]["baseline"]["rougeL"] == pytest.approx(0.2)
+    assert rep["vs_baseline"]["paper:alpha=1.0,beta=0.5,k=2"]["rougeL"]["n"] == 6
+
+
+REPLY = "'decode_or': 40: , Reason: ok\n'decode_set1': 55: , Reason: x\n'decode_set2': 50"
+
+
+@contextlib.contextmanager
+def fake_endpoint(redirect_to: str | None = None):
+    """An OpenAI-compatible endpoint on loopback recording each request's Authorization header
+    and prompt; with ``redirect_to`` it answers every request with a 307 to that base URL."""
     import http.server
     import threading
 
-    xsum_judge = load_script("xsum_judge")
     seen: list[dict] = []
 
-    class Fake(http.server.BaseHTTPRequestHandler):
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append({"auth": self.headers["Authorization"], "prompt": body["messages"][0]["content"]})
-            reply = "'decode_or': 40: , Reason: ok\n'decode_set1': 55: , Reason: x\n'decode_set2': 50"
-            data = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+            seen.append({"auth": self.headers.get("Authorization"), "prompt": body["messages"][0]["content"]})
+            if redirect_to is not None:
+                self.send_response(307)
+                self.send_header("Location", redirect_to + self.path.removeprefix("/v1"))
+                self.end_headers()
+                return
+            data = json.dumps({"choices": [{"message": {"content": REPLY}}]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -116,24 +143,67 @@ def test_judge_against_a_local_fake_endpoint(full_run, monkeypatch, capsys):
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Fake)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setenv("AT_PROBE_TEST_KEY", "sk-secret-123")
-        code = xsum_judge.main([str(full_run), "--endpoint", f"http://127.0.0.1:{server.server_port}/v1",
-                                "--model", "fake", "--api-key-env", "AT_PROBE_TEST_KEY",
-                                "--data", str(XSUM_DIR), "--limit", "2"])
+        yield f"http://127.0.0.1:{server.server_port}/v1", seen
     finally:
         server.shutdown()
-    assert code == 0 and len(seen) == 2
+
+
+def _judge(run, endpoint, *extra):
+    xsum_judge = load_script("xsum_judge")
+    return xsum_judge.main([str(run), "--endpoint", endpoint, "--model", "fake", "--api-key-env",
+                            "AT_PROBE_TEST_KEY", "--data", str(XSUM_DIR), *extra])
+
+
+@pytest.fixture()
+def judge_run(full_run, tmp_path, monkeypatch):
+    """A copy of the full run (the judge appends to it) and the test key in the environment."""
+    import shutil
+
+    monkeypatch.setenv("AT_PROBE_TEST_KEY", "sk-secret-123")
+    return Path(shutil.copytree(full_run, tmp_path / "run"))
+
+
+def test_judge_against_a_local_fake_endpoint(judge_run, capsys):
+    """The judge step talks to any OpenAI-compatible endpoint; the key never reaches disk or stdout."""
+    with fake_endpoint() as (endpoint, seen):
+        assert _judge(judge_run, endpoint, "--limit", "2") == 0
+    assert len(seen) == 2
     assert seen[0]["auth"] == "Bearer sk-secret-123"
     assert seen[0]["prompt"].startswith("Given a document and some summaries")
-    lines = (full_run / "judgements.jsonl").read_text()
+    lines = (judge_run / "judgements.jsonl").read_text()
     assert "sk-secret" not in lines and "sk-secret" not in capsys.readouterr().out
     first = json.loads(lines.splitlines()[0])
     assert first["scores"] == {"baseline": 40.0, "paper:alpha=1.0,beta=0.5,k=2": 55.0,
                                "placebo:alpha=1.0,beta=0.5,k=2,seed=0": 50.0}
+
+
+def test_judge_resumes_after_a_kill_mid_line(judge_run):
+    with fake_endpoint() as (endpoint, _):
+        assert _judge(judge_run, endpoint, "--limit", "1") == 0
+        path = judge_run / "judgements.jsonl"
+        path.write_text(path.read_text() + '{"doc_id": "12", "sco')  # killed while writing line 2
+        assert _judge(judge_run, endpoint) == 0
+    ids = [json.loads(line)["doc_id"] for line in path.read_text().splitlines()]
+    assert len(ids) == 4 and len(set(ids)) == 4
+
+
+def test_judge_key_does_not_follow_a_redirect_to_another_host(judge_run):
+    with fake_endpoint() as (elsewhere, leaked), fake_endpoint(redirect_to=elsewhere) as (endpoint, first):
+        assert _judge(judge_run, endpoint, "--limit", "1") == 0
+    assert first[0]["auth"] == "Bearer sk-secret-123"
+    assert leaked and leaked[0]["auth"] is None, "the key was sent to the redirect target"
+
+
+def test_judge_refuses_plain_http_off_loopback_and_a_different_data_file(judge_run, tmp_path, capsys):
+    assert _judge(judge_run, "http://judge.example.com/v1") == 2
+    assert "https" in capsys.readouterr().err
+    manifest = json.loads((judge_run / "manifest.json").read_text())
+    (judge_run / "manifest.json").write_text(json.dumps({**manifest, "data_sha256": "0" * 64}))
+    assert _judge(judge_run, "https://judge.example.com/v1") == 2
+    assert "sha256" in capsys.readouterr().err
 
 
 def test_judge_needs_the_key(full_run, monkeypatch, capsys):

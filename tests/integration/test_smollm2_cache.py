@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 import at_probe as ap
 from at_probe import smollm2
-from tests.conftest import require_smollm2
+from tests.conftest import REPO, require_smollm2
 
 
 @pytest.fixture()
@@ -55,6 +59,37 @@ def test_an_interrupted_conversion_leaves_nothing_loadable(empty_cache, monkeypa
     with pytest.raises(KeyboardInterrupt):
         smollm2.checkpoint_dir(progress=False)
     assert list(empty_cache.iterdir()) == [], "no entry, no leftover partial folder"
+
+
+def test_a_killed_conversion_is_never_loaded(empty_cache, monkeypatch):
+    """SIGKILL mid-conversion (no cleanup runs): only a partial folder remains, which the next
+    load ignores: it converts again rather than loading half-written files."""
+    require_smollm2()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from at_probe.smollm2 import checkpoint_dir; checkpoint_dir(progress=False)"],
+        env={**os.environ, "AT_PROBE_CACHE": str(empty_cache)}, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while not list(empty_cache.glob("*/tokenizer.json")):  # files are being written: kill now
+            assert proc.poll() is None, "the conversion ended before it could be killed"
+            assert time.monotonic() < deadline, "the conversion never started writing"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    entries = [p.name for p in empty_cache.iterdir()]
+    assert entries and all(".partial-" in name for name in entries), entries
+
+    class Reconverted(Exception):
+        pass
+
+    def convert(*args, **kwargs):
+        raise Reconverted
+
+    monkeypatch.setattr(smollm2, "convert", convert)
+    with pytest.raises(Reconverted):
+        smollm2.checkpoint_dir()
 
 
 def test_cached_load_does_not_convert_again(smollm2_model, monkeypatch):

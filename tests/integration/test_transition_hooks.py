@@ -104,6 +104,130 @@ def test_placebo_matches_paper_rows_and_added_mass(tiny_model, tokens):
     assert a.freed_mass_mean == pytest.approx(b.freed_mass_mean, rel=1e-4)
 
 
+def test_placebo_targets_are_causal_windows_other_than_the_papers():
+    """Every placebo window of 2n keys lies in [0, s) and, over a schedule, they are not the
+    paper's window [s - 2n, s)."""
+    schedule = paper_schedule(1900, 32, 2)
+    starts, papers = [], []
+    for seed in range(3):
+        placebo = PlaceboTransition(seed=seed)
+        for layer, spans in schedule.items():
+            for j, (s, e) in enumerate(spans):
+                start = placebo.target_start(layer, j, (s, e))
+                assert 0 <= start and start + 2 * (e - s) <= s
+                starts.append(start)
+                papers.append(s - 2 * (e - s))
+    same = sum(a == b for a, b in zip(starts, papers))
+    assert same <= len(starts) // 10, f"{same} of {len(starts)} placebo windows equal the paper's"
+    assert len(set(starts)) > len(starts) // 2
+
+
+@pytest.mark.parametrize("conserve_mass", [False, True])
+def test_placebo_rows_get_the_papers_freed_and_added_mass(tiny_model, tokens, conserve_mass):
+    """Row by row, the placebo's edited rows have the paper's sums (same freed and added
+    mass), its extra mass lies inside its own target window, and it differs from the paper's."""
+    layer, seed = 3, 5
+    name = pattern_hook(layer)
+    out = {}
+    for key, tr in (("paper", PaperTransition(alpha=1.0, beta=0.5, layers=(layer,), conserve_mass=conserve_mass)),
+                    ("placebo", PlaceboTransition(alpha=1.0, beta=0.5, layers=(layer,), seed=seed,
+                                                  conserve_mass=conserve_mass))):
+        seen: dict = {}
+        pairs = [(name, _capture(seen, "before"))] + tr.hooks(tiny_model) + [(name, _capture(seen, "after"))]
+        with torch.inference_mode():
+            tiny_model.run_with_hooks(tokens, fwd_hooks=pairs)
+        out[key] = seen
+    before = out["paper"]["before"]
+    torch.testing.assert_close(out["placebo"]["before"], before)  # same input: the layers below are untouched
+    spans = paper_schedule(tokens.shape[1], tiny_model.cfg.n_layers, 2)[layer]
+    for j, (s, e) in enumerate(spans):
+        paper_rows, placebo_rows = out["paper"]["after"][..., s:e, :], out["placebo"]["after"][..., s:e, :]
+        torch.testing.assert_close(placebo_rows.sum(-1), paper_rows.sum(-1), atol=1e-5, rtol=1e-5)
+        start = PlaceboTransition(seed=seed).target_start(layer, j, (s, e))
+        kept = torch.where(before[..., s:e, :] < 1.0 / e, 0.0, before[..., s:e, :])
+        kept[..., 0] /= 2
+        extra = placebo_rows - kept
+        outside = torch.ones(extra.shape[-1], dtype=torch.bool)
+        outside[start : start + 2 * (e - s)] = False
+        if not conserve_mass:
+            assert extra[..., outside].abs().max() < 1e-6, "placebo mass outside its window"
+            assert extra[..., ~outside].sum() > 0
+        assert not torch.allclose(placebo_rows, paper_rows)
+
+
+def _keep_without_copy(store: dict, key: str):
+    """Like TransformerLens' cache hooks: keep ``tensor.detach()``, which shares its storage."""
+    def fn(pattern, *, hook):
+        store[key] = pattern.detach()
+    return fn
+
+
+@pytest.mark.parametrize("edit", ["paper", "sra", "knockout"])
+def test_an_earlier_hook_keeps_what_it_saw(tiny_model, tokens, edit):
+    """An edit registered after a hook that kept the pattern (no copy) must not change what
+    that hook holds: it sees the unedited pattern, whatever the edit does afterwards."""
+    from at_probe.knockout import knockout_hooks
+
+    layer = 3
+    name = pattern_hook(layer)
+    reference: dict = {}
+    with torch.inference_mode():
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, _capture(reference, "pattern"))])
+    edits = {"paper": lambda: PaperTransition(alpha=1.0, beta=0.5, layers=(layer,)).hooks(tiny_model),
+             "sra": lambda: SRATransition(**SRA_SMALL, layers=(layer,)).hooks(tiny_model),
+             "knockout": lambda: knockout_hooks(10, 200, range(layer, layer + 1))}[edit]
+    kept: dict = {}
+    after: dict = {}
+    with torch.inference_mode():
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, _keep_without_copy(kept, "pattern"))] + edits()
+                                  + [(name, _capture(after, "pattern"))])
+    assert not torch.equal(after["pattern"], reference["pattern"]), "the edit must change the pattern"
+    assert torch.equal(kept["pattern"], reference["pattern"]), "the earlier hook's tensor was edited"
+
+
+def test_padding_comes_from_the_mask_not_from_the_weights(tiny_model):
+    """In fp16 the first real key can underflow to 0 in every head of the last row; the padding
+    must still be read exactly (from the mask in the scores), so row 1 is edited like alone."""
+    from types import SimpleNamespace
+
+    layer, t, pad = 3, 450, 30
+    tr = PaperTransition(alpha=1.0, beta=0.5, layers=(layer,))
+    pairs = dict(tr.hooks(tiny_model)[1:])  # scores and pattern hooks of the layer
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 4, t, t, generator=gen)
+    masked = torch.ones(t, t, dtype=torch.bool).triu(1).expand(2, 4, t, t).clone()
+    masked[1, :, :, :pad] = True  # row 1 is left-padded by 30 tokens
+    scores = scores.masked_fill(masked, torch.finfo(torch.float32).min)
+    pattern = scores.softmax(-1)
+    pattern[1, :, -1, pad] = 0.0  # the first real key underflowed in every head
+    alone = dispense(pattern[1:2, :, pad:, pad:], paper_schedule(t - pad, 8, 2)[layer], 1.0, 0.5)
+    hook = SimpleNamespace(name=pattern_hook(layer))
+    pairs[f"blocks.{layer}.attn.hook_attn_scores"](scores, hook=hook)
+    out = pairs[pattern_hook(layer)](pattern.clone(), hook=hook)
+    torch.testing.assert_close(out[1:2, :, pad:, pad:], alone)
+
+
+def test_right_padding_is_refused(tiny_model, sample_text):
+    tok = tiny_model.tokenizer
+    ids = tok(sample_text, return_tensors="pt")["input_ids"][:, :450]
+    padded = torch.cat([ids, torch.full((1, 20), tok.pad_token_id)], dim=1)
+    mask = torch.cat([torch.ones(1, 450, dtype=torch.long), torch.zeros(1, 20, dtype=torch.long)], dim=1)
+    with pytest.raises(ValueError, match="left"):
+        with PaperTransition(alpha=1.0, beta=0.5).applied(tiny_model), torch.inference_mode():
+            tiny_model(torch.cat([padded, padded]), attention_mask=torch.cat([mask, torch.ones_like(mask)]))
+
+
+def test_an_interval_that_rounds_to_zero_warns_and_changes_nothing(tiny_model, tokens, baseline):
+    prompt = tokens[:, :450]
+    tr = PaperTransition(alpha=1.0, beta=0.5, intervals_per_layer=90)  # 450 // (7 + 90) = 4 -> 0 tokens
+    with torch.inference_mode():
+        plain = tiny_model(prompt)
+    with pytest.warns(UserWarning, match="rounds down to 0"):
+        with tr.applied(tiny_model), torch.inference_mode():
+            out = tiny_model(prompt)
+    assert torch.equal(out, plain) and tr.last_report().layers == {}
+
+
 def test_hooks_removed_after_exception(tiny_model, tokens, baseline):
     tr = PaperTransition(alpha=1.0, beta=0.5)
     with pytest.raises(RuntimeError, match="boom"):
@@ -171,8 +295,9 @@ def test_left_padded_batch_equals_alone(tiny_model, sample_text, transition):
             alone = tiny_model(alone_tokens)
         offset = pad if row == 1 else 0
         torch.testing.assert_close(batch[row, offset:], alone[0], atol=1e-4, rtol=1e-4)
-        for layer, report in transition.last_report().layers.items():
-            assert batch_spans[layer][row] == report.spans[0]
+        alone_spans = {l: r.spans[0] for l, r in transition.last_report().layers.items()}
+        assert alone_spans, "the transition must edit this prompt"
+        assert {l: spans[row] for l, spans in batch_spans.items() if spans[row]} == alone_spans
 
 
 @pytest.mark.parametrize(
@@ -203,15 +328,65 @@ def test_generation_cached_equals_uncached(tiny_model, tokens, transition):
         l: r.rows_touched for l, r in uncached_report.layers.items()}
 
 
+def _capture_all(store: dict, key: str):
+    """Capture hook keeping the latest full pattern of each layer under ``(key, layer)``."""
+    def fn(pattern, *, hook):
+        if pattern.shape[-2] == pattern.shape[-1]:
+            store[(key, hook.name)] = pattern.detach().clone()
+    return fn
+
+
+def _continuation_rows_untouched(model, tr_pairs, run, prompt_len):
+    """Run ``run(pairs)`` with capture hooks around the transition at every layer; return, per
+    scheduled layer, whether the rows from ``prompt_len`` on left the hook as they entered it,
+    and whether the prompt's rows were edited at all."""
+    seen: dict = {}
+    names = [pattern_hook(l) for l in range(model.cfg.n_layers)]
+    pairs = ([(n, _capture_all(seen, "before")) for n in names] + tr_pairs
+             + [(n, _capture_all(seen, "after")) for n in names])
+    run(pairs)
+    result = {}
+    for n in names:
+        before, after = seen[("before", n)], seen[("after", n)]
+        assert before.shape[-1] > prompt_len, "the pass must hold rows past the prompt"
+        result[n] = (torch.equal(after[..., prompt_len:, :], before[..., prompt_len:, :]),
+                     not torch.equal(after[..., :prompt_len, :], before[..., :prompt_len, :]))
+    return result
+
+
 def test_prompt_lengths_protect_continuation_rows(tiny_model, tokens):
-    """Teacher forcing: with prompt_lengths, the rows after the prompt are never edited."""
+    """Teacher forcing: with prompt_lengths, the rows after the prompt leave every hook as they
+    entered it (a schedule computed on the whole pass would reach past row 500 here)."""
     prompt_len = 500
+    assert max(e for spans in paper_schedule(tokens.shape[1], 8, 2).values() for _, e in spans) > prompt_len
     tr = PaperTransition(alpha=1.0, beta=0.5)
-    with tr.applied(tiny_model), torch.inference_mode():
-        prompt_only = tiny_model(tokens[:, :prompt_len])
-    with tr.applied(tiny_model, prompt_lengths=prompt_len), torch.inference_mode():
-        full = tiny_model(tokens)
-    torch.testing.assert_close(full[:, :prompt_len], prompt_only, atol=1e-4, rtol=1e-4)
+
+    def run(pairs):
+        with torch.inference_mode():
+            tiny_model.run_with_hooks(tokens, fwd_hooks=pairs)
+
+    result = _continuation_rows_untouched(tiny_model, tr.hooks(tiny_model, prompt_lengths=prompt_len), run,
+                                          prompt_len)
+    scheduled = [pattern_hook(l) for l in paper_schedule(prompt_len, 8, 2)]
+    assert all(untouched for untouched, _ in result.values())
+    assert all(result[n][1] for n in scheduled), "the prompt's rows must be edited"
+
+
+def test_uncached_generation_never_edits_generated_rows(tiny_model, tokens):
+    """Without the KV cache each step re-runs prompt + generated tokens: in the last step the
+    generated tokens' rows leave every hook unedited, and the prompt's rows are edited."""
+    prompt_len = 535
+    tr = PaperTransition(alpha=1.0, beta=0.5)
+
+    def run(pairs):
+        with tiny_model.hooks(fwd_hooks=pairs), torch.inference_mode():
+            tiny_model.generate(tokens[:, :prompt_len], max_new_tokens=6, use_past_kv_cache=False,
+                                do_sample=False, verbose=False, stop_at_eos=False)
+
+    result = _continuation_rows_untouched(tiny_model, tr.hooks(tiny_model), run, prompt_len)
+    scheduled = [pattern_hook(l) for l in paper_schedule(prompt_len, 8, 2)]
+    assert all(untouched for untouched, _ in result.values())
+    assert all(result[n][1] for n in scheduled), "the prompt's rows must be edited"
 
 
 def test_new_prompt_in_same_context_gets_its_own_schedule(tiny_model, tokens):

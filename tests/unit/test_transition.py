@@ -157,8 +157,34 @@ def test_sra_batch_rows_use_their_own_length():
         lambda: SRATransition(threshold_len=-5),
         lambda: SRATransition(strengthen_factor_outer=-1),
         lambda: PlaceboTransition(alpha=-1),
+        lambda: PaperTransition(beta=float("inf")),
+        lambda: PaperTransition(alpha=float("nan")),
+        lambda: PaperTransition(beta=0.0, conserve_mass=True),
+        lambda: SRATransition(strengthen_factor_inter=float("inf")),
     ],
 )
 def test_invalid_parameters_raise_at_construction(factory):
     with pytest.raises(ValueError):
         factory()
+
+
+@pytest.mark.parametrize(("alpha", "beta", "conserve_mass", "match"), [
+    (1.0, float("inf"), False, "finite"),
+    (float("inf"), 0.5, False, "finite"),
+    (1.0, 0.0, True, "conserve_mass"),
+])
+def test_dispense_refuses_parameters_that_give_nan(alpha, beta, conserve_mass, match):
+    """beta = inf gives NaN rows and conserve_mass with beta = 0 divides 0 by 0: refused."""
+    with pytest.raises(ValueError, match=match):
+        dispense(causal_pattern(t=90), [(40, 50)], alpha, beta, conserve_mass=conserve_mass)
+
+
+def test_numpy_integers_are_accepted_as_plain_ints():
+    import numpy as np
+
+    tr = PaperTransition(alpha=np.float32(1.0), beta=0.5, intervals_per_layer=np.int64(3),
+                         layers=np.arange(1, 4), heads=[np.int32(0)])
+    assert tr.intervals_per_layer == 3 and type(tr.intervals_per_layer) is int
+    assert tr.layers == (1, 2, 3) and all(type(l) is int for l in tr.layers) and tr.heads == (0,)
+    assert paper_schedule(np.int64(800), np.int64(32), np.int64(2)) == paper_schedule(800, 32, 2)
+    assert SRATransition(threshold_len=np.int64(50)).threshold_len == 50

@@ -24,7 +24,7 @@ def test_parse_settings_canonical_names_and_objects():
 @pytest.mark.parametrize(
     "bad",
     ["", "nonsense", "paper:alpha", "paper:gamma=1", "paper:alpha=x", "paper:alpha=-1", "paper:k=0",
-     "baseline;baseline", "sra:threshold_len=1.5"],
+     "baseline;baseline", "sra:threshold_len=1.5", "paper:alpha=1,alpha=2", "paper:beta=inf"],
 )
 def test_bad_settings_raise(bad):
     with pytest.raises(SettingError):
