@@ -77,6 +77,17 @@ def test_different_configuration_is_refused(full_run, capsys):
     assert "different configuration" in capsys.readouterr().err
 
 
+def test_a_bad_model_writes_nothing(tmp_path, capsys):
+    """A typo in --model is reported before the run directory gets a manifest, so the same
+    directory works once the typo is fixed."""
+    out = tmp_path / "typo"
+    args = _args(out)
+    args[args.index("--model") + 1] = "./no/such/model"
+    assert xsum_eval.main(args) == 2
+    assert "no such model directory" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
+
+
 def test_bad_settings_exit_2(tmp_path, capsys):
     args = _args(tmp_path / "bad")
     args[args.index("--settings") + 1] = "paper:alpha=oops"

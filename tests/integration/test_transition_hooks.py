@@ -372,11 +372,15 @@ def test_prompt_lengths_protect_continuation_rows(tiny_model, tokens):
     assert all(result[n][1] for n in scheduled), "the prompt's rows must be edited"
 
 
-def test_uncached_generation_never_edits_generated_rows(tiny_model, tokens):
+@pytest.mark.parametrize(
+    "tr", [PaperTransition(alpha=1.0, beta=0.5), SRATransition(**SRA_SMALL)], ids=["paper", "sra"]
+)
+def test_uncached_generation_never_edits_generated_rows(tiny_model, tokens, tr):
     """Without the KV cache each step re-runs prompt + generated tokens: in the last step the
-    generated tokens' rows leave every hook unedited, and the prompt's rows are edited."""
+    generated tokens' rows leave every hook unedited, and the prompt's rows are edited. (SRA's
+    "outer" part edits the last rows of what it takes for the prompt, so a pass mistaken for a
+    new prompt would edit generated rows.)"""
     prompt_len = 535
-    tr = PaperTransition(alpha=1.0, beta=0.5)
 
     def run(pairs):
         with tiny_model.hooks(fwd_hooks=pairs), torch.inference_mode():
@@ -384,9 +388,9 @@ def test_uncached_generation_never_edits_generated_rows(tiny_model, tokens):
                                 do_sample=False, verbose=False, stop_at_eos=False)
 
     result = _continuation_rows_untouched(tiny_model, tr.hooks(tiny_model), run, prompt_len)
-    scheduled = [pattern_hook(l) for l in paper_schedule(prompt_len, 8, 2)]
-    assert all(untouched for untouched, _ in result.values())
-    assert all(result[n][1] for n in scheduled), "the prompt's rows must be edited"
+    edited = [pattern_hook(l) for l in tr.last_report().layers]
+    assert edited and all(untouched for untouched, _ in result.values())
+    assert all(result[n][1] for n in edited), "the prompt's rows must be edited"
 
 
 def test_new_prompt_in_same_context_gets_its_own_schedule(tiny_model, tokens):
