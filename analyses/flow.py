@@ -34,14 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.knockout import knockout_sweep
 from at_probe.loading import DEFAULT_MODEL, SAMPLE_DOCUMENT, load_model
 from at_probe.probe import FlowProbe, FlowResult
-from at_probe.prompts import Prompt, build_prompt
+from at_probe.prompts import Prompt, build_prompt, continuation_ids, prompt_style
+from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, read_jsonl
 from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
-from at_probe.xsum import load_records
+from at_probe.xsum import is_heldout, load_records
 
 SAMPLE_SUMMARY = SAMPLE_DOCUMENT.with_name("sample_summary.txt")
 
@@ -58,6 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--text", type=Path, help="a UTF-8 text file with the document")
     src.add_argument("--xsum", type=Path, help="an XSum release file (.json or .json.gz)")
     p.add_argument("--index", type=int, default=0, help="record index in --xsum (default 0)")
+    p.add_argument("--docs", type=int, default=None, metavar="N",
+                   help="corpus mode: the first N documents of --xsum's split, means and paired differences "
+                        "with bootstrap intervals (resumable; no knockout)")
+    p.add_argument("--split", choices=("heldout", "all"), default="heldout",
+                   help="corpus mode: held-out documents (int(id) %% 4 == 0, default) or all")
     p.add_argument("--regions", type=int, default=8, help="document regions (default 8)")
     p.add_argument("--transition", choices=("none", "paper", "sra", "both"), default="paper")
     p.add_argument("--alpha", type=float, default=1.0, help="paper: threshold factor (default 1.0)")
@@ -103,7 +110,7 @@ def read_document(args: argparse.Namespace) -> tuple[str, str | None, str]:
 def make_prompt(model: Any, document: str, reference: str | None,
                 max_tokens: int | None = None) -> tuple[Prompt, torch.Tensor | None]:
     """The summarisation prompt (document cut, with a notice, to fit) and the reference's ids."""
-    ref = model.tokenizer(" " + reference, add_special_tokens=False)["input_ids"] if reference else []
+    ref = continuation_ids(model.tokenizer, reference) if reference else []
     limit = min(int(model.cfg.n_ctx) - len(ref), max_tokens or int(model.cfg.n_ctx))
     try:
         prompt = build_prompt(model.tokenizer, document, max_tokens=limit)
@@ -135,8 +142,9 @@ def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
 
 def probe_condition(model: Any, prompt: Prompt, transition: Any, regions: int,
                     rollout: bool = False) -> tuple[FlowResult, Any]:
-    """One prefill pass with the transition (if any) and the probe after it."""
-    probe = FlowProbe.for_model(model, regions=regions, document=prompt.document, rollout=rollout)
+    """One prefill pass with the transition (if any) and the probe (raw and value-weighted) after it."""
+    probe = FlowProbe.for_model(model, regions=regions, document=prompt.document, rollout=rollout,
+                                value_weighted=True)
     pairs = ([] if transition is None else transition.hooks(model)) + probe.hooks()
     with torch.inference_mode():
         model.run_with_hooks(prompt.tensor(model.cfg.device), fwd_hooks=pairs)
@@ -152,15 +160,17 @@ def tidy_frames(results: dict[str, FlowResult], knock: dict[str, Any]) -> dict[s
     full = pd.concat(frames.values(), ignore_index=True)
     head_mean = (full[full["head"] >= 0].groupby(["condition", "measure", "layer", "region", "from_region"],
                                               dropna=False, sort=False)["value"].mean().reset_index())
-    profile = head_mean[head_mean.measure == "final_token_profile"][["condition", "layer", "region", "value"]]
-    base = profile[profile.condition == "baseline"].set_index(["layer", "region"])["value"]
-    diffs = []
-    for cond in results:
-        if cond == "baseline":
-            continue
-        d = profile[profile.condition == cond].set_index(["layer", "region"])["value"] - base
-        diffs.append(d.reset_index().assign(condition=f"{cond} - baseline"))
-    out = {"final_token_profile": pd.concat([profile, *diffs], ignore_index=True)}
+    out = {}
+    for measure in ("final_token_profile", "final_token_value_profile"):
+        profile = head_mean[head_mean.measure == measure][["condition", "layer", "region", "value"]]
+        base = profile[profile.condition == "baseline"].set_index(["layer", "region"])["value"]
+        diffs = []
+        for cond in results:
+            if cond == "baseline":
+                continue
+            d = profile[profile.condition == cond].set_index(["layer", "region"])["value"] - base
+            diffs.append(d.reset_index().assign(condition=f"{cond} - baseline"))
+        out[measure] = pd.concat([profile, *diffs], ignore_index=True).assign(measure=measure)
     mass = head_mean[head_mean.measure == "region_mass"][["condition", "layer", "from_region", "region", "value"]]
     out["region_mass"] = mass[mass.condition == "baseline"]
     treated = next((c for c in ("paper", "sra") if c in results), None)
@@ -203,17 +213,100 @@ def summary_table(results: dict[str, FlowResult], knock: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def corpus_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The first ``--docs`` records of ``--xsum``'s split."""
+    if args.xsum is None:
+        raise UsageError("--docs needs --xsum FILE")
+    if args.docs < 1:
+        raise UsageError("--docs must be >= 1")
+    if args.knockout:
+        raise UsageError("corpus mode runs no knockout (one pass per region and band per document); "
+                         "drop --knockout or use --index for one document")
+    try:
+        records = load_records(args.xsum)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if args.split == "heldout":
+        records = [r for r in records if is_heldout(r["id"])]
+    if len(records) < args.docs:
+        print(f"notice: {args.xsum} has {len(records)} {args.split} documents, fewer than --docs {args.docs}")
+    return records[: args.docs]
+
+
+def run_corpus(args: argparse.Namespace, model: Any, conditions: dict[str, Any],
+               docs: list[dict[str, Any]]) -> int:
+    """Corpus mode: per-document measures appended to ``docs.jsonl`` (resumable), then means,
+    paired differences with intervals, figures and the headline contrasts."""
+    import pandas as pd
+
+    from at_probe import corpus
+    from at_probe.plotting import PLOTS, save_figure
+
+    started = time.time()
+    manifest = {"model": args.model, "xsum": args.xsum.name, "xsum_sha256": file_sha256(args.xsum),
+                "split": args.split, "regions": args.regions, "max_tokens": args.max_tokens,
+                "conditions": {name: repr(tr) for name, tr in conditions.items()},
+                "prompt_style": prompt_style(model.tokenizer), "at_probe_version": at_probe.__version__}
+    try:
+        ensure_manifest(args.out, manifest)
+    except ValueError as err:
+        print(f"flow.py: error: {err}", file=sys.stderr)
+        return 2
+    path = args.out / "docs.jsonl"
+    done = {r["doc_id"]: r for r in read_jsonl(path, repair=True)}
+    todo = [d for d in docs if str(d["id"]) not in done]
+    print(f"{len(docs)} documents x {len(conditions)} conditions: {len(docs) - len(todo)} done, {len(todo)} to go")
+    with open(path, "a", encoding="utf-8") as out:
+        for rec in tqdm(todo, desc="documents", unit="doc"):
+            prompt, _ = make_prompt(model, rec["document"], None, args.max_tokens)
+            rows = []
+            for name, tr in conditions.items():
+                result, _ = probe_condition(model, prompt, tr, args.regions)
+                rows += corpus.document_rows(result, doc_id=str(rec["id"]), condition=name)
+            append_jsonl(out, [{"doc_id": str(rec["id"]), "prompt_tokens": len(prompt), "rows": rows}])
+            done[str(rec["id"])] = {"rows": rows}
+    wanted = {str(d["id"]) for d in docs}
+    frame = pd.DataFrame([row for doc_id, r in done.items() if doc_id in wanted for row in r["rows"]])
+    summary = corpus.summarise(frame)
+    summary.to_csv(args.out / "corpus_summary.csv", index=False)
+    diffs = summary[summary.kind == "difference"]
+    for name, part in (("corpus_profile_diff", diffs[diffs.measure == "final_token_profile"]),
+                       ("corpus_value_profile_diff", diffs[diffs.measure == "final_token_value_profile"]),
+                       ("corpus_layer_measures_diff", diffs[diffs.measure.isin(corpus.LAYER_MEASURES)])):
+        if len(part):  # no figure of differences for a baseline-only run
+            save_figure(PLOTS[name](part), args.out, name, part)
+    names = list(conditions)
+    contrasts = [(c, "baseline") for c in names if c != "baseline"]
+    if "paper" in names and "placebo" in names:
+        contrasts.append(("paper", "placebo"))
+    headline = [corpus.paired_contrast(frame, f"{corpus.EARLY_DEEP}:{m}", a, b)
+                for m in corpus.PROFILES for a, b in contrasts]
+    words = corpus.plain_words(summary)
+    (args.out / "corpus.json").write_text(json.dumps({
+        "manifest": manifest, "documents": sorted(wanted & set(done)), "headline": headline,
+        "findings": words, "seconds": round(time.time() - started, 1)}, indent=1))
+    print("Final-token mass on the first half of the document, deep layers (paired, 95% CI):")
+    for h in headline:
+        print(f"  {h['measure'].split(':')[1]:<26} {h['contrast']:<20} {corpus.interval_words(h)}")
+    print("\n".join(words))
+    print(f"wrote {args.out}/corpus.json, corpus_summary.csv and figures ({time.time() - started:.0f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        document, reference, source = read_document(args)
         if args.regions < 1:
             raise UsageError("--regions must be >= 1")
+        docs = corpus_documents(args) if args.docs is not None else None
+        document, reference, source = read_document(args) if docs is None else ("", None, "")
         conditions = build_conditions(args)
         model = load_model(args.model, device=args.device)
     except (UsageError, FileNotFoundError, ValueError, OSError) as err:
         print(f"flow.py: error: {err}", file=sys.stderr)
         return 2
+    if docs is not None:
+        return run_corpus(args, model, conditions, docs)
     from at_probe.plotting import PLOTS, save_figure
 
     started = time.time()

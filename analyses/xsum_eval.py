@@ -33,13 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers
 from tqdm.auto import tqdm
 
 import at_probe
 from at_probe import text_metrics
 from at_probe.loading import DEFAULT_MODEL
 from at_probe.prompts import prompt_style
-from at_probe.runfiles import append_jsonl, file_sha256, read_jsonl
+from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, read_jsonl
 from at_probe.xsum import (
     BUCKETS,
     SettingError,
@@ -74,23 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_manifest(run: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest, or refuse if the directory holds a different configuration."""
-    path = run / "manifest.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in manifest if old.get(k) != manifest[k])
-        if diff:
-            raise RunError(f"{run} holds a run with a different configuration ({', '.join(diff)}); "
-                           "use another --out")
-        return
-    run.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=1))
-
-
 def load_done(records_path: Path) -> set[tuple[str, str]]:
     """Completed (doc_id, setting) pairs; a partial last line from a kill is cut off."""
-    return {(r["doc_id"], r["setting"]) for r in read_jsonl(records_path)}
+    return {(r["doc_id"], r["setting"]) for r in read_jsonl(records_path, repair=True)}
 
 
 def score(output: str, rec: dict[str, Any]) -> dict[str, Any]:
@@ -120,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                     "data_file": data_file.name, "data_sha256": file_sha256(data_file),
                     "bucket": args.bucket, "split": args.split, "limit": args.limit, "settings": list(settings),
                     "max_new_tokens": args.max_new_tokens, "device": str(model.cfg.device),
-                    "dtype": str(model.cfg.dtype).removeprefix("torch."), "at_probe_version": at_probe.__version__}
-        check_manifest(args.out, manifest)
+                    "dtype": str(model.cfg.dtype).removeprefix("torch."), "at_probe_version": at_probe.__version__,
+                    "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+        ensure_manifest(args.out, manifest)
     except (SettingError, RunError, FileNotFoundError, ValueError, OSError) as err:
         print(f"xsum_eval.py: error: {err}", file=sys.stderr)
         return 2
@@ -131,6 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(name, d) for name in settings for d in docs if (str(d["id"]), name) not in done]
     print(f"{len(docs)} documents x {len(settings)} settings: {len(done)} done, {len(todo)} to go")
     bar = tqdm(total=len(todo), desc="xsum", unit="summary")
+    try:
+        write_records(args, model, settings, todo, records_path, bar)
+    except ValueError as err:  # e.g. a reference that does not fit after its prompt
+        print(f"xsum_eval.py: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
+    print(f"wrote {records_path}")
+    return 0
+
+
+def write_records(args: argparse.Namespace, model: Any, settings: dict[str, Any],
+                  todo: list[tuple[str, dict[str, Any]]], records_path: Path, bar: Any) -> None:
+    """Summarise and score the pending (setting, document) pairs in batches, appending records."""
     with open(records_path, "a", encoding="utf-8") as out:
         for name in settings:
             pending = [d for n, d in todo if n == name]
@@ -146,9 +149,6 @@ def main(argv: list[str] | None = None) -> int:
                                     "summary_nll": nll, "wall_seconds": seconds}
                                    for d, o, nll in zip(batch, outputs, nlls)])
                 bar.update(len(batch))
-    bar.close()
-    print(f"wrote {records_path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -58,7 +59,14 @@ def build_prompt(document: str, outputs: dict[str, str]) -> str:
     return _OPENING + body + _CLOSING
 
 
-_LOOPBACK = ("localhost", "::1")
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1); never a name that merely looks like one."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -68,7 +76,7 @@ def check_endpoint(endpoint: str) -> str:
         ValueError: another scheme or a non-loopback http endpoint (the key would travel in clear).
     """
     url = httpx.URL(endpoint)
-    loopback = url.host in _LOOPBACK or url.host.startswith("127.")
+    loopback = is_loopback(url.host)
     if url.scheme != "https" and not (url.scheme == "http" and loopback):
         raise ValueError(f"--endpoint must be https (plain http only on loopback): {endpoint}")
     return endpoint.rstrip("/")
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in records:
         by_doc.setdefault(r["doc_id"], {})[keys[r["setting"]]] = r["output"]
     out_path = args.run / "judgements.jsonl"
-    done = {r["doc_id"] for r in read_jsonl(out_path)}  # a partial last line from a kill is dropped
+    done = {r["doc_id"] for r in read_jsonl(out_path, repair=True)}  # a partial last line from a kill is cut
     todo = [d for d in by_doc if d not in done and len(by_doc[d]) == len(keys)][: args.limit]
     names = {v: k for k, v in keys.items()}
     with judge_client(api_key) as client, open(out_path, "a", encoding="utf-8") as out:

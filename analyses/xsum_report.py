@@ -1,7 +1,11 @@
 """Report of an ``xsum_eval.py`` run: paired differences, held-out selection, placebo control.
 
 Only documents scored under every setting are used (``n_documents``; the others are counted
-in ``n_documents_incomplete``), so every mean and difference is over the same documents.
+in ``n_documents_incomplete``), so every mean and difference is over the same documents; a
+setting of the manifest with no records is reported in ``missing_settings``. Per-document
+metrics that can be undefined (``source_position_mean`` when an output copies nothing from the
+document) are averaged over the documents where they are defined; each estimate's ``n`` says
+how many.
 For every setting and metric: the mean paired difference against the baseline on the same
 documents with a 95% bootstrap interval. Across the transition settings: the gain of the
 setting chosen on one half of the documents and scored on the other (never the in-sample
@@ -65,15 +69,20 @@ def complete_documents(frame):
     return frame[frame.doc_id.isin(keep)]
 
 
-def report(frame, *, seed: int = 0) -> dict[str, Any]:
-    """Paired estimates over the documents that every setting scored (others are counted, not used)."""
+def report(frame, *, seed: int = 0, planned: list[str] | None = None) -> dict[str, Any]:
+    """Paired estimates over the documents that every setting scored (others are counted, not used).
+
+    ``planned``: the run's settings (from its manifest); those with no record at all are
+    listed under ``missing_settings`` rather than silently left out.
+    """
     settings = list(dict.fromkeys(frame["setting"]))
+    missing = [s for s in (planned or []) if s not in settings]
     all_docs = int(frame["doc_id"].nunique())
     frame = complete_documents(frame)
     treated = [s for s in settings if s != "baseline" and not s.startswith("placebo:")]
     out: dict[str, Any] = {"n_documents": int(frame["doc_id"].nunique()),
                            "n_documents_incomplete": all_docs - int(frame["doc_id"].nunique()),
-                           "settings": settings,
+                           "settings": settings, "missing_settings": missing,
                            "vs_baseline": {}, "vs_placebo": {}, "heldout_selected": {}, "means": {}}
     for s in settings:
         part = frame[frame.setting == s]
@@ -122,10 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, json.JSONDecodeError) as err:
         print(f"xsum_report.py: error: {err}", file=sys.stderr)
         return 2
-    result = report(frame, seed=args.seed)
     manifest_path = args.run / "manifest.json"
-    if manifest_path.is_file():  # what produced the records: model, prompt style, data, settings
-        result["manifest"] = json.loads(manifest_path.read_text())
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    result = report(frame, seed=args.seed, planned=None if manifest is None else manifest["settings"])
+    if manifest is not None:  # what produced the records: model, prompt style, data, settings
+        result["manifest"] = manifest
+    if result["missing_settings"]:
+        print(f"warning: no records for {', '.join(result['missing_settings'])} (the run is incomplete: "
+              "resume xsum_eval.py)", file=sys.stderr)
     print(f"{result['n_documents']} documents scored under every setting "
           f"({result['n_documents_incomplete']} incomplete left out); settings: {', '.join(result['settings'])}")
     for block in ("vs_baseline", "vs_placebo"):

@@ -1,16 +1,19 @@
 """Editing hooked activations safely: the helpers every editing hook shares.
 
 A TransformerLens hook may replace the tensor it receives. Editing it in place is cheap (no
-``T x T`` copy per layer), but wrong when something else still holds that tensor: an earlier
-hook on the same point that kept it (TransformerLens' own cache hooks keep
-``tensor.detach()``, which shares storage) would see the edited values, and autograd may have
-saved it for the backward pass. ``editable`` returns the tensor itself when nothing else shares
-its storage, and a copy otherwise, so what an earlier hook saw stays what it saw whatever order
-hooks were registered in. Padding is read from the pre-softmax scores, where the attention mask
+``T x T`` copy per layer), but wrong when something else may still hold that tensor: an
+earlier hook on the same point may have kept it (the tensor itself, or ``tensor.detach()`` as
+TransformerLens' cache hooks do), and autograd may have saved it for the backward pass.
+``editable`` edits in place only when the editing hook is the first on its hook point, no
+other tensor shares the storage and autograd does not need it; otherwise it returns a copy.
+So what an earlier hook saw stays what it saw, whatever order hooks were registered in. Padding is read from the pre-softmax scores, where the attention mask
 is explicit (masked keys hold the dtype's minimum), never guessed from attention weights.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,9 +32,25 @@ def shares_storage(tensor: Tensor) -> bool:
     return _USE_COUNT(tensor.untyped_storage()._cdata) > 2
 
 
-def editable(tensor: Tensor) -> Tensor:
-    """``tensor`` if editing it in place changes nothing anyone else holds, else a copy."""
-    if (tensor.requires_grad and torch.is_grad_enabled()) or shares_storage(tensor):
+def runs_first(hook_point: Any, fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is the first forward hook registered on ``hook_point`` (a ``HookPoint``).
+
+    TransformerLens wraps each hook function in a closure; the first registered wrapper must
+    hold ``fn``. Anything that cannot be inspected counts as "not first", so callers copy.
+    """
+    hooks = getattr(hook_point, "_forward_hooks", None)
+    if not hooks:
+        return False
+    first = next(iter(hooks.values()))
+    return any(getattr(cell, "cell_contents", None) is fn for cell in (getattr(first, "__closure__", None) or ()))
+
+
+def editable(tensor: Tensor, hook_point: Any, fn: Callable[..., Any]) -> Tensor:
+    """``tensor`` if the hook ``fn`` may edit it in place without changing what anything else
+    holds (``fn`` runs first on ``hook_point``, nothing shares the storage, autograd does not
+    need it), else a copy."""
+    if (tensor.requires_grad and torch.is_grad_enabled()) or shares_storage(tensor) \
+            or not runs_first(hook_point, fn):
         return tensor.clone()
     return tensor
 

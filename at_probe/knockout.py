@@ -68,7 +68,7 @@ def knockout_hooks(start: int, end: int, layers: range) -> list[tuple[str, Any]]
     def fn(pattern: Tensor, *, hook: Any) -> Tensor | None:
         if pattern.shape[-2] != pattern.shape[-1]:
             return None
-        return ops.knockout_(editable(pattern), start, end)  # a copy if an earlier hook or autograd holds it
+        return ops.knockout_(editable(pattern, hook, fn), start, end)  # a copy if anything else may hold it
 
     return [(pattern_hook(l), fn) for l in layers]
 
@@ -96,6 +96,9 @@ def knockout_sweep(
         transition: a transition (``PaperTransition`` ...) active in every pass, on the prompt
             rows only; knockout is applied after it.
         progress: show a progress bar.
+
+    The base pass caches the residual stream entering each band's first block; a knockout pass
+    resumes from it (``start_at_layer``) instead of recomputing the unchanged blocks below.
     """
     t = prompt.shape[1]
     tokens = prompt if reference is None else torch.cat((prompt, reference.to(prompt.device)), dim=1)
@@ -107,10 +110,14 @@ def knockout_sweep(
     # the last region's knockout reaches it.
     b = [min(x, t - 1) for x in bounds.tolist()]
 
-    def run(extra: list) -> tuple[Tensor, Tensor | None]:
+    def run(extra: list, start: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """One pass: from the tokens, or from the residual stream cached at block ``start``."""
         pairs = ([] if transition is None else transition.hooks(model, prompt_lengths=t)) + extra
         with torch.inference_mode():
-            logits = model.run_with_hooks(tokens, fwd_hooks=pairs)[0].float()
+            if start is None:
+                logits = model.run_with_hooks(tokens, fwd_hooks=pairs)[0].float()
+            else:  # blocks below the band see no knockout: resume from their cached output
+                logits = model.run_with_hooks(residual[start], start_at_layer=start, fwd_hooks=pairs)[0].float()
         logp = logits.log_softmax(-1)
         nll = None
         if reference is not None:
@@ -118,12 +125,21 @@ def knockout_sweep(
             nll = -logp[t - 1 : -1].gather(-1, targets[:, None]).mean()
         return logp[t - 1], nll
 
-    base_logp, base_nll = run([])
+    residual: dict[int, Tensor] = {}
+
+    def keep_residual(start: int) -> Any:
+        def fn(resid: Tensor, *, hook: Any) -> None:
+            residual[start] = resid.detach().clone()
+        return fn
+
+    starts = sorted({s for s, _ in bands if s > 0})
+    base_logp, base_nll = run([(f"blocks.{s}.hook_resid_pre", keep_residual(s)) for s in starts])
     kl = torch.zeros(len(bands), len(labels))
     dnll = torch.zeros(len(bands), len(labels)) if reference is not None else None
     cells = [(i, j) for i in range(len(bands)) for j in range(len(labels))]
     for i, j in tqdm(cells, desc="knockout", disable=not progress, leave=False):
-        logp, nll = run(knockout_hooks(b[j], b[j + 1], range(*bands[i])))
+        start = bands[i][0]
+        logp, nll = run(knockout_hooks(b[j], b[j + 1], range(*bands[i])), start=start or None)
         kl[i, j] = (base_logp.exp() * (base_logp - logp)).sum()
         if dnll is not None:
             dnll[i, j] = nll - base_nll

@@ -8,7 +8,7 @@ import re
 EMBED_INPUT_HOOK = "embed.hook_in"
 """Hook that sees the token ids ``[batch, pos]`` of every forward pass."""
 
-_PATTERN_RE = re.compile(r"^blocks\.(\d+)\.attn\.hook_pattern$")
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.attn\.")
 
 
 def scores_hook(layer: int) -> str:
@@ -17,20 +17,26 @@ def scores_hook(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_attn_scores"
 
 
+def value_hook(layer: int) -> str:
+    """Name of the value hook of ``layer`` (``[batch, pos, kv_head, d_head]``)."""
+    return f"blocks.{layer}.attn.hook_v"
+
+
 def pattern_hook(layer: int) -> str:
     """Name of the post-softmax attention pattern hook of ``layer`` (``[batch, head, q, k]``)."""
     return f"blocks.{layer}.attn.hook_pattern"
 
 
 def layer_of(hook_name: str) -> int:
-    """Layer index of a ``blocks.{l}.attn.hook_pattern`` name.
+    """Layer index of an attention hook name, ``blocks.{l}.attn.*`` (the bridge reports some
+    aliases by their own name: ``hook_v`` arrives as ``blocks.{l}.attn.v.hook_out``).
 
     Raises:
-        ValueError: the name is not an attention-pattern hook.
+        ValueError: the name is not an attention hook of a block.
     """
-    match = _PATTERN_RE.match(hook_name)
+    match = _LAYER_RE.match(hook_name)
     if match is None:
-        raise ValueError(f"not an attention pattern hook name: {hook_name!r}")
+        raise ValueError(f"not an attention hook name: {hook_name!r}")
     return int(match.group(1))
 
 

@@ -166,6 +166,18 @@ def attention_distance(pattern: Tensor) -> Tensor:
     return (q - (rows @ k) / total).mean(-1)
 
 
+def value_norms(values: Tensor, w_o: Tensor) -> Float[Tensor, "head key_pos"]:
+    """``||v_j W_O^h||`` for each query head ``h`` and key ``j`` (Kobayashi et al. 2020).
+
+    ``values`` is one sequence's ``[T, kv_head, d_head]``; ``w_o`` is ``[head, d_head, d_model]``.
+    Query head ``h`` reads key-value head ``h // (head / kv_head)`` (grouped-query attention).
+    """
+    n_heads, n_kv = w_o.shape[0], values.shape[1]
+    kv_of_head = torch.arange(n_heads, device=values.device) // (n_heads // n_kv)
+    per_head = values.float()[:, kv_of_head, :]  # [T, head, d_head]
+    return torch.einsum("thd,hdm->htm", per_head, w_o.float().to(values.device)).norm(dim=-1)
+
+
 def with_residual(mean_pattern: Square) -> Square:
     """Rollout's augmented matrix: ``A + I`` (the residual stream) with rows renormalised to 1.
 

@@ -49,9 +49,12 @@ def final_token_profile(df: pd.DataFrame) -> Figure:
     """Layers x regions heatmaps of the last token's attention (head mean), one per condition.
 
     ``df``: columns ``condition, layer, region, value`` (difference panels appear as their own
-    condition, e.g. ``paper - baseline``).
+    condition, e.g. ``paper - baseline``), and optionally ``measure``: for
+    ``final_token_value_profile`` the value-weighted flow (norm units) is drawn.
     """
     plt, sns = _plt()
+    weighted = "measure" in df and (df["measure"] == "final_token_value_profile").any()
+    unit = "value-weighted norm" if weighted else "attention mass"
     conditions = list(dict.fromkeys(df["condition"]))
     fig, axes = _panels(len(conditions), 5.0, 4.2, max_cols=4)
     order = _region_order(df)
@@ -59,11 +62,11 @@ def final_token_profile(df: pd.DataFrame) -> Figure:
         grid = df[df.condition == cond].pivot_table(index="layer", columns="region", values="value")[order]
         diff = " - " in cond
         sns.heatmap(grid, ax=ax, cmap="RdBu_r" if diff else "viridis", center=0 if diff else None,
-                    cbar_kws={"label": "attention mass"})
+                    cbar_kws={"label": unit})
         ax.set_title(cond)
         ax.set_xlabel("key region")
         ax.set_ylabel("layer")
-    fig.suptitle("Final prompt token: attention mass per context region (mean over heads)")
+    fig.suptitle(f"Final prompt token: {unit} per context region (mean over heads)")
     fig.tight_layout()
     return fig
 
@@ -194,15 +197,44 @@ def xsum_paired(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def corpus_differences(df: pd.DataFrame) -> Figure:
+    """Paired differences from the baseline per layer with 95% bands, one panel per region (or
+    per measure for per-layer measures); ``df``: condition, measure, layer, region, mean, lo, hi."""
+    plt, sns = _plt()
+    by_region = df["region"].fillna("").astype(str).str.len().gt(0).any()
+    facet = "region" if by_region else "measure"
+    panels = _region_order(df, "region") if by_region else list(dict.fromkeys(df["measure"]))
+    fig, axes = _panels(len(panels), 3.6, 2.6, max_cols=4)
+    colors = dict(zip(dict.fromkeys(df["condition"]), sns.color_palette()))
+    for ax, panel in zip(axes, panels):
+        part = df[df[facet] == panel].sort_values("layer")
+        for cond, line in part.groupby("condition", sort=False):
+            ax.plot(line["layer"], line["mean"], color=colors[cond], lw=1.2, label=cond)
+            ax.fill_between(line["layer"], line["lo"], line["hi"], color=colors[cond], alpha=0.25, lw=0)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_title(str(panel))
+        ax.set_xlabel("layer")
+    axes[0].legend(fontsize=7)
+    n = int(df["n"].max()) if "n" in df else 0
+    fig.suptitle(f"{', '.join(dict.fromkeys(df['measure']))}: paired difference from baseline over {n} "
+                 "documents (mean, 95% bootstrap band)")
+    fig.tight_layout()
+    return fig
+
+
 PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "setting_gains": setting_gains,
     "xsum_paired": xsum_paired,
     "final_token_profile": final_token_profile,
+    "final_token_value_profile": final_token_profile,
     "region_mass": region_mass,
     "region_mass_diff": region_mass,
     "layer_measures": layer_measures,
     "rollout": rollout,
     "knockout": knockout,
+    "corpus_profile_diff": corpus_differences,
+    "corpus_value_profile_diff": corpus_differences,
+    "corpus_layer_measures_diff": corpus_differences,
 }
 
 

@@ -32,12 +32,13 @@ import torch
 from torch import Tensor
 
 from at_probe import ops
-from at_probe.names import layer_of, pattern_hook
+from at_probe.names import layer_of, pattern_hook, value_hook
 
 if TYPE_CHECKING:
     import pandas as pd
 
 _PER_HEAD = ("sink_mass", "entropy", "distance")
+_SAVED = ("region_bounds", "region_mass", "final_token_profile", *_PER_HEAD, "rollout", "final_token_value_profile")
 _ENTROPY_BLOCK = 256  # rows per block: skips most of the causal zeros, keeps the temporary small
 
 
@@ -56,6 +57,9 @@ class FlowResult:
         entropy: ``[layer, head]`` mean row entropy (nats).
         distance: ``[layer, head]`` mean query-key distance (tokens).
         rollout: ``[layer, region]`` rollout from the last token back to the regions, or None.
+        final_token_value_profile: ``[layer, head, region]`` value-weighted flow into the last
+            token (Kobayashi et al. 2020): per key region, the sum of ``a_ij * ||W_O v_j||``
+            over its keys, in units of residual-stream norm; None unless asked for.
         maps: ``[layer, T, T]`` head-averaged patterns when kept, else None.
         meta: free-form labels (model, document, condition, ...).
     """
@@ -68,6 +72,7 @@ class FlowResult:
     entropy: Tensor
     distance: Tensor
     rollout: Tensor | None = None
+    final_token_value_profile: Tensor | None = None
     maps: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +101,9 @@ class FlowResult:
                 for r, lab in enumerate(labels):
                     rows.append({"measure": "final_token_profile", "layer": l, "head": h, "region": lab,
                                  "value": float(self.final_token_profile[l, h, r])})
+                    if self.final_token_value_profile is not None:
+                        rows.append({"measure": "final_token_value_profile", "layer": l, "head": h,
+                                     "region": lab, "value": float(self.final_token_value_profile[l, h, r])})
                     for f, src in enumerate(labels):
                         rows.append({"measure": "region_mass", "layer": l, "head": h, "region": lab,
                                      "from_region": src, "value": float(self.region_mass[l, h, f, r])})
@@ -112,7 +120,7 @@ class FlowResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every number (maps excluded: they are large)."""
         out: dict[str, Any] = {"region_labels": self.region_labels, "meta": self.meta}
-        for name in ("region_bounds", "region_mass", "final_token_profile", *_PER_HEAD, "rollout"):
+        for name in _SAVED:
             value = getattr(self, name)
             out[name] = None if value is None else value.tolist()
         return out
@@ -127,7 +135,7 @@ class FlowResult:
         data = json.loads(Path(path).read_text())
         tensors = {
             k: None if data[k] is None else torch.tensor(data[k])
-            for k in ("region_bounds", "region_mass", "final_token_profile", *_PER_HEAD, "rollout")
+            for k in _SAVED if k in data
         }
         return cls(region_labels=data["region_labels"], meta=data.get("meta", {}), **tensors)
 
@@ -150,21 +158,34 @@ class FlowProbe:
         rollout: also compute attention rollout from the last token. Explicit opt-in: it keeps
             head-averaged ``[L, T, T]`` maps (``4 L T^2`` bytes) until ``result()``.
         keep_maps: return those head-averaged maps in the result.
+        w_o: per layer, the output weights ``[head, d_head, d_model]`` (``for_model(...,
+            value_weighted=True)`` reads them): the probe then also hooks each layer's values
+            (``hook_v``, ``[batch, pos, kv_head, d_head]``) and records the value-weighted flow
+            into the last token. Query head ``h`` reads key-value head ``h // (heads / kv_heads)``.
     """
 
     def __init__(self, n_layers: int, n_heads: int, *, regions: int = 16,
-                 document: tuple[int, int] | None = None, rollout: bool = False, keep_maps: bool = False):
+                 document: tuple[int, int] | None = None, rollout: bool = False, keep_maps: bool = False,
+                 w_o: list[Tensor] | None = None):
         if regions < 1:
             raise ValueError(f"regions must be >= 1, got {regions}")
+        if w_o is not None and (len(w_o) != n_layers or any(w.shape[0] != n_heads for w in w_o)):
+            raise ValueError(f"w_o must hold {n_layers} tensors of shape [{n_heads}, d_head, d_model]")
         self.n_layers, self.n_heads, self.regions = n_layers, n_heads, regions
         self.document = None if document is None else (int(document[0]), int(document[1]))
-        self.rollout, self.keep_maps = rollout, keep_maps
+        self.rollout, self.keep_maps, self.w_o = rollout, keep_maps, w_o
         self.reset()
 
     @classmethod
-    def for_model(cls, model: Any, **kwargs: Any) -> FlowProbe:
-        """A probe sized for ``model`` (a ``TransformerBridge``); kwargs as in ``__init__``."""
-        return cls(int(model.cfg.n_layers), int(model.cfg.n_heads), **kwargs)
+    def for_model(cls, model: Any, *, value_weighted: bool = False, **kwargs: Any) -> FlowProbe:
+        """A probe sized for ``model`` (a ``TransformerBridge``); kwargs as in ``__init__``.
+
+        ``value_weighted=True`` also records the value-weighted flow (reads each layer's ``W_O``).
+        """
+        w_o = None
+        if value_weighted:
+            w_o = [model.blocks[l].attn.W_O.detach() for l in range(int(model.cfg.n_layers))]
+        return cls(int(model.cfg.n_layers), int(model.cfg.n_heads), w_o=w_o, **kwargs)
 
     def reset(self) -> None:
         """Forget everything captured so far."""
@@ -172,11 +193,21 @@ class FlowProbe:
         self._labels: list[str] = []
         self._layers: dict[int, dict[str, Tensor]] = {}
         self._maps: dict[int, Tensor] = {}
+        self._value_norms: dict[int, Tensor] = {}
         self._warned = False
 
     def hooks(self) -> list[tuple[str, Any]]:
-        """``(hook_name, fn)`` pairs for every layer's attention pattern."""
-        return [(pattern_hook(l), self._hook) for l in range(self.n_layers)]
+        """``(hook_name, fn)`` pairs for every layer's attention pattern (and values, if weighted)."""
+        values = [] if self.w_o is None else [(value_hook(l), self._value_hook) for l in range(self.n_layers)]
+        return values + [(pattern_hook(l), self._hook) for l in range(self.n_layers)]
+
+    def _value_hook(self, values: Tensor, *, hook: Any) -> None:
+        """``||W_O^h v_j||`` for every head and key of a full pass: ``[head, T]``."""
+        layer = layer_of(hook.name)
+        if layer in self._layers or (self._value_norms.get(layer) is not None):
+            return  # a later pass (decode step or an ignored repeat)
+        with torch.no_grad():
+            self._value_norms[layer] = ops.value_norms(values[0].detach(), self.w_o[layer])  # type: ignore[index]
 
     @contextmanager
     def attached(self, model: Any) -> Iterator[FlowProbe]:
@@ -218,6 +249,10 @@ class FlowProbe:
             per_head["sink_mass"].append(key_mass[1:, 0].mean())  # region 0 is token 0
             per_head["distance"].append((q - mean_key[1:]).mean())
             per_head["entropy"].append(ops.row_entropy(p, causal_block=_ENTROPY_BLOCK))
+        if self.w_o is not None:
+            norms = self._value_norms.pop(layer)  # [head, T], from this pass's hook_v
+            weighted = heads[:, -1, :].float() * norms.to(heads.device)  # [head, key]
+            per_head["final_value"] = list(ops.key_region_mass(weighted, self._bounds))
         self._layers[layer] = {k: torch.stack(v).cpu() for k, v in per_head.items()}
         if self.rollout or self.keep_maps:
             self._maps[layer] = heads.mean(dim=0, dtype=torch.float32)  # one pass, no float copy
@@ -245,6 +280,7 @@ class FlowProbe:
             entropy=stack("entropy"),
             distance=stack("distance"),
             rollout=self._rollout() if self.rollout else None,
+            final_token_value_profile=stack("final_value") if self.w_o is not None else None,
             maps=torch.stack([self._maps[l].cpu() for l in range(self.n_layers)]) if self.keep_maps else None,
             meta=dict(meta),
         )

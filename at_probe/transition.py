@@ -511,7 +511,7 @@ class _Run:
         self.prompt: Tensor | None = None
         self.lengths: list[int] | None = None
         self.stats: dict[int, tuple[list[list[Span]], RowStats]] = {}
-        self.offsets: list[int] = []  # left padding per sequence of the current pass (from the mask)
+        self.offsets: list[int] | None = None  # left padding per sequence, from this layer's scores
         self.notes: list[str] = []  # of the current prompt
         self.warned: set[str] = set()  # over the whole run: each warning once
 
@@ -632,8 +632,11 @@ class _Transition:
             layer = layer_of(hook.name)
             if pattern.shape[-2] != pattern.shape[-1]:
                 return None  # a KV-cache decode step: prompt rows were edited at prefill
-            pattern = editable(pattern)  # a copy when an earlier hook kept this tensor
-            offsets = run.offsets
+            if run.offsets is None:
+                raise RuntimeError(f"{hook.name}: the transition's {scores_hook(layer)} pair did not run; "
+                                   "register every pair that .hooks(model) returns")
+            pattern = editable(pattern, hook, hook_fn)  # a copy when an earlier hook may hold it
+            offsets, run.offsets = run.offsets, None  # each layer reads its own scores
             lengths = run.prompt_lengths(pattern, offsets)
             stats = RowStats()
             spans = []

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from at_probe.prompts import build_prompts
+from at_probe.prompts import build_prompts, continuation_ids
 
 BUCKETS: tuple[str, ...] = ("800", "1200", "1600", "1900")
 """The release's length buckets (approximate LLaMA token counts)."""
@@ -223,7 +223,7 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
     import torch
 
     tok = model.tokenizer
-    refs = [tok(" " + r, add_special_tokens=False)["input_ids"] for r in references]
+    refs = [continuation_ids(tok, r) for r in references]
     limit = prompt_limit(model, max_prompt_tokens, max_new_tokens)
     prompts_ids = [list(p.ids) for p in build_prompts(model.tokenizer, documents, max_tokens=limit)]
     total = max_prompt_tokens or int(model.cfg.n_ctx)

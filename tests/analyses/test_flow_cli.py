@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 from tests.analyses.conftest import load_script
+from tests.conftest import XSUM_DIR, require_shared
 
 flow = load_script("flow")
 
-FIGURES = ("final_token_profile", "region_mass", "region_mass_diff", "layer_measures", "rollout", "knockout")
+FIGURES = ("final_token_profile", "final_token_value_profile", "region_mass", "region_mass_diff", "layer_measures", "rollout", "knockout")
 
 
 def test_default_run_writes_numbers_and_figures(tmp_path, capsys):
@@ -52,3 +55,38 @@ def test_long_text_is_truncated_with_notice(tmp_path, capsys, sample_text):
     assert set(record["conditions"]) == {"baseline"} and record["prompt_tokens"] == 700
     assert record["conditions"]["baseline"]["flow"]["rollout"] is None, "rollout is opt-in"
     assert not (tmp_path / "o" / "rollout.png").exists()
+
+
+def test_corpus_mode_writes_intervals_and_resumes(tmp_path, capsys):
+    """--docs N: per-document rows in docs.jsonl, means and paired differences with intervals,
+    figures, the headline contrasts; a second run with more documents reuses the first ones."""
+    data = require_shared(XSUM_DIR / "token_800_evaluation.json.gz")
+    out = tmp_path / "corpus"
+    base = ["--model", "tiny", "--xsum", str(data), "--regions", "4", "--out", str(out)]
+    assert flow.main([*base, "--docs", "3"]) == 0
+    assert flow.main([*base, "--docs", "4"]) == 0
+    assert "3 done, 1 to go" in capsys.readouterr().out
+    lines = (out / "docs.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["doc_id"] for line in lines]
+    assert len(ids) == 4 == len(set(ids)) and all(int(i) % 4 == 0 for i in ids)
+    record = json.loads((out / "corpus.json").read_text())
+    assert record["documents"] == sorted(ids) and record["manifest"]["prompt_style"] == "plain"
+    contrasts = {(h["measure"], h["contrast"]) for h in record["headline"]}
+    assert ("early_document_deep:final_token_value_profile", "paper - placebo") in contrasts
+    summary = pd.read_csv(out / "corpus_summary.csv")
+    diff = summary[(summary.kind == "difference") & (summary.measure == "final_token_profile")]
+    assert set(diff.condition) == {"paper - baseline", "placebo - baseline"}
+    assert (diff.n == 4).all() and (diff.lo <= diff["mean"] + 1e-12).all() and (diff["mean"] <= diff.hi + 1e-12).all()
+    for name in ("corpus_profile_diff", "corpus_value_profile_diff", "corpus_layer_measures_diff"):
+        assert (out / f"{name}.png").stat().st_size > 5000
+
+
+def test_corpus_mode_refuses_a_changed_configuration_and_bad_arguments(tmp_path, capsys):
+    data = require_shared(XSUM_DIR / "token_800_evaluation.json.gz")
+    out = tmp_path / "corpus"
+    base = ["--model", "tiny", "--xsum", str(data), "--docs", "1", "--transition", "none", "--out", str(out)]
+    assert flow.main([*base, "--regions", "4"]) == 0
+    assert flow.main([*base, "--regions", "5"]) == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert flow.main(["--model", "tiny", "--docs", "2", "--out", str(tmp_path / "x")]) == 2
+    assert flow.main([*base, "--knockout", "2"]) == 2

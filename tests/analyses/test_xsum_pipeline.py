@@ -118,8 +118,9 @@ def test_report_uses_only_documents_scored_under_every_setting():
             for d in range(6) for s in ("baseline", "paper:alpha=1.0,beta=0.5,k=2")]
     rows.append({"doc_id": "99", "setting": "baseline", "rougeL": 0.9, "summary_nll": 9.0})
     frame = pd.DataFrame(rows).assign(**{m: 0.0 for m in xsum_report.METRICS if m not in ("rougeL", "summary_nll")})
-    rep = xsum_report.report(frame)
+    rep = xsum_report.report(frame, planned=["baseline", "paper:alpha=1.0,beta=0.5,k=2", "placebo:alpha=1.0,beta=0.5,k=2,seed=0"])
     assert rep["n_documents"] == 6 and rep["n_documents_incomplete"] == 1
+    assert rep["missing_settings"] == ["placebo:alpha=1.0,beta=0.5,k=2,seed=0"]
     assert rep["means"]["baseline"]["rougeL"] == pytest.approx(0.2)
     assert rep["vs_baseline"]["paper:alpha=1.0,beta=0.5,k=2"]["rougeL"]["n"] == 6
 
@@ -209,8 +210,9 @@ def test_judge_key_does_not_follow_a_redirect_to_another_host(judge_run):
 
 
 def test_judge_refuses_plain_http_off_loopback_and_a_different_data_file(judge_run, tmp_path, capsys):
-    assert _judge(judge_run, "http://judge.example.com/v1") == 2
-    assert "https" in capsys.readouterr().err
+    for endpoint in ("http://judge.example.com/v1", "http://127.attacker.example/v1"):
+        assert _judge(judge_run, endpoint) == 2
+        assert "https" in capsys.readouterr().err
     manifest = json.loads((judge_run / "manifest.json").read_text())
     (judge_run / "manifest.json").write_text(json.dumps({**manifest, "data_sha256": "0" * 64}))
     assert _judge(judge_run, "https://judge.example.com/v1") == 2

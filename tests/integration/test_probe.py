@@ -100,3 +100,54 @@ def test_knockout_sweep_tracks_where_the_final_token_reads(tiny_model, tokens):
     kl = res.kl[0]
     assert kl.shape == reads.shape and (kl >= -1e-6).all()
     assert kl[reads.argmax()] > 10 * kl[reads.argmin()]
+
+
+def test_value_weighted_profile_matches_an_oracle(tiny_model, tokens):
+    """value_weighted=True: per head and key region, sum_j a_ij ||v_j W_O^h|| for the last token,
+    from hook_v inside the pass, equals the same computed from cached patterns and values."""
+    probe = FlowProbe.for_model(tiny_model, regions=5, value_weighted=True)
+    with probe.attached(tiny_model), torch.inference_mode():
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_pattern", "hook_v")))
+    res = probe.result()
+    n_heads, n_kv = tiny_model.cfg.n_heads, tiny_model.cfg.n_key_value_heads
+    assert n_kv < n_heads, "the tiny model uses grouped-query attention"
+    for l in range(tiny_model.cfg.n_layers):
+        pattern, values = cache[pattern_hook(l)][0], cache[f"blocks.{l}.attn.hook_v"][0]
+        w_o = tiny_model.blocks[l].attn.W_O.detach()
+        for h in range(n_heads):
+            out = pattern[h, -1, :, None] * (values[:, h // (n_heads // n_kv), :] @ w_o[h])  # [key, d_model]
+            expected = ops.key_region_mass(out.norm(dim=-1)[None], res.region_bounds)[0]
+            torch.testing.assert_close(res.final_token_value_profile[l, h], expected, rtol=1e-4, atol=1e-5)
+    assert res.final_token_value_profile.shape == res.final_token_profile.shape
+
+
+def test_knockout_resumed_from_the_cached_residual_equals_a_full_recompute(tiny_model, tokens):
+    """Each knockout pass resumes from the residual entering its band; the KL and NLL changes
+    equal those of passes recomputed from the tokens, with a transition active and a reference."""
+    from at_probe.knockout import knockout_hooks, knockout_sweep
+    from at_probe.transition import PaperTransition
+
+    tr = PaperTransition(alpha=1.0, beta=0.5)
+    prompt, reference = tokens[:, :440], tokens[:, 440:460]
+    bounds = ops.region_bounds(prompt.shape[1], 3)
+    res = knockout_sweep(tiny_model, prompt, bounds, band_size=3, reference=reference, transition=tr,
+                         progress=False)
+    assert [b[0] for b in res.bands] == [0, 3, 6]
+    full = torch.cat((prompt, reference), dim=1)
+    t = prompt.shape[1]
+
+    def scored(extra):
+        with torch.inference_mode():
+            logp = tiny_model.run_with_hooks(full, fwd_hooks=tr.hooks(tiny_model, prompt_lengths=t) + extra)[0]
+        logp = logp.float().log_softmax(-1)
+        return logp[t - 1], -logp[t - 1 : -1].gather(-1, full[0, t:, None]).mean()
+
+    base_logp, base_nll = scored([])
+    for i, (start, end) in enumerate(res.bands):
+        for j in range(len(res.region_labels)):
+            lo, hi = (min(int(x), t - 1) for x in bounds[j : j + 2])
+            logp, nll = scored(knockout_hooks(lo, hi, range(start, end)))
+            kl = (base_logp.exp() * (base_logp - logp)).sum()
+            torch.testing.assert_close(res.kl[i, j], kl, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(res.nll_delta[i, j], nll - base_nll, atol=1e-5, rtol=1e-4)
+    assert res.kl.max() > 1e-3

@@ -40,8 +40,22 @@ def test_a_long_document_is_cut_at_its_end_and_keeps_template_and_instruction(re
     assert len(cut) == len(full) - 100 and cut.dropped == 100
     assert cut.ids[: cut.document[1]] == full.ids[: full.document[1] - 100]
     assert cut.ids[cut.document[1]:] == full.ids[full.document[1]:]
+    frame = len(full) - (full.document[1] - full.document[0])  # template and instruction tokens
+    one = build_prompt(tok, sample_text, max_tokens=frame + 1)
+    assert one.document[1] - one.document[0] == 1 and len(one) == frame + 1
     with pytest.raises(ValueError, match="no room"):
-        build_prompt(tok, sample_text, max_tokens=len(full) - len(sample_text))
+        build_prompt(tok, sample_text, max_tokens=frame)
+    assert len(build_prompt(tok, "Hi")) == frame + len(tok("Hi", add_special_tokens=False)["input_ids"])
+
+
+def test_a_reference_follows_each_prompt_style_without_a_stray_space(tiny_model, smollm2_model):
+    """After the chat template's assistant header (a newline) the reference starts its own
+    word; after the plain prompt's "above:" it is separated by a space."""
+    from at_probe.prompts import continuation_ids
+
+    chat, plain = smollm2_model.tokenizer, tiny_model.tokenizer
+    assert continuation_ids(chat, "A town") == chat("A town", add_special_tokens=False)["input_ids"]
+    assert continuation_ids(plain, "A town") == plain(" A town", add_special_tokens=False)["input_ids"]
 
 
 def test_forcing_chat_on_a_tokenizer_without_template_is_refused(tiny_model):

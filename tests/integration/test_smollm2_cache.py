@@ -63,7 +63,7 @@ def test_an_interrupted_conversion_leaves_nothing_loadable(empty_cache, monkeypa
 
 def test_a_killed_conversion_is_never_loaded(empty_cache, monkeypatch):
     """SIGKILL mid-conversion (no cleanup runs): only a partial folder remains, which the next
-    load ignores: it converts again rather than loading half-written files."""
+    load ignores: it removes it and converts again rather than loading half-written files."""
     require_smollm2()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from at_probe.smollm2 import checkpoint_dir; checkpoint_dir(progress=False)"],
@@ -90,6 +90,7 @@ def test_a_killed_conversion_is_never_loaded(empty_cache, monkeypatch):
     monkeypatch.setattr(smollm2, "convert", convert)
     with pytest.raises(Reconverted):
         smollm2.checkpoint_dir()
+    assert list(empty_cache.iterdir()) == [], "the next conversion removes the dead one's partial folder"
 
 
 def test_cached_load_does_not_convert_again(smollm2_model, monkeypatch):

@@ -155,15 +155,17 @@ def test_placebo_rows_get_the_papers_freed_and_added_mass(tiny_model, tokens, co
         assert not torch.allclose(placebo_rows, paper_rows)
 
 
-def _keep_without_copy(store: dict, key: str):
-    """Like TransformerLens' cache hooks: keep ``tensor.detach()``, which shares its storage."""
+def _keep_without_copy(store: dict, key: str, detach: bool):
+    """Keep the hooked tensor itself, or ``tensor.detach()`` (which shares its storage) as
+    TransformerLens' cache hooks do."""
     def fn(pattern, *, hook):
-        store[key] = pattern.detach()
+        store[key] = pattern.detach() if detach else pattern
     return fn
 
 
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "itself"])
 @pytest.mark.parametrize("edit", ["paper", "sra", "knockout"])
-def test_an_earlier_hook_keeps_what_it_saw(tiny_model, tokens, edit):
+def test_an_earlier_hook_keeps_what_it_saw(tiny_model, tokens, edit, detach):
     """An edit registered after a hook that kept the pattern (no copy) must not change what
     that hook holds: it sees the unedited pattern, whatever the edit does afterwards."""
     from at_probe.knockout import knockout_hooks
@@ -179,7 +181,7 @@ def test_an_earlier_hook_keeps_what_it_saw(tiny_model, tokens, edit):
     kept: dict = {}
     after: dict = {}
     with torch.inference_mode():
-        tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, _keep_without_copy(kept, "pattern"))] + edits()
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, _keep_without_copy(kept, "pattern", detach))] + edits()
                                   + [(name, _capture(after, "pattern"))])
     assert not torch.equal(after["pattern"], reference["pattern"]), "the edit must change the pattern"
     assert torch.equal(kept["pattern"], reference["pattern"]), "the earlier hook's tensor was edited"
@@ -205,6 +207,13 @@ def test_padding_comes_from_the_mask_not_from_the_weights(tiny_model):
     pairs[f"blocks.{layer}.attn.hook_attn_scores"](scores, hook=hook)
     out = pairs[pattern_hook(layer)](pattern.clone(), hook=hook)
     torch.testing.assert_close(out[1:2, :, pad:, pad:], alone)
+
+
+def test_dropping_the_score_hooks_is_an_error_not_a_silent_no_op(tiny_model, tokens):
+    tr = PaperTransition(alpha=1.0, beta=0.5)
+    pattern_pairs = [pair for pair in tr.hooks(tiny_model) if pair[0].endswith("hook_pattern")]
+    with pytest.raises(RuntimeError, match="hook_attn_scores"), torch.inference_mode():
+        tiny_model.run_with_hooks(tokens, fwd_hooks=pattern_pairs)
 
 
 def test_right_padding_is_refused(tiny_model, sample_text):
