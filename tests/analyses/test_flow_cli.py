@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from tests.analyses.conftest import load_script
 from tests.conftest import XSUM_DIR, require_shared
@@ -16,7 +17,8 @@ FIGURES = ("final_token_profile", "final_token_value_profile", "region_mass", "r
 
 def test_default_run_writes_numbers_and_figures(tmp_path, capsys):
     out = tmp_path / "flow"
-    assert flow.main(["--model", "tiny", "--out", str(out), "--regions", "6", "--knockout", "4", "--rollout"]) == 0
+    assert flow.main(["--model", "tiny", "--out", str(out), "--regions", "6", "--knockout", "4", "--rollout",
+                      "--attribution"]) == 0
     record = json.loads((out / "flow.json").read_text())
     assert record["prompt_tokens"] >= 600 and record["prompt_style"] == "plain"
     assert record["prompt_parts"]["document"][0] == 1 and record["prompt_parts"]["instruction"][1] == record["prompt_tokens"]
@@ -33,6 +35,13 @@ def test_default_run_writes_numbers_and_figures(tmp_path, capsys):
     labels = ["sink", *(f"doc {i:02d}" for i in range(1, 7)), "instruction"]
     assert base["flow"]["region_labels"] == labels and ko["region_labels"] == labels
     assert len(ko["kl"]) == 2 and len(ko["kl"][0]) == 8 and ko["base_nll"] > 0
+    estimate = base["attribution"]
+    assert len(estimate["nll_delta"]) == 2 and estimate["base_nll"] == pytest.approx(ko["base_nll"], rel=1e-4)
+    assert -1 <= base["attribution_vs_knockout_spearman"] <= 1
+    assert record["conditions"]["placebo"]["attribution"] is None
+    knock = pd.read_csv(out / "knockout.csv")
+    assert set(knock.condition) >= {"baseline", "baseline (linear estimate)"}
+    assert set(knock[knock.condition.str.endswith("estimate)")].metric) == {"nll_delta"}
     printed = capsys.readouterr().out
     assert "baseline" in printed and "placebo" in printed
 

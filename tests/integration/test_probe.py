@@ -151,3 +151,33 @@ def test_knockout_resumed_from_the_cached_residual_equals_a_full_recompute(tiny_
             torch.testing.assert_close(res.kl[i, j], kl, atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(res.nll_delta[i, j], nll - base_nll, atol=1e-5, rtol=1e-4)
     assert res.kl.max() > 1e-3
+
+
+def test_attribution_estimate_is_the_exact_first_order_change(tiny_model, tokens):
+    """Each estimate equals d/de NLL(A + e * dA) at e = 0 (autograd through an e-scaled knockout
+    in that band), with a transition active; the model's parameters are left as they were."""
+    from at_probe.attribution import attribution_sweep
+    from at_probe.transition import PaperTransition
+
+    tr = PaperTransition(alpha=1.0, beta=0.5)
+    prompt, reference = tokens[:, :440], tokens[:, 440:460]
+    t = prompt.shape[1]
+    bounds = ops.region_bounds(t, 3)
+    est = attribution_sweep(tiny_model, prompt, bounds, band_size=4, reference=reference, transition=tr)
+    assert all(p.requires_grad for p in tiny_model.parameters())
+    assert torch.isnan(est.kl).all() and est.nll_delta.shape == (2, 4)
+    full = torch.cat((prompt, reference), dim=1)
+    edges = [min(int(x), t - 1) for x in bounds]
+    for i, (start, end) in enumerate(est.bands):
+        for j in (1, 3):
+            eps = torch.zeros((), requires_grad=True)
+
+            def scaled(pattern, *, hook, lo=edges[j], hi=edges[j + 1]):
+                return pattern + eps * (ops.knockout(pattern.detach(), lo, hi) - pattern.detach())
+
+            pairs = tr.hooks(tiny_model, prompt_lengths=t) + [(pattern_hook(l), scaled) for l in range(start, end)]
+            logp = tiny_model.run_with_hooks(full, fwd_hooks=pairs)[0].float().log_softmax(-1)
+            nll = -logp[t - 1 : -1].gather(-1, full[0, t:, None]).mean()
+            (slope,) = torch.autograd.grad(nll, eps)
+            torch.testing.assert_close(est.nll_delta[i, j], slope, atol=2e-5, rtol=1e-3)
+    assert est.nll_delta.abs().max() > 1e-3
