@@ -115,15 +115,15 @@ def knockout_sweep(
         pairs = ([] if transition is None else transition.hooks(model, prompt_lengths=t)) + extra
         with torch.inference_mode():
             if start is None:
-                logits = model.run_with_hooks(tokens, fwd_hooks=pairs)[0].float()
+                logits = model.run_with_hooks(tokens, fwd_hooks=pairs)[0]
             else:  # blocks below the band see no knockout: resume from their cached output
-                logits = model.run_with_hooks(residual[start], start_at_layer=start, fwd_hooks=pairs)[0].float()
-        logp = logits.log_softmax(-1)
+                logits = model.run_with_hooks(residual[start], start_at_layer=start, fwd_hooks=pairs)[0]
+        logp = logits[t - 1 :].float().log_softmax(-1)  # only the positions that are read
         nll = None
         if reference is not None:
             targets = tokens[0, t:]
-            nll = -logp[t - 1 : -1].gather(-1, targets[:, None]).mean()
-        return logp[t - 1], nll
+            nll = -logp[:-1].gather(-1, targets[:, None]).mean()
+        return logp[0], nll
 
     residual: dict[int, Tensor] = {}
 
