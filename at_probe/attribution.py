@@ -45,7 +45,8 @@ def knockout_inner_products(pattern: Tensor, grad: Tensor, bounds: list[int]) ->
     edges = torch.tensor(bounds, device=a.device)
     n_regions = len(bounds) - 1
     region_of_key = torch.bucketize(torch.arange(a.shape[-1], device=a.device), edges[1:], right=True)
-    assign = torch.nn.functional.one_hot(region_of_key, n_regions + 1)[:, :n_regions].float()  # keys past the last region: none
+    # keys past the last region (the final prompt token, a reference) belong to none
+    assign = torch.nn.functional.one_hot(region_of_key, n_regions + 1)[:, :n_regions].float()
     ga_keys, outside = g * a, 1.0 - assign
     mass, rest = a @ assign, a @ outside  # [head, q, region]; rest summed directly, not s - mass
     ga, ga_rest = ga_keys @ assign, ga_keys @ outside

@@ -12,7 +12,8 @@ from tests.conftest import XSUM_DIR, require_shared
 
 flow = load_script("flow")
 
-FIGURES = ("final_token_profile", "final_token_value_profile", "region_mass", "region_mass_diff", "layer_measures", "rollout", "knockout")
+FIGURES = ("final_token_profile", "final_token_value_profile", "region_mass", "region_mass_diff",
+           "layer_measures", "rollout", "knockout")
 
 
 def test_default_run_writes_numbers_and_figures(tmp_path, capsys):
@@ -21,7 +22,8 @@ def test_default_run_writes_numbers_and_figures(tmp_path, capsys):
                       "--attribution"]) == 0
     record = json.loads((out / "flow.json").read_text())
     assert record["prompt_tokens"] >= 600 and record["prompt_style"] == "plain"
-    assert record["prompt_parts"]["document"][0] == 1 and record["prompt_parts"]["instruction"][1] == record["prompt_tokens"]
+    parts = record["prompt_parts"]
+    assert parts["document"][0] == 1 and parts["instruction"][1] == record["prompt_tokens"]
     assert set(record["conditions"]) == {"baseline", "paper", "placebo"}
     for name in FIGURES:
         assert (out / f"{name}.png").stat().st_size > 5000

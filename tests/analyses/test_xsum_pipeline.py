@@ -118,7 +118,8 @@ def test_report_uses_only_documents_scored_under_every_setting():
             for d in range(6) for s in ("baseline", "paper:alpha=1.0,beta=0.5,k=2")]
     rows.append({"doc_id": "99", "setting": "baseline", "rougeL": 0.9, "summary_nll": 9.0})
     frame = pd.DataFrame(rows).assign(**{m: 0.0 for m in xsum_report.METRICS if m not in ("rougeL", "summary_nll")})
-    rep = xsum_report.report(frame, planned=["baseline", "paper:alpha=1.0,beta=0.5,k=2", "placebo:alpha=1.0,beta=0.5,k=2,seed=0"])
+    planned = ["baseline", "paper:alpha=1.0,beta=0.5,k=2", "placebo:alpha=1.0,beta=0.5,k=2,seed=0"]
+    rep = xsum_report.report(frame, planned=planned)
     assert rep["n_documents"] == 6 and rep["n_documents_incomplete"] == 1
     assert rep["missing_settings"] == ["placebo:alpha=1.0,beta=0.5,k=2,seed=0"]
     assert rep["means"]["baseline"]["rougeL"] == pytest.approx(0.2)
