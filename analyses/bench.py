@@ -4,7 +4,8 @@
   scheduled layers (and SRA) vs the same forward without it;
 * probe: the same forward with a ``FlowProbe`` attached (with and without rollout) vs without;
 * memory: peak RSS of ``analyses/flow.py`` on that document (probe passes; knockout off, its
-  passes are plain forwards with a band of edited layers) vs a plain forward of the same
+  passes are plain forwards with a band of edited layers), and of the same with the causal map
+  by attribution patching (``--attribution``: a backward pass), vs a plain forward of the same
   tokens, each in a fresh subprocess.
 
 Each timing ratio is the median over ``--repeats`` interleaved (paired) runs.
@@ -84,8 +85,8 @@ def peak_rss_mb(code: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def memory_ratio(args: argparse.Namespace, source: str) -> dict[str, float]:
-    """flow.py vs a plain forward, same model and tokens, each in its own process."""
+def memory_ratio(args: argparse.Namespace, source: str, *extra: str) -> dict[str, float]:
+    """flow.py (with ``extra`` flags) vs a plain forward, same model and tokens, each in its own process."""
     common = (f"import torch\nfrom at_probe.loading import DEFAULT_MODEL, load_model\n"
               f"m = load_model({args.model!r}, device={args.device!r})\n")
     plain = common + (
@@ -95,7 +96,7 @@ def memory_ratio(args: argparse.Namespace, source: str) -> dict[str, float]:
     flow = ("import sys\nsys.path.insert(0, 'analyses')\nimport flow\n"
             f"assert flow.main(['--model', {args.model!r}, '--xsum', {str(args.xsum)!r}, '--index', "
             f"{source.split('#')[-1]!r}, '--max-tokens', '{args.tokens}', '--knockout', '0', "
-            f"'--out', '/tmp/at_probe_bench_flow']) == 0\n")
+            f"'--out', '/tmp/at_probe_bench_flow', *{list(extra)!r}]) == 0\n")
     a, b = peak_rss_mb(plain), peak_rss_mb(flow)
     return {"plain_forward_peak_rss_mib": a, "flow_py_peak_rss_mib": b, "ratio": b / a}
 
@@ -167,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
               f"plain forward {r['plain_seconds_median'] * 1000:.0f} ms)")
     if not args.skip_memory and args.xsum.is_file() and "#" in source:
         results["memory"] = memory_ratio(args, source)
-        m = results["memory"]
-        print(f"{'flow.py peak RSS':<20} {m['ratio']:.3f}x  ({m['flow_py_peak_rss_mib']:.0f} MiB vs "
-              f"{m['plain_forward_peak_rss_mib']:.0f} MiB for a plain forward)")
+        results["memory_with_causal_map"] = memory_ratio(args, source, "--attribution")
+        for key, label in (("memory", "flow.py peak RSS"), ("memory_with_causal_map", "  + attribution")):
+            m = results[key]
+            print(f"{label:<20} {m['ratio']:.3f}x  ({m['flow_py_peak_rss_mib']:.0f} MiB vs "
+                  f"{m['plain_forward_peak_rss_mib']:.0f} MiB for a plain forward)")
     bucket_800 = bucket_file(args.xsum.parent, "800")
     if args.throughput_docs > 0 and bucket_800.is_file():
         from at_probe.xsum import is_heldout
