@@ -219,10 +219,10 @@ def summary_table(results: dict[str, FlowResult], knock: dict[str, Any]) -> str:
         doc = [i for i, lab in enumerate(r.region_labels) if lab.startswith("doc ")]
         first_half = doc[: len(doc) // 2] or doc
         ctx = r.final_token_profile[-1].mean(0)[doc].sum().item()
-        half = r.rollout[-1][first_half].sum().item() if r.rollout is not None else float("nan")
+        half = f"{r.rollout[-1][first_half].sum().item():22.3f}" if r.rollout is not None else f"{'-':>22}"
         kl = f"{knock[name].kl.max().item():10.4f}" if name in knock else f"{'-':>10}"
         lines.append(f"{name:<10} {r.sink_mass.mean():6.3f} {r.entropy.mean():8.3f} {r.distance.mean():9.1f} "
-                     f"{ctx:11.3f} {half:22.3f} {kl}")
+                     f"{ctx:11.3f} {half} {kl}")
     lines.append("sink/entropy/distance: mean over layers and heads; final->doc: last layer's final-token "
                  "mass on document regions; KO: knockout")
     return "\n".join(lines)

@@ -29,8 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from at_probe import ops
-from at_probe.knockout import KnockoutResult, layer_bands
+from at_probe.knockout import KnockoutResult, knockout_regions, layer_bands
 from at_probe.names import layer_of, pattern_hook
 
 
@@ -77,10 +76,7 @@ def attribution_sweep(
     tokens = torch.cat((prompt, reference.to(prompt.device)), dim=1)
     n_layers = int(model.cfg.n_layers)
     bands = layer_bands(n_layers, band_size)
-    labels = ops.region_labels(bounds) if labels is None else list(labels)
-    if len(labels) != len(bounds) - 1:
-        raise ValueError(f"{len(labels)} labels for {len(bounds) - 1} regions")
-    edges = [min(int(x), t - 1) for x in bounds.tolist()]
+    labels, edges = knockout_regions(bounds, labels, t)
     per_layer = torch.zeros(n_layers, len(labels))
 
     def watch(pattern: Tensor, *, hook: Any) -> None:

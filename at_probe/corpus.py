@@ -7,9 +7,10 @@ reduced to head-averaged measures (``document_rows``); regions are fractions of 
 with a percentile bootstrap 95% interval, and the paired difference from the baseline (the
 same documents) with its interval. Documents are the unit of resampling.
 
-``headline`` answers the question the paper raises, per document: the final token's mass on
-the first half of the document in the deep layers (the second half of the stack), raw and
-value-weighted, compared between conditions.
+The headline measure (``EARLY_DEEP``, one number per document) answers the question the paper
+raises: the final token's mass on the first half of the document in the deep layers (the
+second half of the stack), raw and value-weighted; ``paired_contrast`` compares it between two
+conditions, e.g. paper minus placebo.
 
 Example:
     >>> rows = document_rows(result, doc_id="37131104", condition="paper")

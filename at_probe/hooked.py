@@ -7,8 +7,9 @@ TransformerLens' cache hooks do), and autograd may have saved it for the backwar
 ``editable`` edits in place only when the editing hook is the first on its hook point, no
 other tensor shares the storage and autograd does not need it; otherwise it returns a copy.
 So what an earlier hook saw stays what it saw, whatever order hooks were registered in.
-Padding is read from the pre-softmax scores, where the attention mask
-is explicit (masked keys hold the dtype's minimum), never guessed from attention weights.
+
+Padding is read from the pre-softmax scores, where the attention mask is explicit (masked keys
+hold the dtype's minimum), never guessed from attention weights.
 """
 
 from __future__ import annotations

@@ -62,6 +62,20 @@ def layer_bands(n_layers: int, band_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + band_size, n_layers)) for s in range(0, n_layers, band_size)]
 
 
+def knockout_regions(bounds: Tensor, labels: list[str] | None, prompt_len: int) -> tuple[list[str], list[int]]:
+    """Labels and key boundaries of the regions to knock out, shared by exact knockout and its
+    attribution estimate. Boundaries are capped at the final prompt token, which is where the
+    effect is read and so is never knocked out as a key (the last region's knockout reaches it).
+
+    Raises:
+        ValueError: ``labels`` does not name every region.
+    """
+    labels = ops.region_labels(bounds) if labels is None else list(labels)
+    if len(labels) != len(bounds) - 1:
+        raise ValueError(f"{len(labels)} labels for {len(bounds) - 1} regions")
+    return labels, [min(int(x), prompt_len - 1) for x in bounds.tolist()]
+
+
 def knockout_hooks(start: int, end: int, layers: range) -> list[tuple[str, Any]]:
     """Hooks blocking attention to keys ``[start, end)`` at ``layers`` (full passes only)."""
 
@@ -103,12 +117,7 @@ def knockout_sweep(
     t = prompt.shape[1]
     tokens = prompt if reference is None else torch.cat((prompt, reference.to(prompt.device)), dim=1)
     bands = layer_bands(int(model.cfg.n_layers), band_size)
-    labels = ops.region_labels(bounds) if labels is None else list(labels)
-    if len(labels) != len(bounds) - 1:
-        raise ValueError(f"{len(labels)} labels for {len(bounds) - 1} regions")
-    # The final prompt token is where the effect is read: it is never knocked out as a key, so
-    # the last region's knockout reaches it.
-    b = [min(x, t - 1) for x in bounds.tolist()]
+    labels, b = knockout_regions(bounds, labels, t)
 
     def run(extra: list, start: int | None = None) -> tuple[Tensor, Tensor | None]:
         """One pass: from the tokens, or from the residual stream cached at block ``start``."""
