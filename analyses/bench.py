@@ -3,10 +3,15 @@
 * transition: a forward pass of a ``--tokens``-token document with the paper transition on all
   scheduled layers (and SRA) vs the same forward without it;
 * probe: the same forward with a ``FlowProbe`` attached (with and without rollout) vs without;
-* memory: peak RSS of ``analyses/flow.py`` on that document (probe passes; knockout off, its
-  passes are plain forwards with a band of edited layers), and of the same with the causal map
-  by attribution patching (``--attribution``: a backward pass), vs a plain forward of the same
-  tokens, each in a fresh subprocess.
+* memory: on the CPU, peak RSS of ``analyses/flow.py`` on that document (probe passes;
+  knockout off, its passes are plain forwards with a band of edited layers), and of the same
+  with the causal map by attribution patching (``--attribution``: a backward pass), vs a plain
+  forward of the same tokens, each in a fresh subprocess; on a GPU, peak allocated device
+  memory of a probe pass vs a plain forward, in this process;
+* generation: greedy tokens per second of batched generation through the bridge vs Hugging
+  Face ``generate`` on the wrapped model (same prompts, same number of new tokens, eager
+  attention both, KV cache both), and through the bridge with the paper transition active vs
+  inactive; ``--profile FILE`` writes where the bridge's time goes (cProfile, one batch).
 
 Each timing ratio is the median over ``--repeats`` interleaved (paired) runs.
 
@@ -14,11 +19,13 @@ Usage:
     python analyses/bench.py                                   # SmolLM2, CPU
     python analyses/bench.py --model tiny                      # the embedded tiny model
     python analyses/bench.py --model DIR --device cuda         # a local checkpoint on a GPU
+    python analyses/bench.py --model random-llama-7b --device cuda   # llama-7b's shape, random weights, bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -30,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from at_probe.loading import DEFAULT_MODEL, load_model
+from at_probe.loading import DEFAULT_MODEL, load_model, random_llama
 from at_probe.probe import FlowProbe
 from at_probe.transition import PaperTransition, SRATransition
 from at_probe.xsum import bucket_file, load_records
@@ -87,7 +94,7 @@ def peak_rss_mb(code: str) -> float:
 
 def memory_ratio(args: argparse.Namespace, source: str, *extra: str) -> dict[str, float]:
     """flow.py (with ``extra`` flags) vs a plain forward, same model and tokens, each in its own process."""
-    common = (f"import torch\nfrom at_probe.loading import DEFAULT_MODEL, load_model\n"
+    common = (f"import torch\nfrom at_probe.loading import DEFAULT_MODEL, load_model, random_llama\n"
               f"m = load_model({args.model!r}, device={args.device!r})\n")
     plain = common + (
         f"from analyses.bench import document_tokens\nfrom pathlib import Path\n"
@@ -117,6 +124,128 @@ def xsum_throughput(model: Any, docs: list[dict], batch_size: int, max_new_token
             "ratio": rates[batch_size] / rates[1], "documents": len(prompts)}
 
 
+def cuda_memory_ratio(plain: Callable[[], Any], treated: Callable[[], Any]) -> dict[str, float]:
+    """Peak allocated GPU memory (MiB, weights included) of ``treated`` vs ``plain``."""
+    peaks = []
+    for fn in (plain, treated):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        resident = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        peaks.append((torch.cuda.max_memory_allocated() / 2**20, resident / 2**20))
+    (plain_peak, resident), (treated_peak, _) = peaks
+    return {"plain_peak_mib": plain_peak, "treated_peak_mib": treated_peak, "resident_mib": resident,
+            "ratio": treated_peak / plain_peak,
+            "activation_ratio": (treated_peak - resident) / max(plain_peak - resident, 1e-9)}
+
+
+def generation_rates(model: Any, docs: list[dict], batch_size: int, max_new_tokens: int, repeats: int,
+                     device: torch.device, profile: Path | None = None) -> dict[str, Any]:
+    """Bridge vs HF ``generate`` (and transition on vs off) on one batch of chat prompts, paired.
+
+    Every run computes ``max_new_tokens`` steps for the whole batch (no early stop) so the rates
+    count the same work; the tokens are compared up to each row's first EOS; the rates are new tokens per second over the whole call (prefill
+    included), and the decode-only rate subtracts a prefill-only call (one new token).
+    """
+    from at_probe.prompts import build_prompts
+    from at_probe.xsum import left_pad, prompt_limit
+
+    prompts = build_prompts(model.tokenizer, [d["document"] for d in docs[:batch_size]],
+                            max_tokens=prompt_limit(model, None, max_new_tokens))
+    ids, mask = left_pad(model, [list(p.ids) for p in prompts])
+    hf = model.original_model
+    no_stop = copy.deepcopy(hf.generation_config)  # the bridge runs with stop_at_eos=False: same here
+    no_stop.eos_token_id = None
+    no_stop.pad_token_id = model.tokenizer.pad_token_id
+    paper = PaperTransition(alpha=1.0, beta=0.5, intervals_per_layer=2)
+
+    def bridge(n: int, transition: Any = None) -> Callable[[], Any]:
+        def run() -> Any:
+            ctx = transition.applied(model) if transition is not None else _null()
+            with ctx, torch.inference_mode():
+                return model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                                      stop_at_eos=False, verbose=False)
+        return run
+
+    def huggingface(n: int) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.inference_mode():
+                return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                                   generation_config=no_stop)
+        return run
+
+    eos = model.tokenizer.eos_token_id
+    same = until_eos(bridge(max_new_tokens)()[:, ids.shape[1]:], eos) == until_eos(
+        huggingface(max_new_tokens)()[:, ids.shape[1]:], eos)
+    vs_hf = paired_ratio(huggingface(max_new_tokens), bridge(max_new_tokens), repeats, device)
+    prefill = paired_ratio(huggingface(1), bridge(1), repeats, device)
+    transition = paired_ratio(bridge(max_new_tokens), bridge(max_new_tokens, paper), repeats, device)
+    transition_prefill = paired_ratio(bridge(1), bridge(1, paper), repeats, device)
+    new = ids.shape[0] * max_new_tokens
+
+    def decode_rate(total: float, first: float) -> float:
+        return ids.shape[0] * (max_new_tokens - 1) / max(total - first, 1e-9)
+
+    hf_total, hf_first = vs_hf["plain_seconds_median"], prefill["plain_seconds_median"]
+    br_total = hf_total * vs_hf["ratio_median"]
+    br_first = hf_first * prefill["ratio_median"]
+    tr_total = transition["plain_seconds_median"] * transition["ratio_median"]
+    tr_first = transition_prefill["plain_seconds_median"] * transition_prefill["ratio_median"]
+    result = {
+        "batch": ids.shape[0], "prompt_tokens": ids.shape[1], "new_tokens": max_new_tokens,
+        "same_tokens_as_hf": same,
+        "hf_tokens_per_s": new / hf_total, "bridge_tokens_per_s": new / br_total,
+        "bridge_over_hf_throughput": hf_total / br_total,
+        "bridge_over_hf_decode_throughput": decode_rate(br_total, br_first) / decode_rate(hf_total, hf_first),
+        "transition_over_plain_throughput": 1 / transition["ratio_median"],
+        "transition_over_plain_decode_throughput":
+            decode_rate(tr_total, tr_first) / decode_rate(transition["plain_seconds_median"],
+                                                          transition_prefill["plain_seconds_median"]),
+        "pairs": {"bridge_vs_hf": vs_hf, "bridge_vs_hf_prefill": prefill, "transition": transition,
+                  "transition_prefill": transition_prefill},
+    }
+    if profile is not None:
+        result["profile"] = str(profile)
+        write_profile(bridge(max_new_tokens), profile)
+    return result
+
+
+def until_eos(tokens: torch.Tensor, eos: int) -> list[list[int]]:
+    """Each row up to and including its first EOS (HF pads finished rows; the bridge goes on)."""
+    rows = tokens.tolist()
+    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
+
+
+def _null() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def write_profile(fn: Callable[[], Any], path: Path, top: int = 40) -> None:
+    """cProfile of one call of ``fn``: the ``top`` entries by own time, then by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    path.write_text(buf.getvalue())
+
+
+def build_model(name: str, device: str | None) -> Any:
+    """``random-llama-7b`` (llama-7b's shape, random bf16 weights on a GPU), else ``load_model``."""
+    if name == "random-llama-7b":
+        return random_llama(device=device)
+    return load_model(name, device=device)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -127,11 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--throughput-docs", type=int, default=16,
                    help="held-out 800-bucket documents for the batch-8 vs batch-1 throughput (0 skips)")
+    p.add_argument("--generation-batch", type=int, default=8,
+                   help="held-out 800-bucket documents in the bridge vs HF generation batch (0 skips)")
+    p.add_argument("--profile", type=Path, default=None, help="write a cProfile of bridge generation here")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
-    model = load_model(args.model, device=args.device)
+    model = build_model(args.model, args.device)
     device = torch.device(model.cfg.device)
     tokens, source = document_tokens(model, args.tokens, args.xsum)
     print(f"model {args.model} on {device}, {tokens.shape[1]} tokens from {source}")
@@ -166,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         r = results[key]
         print(f"{key:<20} {r['ratio_median']:.3f}x  (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}; "
               f"plain forward {r['plain_seconds_median'] * 1000:.0f} ms)")
-    if not args.skip_memory and args.xsum.is_file() and "#" in source:
+    if not args.skip_memory and device.type == "cuda":
+        results["gpu_memory_probe"] = m = cuda_memory_ratio(plain, probed(False))
+        print(f"{'probe peak memory':<20} {m['ratio']:.3f}x  ({m['treated_peak_mib']:.0f} MiB vs "
+              f"{m['plain_peak_mib']:.0f} MiB; activations {m['activation_ratio']:.2f}x)")
+    elif not args.skip_memory and args.xsum.is_file() and "#" in source:
         results["memory"] = memory_ratio(args, source)
         results["memory_with_causal_map"] = memory_ratio(args, source, "--attribution")
         for key, label in (("memory", "flow.py peak RSS"), ("memory_with_causal_map", "  + attribution")):
@@ -174,10 +310,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<20} {m['ratio']:.3f}x  ({m['flow_py_peak_rss_mib']:.0f} MiB vs "
                   f"{m['plain_forward_peak_rss_mib']:.0f} MiB for a plain forward)")
     bucket_800 = bucket_file(args.xsum.parent, "800")
-    if args.throughput_docs > 0 and bucket_800.is_file():
-        from at_probe.xsum import is_heldout
+    from at_probe.xsum import is_heldout
 
-        docs = [d for d in load_records(bucket_800) if is_heldout(d["id"])][: args.throughput_docs]
+    heldout_800 = [d for d in load_records(bucket_800) if is_heldout(d["id"])] if bucket_800.is_file() else []
+    if args.generation_batch > 0 and heldout_800:
+        results["generation"] = g = generation_rates(model, heldout_800, args.generation_batch, 50, args.repeats,
+                                                     device, args.profile)
+        print(f"{'bridge vs HF generate':<20} {g['bridge_over_hf_throughput']:.3f}x tokens/s "
+              f"(decode only {g['bridge_over_hf_decode_throughput']:.3f}x; {g['bridge_tokens_per_s']:.1f} vs "
+              f"{g['hf_tokens_per_s']:.1f} tokens/s, batch {g['batch']}, {g['prompt_tokens']} prompt tokens, "
+              f"same tokens: {g['same_tokens_as_hf']})")
+        print(f"{'transition on vs off':<20} {g['transition_over_plain_throughput']:.3f}x tokens/s "
+              f"(decode only {g['transition_over_plain_decode_throughput']:.3f}x)")
+    if args.throughput_docs > 0 and heldout_800:
+        docs = heldout_800[: args.throughput_docs]
         results["xsum_throughput"] = t = xsum_throughput(model, docs, 8, 50)
         print(f"{'xsum batch 8 vs 1':<20} {t['ratio']:.2f}x  ({t['docs_per_s_batch_8']:.2f} vs "
               f"{t['docs_per_s_batch_1']:.2f} documents/s, {t['documents']} documents, 50 new tokens)")

@@ -9,7 +9,8 @@ against the reference: ROUGE-1/2/L F1 (stemmed), 4-gram repetition, novel bigram
 document copied content comes from, and ``summary_nll``, the teacher-forced NLL of the
 reference given the prompt with the setting active (a judge-free comprehension measure).
 
-Settings (``--settings``, separated by ``;``):
+Settings (``--settings``, separated by ``;``, or ``--selection RUN/selection.json`` for the
+settings a development sweep of ``xsum_select.py`` chose):
     baseline
     paper:alpha=A,beta=B,k=K          the 2023 transition
     placebo:alpha=A,beta=B,k=K,seed=S the same rows and mass, random targets (control)
@@ -67,12 +68,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bucket", choices=BUCKETS, default="800")
     p.add_argument("--split", choices=("heldout", "all"), default="heldout")
     p.add_argument("--limit", type=int, default=None, help="first N documents of the split")
-    p.add_argument("--settings", default=DEFAULT_SETTINGS)
+    chosen = p.add_mutually_exclusive_group()
+    chosen.add_argument("--settings", default=DEFAULT_SETTINGS)
+    chosen.add_argument("--selection", type=Path, default=None,
+                        help="selection.json of xsum_select.py: run its test_settings")
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, required=True, help="run directory")
     return p.parse_args(argv)
+
+
+def selected_settings(path: Path) -> str:
+    """The ``test_settings`` of a development sweep's ``selection.json``, as a settings string."""
+    import json
+
+    try:
+        return ";".join(json.loads(path.read_text())["test_settings"])
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise RunError(f"{path} is not a selection.json of xsum_select.py: {err!r}") from None
 
 
 def load_done(records_path: Path) -> set[tuple[str, str]]:
@@ -94,7 +108,7 @@ def score(output: str, rec: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = parse_settings(args.settings)
+        settings = parse_settings(selected_settings(args.selection) if args.selection else args.settings)
         if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
             raise RunError("--batch-size, --max-new-tokens and --limit must be >= 1")
         data_file = bucket_file(args.data, args.bucket)
@@ -105,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         model = at_probe.load_model(args.model, device=args.device)  # before the manifest: a bad --model writes nothing
         manifest = {"model": args.model, "prompt_style": prompt_style(model.tokenizer),
                     "data_file": data_file.name, "data_sha256": file_sha256(data_file),
-                    "bucket": args.bucket, "split": args.split, "limit": args.limit, "settings": list(settings),
+                    "bucket": args.bucket, "split": args.split,
+                    **({"selection_sha256": file_sha256(args.selection)} if args.selection else {}),
+                    "limit": args.limit, "settings": list(settings),
                     "max_new_tokens": args.max_new_tokens, "device": str(model.cfg.device),
                     "dtype": str(model.cfg.dtype).removeprefix("torch."), "at_probe_version": at_probe.__version__,
                     "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}

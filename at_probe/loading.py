@@ -96,6 +96,46 @@ def load_model(
     return bridge.eval()
 
 
+def random_llama(
+    *,
+    n_layers: int = 32,
+    d_model: int = 4096,
+    n_heads: int = 32,
+    n_kv_heads: int | None = None,
+    d_mlp: int = 11008,
+    vocab_size: int = 32000,
+    n_ctx: int = 4096,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> TransformerBridge:
+    """A randomly initialised Llama as a ``TransformerBridge``; the defaults are llama-7b's shape.
+
+    For overhead benchmarks at the size the library is meant for (no weights needed). The
+    tokenizer is the tiny model's (8,192 ids, all below ``vocab_size``); the weights are drawn
+    on ``device`` with HF's initialiser under ``seed``, then cast to ``dtype`` (default bf16 on a
+    GPU, float32 on the CPU).
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformer_lens.model_bridge import TransformerBridge
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    config = LlamaConfig(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+                         num_attention_heads=n_heads, num_key_value_heads=n_kv_heads or n_heads,
+                         vocab_size=vocab_size, max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
+                         attn_implementation="eager")
+    torch.manual_seed(seed)
+    with torch.device(device):
+        hf_model = LlamaForCausalLM(config).to(dtype)
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    tokenizer.padding_side = "left"
+    bridge = TransformerBridge.boot_transformers(
+        f"random-llama-{n_layers}x{d_model}", hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+    )
+    return bridge.eval()
+
+
 def _resolve_source(name_or_path: str | Path) -> str:
     """``"tiny"`` / ``"smollm2"`` -> their directories; a path -> checked directory; else a hub id."""
     if str(name_or_path) == "tiny":

@@ -33,6 +33,11 @@ def is_heldout(doc_id: str | int) -> bool:
     return int(doc_id) % 4 == 0
 
 
+def is_development(doc_id: str | int) -> bool:
+    """Whether a document may be used to choose settings (``int(id) % 4 != 0``, never the test)."""
+    return not is_heldout(doc_id)
+
+
 def load_records(path: str | Path) -> list[dict[str, Any]]:
     """Read a release file (``.json`` or ``.json.gz``) into a list of records.
 
@@ -159,6 +164,82 @@ def parse_settings(text: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Choosing settings on development documents (the experiment's only selection step)
+# ---------------------------------------------------------------------------------------------
+
+PAPER_EXAMPLE = "paper:alpha=1,beta=0.5,k=2"
+"""The paper's own example setting."""
+
+PAPER_GRID: tuple[str, ...] = tuple(
+    f"paper:alpha={a},beta={b},k={k}"
+    for a in (0.5, 1, 1.5) for b in (0.1, 0.3, 0.5, 0.8, 1.0, 1.5) for k in (1, 2, 3, 4)
+)
+"""The paper's grid: alpha x beta x K (72 settings)."""
+
+SRA_CANDIDATES: tuple[str, ...] = (
+    "sra:",  # the public defaults of the authors' code
+    "sra:begin_length=5,threshold_len=50,elimi_factor_inter=0.5,elimi_factor_outer=0.5,"
+    "strengthen_factor_inter=5,strengthen_factor_outer=5",  # the authors' worked example
+)
+"""The SRA settings of the development sweep: the defaults and the worked example."""
+
+PLACEBO_SEED = 0
+
+
+def development_sweep_settings() -> dict[str, Any]:
+    """Baseline, the paper grid and the SRA candidates, by canonical name."""
+    return parse_settings(";".join(("baseline", *PAPER_GRID, *SRA_CANDIDATES)))
+
+
+def placebo_of(paper_setting: str, seed: int = PLACEBO_SEED) -> str:
+    """The placebo twin (same rows and mass, random targets) of a paper setting string."""
+    name, _ = parse_setting(paper_setting)
+    if not name.startswith("paper:"):
+        raise SettingError(f"{paper_setting!r} is not a paper setting")
+    return parse_setting(f"placebo:{name.removeprefix('paper:')},seed={seed}")[0]
+
+
+def select_settings(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The paper and SRA settings with the lowest mean ``summary_nll`` on the development rows.
+
+    Only documents scored under every setting count, so every mean is over the same documents.
+    Ties go to the setting listed first (the grid's order).
+
+    Args:
+        rows: ``{"doc_id", "setting", "summary_nll"}`` records of the development sweep.
+
+    Returns:
+        ``{"paper": name, "sra": name, "n_documents": int, "mean_nll": {setting: float}}``.
+    """
+    import numpy as np
+
+    by_setting: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_setting.setdefault(r["setting"], {})[r["doc_id"]] = float(r["summary_nll"])
+    docs = set.intersection(*(set(v) for v in by_setting.values())) if by_setting else set()
+    if not docs:
+        raise ValueError("no document is scored under every development setting")
+    mean = {name: float(np.mean([v[d] for d in sorted(docs)])) for name, v in by_setting.items()}
+
+    def best(kind: str) -> str:
+        names = [n for n in by_setting if n.startswith(kind + ":")]
+        if not names:
+            raise ValueError(f"the development sweep has no {kind} setting")
+        return min(names, key=lambda n: mean[n])
+
+    return {"paper": best("paper"), "sra": best("sra"), "n_documents": len(docs), "mean_nll": mean}
+
+
+def test_settings(selection: dict[str, Any]) -> list[str]:
+    """The test run's settings: baseline, the paper's example, the selected paper setting,
+    a placebo of each paper setting, and the selected SRA setting (no duplicates)."""
+    example = parse_setting(PAPER_EXAMPLE)[0]
+    names = ["baseline", example, selection["paper"], placebo_of(example), placebo_of(selection["paper"]),
+             selection["sra"]]
+    return list(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------------------------------------
 # Generation and teacher-forced scoring (batched, left padding)
 # ---------------------------------------------------------------------------------------------
 
@@ -233,12 +314,12 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
                          f"raise max_new_tokens above {max(len(refs[i]) for i in too_long)}")
     ids, mask = left_pad(model, [p + r for p, r in zip(prompts_ids, refs)])
     hooks = [] if transition is None else transition.hooks(model, prompt_lengths=[len(p) for p in prompts_ids])
-    with torch.inference_mode():
-        logp = model.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks).float().log_softmax(-1)
     width = ids.shape[1]
-    out = []
-    for i, ref in enumerate(refs):
-        n = len(ref)
-        targets = ids[i, width - n :]
-        out.append(float(-logp[i, width - n - 1 : width - 1].gather(-1, targets[:, None]).mean()))
+    with torch.inference_mode():
+        logits = model.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks)
+        out = []
+        for i, ref in enumerate(refs):  # log-softmax only on the rows that predict the reference
+            n = len(ref)
+            logp = logits[i, width - n - 1 : width - 1].float().log_softmax(-1)
+            out.append(float(-logp.gather(-1, ids[i, width - n :, None]).mean()))
     return out

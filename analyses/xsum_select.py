@@ -1,0 +1,130 @@
+"""Development sweep: choose the transition settings on documents the test never sees.
+
+On the development documents of a bucket (``int(id) % 4 != 0``; the test run of
+``xsum_eval.py`` uses the held-out ones, ``int(id) % 4 == 0``), every setting of the paper's
+grid (alpha in {0.5, 1, 1.5} x beta in {0.1, 0.3, 0.5, 0.8, 1.0, 1.5} x K in {1, 2, 3, 4}),
+the SRA defaults and the SRA worked example, and the baseline are scored by ``summary_nll``:
+the teacher-forced NLL (nats/token) of the reference summary after the chat prompt, setting
+active, one forward pass each, no generation. The paper and SRA settings with the lowest mean
+are selected.
+
+The run directory gets ``manifest.json``, ``sweep.jsonl`` (one line per document and setting;
+killed and re-run with the same arguments, the sweep continues where it stopped) and
+``selection.json``: the two choices, each setting's mean NLL (``mean_nll``) and its paired
+difference from the baseline with a bootstrap 95% interval over documents (``minus_baseline``), and ``test_settings``, the settings
+string of the test run (``xsum_eval.py --selection RUN/selection.json``).
+
+Usage:
+    python analyses/xsum_select.py --bucket 800 --docs 40 --out runs/xsum-smollm2/dev-800
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+import at_probe
+from at_probe.loading import DEFAULT_MODEL
+from at_probe.prompts import prompt_style
+from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, read_jsonl
+from at_probe.stats import bootstrap_mean
+from at_probe.xsum import (
+    BUCKETS,
+    bucket_file,
+    development_sweep_settings,
+    is_development,
+    load_records,
+    reference_nll,
+    select_settings,
+    test_settings,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"))
+    p.add_argument("--bucket", choices=BUCKETS, default="800")
+    p.add_argument("--docs", type=int, default=40, help="first N development documents of the bucket")
+    p.add_argument("--max-new-tokens", type=int, default=50,
+                   help="room kept after the prompt, as in the test run (prompts are cut the same way)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    return p.parse_args(argv)
+
+
+def development_contrasts(rows: list[dict[str, Any]], docs: list[str]) -> dict[str, dict]:
+    """Each setting's paired NLL difference from the baseline (bootstrap over documents)."""
+    table: dict[str, dict[str, float]] = {}
+    for r in rows:
+        table.setdefault(r["setting"], {})[r["doc_id"]] = r["summary_nll"]
+    base = np.array([table["baseline"][d] for d in docs])
+    return {name: bootstrap_mean(np.array([v[d] for d in docs]) - base).to_dict() for name, v in table.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.docs < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+        print("xsum_select.py: error: --docs, --batch-size and --max-new-tokens must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        data_file = bucket_file(args.data, args.bucket)
+        docs = [d for d in load_records(data_file) if is_development(d["id"])][: args.docs]
+        settings = development_sweep_settings()
+        model = at_probe.load_model(args.model, device=args.device)
+        ensure_manifest(args.out, {
+            "model": args.model, "prompt_style": prompt_style(model.tokenizer), "data_file": data_file.name,
+            "data_sha256": file_sha256(data_file), "bucket": args.bucket, "split": "development",
+            "documents": [str(d["id"]) for d in docs], "settings": list(settings),
+            "max_new_tokens": args.max_new_tokens, "metric": "summary_nll", "device": str(model.cfg.device),
+            "dtype": str(model.cfg.dtype).removeprefix("torch."), "at_probe_version": at_probe.__version__,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"xsum_select.py: error: {err}", file=sys.stderr)
+        return 2
+
+    sweep_path = args.out / "sweep.jsonl"
+    rows = read_jsonl(sweep_path, repair=True)
+    done = {(r["doc_id"], r["setting"]) for r in rows}
+    with open(sweep_path, "a", encoding="utf-8") as out, \
+            tqdm(total=len(docs) * len(settings), initial=len(done), desc="dev sweep", unit="score") as bar:
+        for name, transition in settings.items():
+            pending = [d for d in docs if (str(d["id"]), name) not in done]
+            for start in range(0, len(pending), args.batch_size):
+                batch = pending[start : start + args.batch_size]
+                try:
+                    nlls = reference_nll(model, [d["document"] for d in batch], [d["summary"] for d in batch],
+                                         transition, max_new_tokens=args.max_new_tokens)
+                except ValueError as err:  # a reference that does not fit after its prompt
+                    print(f"xsum_select.py: error: {err}", file=sys.stderr)
+                    return 2
+                new = [{"doc_id": str(d["id"]), "setting": name, "summary_nll": nll} for d, nll in zip(batch, nlls)]
+                append_jsonl(out, new)
+                rows.extend(new)
+                bar.update(len(batch))
+
+    selection = select_settings(rows)
+    doc_ids = [str(d["id"]) for d in docs]
+    selection["minus_baseline"] = development_contrasts(rows, doc_ids)
+    selection["test_settings"] = test_settings(selection)
+    (args.out / "selection.json").write_text(json.dumps(selection, indent=1))
+    paper, sra = selection["paper"], selection["sra"]
+    print(f"selected on {selection['n_documents']} development documents: {paper} "
+          f"({selection['minus_baseline'][paper]['mean']:+.4f} nats vs baseline), {sra} "
+          f"({selection['minus_baseline'][sra]['mean']:+.4f})")
+    print(f"wrote {args.out / 'selection.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
