@@ -50,6 +50,7 @@ from at_probe.xsum import (
     load_records,
     parse_settings,
     reference_nll,
+    setting_roles,
     summarise,
 )
 
@@ -79,14 +80,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def selected_settings(path: Path) -> str:
-    """The ``test_settings`` of a development sweep's ``selection.json``, as a settings string."""
+def read_selection(path: Path) -> dict[str, Any]:
+    """A development sweep's ``selection.json`` (``xsum_select.py``)."""
     import json
 
     try:
-        return ";".join(json.loads(path.read_text())["test_settings"])
+        selection = json.loads(path.read_text())
+        selection["test_settings"], selection["paper"], selection["sra"]
     except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise RunError(f"{path} is not a selection.json of xsum_select.py: {err!r}") from None
+    return selection
 
 
 def load_done(records_path: Path) -> set[tuple[str, str]]:
@@ -108,7 +111,8 @@ def score(output: str, rec: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = parse_settings(selected_settings(args.selection) if args.selection else args.settings)
+        selection = read_selection(args.selection) if args.selection else None
+        settings = parse_settings(";".join(selection["test_settings"]) if selection else args.settings)
         if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
             raise RunError("--batch-size, --max-new-tokens and --limit must be >= 1")
         data_file = bucket_file(args.data, args.bucket)
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = {"model": args.model, "prompt_style": prompt_style(model.tokenizer),
                     "data_file": data_file.name, "data_sha256": file_sha256(data_file),
                     "bucket": args.bucket, "split": args.split,
-                    **({"selection_sha256": file_sha256(args.selection)} if args.selection else {}),
+                    **({"selection_sha256": file_sha256(args.selection), "roles": setting_roles(selection)}
+                       if selection else {}),
                     "limit": args.limit, "settings": list(settings),
                     "max_new_tokens": args.max_new_tokens, "device": str(model.cfg.device),
                     "dtype": str(model.cfg.dtype).removeprefix("torch."), "at_probe_version": at_probe.__version__,

@@ -44,7 +44,7 @@ from at_probe.xsum import (
     load_records,
     reference_nll,
     select_settings,
-    test_settings,
+    run_settings,
 )
 
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     selection = select_settings(rows)
     doc_ids = [str(d["id"]) for d in docs]
     selection["minus_baseline"] = development_contrasts(rows, doc_ids)
-    selection["test_settings"] = test_settings(selection)
+    selection["test_settings"] = run_settings(selection)
     (args.out / "selection.json").write_text(json.dumps(selection, indent=1))
     paper, sra = selection["paper"], selection["sra"]
     print(f"selected on {selection['n_documents']} development documents: {paper} "

@@ -197,6 +197,35 @@ def xsum_paired(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def xsum_roles(df: pd.DataFrame) -> Figure:
+    """XSum experiment: paired differences (95% CI) per comparison, pooled and per bucket, for
+    the primary metric and two secondary ones; ``df``: comparison, metric, bucket, mean, lo, hi."""
+    import numpy as np
+
+    plt, sns = _plt()
+    metrics = [m for m in ("semantic_similarity", "rougeL", "summary_nll") if m in set(df.metric)]
+    comparisons = list(dict.fromkeys(df.comparison))
+    buckets = list(dict.fromkeys(df.bucket.astype(str)))
+    colors = dict(zip(buckets, ["k", *sns.color_palette()]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 0.55 * len(comparisons) + 2.2),
+                             squeeze=False)
+    for i, (ax, m) in enumerate(zip(axes[0], metrics)):
+        for j, bucket in enumerate(buckets):
+            part = df[(df.metric == m) & (df.bucket.astype(str) == bucket)].set_index("comparison").loc[comparisons]
+            y = np.arange(len(comparisons)) + (j - (len(buckets) - 1) / 2) * 0.22
+            ax.errorbar(part["mean"], y, xerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]], fmt="o",
+                        ms=4, capsize=2, color=colors[bucket], label="pooled" if bucket == "all" else f"bucket {bucket}")
+        ax.set_yticks(range(len(comparisons)), comparisons if i == 0 else [""] * len(comparisons), fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(m + (" (primary)" if m == "semantic_similarity" else "")
+                     + (" (lower is better)" if m == "summary_nll" else ""))
+        ax.set_xlabel("paired difference (95% CI)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 def corpus_differences(df: pd.DataFrame) -> Figure:
     """Paired differences from the baseline per layer with 95% bands, one panel per region (or
     per measure for per-layer measures); ``df``: condition, measure, layer, region, mean, lo, hi."""
@@ -225,6 +254,7 @@ def corpus_differences(df: pd.DataFrame) -> Figure:
 PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "setting_gains": setting_gains,
     "xsum_paired": xsum_paired,
+    "xsum_roles": xsum_roles,
     "final_token_profile": final_token_profile,
     "final_token_value_profile": final_token_profile,
     "region_mass": region_mass,

@@ -36,6 +36,24 @@ def bootstrap_mean(values: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> 
     return Estimate(float(values.mean()), (float(lo), float(hi)), len(values))
 
 
+def stratified_bootstrap_mean(groups: list[np.ndarray], *, n_boot: int = 2000, seed: int = 0) -> Estimate:
+    """Mean over all observations of several groups (e.g. length buckets), each resampled within itself.
+
+    The pooled mean weights every observation equally; the bootstrap keeps each group's size,
+    so the interval does not mix the groups' variability with how many of each were drawn.
+    """
+    groups = [np.asarray(g, dtype=float) for g in groups]
+    groups = [g[~np.isnan(g)] for g in groups if len(g)]
+    groups = [g for g in groups if len(g)]
+    n = sum(len(g) for g in groups)
+    if n == 0:
+        return Estimate(float("nan"), (float("nan"), float("nan")), 0)
+    rng = np.random.default_rng(seed)
+    sums = sum(g[rng.integers(0, len(g), (n_boot, len(g)))].sum(axis=1) for g in groups)
+    lo, hi = np.percentile(sums / n, [2.5, 97.5])
+    return Estimate(float(np.concatenate(groups).mean()), (float(lo), float(hi)), n)
+
+
 def heldout_selected_gain(gains: np.ndarray, *, repeats: int = 1000, seed: int = 0) -> Estimate:
     """Gain of the best setting chosen on half the documents and scored on the other half.
 

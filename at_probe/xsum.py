@@ -230,13 +230,20 @@ def select_settings(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"paper": best("paper"), "sra": best("sra"), "n_documents": len(docs), "mean_nll": mean}
 
 
-def test_settings(selection: dict[str, Any]) -> list[str]:
+def setting_roles(selection: dict[str, Any]) -> dict[str, str]:
+    """The test run's settings by role: ``baseline``, ``paper_example``, ``paper_selected``,
+    ``placebo_example``, ``placebo_selected``, ``sra_selected`` (a setting may fill two roles,
+    e.g. when the selected paper setting is the paper's example)."""
+    example = parse_setting(PAPER_EXAMPLE)[0]
+    return {"baseline": "baseline", "paper_example": example, "paper_selected": selection["paper"],
+            "placebo_example": placebo_of(example), "placebo_selected": placebo_of(selection["paper"]),
+            "sra_selected": selection["sra"]}
+
+
+def run_settings(selection: dict[str, Any]) -> list[str]:
     """The test run's settings: baseline, the paper's example, the selected paper setting,
     a placebo of each paper setting, and the selected SRA setting (no duplicates)."""
-    example = parse_setting(PAPER_EXAMPLE)[0]
-    names = ["baseline", example, selection["paper"], placebo_of(example), placebo_of(selection["paper"]),
-             selection["sra"]]
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(setting_roles(selection).values()))
 
 
 # ---------------------------------------------------------------------------------------------

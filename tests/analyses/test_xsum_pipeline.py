@@ -226,3 +226,29 @@ def test_judge_needs_the_key(full_run, monkeypatch, capsys):
     assert xsum_judge.main([str(full_run), "--endpoint", "http://127.0.0.1:9", "--model", "m",
                             "--api-key-env", "AT_PROBE_MISSING_KEY"]) == 2
     assert "AT_PROBE_MISSING_KEY" in capsys.readouterr().err
+
+
+xsum_select = load_script("xsum_select")
+
+
+def test_development_sweep_selects_on_development_documents_and_resumes(tmp_path):
+    out = tmp_path / "dev"
+    args = ["--model", "tiny", "--data", str(require_shared(XSUM_DIR)), "--bucket", "800", "--docs", "1",
+            "--max-new-tokens", "12", "--out", str(out)]
+    assert xsum_select.main(args) == 0
+    rows = [json.loads(l) for l in (out / "sweep.jsonl").read_text().splitlines()]
+    assert len(rows) == 75 and len({r["setting"] for r in rows}) == 75
+    assert all(int(r["doc_id"]) % 4 != 0 for r in rows)  # never a test document
+    sel = json.loads((out / "selection.json").read_text())
+    paper_means = {k: v for k, v in sel["mean_nll"].items() if k.startswith("paper:")}
+    assert sel["paper"] == min(paper_means, key=paper_means.get)
+    assert sel["minus_baseline"]["baseline"]["mean"] == 0.0
+    assert sel["test_settings"][0] == "baseline" and sel["paper"] in sel["test_settings"]
+    assert xsum_select.main(args) == 0  # resumed: nothing is scored twice
+    assert len((out / "sweep.jsonl").read_text().splitlines()) == 75
+    run = tmp_path / "test"
+    assert xsum_eval.main(["--model", "tiny", "--data", str(XSUM_DIR), "--bucket", "800", "--limit", "1",
+                           "--max-new-tokens", "4", "--selection", str(out / "selection.json"), "--out", str(run)]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["settings"] == sel["test_settings"] and len(manifest["selection_sha256"]) == 64
+    assert manifest["roles"]["paper_selected"] == sel["paper"] and manifest["roles"]["sra_selected"] == sel["sra"]

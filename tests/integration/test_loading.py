@@ -88,3 +88,19 @@ def test_heldout_split_rule_and_training_record():
     record = json.loads((ap.TINY_MODEL_DIR / "training.json").read_text())
     assert (record["train_documents"], record["heldout_documents"]) == (len(docs) - n_held, n_held)
     assert record["ratio"] <= 0.8
+
+
+def test_random_llama_has_the_asked_shape_and_is_seeded():
+    import torch
+
+    from at_probe.loading import random_llama
+
+    small = dict(n_layers=2, d_model=128, n_heads=4, n_kv_heads=2, d_mlp=256, vocab_size=8192, device="cpu")
+    a, b, c = random_llama(seed=1, **small), random_llama(seed=1, **small), random_llama(seed=2, **small)
+    assert (a.cfg.n_layers, a.cfg.d_model, a.cfg.n_heads, a.cfg.d_vocab) == (2, 128, 4, 8192)
+    assert a.cfg.dtype == torch.float32
+    toks = a.to_tokens("The harbour was sold.")
+    with torch.inference_mode():
+        la, lb, lc = a(toks), b(toks), c(toks)
+    assert torch.equal(la, lb) and not torch.allclose(la, lc)
+    assert "blocks.1.attn.hook_pattern" in a.hook_dict

@@ -6,7 +6,18 @@ import pytest
 
 from at_probe import text_metrics
 from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
-from at_probe.xsum import SettingError, is_heldout, parse_setting, parse_settings
+from at_probe.xsum import (
+    PAPER_EXAMPLE,
+    SettingError,
+    development_sweep_settings,
+    is_development,
+    is_heldout,
+    parse_setting,
+    parse_settings,
+    placebo_of,
+    select_settings,
+    run_settings,
+)
 
 
 def test_parse_settings_canonical_names_and_objects():
@@ -50,3 +61,52 @@ def test_text_metrics_by_hand():
     assert pos == [7 / 13, 8 / 13]
     r = text_metrics.rouge("The council votes to buy the harbour", "Council voted to buy harbour")
     assert r["rouge1"] > 0.7 and set(r) == {"rouge1", "rouge2", "rougeL"}
+
+
+def test_development_sweep_is_the_papers_grid_and_the_sra_candidates():
+    names = list(development_sweep_settings())
+    paper = [n for n in names if n.startswith("paper:")]
+    assert names[0] == "baseline" and len(paper) == 72 and len(names) == 75
+    grid = {(t.alpha, t.beta, t.intervals_per_layer) for n, t in development_sweep_settings().items()
+            if n.startswith("paper:")}
+    assert grid == {(a, b, k) for a in (0.5, 1.0, 1.5) for b in (0.1, 0.3, 0.5, 0.8, 1.0, 1.5) for k in (1, 2, 3, 4)}
+    sra = [t for n, t in development_sweep_settings().items() if n.startswith("sra:")]
+    assert [(t.begin_length, t.threshold_len, t.strengthen_factor_inter) for t in sra] == [(100, 200, 4.0), (5, 50, 5.0)]
+    assert is_development("34944735") and not is_development("34944736")
+
+
+def _rows(table):
+    return [{"doc_id": d, "setting": s, "summary_nll": v} for s, col in table.items() for d, v in col.items()]
+
+
+def test_select_settings_lowest_mean_nll_over_common_documents():
+    table = {"baseline": {"a": 2.0, "b": 2.0},
+             "paper:alpha=1.0,beta=0.5,k=2": {"a": 1.9, "b": 2.0},
+             # best on "a" and "b", but a third document it alone has would drag it down if counted
+             "paper:alpha=0.5,beta=0.1,k=1": {"a": 1.5, "b": 1.9},
+             "sra:x": {"a": 2.1, "b": 2.2}, "sra:y": {"a": 1.0, "b": 3.5}}
+    rows = _rows(table) + [{"doc_id": "c", "setting": "paper:alpha=0.5,beta=0.1,k=1", "summary_nll": 9.0}]
+    sel = select_settings(rows)
+    assert sel["paper"] == "paper:alpha=0.5,beta=0.1,k=1" and sel["sra"] == "sra:x"
+    assert sel["n_documents"] == 2 and sel["mean_nll"]["sra:y"] == pytest.approx(2.25)
+
+
+def test_select_settings_ties_go_to_the_first_listed():
+    table = {"baseline": {"a": 2.0}, "paper:alpha=1.5,beta=1.5,k=4": {"a": 1.0},
+             "paper:alpha=0.5,beta=0.1,k=1": {"a": 1.0}, "sra:x": {"a": 1.0}}
+    assert select_settings(_rows(table))["paper"] == "paper:alpha=1.5,beta=1.5,k=4"
+    with pytest.raises(ValueError, match="sra"):
+        select_settings(_rows({"baseline": {"a": 1.0}, "paper:alpha=1.0,beta=0.5,k=2": {"a": 1.0}}))
+
+
+def test_test_settings_pair_each_paper_setting_with_its_placebo():
+    sel = {"paper": "paper:alpha=1.5,beta=0.1,k=4", "sra": "sra:begin_length=5"}
+    names = run_settings(sel)
+    assert names == ["baseline", "paper:alpha=1.0,beta=0.5,k=2", "paper:alpha=1.5,beta=0.1,k=4",
+                     "placebo:alpha=1.0,beta=0.5,k=2,seed=0", "placebo:alpha=1.5,beta=0.1,k=4,seed=0",
+                     "sra:begin_length=5"]
+    same = run_settings({"paper": parse_setting(PAPER_EXAMPLE)[0], "sra": "sra:x"})
+    assert len(same) == len(set(same)) == 4
+    assert placebo_of("paper:k=3,alpha=1,beta=0.3", seed=7) == "placebo:alpha=1.0,beta=0.3,k=3,seed=7"
+    with pytest.raises(SettingError):
+        placebo_of("sra:")

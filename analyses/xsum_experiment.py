@@ -1,0 +1,179 @@
+"""Report of the XSum experiment: test runs of several buckets, compared by role, with the
+pre-declared primary metric and comparison.
+
+Each run directory is a test run of ``xsum_eval.py --selection`` (its manifest maps the roles
+``baseline``, ``paper_example``, ``paper_selected``, ``placebo_example``, ``placebo_selected``,
+``sra_selected`` to the settings chosen on that bucket's development documents). Documents
+scored under every setting of their run are used; each comparison is a paired difference per
+document, pooled over the buckets with a bootstrap that resamples documents within their
+bucket (95% interval), and given per bucket too.
+
+Primary (declared in the README before the results were seen): semantic similarity of the
+summary to the reference (all-MiniLM-L6-v2 cosine, ``at_probe.semantic``), selected paper
+setting minus its placebo. Everything else is secondary.
+
+Semantic similarity needs the references: they are read from the release file named in each
+manifest (its sha256 is checked) under ``--data``, and the scores are cached in
+``<run>/semantic.jsonl``.
+
+Writes into ``--out``: ``report.json`` (every estimate, the selections, the manifests),
+``comparisons.csv`` + ``xsum_roles.png`` (the forest plot), ``examples.md`` (the first
+documents of each bucket side by side, not picked by outcome).
+
+Usage:
+    python analyses/xsum_experiment.py figures/xsum-smollm2/test-800 figures/xsum-smollm2/test-1900 \\
+        --out figures/xsum-smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from at_probe.runfiles import append_jsonl, file_sha256, read_jsonl
+from at_probe.stats import bootstrap_mean, stratified_bootstrap_mean
+from at_probe.xsum import load_records
+
+PRIMARY_METRIC = "semantic_similarity"
+PRIMARY_COMPARISON = ("paper_selected", "placebo_selected")
+METRICS = ("semantic_similarity", "rouge1", "rouge2", "rougeL", "summary_nll", "repetition_4gram",
+           "novel_bigrams", "source_position_mean")
+COMPARISONS = (PRIMARY_COMPARISON, ("paper_example", "placebo_example"), ("paper_selected", "baseline"),
+               ("paper_example", "baseline"), ("sra_selected", "baseline"), ("placebo_selected", "baseline"),
+               ("placebo_example", "baseline"))
+
+
+class ReportError(Exception):
+    """A run that cannot be reported (message in one line, exit code 2)."""
+
+
+def load_test_run(run: Path, data_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(manifest, records of the documents complete under every setting, with semantic similarity)."""
+    manifest_path, records_path = run / "manifest.json", run / "records.jsonl"
+    if not manifest_path.is_file() or not records_path.is_file():
+        raise ReportError(f"{run} is not an xsum_eval.py run directory (manifest.json, records.jsonl)")
+    manifest = json.loads(manifest_path.read_text())
+    if "roles" not in manifest:
+        raise ReportError(f"{run} was not run with --selection: its manifest has no roles")
+    records = pd.DataFrame(read_jsonl(records_path))
+    complete = records.groupby("doc_id")["setting"].nunique() == len(manifest["settings"])
+    records = records[records.doc_id.isin(complete[complete].index)].copy()
+    records["semantic_similarity"] = semantic_scores(run, manifest, records, data_dir)
+    return manifest, records
+
+
+def semantic_scores(run: Path, manifest: dict[str, Any], records: pd.DataFrame, data_dir: Path) -> list[float]:
+    """Cosine similarity of each record's output to its reference, cached in ``semantic.jsonl``."""
+    cache_path = run / "semantic.jsonl"
+    cache = {(r["doc_id"], r["setting"]): r["semantic_similarity"] for r in read_jsonl(cache_path, repair=True)}
+    todo = records[[(d, s) not in cache for d, s in zip(records.doc_id, records.setting)]]
+    if len(todo):
+        from at_probe.semantic import similarity
+
+        data_file = data_dir / manifest["data_file"]
+        if not data_file.is_file() or file_sha256(data_file) != manifest["data_sha256"]:
+            raise ReportError(f"{data_file} is missing or differs from the file {run} was run on")
+        references = {str(r["id"]): r["summary"] for r in load_records(data_file)}
+        sims = similarity(list(todo.output), [references[d] for d in todo.doc_id])
+        new = [{"doc_id": d, "setting": s, "semantic_similarity": v} for d, s, v in zip(todo.doc_id, todo.setting, sims)]
+        with open(cache_path, "a", encoding="utf-8") as fh:
+            append_jsonl(fh, new)
+        cache.update({(r["doc_id"], r["setting"]): r["semantic_similarity"] for r in new})
+    return [cache[(d, s)] for d, s in zip(records.doc_id, records.setting)]
+
+
+def role_differences(manifest: dict[str, Any], records: pd.DataFrame, a: str, b: str, metric: str) -> np.ndarray:
+    """Per-document ``role a - role b`` of ``metric`` (NaN where the metric is undefined)."""
+    wide = records.pivot_table(index="doc_id", columns="setting", values=metric, aggfunc="first", dropna=False)
+    return (wide[manifest["roles"][a]].astype(float) - wide[manifest["roles"][b]].astype(float)).to_numpy()
+
+
+def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: int = 0) -> dict[str, Any]:
+    """Every comparison x metric, pooled over buckets (stratified bootstrap) and per bucket."""
+    out: dict[str, Any] = {
+        "primary": {"metric": PRIMARY_METRIC, "comparison": " - ".join(PRIMARY_COMPARISON)},
+        "buckets": {m["bucket"]: {"n_documents": int(r.doc_id.nunique()), "roles": m["roles"]} for m, r in runs},
+        "comparisons": {}, "means": {},
+    }
+    for a, b in COMPARISONS:
+        block = {}
+        for metric in METRICS:
+            per_bucket = {m["bucket"]: role_differences(m, r, a, b, metric) for m, r in runs}
+            block[metric] = {"all": stratified_bootstrap_mean(list(per_bucket.values()), seed=seed).to_dict(),
+                             **{k: bootstrap_mean(v, seed=seed).to_dict() for k, v in per_bucket.items()}}
+        out["comparisons"][f"{a} - {b}"] = block
+    for m, r in runs:
+        out["means"][m["bucket"]] = {role: {metric: float(r[r.setting == name][metric].astype(float).mean())
+                                            for metric in METRICS} for role, name in m["roles"].items()}
+    est = out["comparisons"][out["primary"]["comparison"]][PRIMARY_METRIC]["all"]
+    out["primary"]["estimate"] = est
+    return out
+
+
+def comparisons_frame(result: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"comparison": c, "metric": metric, "bucket": bucket, "mean": e["mean"], "lo": e["ci95"][0],
+             "hi": e["ci95"][1], "n": e["n"]}
+            for c, block in result["comparisons"].items() for metric, by in block.items() for bucket, e in by.items()]
+    return pd.DataFrame(rows)
+
+
+def examples_markdown(runs: list[tuple[dict[str, Any], pd.DataFrame]], data_dir: Path, per_bucket: int = 2) -> str:
+    """The first ``per_bucket`` complete documents of each bucket (release order): reference and
+    the baseline, selected paper and placebo summaries side by side."""
+    lines = ["# XSum outputs side by side", "",
+             "The first complete held-out documents of each bucket in release order (not chosen by outcome).", ""]
+    for manifest, records in runs:
+        order = [str(r["id"]) for r in load_records(data_dir / manifest["data_file"])]
+        refs = {str(r["id"]): r["summary"] for r in load_records(data_dir / manifest["data_file"])}
+        docs = [d for d in order if d in set(records.doc_id)][:per_bucket]
+        for doc in docs:
+            lines += [f"## bucket {manifest['bucket']}, document {doc}", "", "| | summary |", "| --- | --- |",
+                      f"| reference | {refs[doc]} |"]
+            for role in ("baseline", "paper_selected", "placebo_selected", "sra_selected"):
+                name = manifest["roles"][role]
+                text = records[(records.doc_id == doc) & (records.setting == name)].output.iloc[0]
+                lines.append(f"| {role} (`{name}`) | {text.strip().replace('|', '/').replace(chr(10), ' ')} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", type=Path, nargs="+", help="test run directories (xsum_eval.py --selection)")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        runs = [load_test_run(run, args.data) for run in args.runs]
+    except (ReportError, FileNotFoundError, ValueError) as err:
+        print(f"xsum_experiment.py: error: {err}", file=sys.stderr)
+        return 2
+    result = experiment_report(runs, seed=args.seed)
+    result["manifests"] = {m["bucket"]: m for m, _ in runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(result, indent=1))
+    (args.out / "examples.md").write_text(examples_markdown(runs, args.data))
+    from at_probe.plotting import save_figure, xsum_roles
+
+    frame = comparisons_frame(result)
+    save_figure(xsum_roles(frame), args.out, "xsum_roles", frame)
+    e = result["primary"]["estimate"]
+    print(f"primary: {result['primary']['metric']}, {result['primary']['comparison']}: {e['mean']:+.4f} "
+          f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] over {e['n']} documents")
+    for c, block in result["comparisons"].items():
+        cells = "  ".join(f"{m} {block[m]['all']['mean']:+.4f} [{block[m]['all']['ci95'][0]:+.4f},"
+                          f"{block[m]['all']['ci95'][1]:+.4f}]" for m in ("semantic_similarity", "rougeL", "summary_nll"))
+        print(f"{c:<36} {cells}")
+    print(f"wrote {args.out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
