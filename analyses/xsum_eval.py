@@ -19,39 +19,41 @@ settings a development sweep of ``xsum_select.py`` chose):
 The run directory holds ``manifest.json`` (model, prompt style, data file hash, settings, version) and
 ``records.jsonl`` (one line per document and setting). Killed at any moment and re-run with
 the same arguments, it continues where it stopped; a different configuration is refused.
+Work goes in units of (``--batch-size`` documents, setting), planned the same way on every run;
+``--workers N`` spreads them over N Ray actors (a local Ray), ``--ray-address ADDR`` over a
+cluster's; only this process writes the run directory (``at_probe.sweep``).
 
 Usage:
     python analyses/xsum_eval.py --data ../shared/data/xsum-at-release --bucket 800 --limit 20 --out runs/smol800
+    python analyses/xsum_eval.py ... --device cuda --ray-address auto --workers 8   # one GPU per actor
     python analyses/xsum_report.py runs/smol800
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
 from tqdm.auto import tqdm
 
 import at_probe
-from at_probe import text_metrics
 from at_probe.loading import DEFAULT_MODEL
-from at_probe.prompts import prompt_style
-from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, read_jsonl
+from at_probe.runfiles import ensure_manifest, file_sha256
+from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.xsum import (
     BUCKETS,
     SettingError,
+    SummaryWorkerFactory,
     bucket_file,
     is_heldout,
     load_records,
+    parse_setting,
     parse_settings,
-    reference_nll,
+    run_settings,
     setting_roles,
-    summarise,
 )
 
 DEFAULT_SETTINGS = "baseline;paper:alpha=1,beta=0.5,k=2;placebo:alpha=1,beta=0.5,k=2"
@@ -77,98 +79,77 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, required=True, help="run directory")
+    add_sweep_arguments(p)
     return p.parse_args(argv)
 
 
-def read_selection(path: Path) -> dict[str, Any]:
-    """A development sweep's ``selection.json`` (``xsum_select.py``)."""
-    import json
+def read_selection(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """A development sweep's ``selection.json``, checked against the sweep's manifest beside it.
 
+    ``expected`` holds this run's ``model``, ``bucket``, ``data_sha256`` and ``max_new_tokens``:
+    settings chosen for another bucket, model, data file or prompt cut are refused, and so is a
+    selection whose ``test_settings`` are not what its choices imply (a hand-edited file).
+    """
     try:
         selection = json.loads(path.read_text())
-        selection["test_settings"], selection["paper"], selection["sra"]
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
-        raise RunError(f"{path} is not a selection.json of xsum_select.py: {err!r}") from None
+        manifest = json.loads((path.parent / "manifest.json").read_text())
+        implied = run_settings({"paper": parse_setting(selection["paper"])[0],
+                                "sra": parse_setting(selection["sra"])[0]})
+        tested = [parse_setting(s)[0] for s in selection["test_settings"]]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError, SettingError) as err:
+        raise RunError(f"{path} is not the selection.json of an xsum_select.py run directory: {err!r}") from None
+    if manifest.get("split") != "development":
+        raise RunError(f"{path.parent} is not a development sweep (split {manifest.get('split')!r})")
+    differs = [k for k, v in expected.items() if manifest.get(k) != v]
+    if differs:
+        raise RunError(f"{path} was chosen for another {', '.join(differs)} "
+                       f"({', '.join(f'{k}={manifest.get(k)!r}' for k in differs)})")
+    if tested != implied:
+        raise RunError(f"{path}: test_settings {tested} are not those of its choices {implied}")
     return selection
-
-
-def load_done(records_path: Path) -> set[tuple[str, str]]:
-    """Completed (doc_id, setting) pairs; a partial last line from a kill is cut off."""
-    return {(r["doc_id"], r["setting"]) for r in read_jsonl(records_path, repair=True)}
-
-
-def score(output: str, rec: dict[str, Any]) -> dict[str, Any]:
-    positions = text_metrics.source_positions(output, rec["document"])
-    return {
-        **text_metrics.rouge(output, rec["summary"]),
-        "repetition_4gram": text_metrics.repetition_rate(output),
-        "novel_bigrams": text_metrics.novel_bigram_share(output, rec["document"]),
-        "source_position_mean": sum(positions) / len(positions) if positions else None,
-        "source_ngrams_matched": len(positions),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        selection = read_selection(args.selection) if args.selection else None
-        settings = parse_settings(";".join(selection["test_settings"]) if selection else args.settings)
         if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
             raise RunError("--batch-size, --max-new-tokens and --limit must be >= 1")
+        if args.selection and args.split != "heldout":
+            raise RunError("--selection runs the held-out test documents only: drop --split all")
+        options = sweep_options(args)
         data_file = bucket_file(args.data, args.bucket)
+        selection = read_selection(args.selection, {
+            "model": args.model, "bucket": args.bucket, "data_sha256": file_sha256(data_file),
+            "max_new_tokens": args.max_new_tokens}) if args.selection else None
+        settings = parse_settings(";".join(selection["test_settings"]) if selection else args.settings)
         docs = load_records(data_file)
         if args.split == "heldout":
             docs = [d for d in docs if is_heldout(d["id"])]
         docs = docs[: args.limit]
-        model = at_probe.load_model(args.model, device=args.device)  # before the manifest: a bad --model writes nothing
-        manifest = {"model": args.model, "prompt_style": prompt_style(model.tokenizer),
-                    "data_file": data_file.name, "data_sha256": file_sha256(data_file),
-                    "bucket": args.bucket, "split": args.split,
-                    **({"selection_sha256": file_sha256(args.selection), "roles": setting_roles(selection)}
-                       if selection else {}),
-                    "limit": args.limit, "settings": list(settings),
-                    "max_new_tokens": args.max_new_tokens, "device": str(model.cfg.device),
-                    "dtype": str(model.cfg.dtype).removeprefix("torch."), "at_probe_version": at_probe.__version__,
-                    "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
-        ensure_manifest(args.out, manifest)
+        config = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
+                  "bucket": args.bucket, "split": args.split,
+                  **({"selection_sha256": file_sha256(args.selection), "roles": setting_roles(selection)}
+                     if selection else {}),
+                  "limit": args.limit, "settings": list(settings), "max_new_tokens": args.max_new_tokens,
+                  "at_probe_version": at_probe.__version__}
     except (SettingError, RunError, FileNotFoundError, ValueError, OSError) as err:
         print(f"xsum_eval.py: error: {err}", file=sys.stderr)
         return 2
 
-    records_path = args.out / "records.jsonl"
-    done = load_done(records_path)
-    todo = [(name, d) for name in settings for d in docs if (str(d["id"]), name) not in done]
-    print(f"{len(docs)} documents x {len(settings)} settings: {len(done)} done, {len(todo)} to go")
-    bar = tqdm(total=len(todo), desc="xsum", unit="summary")
-    try:
-        write_records(args, model, settings, todo, records_path, bar)
-    except ValueError as err:  # e.g. a reference that does not fit after its prompt
-        print(f"xsum_eval.py: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        bar.close()
-    print(f"wrote {records_path}")
+    sink = RecordSink(args.out / "records.jsonl")
+    units = sink.pending(plan_units(list(settings), docs, args.batch_size))
+    print(f"{len(docs)} documents x {len(settings)} settings: {len(sink.done)} done, "
+          f"{sum(len(u.docs) for u in units)} to go")
+    factory = SummaryWorkerFactory(args.model, args.device, ";".join(settings), args.max_new_tokens)
+    with tqdm(total=sum(len(u.docs) for u in units), desc="xsum", unit="summary") as bar:
+        try:  # the manifest is written once the model is loaded: a bad --model writes nothing
+            run_units(units, factory, sink.write, start=lambda described: ensure_manifest(args.out, {
+                **config, **described}), progress=lambda unit: bar.update(len(unit.docs)), **options)
+        except (ValueError, OSError) as err:  # a different run in --out, a reference that does not fit
+            print(f"xsum_eval.py: error: {err}", file=sys.stderr)
+            return 2
+    print(f"wrote {sink.path}")
     return 0
-
-
-def write_records(args: argparse.Namespace, model: Any, settings: dict[str, Any],
-                  todo: list[tuple[str, dict[str, Any]]], records_path: Path, bar: Any) -> None:
-    """Summarise and score the pending (setting, document) pairs in batches, appending records."""
-    with open(records_path, "a", encoding="utf-8") as out:
-        for name in settings:
-            pending = [d for n, d in todo if n == name]
-            for start in range(0, len(pending), args.batch_size):
-                batch = pending[start : start + args.batch_size]
-                t0 = time.perf_counter()
-                documents = [d["document"] for d in batch]
-                outputs = summarise(model, documents, settings[name], max_new_tokens=args.max_new_tokens)
-                nlls = reference_nll(model, documents, [d["summary"] for d in batch], settings[name],
-                                     max_new_tokens=args.max_new_tokens)
-                seconds = (time.perf_counter() - t0) / len(batch)
-                append_jsonl(out, [{"doc_id": str(d["id"]), "setting": name, "output": o, **score(o, d),
-                                    "summary_nll": nll, "wall_seconds": seconds}
-                                   for d, o, nll in zip(batch, outputs, nlls)])
-                bar.update(len(batch))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Semantic similarity needs the references: they are read from the release file na
 manifest (its sha256 is checked) under ``--data``, and the scores are cached in
 ``<run>/semantic.jsonl``.
 
-Writes into ``--out``: ``report.json`` (every estimate, the selections, the manifests),
+Writes into ``--out``: ``report.json`` (every estimate, each bucket's roles, the manifests),
 ``comparisons.csv`` + ``xsum_roles.png`` (the forest plot), ``examples.md`` (the first
 documents of each bucket side by side, not picked by outcome).
 
@@ -28,6 +28,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -59,33 +60,53 @@ def load_test_run(run: Path, data_dir: Path) -> tuple[dict[str, Any], pd.DataFra
     if not manifest_path.is_file() or not records_path.is_file():
         raise ReportError(f"{run} is not an xsum_eval.py run directory (manifest.json, records.jsonl)")
     manifest = json.loads(manifest_path.read_text())
-    if "roles" not in manifest:
-        raise ReportError(f"{run} was not run with --selection: its manifest has no roles")
+    if "roles" not in manifest or manifest.get("split") != "heldout":
+        raise ReportError(f"{run} is not a test run: run xsum_eval.py --selection on the held-out documents")
+    missing = sorted(set(manifest["roles"].values()) - set(manifest["settings"]))
+    if missing:
+        raise ReportError(f"{run}: roles name settings the run does not have: {missing}")
     records = pd.DataFrame(read_jsonl(records_path))
+    if records.empty:
+        raise ReportError(f"{run} has no records yet: resume xsum_eval.py")
     complete = records.groupby("doc_id")["setting"].nunique() == len(manifest["settings"])
     records = records[records.doc_id.isin(complete[complete].index)].copy()
-    records["semantic_similarity"] = semantic_scores(run, manifest, records, data_dir)
+    if records.empty:
+        raise ReportError(f"{run} has no document scored under every setting yet: resume xsum_eval.py")
+    release = release_records(run, manifest, data_dir)
+    records["semantic_similarity"] = semantic_scores(run, records, release)
     return manifest, records
 
 
-def semantic_scores(run: Path, manifest: dict[str, Any], records: pd.DataFrame, data_dir: Path) -> list[float]:
-    """Cosine similarity of each record's output to its reference, cached in ``semantic.jsonl``."""
-    cache_path = run / "semantic.jsonl"
-    cache = {(r["doc_id"], r["setting"]): r["semantic_similarity"] for r in read_jsonl(cache_path, repair=True)}
-    todo = records[[(d, s) not in cache for d, s in zip(records.doc_id, records.setting)]]
-    if len(todo):
-        from at_probe.semantic import similarity
+def release_records(run: Path, manifest: dict[str, Any], data_dir: Path) -> list[dict[str, Any]]:
+    """The release file a run was made from (its sha256 checked), in release order."""
+    data_file = data_dir / manifest["data_file"]
+    if not data_file.is_file() or file_sha256(data_file) != manifest["data_sha256"]:
+        raise ReportError(f"{data_file} is missing or differs from the file {run} was run on")
+    return load_records(data_file)
 
-        data_file = data_dir / manifest["data_file"]
-        if not data_file.is_file() or file_sha256(data_file) != manifest["data_sha256"]:
-            raise ReportError(f"{data_file} is missing or differs from the file {run} was run on")
-        references = {str(r["id"]): r["summary"] for r in load_records(data_file)}
-        sims = similarity(list(todo.output), [references[d] for d in todo.doc_id])
-        new = [{"doc_id": d, "setting": s, "semantic_similarity": v} for d, s, v in zip(todo.doc_id, todo.setting, sims)]
+
+def semantic_scores(run: Path, records: pd.DataFrame, release: list[dict[str, Any]]) -> list[float]:
+    """Cosine similarity of each record's output to its reference, cached in ``semantic.jsonl``
+    by (document, setting, sha256 of the output): a regenerated output is scored again."""
+    from at_probe.semantic import EMBEDDER, similarity
+
+    def key(doc_id: str, setting: str, output: str) -> tuple[str, str, str]:
+        return doc_id, setting, hashlib.sha256(output.encode()).hexdigest()
+
+    cache_path = run / "semantic.jsonl"
+    cache = {(r["doc_id"], r["setting"], r["output_sha256"]): r["semantic_similarity"]
+             for r in read_jsonl(cache_path, repair=True) if r.get("embedder") == EMBEDDER}
+    keys = [key(d, s, o) for d, s, o in zip(records.doc_id, records.setting, records.output)]
+    todo = [(k, o) for k, o in zip(keys, records.output) if k not in cache]
+    if todo:
+        references = {str(r["id"]): r["summary"] for r in release}
+        sims = similarity([o for _, o in todo], [references[k[0]] for k, _ in todo])
+        new = [{"doc_id": k[0], "setting": k[1], "output_sha256": k[2], "embedder": EMBEDDER,
+                "semantic_similarity": v} for (k, _), v in zip(todo, sims)]
         with open(cache_path, "a", encoding="utf-8") as fh:
             append_jsonl(fh, new)
-        cache.update({(r["doc_id"], r["setting"]): r["semantic_similarity"] for r in new})
-    return [cache[(d, s)] for d, s in zip(records.doc_id, records.setting)]
+        cache.update({(r["doc_id"], r["setting"], r["output_sha256"]): r["semantic_similarity"] for r in new})
+    return [cache[k] for k in keys]
 
 
 def role_differences(manifest: dict[str, Any], records: pd.DataFrame, a: str, b: str, metric: str) -> np.ndarray:
@@ -117,21 +138,22 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
 
 
 def comparisons_frame(result: dict[str, Any]) -> pd.DataFrame:
+    """Tidy rows (comparison, metric, bucket or "all", mean, lo, hi, n) of every estimate."""
     rows = [{"comparison": c, "metric": metric, "bucket": bucket, "mean": e["mean"], "lo": e["ci95"][0],
              "hi": e["ci95"][1], "n": e["n"]}
             for c, block in result["comparisons"].items() for metric, by in block.items() for bucket, e in by.items()]
     return pd.DataFrame(rows)
 
 
-def examples_markdown(runs: list[tuple[dict[str, Any], pd.DataFrame]], data_dir: Path, per_bucket: int = 2) -> str:
+def examples_markdown(runs: list[tuple[dict[str, Any], pd.DataFrame]], releases: list[list[dict[str, Any]]],
+                      per_bucket: int = 2) -> str:
     """The first ``per_bucket`` complete documents of each bucket (release order): reference and
     the baseline, selected paper and placebo summaries side by side."""
     lines = ["# XSum outputs side by side", "",
              "The first complete held-out documents of each bucket in release order (not chosen by outcome).", ""]
-    for manifest, records in runs:
-        order = [str(r["id"]) for r in load_records(data_dir / manifest["data_file"])]
-        refs = {str(r["id"]): r["summary"] for r in load_records(data_dir / manifest["data_file"])}
-        docs = [d for d in order if d in set(records.doc_id)][:per_bucket]
+    for (manifest, records), release in zip(runs, releases):
+        refs = {str(r["id"]): r["summary"] for r in release}
+        docs = [d for d in refs if d in set(records.doc_id)][:per_bucket]
         for doc in docs:
             lines += [f"## bucket {manifest['bucket']}, document {doc}", "", "| | summary |", "| --- | --- |",
                       f"| reference | {refs[doc]} |"]
@@ -152,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         runs = [load_test_run(run, args.data) for run in args.runs]
+        buckets = [m["bucket"] for m, _ in runs]
+        if len(set(buckets)) < len(buckets):
+            raise ReportError(f"two runs of the same bucket ({buckets}): give one test run per bucket")
+        releases = [release_records(run, m, args.data) for run, (m, _) in zip(args.runs, runs)]
     except (ReportError, FileNotFoundError, ValueError) as err:
         print(f"xsum_experiment.py: error: {err}", file=sys.stderr)
         return 2
@@ -159,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     result["manifests"] = {m["bucket"]: m for m, _ in runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(result, indent=1))
-    (args.out / "examples.md").write_text(examples_markdown(runs, args.data))
+    (args.out / "examples.md").write_text(examples_markdown(runs, releases))
     from at_probe.plotting import save_figure, xsum_roles
 
     frame = comparisons_frame(result)

