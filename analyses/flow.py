@@ -40,9 +40,10 @@ import at_probe
 from at_probe.attribution import attribution_sweep
 from at_probe.knockout import KnockoutResult, knockout_sweep
 from at_probe.loading import DEFAULT_MODEL, SAMPLE_DOCUMENT, load_model
-from at_probe.probe import FlowProbe, FlowResult
-from at_probe.prompts import Prompt, build_prompt, continuation_ids, prompt_style
-from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, read_jsonl
+from at_probe.probe import FlowResult, probe_pass
+from at_probe.prompts import Prompt, build_prompt, continuation_ids
+from at_probe.runfiles import ensure_manifest, file_sha256
+from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
 from at_probe.xsum import is_heldout, load_records
 
@@ -90,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("out/flow"))
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0, help="placebo seed (default 0)")
+    add_sweep_arguments(p)
     return p.parse_args(argv)
 
 
@@ -142,18 +144,6 @@ def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
             strengthen_factor_inter=args.sra_strengthen_inter, strengthen_factor_outer=args.sra_strengthen_outer,
         )
     return conds
-
-
-def probe_condition(model: Any, prompt: Prompt, transition: Any, regions: int,
-                    rollout: bool = False) -> tuple[FlowResult, Any]:
-    """One prefill pass with the transition (if any) and the probe (raw and value-weighted) after it."""
-    probe = FlowProbe.for_model(model, regions=regions, document=prompt.document, rollout=rollout,
-                                value_weighted=True)
-    pairs = ([] if transition is None else transition.hooks(model)) + probe.hooks()
-    with torch.inference_mode():
-        model.run_with_hooks(prompt.tensor(model.cfg.device), fwd_hooks=pairs)
-    report = None if transition is None else transition.last_report()
-    return probe.result(), report
 
 
 def tidy_frames(results: dict[str, FlowResult], knock: dict[str, Any]) -> dict[str, Any]:
@@ -248,8 +238,8 @@ def corpus_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
     return records[: args.docs]
 
 
-def run_corpus(args: argparse.Namespace, model: Any, conditions: dict[str, Any],
-               docs: list[dict[str, Any]]) -> int:
+def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[dict[str, Any]],
+               options: dict[str, Any]) -> int:
     """Corpus mode: per-document measures appended to ``docs.jsonl`` (resumable), then means,
     paired differences with intervals, figures and the headline contrasts."""
     import pandas as pd
@@ -261,25 +251,19 @@ def run_corpus(args: argparse.Namespace, model: Any, conditions: dict[str, Any],
     manifest = {"model": args.model, "xsum": args.xsum.name, "xsum_sha256": file_sha256(args.xsum),
                 "split": args.split, "regions": args.regions, "max_tokens": args.max_tokens,
                 "conditions": {name: repr(tr) for name, tr in conditions.items()},
-                "prompt_style": prompt_style(model.tokenizer), "at_probe_version": at_probe.__version__}
-    try:
-        ensure_manifest(args.out, manifest)
-    except ValueError as err:
-        print(f"flow.py: error: {err}", file=sys.stderr)
-        return 2
-    path = args.out / "docs.jsonl"
-    done = {r["doc_id"]: r for r in read_jsonl(path, repair=True)}
-    todo = [d for d in docs if str(d["id"]) not in done]
-    print(f"{len(docs)} documents x {len(conditions)} conditions: {len(docs) - len(todo)} done, {len(todo)} to go")
-    with open(path, "a", encoding="utf-8") as out:
-        for rec in tqdm(todo, desc="documents", unit="doc"):
-            prompt, _ = make_prompt(model, rec["document"], None, args.max_tokens)
-            rows = []
-            for name, tr in conditions.items():
-                result, _ = probe_condition(model, prompt, tr, args.regions)
-                rows += corpus.document_rows(result, doc_id=str(rec["id"]), condition=name)
-            append_jsonl(out, [{"doc_id": str(rec["id"]), "prompt_tokens": len(prompt), "rows": rows}])
-            done[str(rec["id"])] = {"rows": rows}
+                "at_probe_version": at_probe.__version__}
+    sink = RecordSink(args.out / "docs.jsonl", key=lambda r: (r["doc_id"], ""))
+    units = sink.pending(plan_units([""], docs, 1))
+    print(f"{len(docs)} documents x {len(conditions)} conditions: {len(docs) - len(units)} done, {len(units)} to go")
+    factory = corpus.FlowWorkerFactory(args.model, args.device, conditions, args.regions, args.max_tokens)
+    with tqdm(total=len(units), desc="documents", unit="doc") as bar:
+        try:
+            run_units(units, factory, sink.write, start=lambda described: ensure_manifest(args.out, {
+                **manifest, "prompt_style": described["prompt_style"]}), progress=lambda unit: bar.update(), **options)
+        except (ValueError, OSError) as err:  # another run in --out, a document that cannot be prompted
+            print(f"flow.py: error: {err}", file=sys.stderr)
+            return 2
+    done = {r["doc_id"]: r for r in sink.records}
     wanted = {str(d["id"]) for d in docs}
     frame = pd.DataFrame([row for doc_id, r in done.items() if doc_id in wanted for row in r["rows"]])
     summary = corpus.summarise(frame)
@@ -298,7 +282,8 @@ def run_corpus(args: argparse.Namespace, model: Any, conditions: dict[str, Any],
                 for m in corpus.PROFILES for a, b in contrasts]
     words = corpus.plain_words(summary)
     (args.out / "corpus.json").write_text(json.dumps({
-        "manifest": manifest, "documents": sorted(wanted & set(done)), "headline": headline,
+        "manifest": json.loads((args.out / "manifest.json").read_text()), "documents": sorted(wanted & set(done)),
+        "headline": headline,
         "findings": words, "seconds": round(time.time() - started, 1)}, indent=1))
     print("Final-token mass on the first half of the document, deep layers (paired, 95% CI):")
     for h in headline:
@@ -316,12 +301,15 @@ def main(argv: list[str] | None = None) -> int:
         docs = corpus_documents(args) if args.docs is not None else None
         document, reference, source = read_document(args) if docs is None else ("", None, "")
         conditions = build_conditions(args)
+        options = sweep_options(args)
+        if docs is not None:  # corpus mode: the model is loaded by the sweep's worker(s)
+            return run_corpus(args, conditions, docs, options)
+        if options["workers"] or options["ray_address"]:
+            raise UsageError("--workers and --ray-address spread corpus mode (--docs) only")
         model = load_model(args.model, device=args.device)
     except (UsageError, FileNotFoundError, ValueError, OSError) as err:
         print(f"flow.py: error: {err}", file=sys.stderr)
         return 2
-    if docs is not None:
-        return run_corpus(args, model, conditions, docs)
     from at_probe.plotting import PLOTS, save_figure
 
     started = time.time()
@@ -346,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results, reports, knock, estimates = {}, {}, {}, {}
     for name, tr in conditions.items():
-        results[name], reports[name] = probe_condition(model, prompt, tr, args.regions, args.rollout)
+        results[name], reports[name] = probe_pass(model, prompt, tr, args.regions, args.rollout)
         if name == "placebo":
             continue
         causal = dict(bounds=results[name].region_bounds, band_size=band or -(-n_layers // 3),

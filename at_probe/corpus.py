@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from at_probe.probe import FlowResult
@@ -26,6 +27,8 @@ from at_probe.stats import bootstrap_mean
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from at_probe.sweep import FunctionWorker
 
 PROFILES = ("final_token_profile", "final_token_value_profile")
 """Per-region measures of the final prompt token: attention mass, value-weighted norm."""
@@ -144,3 +147,40 @@ def interval_words(estimate: dict[str, Any]) -> str:
     lo, hi = estimate["ci95"]
     verdict = "excludes 0" if lo > 0 or hi < 0 else "includes 0"
     return f"{estimate['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] ({verdict}, n={estimate['n']})"
+
+
+@dataclass(frozen=True)
+class FlowWorkerFactory:
+    """Worker of corpus flow (``flow.py --docs``): per document, every condition's probe rows.
+
+    A unit's setting is ``""`` (all conditions run on each document, so the per-document
+    contrasts stay paired); each record is ``{"doc_id", "prompt_tokens", "rows"}``.
+    """
+
+    model: str
+    device: str | None
+    conditions: dict[str, Any]
+    regions: int
+    max_tokens: int | None
+
+    def __call__(self) -> FunctionWorker:
+        from at_probe.loading import load_model, model_description
+        from at_probe.probe import probe_pass
+        from at_probe.prompts import build_prompt
+        from at_probe.sweep import FunctionWorker
+
+        model = load_model(self.model, device=self.device)
+        limit = min(int(model.cfg.n_ctx), self.max_tokens or int(model.cfg.n_ctx))
+
+        def run(unit: Any) -> list[dict[str, Any]]:
+            out = []
+            for rec in unit.docs:
+                prompt = build_prompt(model.tokenizer, rec["document"], max_tokens=limit)
+                rows = []
+                for name, transition in self.conditions.items():
+                    result, _ = probe_pass(model, prompt, transition, self.regions)
+                    rows += document_rows(result, doc_id=str(rec["id"]), condition=name)
+                out.append({"doc_id": str(rec["id"]), "prompt_tokens": len(prompt), "rows": rows})
+            return out
+
+        return FunctionWorker(model_description(model), run)

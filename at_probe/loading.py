@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -94,6 +94,17 @@ def load_model(
         str(source), hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=dtype
     )
     return bridge.eval()
+
+
+def model_description(model: Any) -> dict[str, Any]:
+    """What a run's manifest records about the loaded model (prompt style, device, dtype, versions)."""
+    import transformers
+
+    from at_probe.prompts import prompt_style
+
+    return {"prompt_style": prompt_style(model.tokenizer), "device": str(model.cfg.device),
+            "dtype": str(model.cfg.dtype).removeprefix("torch."),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
 
 def random_llama(

@@ -284,3 +284,17 @@ class FlowProbe:
             maps=torch.stack([self._maps[l].cpu() for l in range(self.n_layers)]) if self.keep_maps else None,
             meta=dict(meta),
         )
+
+
+def probe_pass(model: Any, prompt: Any, transition: Any, regions: int,
+               rollout: bool = False) -> tuple[FlowResult, Any]:
+    """One prefill pass of ``prompt`` (an ``at_probe.prompts.Prompt``) with the transition (or
+    None) and a ``FlowProbe`` (raw and value-weighted) after it; returns the probe's result and
+    the transition's ``last_report()`` (None without a transition)."""
+    probe = FlowProbe.for_model(model, regions=regions, document=prompt.document, rollout=rollout,
+                                value_weighted=True)
+    pairs = ([] if transition is None else transition.hooks(model)) + probe.hooks()
+    with torch.inference_mode():
+        model.run_with_hooks(prompt.tensor(model.cfg.device), fwd_hooks=pairs)
+    report = None if transition is None else transition.last_report()
+    return probe.result(), report

@@ -64,6 +64,16 @@ WorkerFactory = Callable[[], Worker]
 """Loads the model and returns a ``Worker``; must be picklable (a module-level dataclass)."""
 
 
+class FunctionWorker:
+    """A ``Worker`` made of a loaded model's description and a unit function (a closure over it)."""
+
+    def __init__(self, description: dict[str, Any], run: Callable[[Unit], list[dict[str, Any]]]) -> None:
+        self.description, self._run = description, run
+
+    def __call__(self, unit: Unit) -> list[dict[str, Any]]:
+        return self._run(unit)
+
+
 class SweepError(RuntimeError):
     """A unit failed on every attempt because its worker process kept dying."""
 
@@ -210,27 +220,30 @@ def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, star
 
 
 @dataclass(frozen=True)
-class KillOnce:
+class KillWorker:
     """Fault injection for checking a deployment: a factory whose worker process exits abruptly
-    (``os._exit``, as a crash or an out-of-memory kill would) on the first unit with key
-    ``unit_key``, once across all processes (``marker`` is created before the exit)."""
+    (``os._exit``, as a crash or an out-of-memory kill would) when it gets the unit with key
+    ``unit_key``, the first ``times`` times across all processes (counted in the file ``marker``)."""
 
     factory: WorkerFactory
     unit_key: str
     marker: Path
+    times: int = 1
 
     def __call__(self) -> Worker:
-        return _KillingWorker(self.factory(), self.unit_key, self.marker)
+        return _KillingWorker(self.factory(), self)
 
 
 class _KillingWorker:
-    def __init__(self, inner: Worker, unit_key: str, marker: Path) -> None:
-        self.inner, self.unit_key, self.marker = inner, unit_key, marker
+    def __init__(self, inner: Worker, fault: KillWorker) -> None:
+        self.inner, self.fault = inner, fault
         self.description = inner.description
 
     def __call__(self, unit: Unit) -> list[dict[str, Any]]:
-        if unit.key == self.unit_key and not self.marker.exists():
-            self.marker.touch()
+        marker = self.fault.marker
+        if unit.key == self.fault.unit_key and (not marker.exists() or marker.stat().st_size < self.fault.times):
+            with open(marker, "ab") as fh:
+                fh.write(b"x")
             os._exit(1)
         return self.inner(unit)
 

@@ -18,9 +18,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from at_probe.prompts import build_prompts, continuation_ids
+
+if TYPE_CHECKING:
+    from at_probe.sweep import FunctionWorker
 
 BUCKETS: tuple[str, ...] = ("800", "1200", "1600", "1900")
 """The release's length buckets (approximate LLaMA token counts)."""
@@ -353,18 +356,6 @@ def score_summary(output: str, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def model_description(model: Any) -> dict[str, Any]:
-    """What a run's manifest records about the loaded model (prompt style, device, dtype, versions)."""
-    import torch
-    import transformers
-
-    from at_probe.prompts import prompt_style
-
-    return {"prompt_style": prompt_style(model.tokenizer), "device": str(model.cfg.device),
-            "dtype": str(model.cfg.dtype).removeprefix("torch."),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
-
-
 @dataclass(frozen=True)
 class SummaryWorkerFactory:
     """Worker of ``xsum_eval.py``: greedy summary, its scores and ``summary_nll`` per document.
@@ -377,10 +368,11 @@ class SummaryWorkerFactory:
     settings: str
     max_new_tokens: int
 
-    def __call__(self) -> _Worker:
-        import at_probe
+    def __call__(self) -> FunctionWorker:
+        from at_probe.loading import load_model, model_description
+        from at_probe.sweep import FunctionWorker
 
-        model = at_probe.load_model(self.model, device=self.device)
+        model = load_model(self.model, device=self.device)
         transitions = parse_settings(self.settings)
 
         def run(unit: Any) -> list[dict[str, Any]]:
@@ -394,7 +386,7 @@ class SummaryWorkerFactory:
             return [{"doc_id": str(d["id"]), "setting": unit.setting, "output": o, **score_summary(o, d),
                      "summary_nll": nll, "wall_seconds": seconds} for d, o, nll in zip(unit.docs, outputs, nlls)]
 
-        return _Worker(model_description(model), run)
+        return FunctionWorker(model_description(model), run)
 
 
 @dataclass(frozen=True)
@@ -405,10 +397,11 @@ class NLLWorkerFactory:
     device: str | None
     max_new_tokens: int
 
-    def __call__(self) -> _Worker:
-        import at_probe
+    def __call__(self) -> FunctionWorker:
+        from at_probe.loading import load_model, model_description
+        from at_probe.sweep import FunctionWorker
 
-        model = at_probe.load_model(self.model, device=self.device)
+        model = load_model(self.model, device=self.device)
         transitions = development_sweep_settings()
 
         def run(unit: Any) -> list[dict[str, Any]]:
@@ -417,14 +410,4 @@ class NLLWorkerFactory:
             return [{"doc_id": str(d["id"]), "setting": unit.setting, "summary_nll": nll}
                     for d, nll in zip(unit.docs, nlls)]
 
-        return _Worker(model_description(model), run)
-
-
-class _Worker:
-    """A loaded model's unit function with its description (``at_probe.sweep.Worker``)."""
-
-    def __init__(self, description: dict[str, Any], run: Any) -> None:
-        self.description, self._run = description, run
-
-    def __call__(self, unit: Any) -> list[dict[str, Any]]:
-        return self._run(unit)
+        return FunctionWorker(model_description(model), run)

@@ -1,0 +1,134 @@
+"""The sweep runner: planning, the driver's record sink, and Ray fan-out with faults (tiny model)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from at_probe.sweep import KillWorker, RecordSink, SweepError, Unit, plan_units, run_units
+from at_probe.xsum import SummaryWorkerFactory, bucket_file, is_heldout, load_records, parse_settings
+from tests.conftest import XSUM_DIR, require_shared
+
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS = ";".join(parse_settings("baseline;paper:alpha=1,beta=0.5,k=2;placebo:alpha=1,beta=0.5,k=2"))
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="ray is not installed: `make test` installs it")
+
+
+def _docs(n: int = 4) -> list[dict]:
+    recs = load_records(bucket_file(require_shared(XSUM_DIR), "800"))
+    return [r for r in recs if is_heldout(r["id"])][:n]
+
+
+def _factory() -> SummaryWorkerFactory:
+    return SummaryWorkerFactory("tiny", "cpu", SETTINGS, max_new_tokens=6)
+
+
+def _comparable(records: list[dict]) -> dict:
+    """Records by (doc_id, setting), without the wall time (the one field that may differ)."""
+    return {(r["doc_id"], r["setting"]): {k: v for k, v in r.items() if k != "wall_seconds"} for r in records}
+
+
+def _assert_same_records(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want) == len(_comparable(got)), "a record is missing or duplicated"
+    got_c, want_c = _comparable(got), _comparable(want)
+    assert got_c.keys() == want_c.keys()
+    for key, rec in want_c.items():
+        assert got_c[key]["output"] == rec["output"], key
+        assert got_c[key]["summary_nll"] == pytest.approx(rec["summary_nll"], abs=1e-5), key
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> list[dict]:
+    """The reference: every unit in this process, Ray not used."""
+    sink = RecordSink(tmp_path_factory.mktemp("single") / "records.jsonl")
+    run_units(plan_units(SETTINGS.split(";"), _docs(), 2), _factory(), sink.write)
+    return sink.records
+
+
+def test_plan_is_the_same_whatever_is_done(tmp_path):
+    docs = [{"id": str(i)} for i in range(5)]
+    units = plan_units(["a", "b"], docs, 2)
+    assert [(u.setting, u.doc_ids) for u in units] == [
+        ("a", ("0", "1")), ("a", ("2", "3")), ("a", ("4",)), ("b", ("0", "1")), ("b", ("2", "3")), ("b", ("4",))]
+    sink = RecordSink(tmp_path / "r.jsonl")
+    sink.write(units[0], [{"doc_id": "0", "setting": "a"}])  # a unit half-written by a killed driver
+    assert sink.pending(units) == units  # still pending: document 1 is missing
+    assert sink.write(units[0], [{"doc_id": "0", "setting": "a"}, {"doc_id": "1", "setting": "a"}]) == 1
+    assert RecordSink(tmp_path / "r.jsonl").pending(units) == units[1:]
+    with pytest.raises(ValueError):
+        plan_units(["a"], docs, 0)
+
+
+def test_single_process_starts_once_before_any_unit():
+    calls = []
+
+    class Worker:
+        description = {"device": "cpu"}
+
+        def __call__(self, unit):
+            calls.append(("unit", unit.setting))
+            return [{"doc_id": d, "setting": unit.setting} for d in unit.doc_ids]
+
+    units = [Unit("a", ({"id": "1"},)), Unit("b", ({"id": "1"},))]
+    run_units(units, Worker, lambda unit, records: calls.append(("write", len(records))),
+              start=lambda described: calls.append(("start", described["device"])))
+    assert calls == [("start", "cpu"), ("unit", "a"), ("write", 1), ("unit", "b"), ("write", 1)]
+
+
+@needs_ray
+def test_two_ray_workers_give_the_single_process_records(single_process, tmp_path):
+    sink = RecordSink(tmp_path / "records.jsonl")
+    described = []
+    run_units(plan_units(SETTINGS.split(";"), _docs(), 2), _factory(), sink.write, start=described.append,
+              workers=2)
+    assert len(described) == 1 and described[0]["device"] == "cpu"
+    _assert_same_records(sink.records, single_process)
+    on_disk = [json.loads(line) for line in sink.path.read_text().splitlines()]
+    _assert_same_records(on_disk, single_process)
+
+
+@needs_ray
+def test_a_killed_worker_loses_and_duplicates_nothing(single_process, tmp_path):
+    units = plan_units(SETTINGS.split(";"), _docs(), 2)
+    marker = tmp_path / "killed"
+    sink = RecordSink(tmp_path / "records.jsonl")
+    run_units(units, KillWorker(_factory(), units[2].key, marker), sink.write, workers=2)
+    assert marker.read_bytes() == b"x", "the fault was injected once"
+    _assert_same_records(sink.records, single_process)
+    # a unit that kills every worker it reaches fails the sweep after max_attempts
+    always = tmp_path / "always"
+    with pytest.raises(SweepError, match="3 times"):
+        run_units(units[:1], KillWorker(_factory(), units[0].key, always, times=99), lambda u, r: None, workers=2)
+    assert always.read_bytes() == b"xxx"
+
+
+@needs_ray
+def test_a_killed_driver_resumes_from_its_records(single_process, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "analyses" / "xsum_eval.py"), "--model", "tiny", "--data",
+           str(XSUM_DIR), "--bucket", "800", "--limit", "4", "--batch-size", "2", "--max-new-tokens", "6",
+           "--device", "cpu", "--settings", SETTINGS, "--out", str(out)]
+    driver = subprocess.Popen([*cmd, "--workers", "2"], cwd=REPO, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = out / "records.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        if records.is_file() and len(records.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the driver finished before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    driver.wait()
+    written = len(records.read_text().splitlines())
+    assert 2 <= written < 12
+    subprocess.run([*cmd, "--workers", "2"], cwd=REPO, check=True, capture_output=True)
+    _assert_same_records([json.loads(line) for line in records.read_text().splitlines()], single_process)
