@@ -264,6 +264,10 @@ def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[
             print(f"flow.py: error: {err}", file=sys.stderr)
             return 2
     done = {r["doc_id"]: r for r in sink.records}
+    cut = [d for d, r in done.items() if r.get("dropped_tokens")]
+    if cut:
+        print(f"notice: {len(cut)} documents were truncated to fit the prompt limit "
+              "(dropped_tokens in docs.jsonl)")
     wanted = {str(d["id"]) for d in docs}
     frame = pd.DataFrame([row for doc_id, r in done.items() if doc_id in wanted for row in r["rows"]])
     summary = corpus.summarise(frame)

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                   **({"selection_sha256": file_sha256(args.selection), "roles": setting_roles(selection)}
                      if selection else {}),
                   "limit": args.limit, "settings": list(settings), "max_new_tokens": args.max_new_tokens,
+                  "batch_size": args.batch_size,
                   "at_probe_version": at_probe.__version__}
     except (SettingError, RunError, FileNotFoundError, ValueError, OSError) as err:
         print(f"xsum_eval.py: error: {err}", file=sys.stderr)

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = list(development_sweep_settings())
         config = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
                   "bucket": args.bucket, "split": "development", "documents": [str(d["id"]) for d in docs],
-                  "settings": settings, "max_new_tokens": args.max_new_tokens, "metric": "summary_nll",
+                  "settings": settings, "max_new_tokens": args.max_new_tokens,
+                  "batch_size": args.batch_size, "metric": "summary_nll",
                   "at_probe_version": at_probe.__version__}
         sink = RecordSink(args.out / "sweep.jsonl")
         units = sink.pending(plan_units(settings, docs, args.batch_size))

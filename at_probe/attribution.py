@@ -12,8 +12,9 @@ so each layer needs only per-row, per-region sums of ``G * A``, reduced inside a
 The metric is the reference's teacher-forced NLL. The next-token KL of exact knockout has no
 first-order estimate: ``KL(base || base + d)`` is flat (zero gradient) at ``d = 0``.
 
-Memory: autograd keeps every layer's attention pattern for the backward pass (``4 L H T^2``
-bytes), which a plain forward never does.
+Memory: the backward pass is checkpointed per block (``attribution_sweep``), so autograd holds
+one block's graph at a time: the residual stream entering each block (``4 L T d_model``
+bytes) is kept instead of every layer's attention pattern (``4 L H T^2``).
 
 Example:
     >>> est = attribution_sweep(model, prompt, bounds, band_size=10, reference=ref_tokens)
@@ -71,6 +72,11 @@ def attribution_sweep(
     Same arguments and region conventions as ``at_probe.knockout.knockout_sweep`` (the final
     prompt token is never knocked out as a key). Returns a ``KnockoutResult`` whose
     ``nll_delta`` holds the estimates and whose ``kl`` is NaN (no first-order estimate).
+
+    The backward pass is checkpointed per block: a forward pass without gradients keeps each
+    block's input (``[1, T, d_model]``), then from the last block down each block is run again
+    with gradients and differentiated alone, so autograd holds one block's attention pattern at
+    a time instead of all of them (one extra forward pass of compute).
     """
     t = prompt.shape[1]
     tokens = torch.cat((prompt, reference.to(prompt.device)), dim=1)
@@ -78,6 +84,8 @@ def attribution_sweep(
     bands = layer_bands(n_layers, band_size)
     labels, edges = knockout_regions(bounds, labels, t)
     per_layer = torch.zeros(n_layers, len(labels))
+    edits = [] if transition is None else transition.hooks(model, prompt_lengths=t)
+    inputs, block_kwargs = _block_inputs(model, tokens, edits)
 
     def watch(pattern: Tensor, *, hook: Any) -> None:
         layer, kept = layer_of(hook.name), pattern.detach()
@@ -87,21 +95,48 @@ def attribution_sweep(
 
         pattern.register_hook(reduce)
 
-    embedded: list[Tensor] = []
-
-    def grads_from(activation: Tensor, *, hook: Any) -> Tensor:
-        embedded.append(activation.detach().requires_grad_(True))  # the graph starts here
-        return embedded[-1]
-
-    pairs = ([] if transition is None else transition.hooks(model, prompt_lengths=t))
-    pairs = pairs + [("hook_embed", grads_from)] + [(pattern_hook(l), watch) for l in range(n_layers)]
-    with _weights_frozen(model), torch.enable_grad():
-        logits = model.run_with_hooks(tokens, fwd_hooks=pairs)[0].float()
-        logp = logits.log_softmax(-1)
-        nll = -logp[t - 1 : -1].gather(-1, tokens[0, t:, None]).mean()
-        torch.autograd.grad(nll, embedded)  # fires the pattern hooks; no weight gradients
+    watches = [(pattern_hook(layer), watch) for layer in range(n_layers)]
+    with _weights_frozen(model), torch.enable_grad(), model.hooks(fwd_hooks=edits + watches):
+        for layer in reversed(range(n_layers)):
+            x = inputs.pop(layer).requires_grad_(True)
+            out = model.blocks[layer](x, **block_kwargs)
+            if layer == n_layers - 1:
+                logp = model.unembed(model.ln_final(out))[0].float().log_softmax(-1)
+                nll = -logp[t - 1 : -1].gather(-1, tokens[0, t:, None]).mean()
+                (grad,) = torch.autograd.grad(nll, x)  # fires the pattern hook; no weight gradients
+            else:
+                (grad,) = torch.autograd.grad(out, x, grad_outputs=grad)
     estimate = torch.stack([per_layer[s:e].sum(0) for s, e in bands])
-    return KnockoutResult(bands, labels, torch.full_like(estimate, float("nan")), estimate, float(nll.detach()))
+    no_kl = torch.full_like(estimate, float("nan"))
+    return KnockoutResult(bands, labels, no_kl, estimate, float(nll.detach()))
+
+
+_NOT_REPLAYED = ("past_key_values", "use_cache")
+
+
+def _block_inputs(model: Any, tokens: Tensor, edits: list) -> tuple[dict[int, Tensor], dict[str, Any]]:
+    """Each block's input residual stream from one gradient-free pass (with ``edits`` active),
+    and the keyword arguments the blocks were called with (mask, rotary embeddings), minus the
+    KV cache, so that a block can be run again on its own."""
+    inputs: dict[int, Tensor] = {}
+    block_kwargs: dict[str, Any] = {}
+
+    def keep(layer: int) -> Any:
+        def pre_hook(module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+            inputs[layer] = args[0].detach()
+            if not block_kwargs:
+                block_kwargs.update({k: v for k, v in kwargs.items() if k not in _NOT_REPLAYED})
+        return pre_hook
+
+    handles = [block.register_forward_pre_hook(keep(i), with_kwargs=True)
+               for i, block in enumerate(model.blocks)]
+    try:
+        with torch.no_grad():
+            model.run_with_hooks(tokens, fwd_hooks=edits)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs, block_kwargs
 
 
 @contextmanager

@@ -154,7 +154,8 @@ class FlowWorkerFactory:
     """Worker of corpus flow (``flow.py --docs``): per document, every condition's probe rows.
 
     A unit's setting is ``""`` (all conditions run on each document, so the per-document
-    contrasts stay paired); each record is ``{"doc_id", "prompt_tokens", "rows"}``.
+    contrasts stay paired); each record is ``{"doc_id", "prompt_tokens", "dropped_tokens",
+    "rows"}`` (``dropped_tokens``: document tokens cut so the prompt fits).
     """
 
     model: str
@@ -180,7 +181,8 @@ class FlowWorkerFactory:
                 for name, transition in self.conditions.items():
                     result, _ = probe_pass(model, prompt, transition, self.regions)
                     rows += document_rows(result, doc_id=str(rec["id"]), condition=name)
-                out.append({"doc_id": str(rec["id"]), "prompt_tokens": len(prompt), "rows": rows})
+                out.append({"doc_id": str(rec["id"]), "prompt_tokens": len(prompt),
+                            "dropped_tokens": prompt.dropped, "rows": rows})
             return out
 
         return FunctionWorker(model_description(model), run)

@@ -52,13 +52,16 @@ def append_jsonl(fh: IO[str], records: Iterable[dict[str, Any]]) -> None:
 def ensure_manifest(run: Path, manifest: dict[str, Any]) -> None:
     """Write ``run/manifest.json``, or check that the one there describes the same run.
 
+    Keys the existing manifest does not have (a newer format) are not compared.
+
     Raises:
         ValueError: the directory holds a run with a different configuration (names the keys).
     """
     path = run / "manifest.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = sorted(k for k in manifest if old.get(k) != manifest[k])
+        # a key the old manifest lacks was added to the format later: nothing to compare it with
+        diff = sorted(k for k in manifest if k in old and old[k] != manifest[k])
         if diff:
             raise ValueError(f"{run} holds a run with a different configuration ({', '.join(diff)}); "
                              "use another output directory")

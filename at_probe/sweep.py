@@ -82,7 +82,8 @@ def plan_units(settings: Sequence[str], docs: Sequence[dict[str, Any]], batch_si
     """Setting-major units over consecutive batches of ``docs`` (the same plan on every run)."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    return [Unit(s, tuple(docs[i : i + batch_size])) for s in settings for i in range(0, len(docs), batch_size)]
+    starts = range(0, len(docs), batch_size)
+    return [Unit(s, tuple(docs[i : i + batch_size])) for s in settings for i in starts]
 
 
 class RecordSink:
@@ -103,8 +104,18 @@ class RecordSink:
         return [u for u in units if any((d, u.setting) not in self.done for d in u.doc_ids)]
 
     def write(self, unit: Unit, records: list[dict[str, Any]]) -> int:
-        """Append (fsynced) the unit's records that are not on disk yet; returns how many."""
-        new = [r for r in records if self.key(r) not in self.done]
+        """Append (fsynced) the unit's records that are not on disk yet; returns how many.
+
+        Raises:
+            ValueError: the records are not exactly one per document of the unit (a worker bug
+                that would otherwise leave the unit silently incomplete or duplicated).
+        """
+        keys = [self.key(r) for r in records]
+        expected = {(d, unit.setting) for d in unit.doc_ids}
+        if len(keys) != len(set(keys)) or set(keys) != expected:
+            raise ValueError(f"unit {unit.key} returned records for {sorted(keys)}, "
+                             f"expected {sorted(expected)}")
+        new = [r for r, k in zip(records, keys) if k not in self.done]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             append_jsonl(fh, new)
@@ -152,38 +163,53 @@ def run_units(
             write(unit, worker(unit))
             progress(unit)
         return
-    _run_on_ray(list(units), factory, write, start, max(workers, 1), ray_address, gpus_per_worker, max_attempts,
-                progress)
+    _run_on_ray(list(units), factory, write, start, max(workers, 1), ray_address, gpus_per_worker,
+                max_attempts, progress)
 
 
 class _ActorBody:
-    """What each Ray actor holds: one loaded worker."""
+    """What each Ray actor holds: one loaded worker, or the error that loading it raised (sent
+    back from ``describe``/``run`` with its own type, e.g. a bad model name)."""
 
     def __init__(self, factory: WorkerFactory) -> None:
-        self.worker = factory()
+        try:
+            self.worker, self.error = factory(), None
+        except Exception as err:  # noqa: BLE001 - re-raised in the driver by describe()
+            self.worker, self.error = None, err
 
     def describe(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
         return self.worker.description
 
     def run(self, unit: Unit) -> list[dict[str, Any]]:
+        if self.error is not None:
+            raise self.error
         return self.worker(unit)
 
 
-def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, start: Callable, workers: int,
-                ray_address: str | None, gpus_per_worker: float, max_attempts: int, progress: Callable) -> None:
+def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, start: Callable,
+                workers: int, ray_address: str | None, gpus_per_worker: float, max_attempts: int,
+                progress: Callable) -> None:
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import RayError, RayTaskError
 
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-    actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_ActorBody)
-    actors = [actor_class.remote(factory) for _ in range(min(workers, max(len(units), 1)))]
+    if started_here:  # "local" starts a fresh Ray even on a node where `ray start` runs a cluster
+        ray.init(address=ray_address or "local", num_cpus=None if ray_address else workers,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    actors: list[Any] = []
     try:
+        n_actors = min(workers, max(len(units), 1))
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus_per_worker and n_actors * gpus_per_worker > gpus:
+            raise ValueError(f"{n_actors} workers x {gpus_per_worker} GPU need more than the cluster's "
+                             f"{gpus:g} GPUs")
+        actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_ActorBody)
+        actors = [actor_class.remote(factory) for _ in range(n_actors)]
         try:
             descriptions = ray.get([a.describe.remote() for a in actors])
-        except RayTaskError as err:
+        except RayTaskError as err:  # the factory failed (bad model name, say): its own error
             raise err.as_instanceof_cause() from None
         if any(d != descriptions[0] for d in descriptions):
             raise RuntimeError(f"Ray workers loaded different models: {descriptions}")
@@ -198,13 +224,14 @@ def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, star
             actor, unit = in_flight.pop(ref)
             try:
                 records = ray.get(ref)
-            except RayTaskError as err:
+            except RayTaskError as err:  # the work itself failed: stop with its error
                 raise err.as_instanceof_cause() from None
-            except RayActorError:  # the process died (killed, out of memory, lost node): retry elsewhere
+            except RayError:  # the worker is gone (killed, out of memory, lost node): retry elsewhere
                 attempts[unit.key] += 1
                 if attempts[unit.key] >= max_attempts:
                     raise SweepError(f"unit {unit.key} lost its worker {attempts[unit.key]} times") from None
                 queue.appendleft(unit)
+                ray.kill(actor)
                 actors.remove(actor)
                 actors.append(actor_class.remote(factory))
                 idle.append(actors[-1])
@@ -241,7 +268,8 @@ class _KillingWorker:
 
     def __call__(self, unit: Unit) -> list[dict[str, Any]]:
         marker = self.fault.marker
-        if unit.key == self.fault.unit_key and (not marker.exists() or marker.stat().st_size < self.fault.times):
+        kills_left = not marker.exists() or marker.stat().st_size < self.fault.times
+        if unit.key == self.fault.unit_key and kills_left:
             with open(marker, "ab") as fh:
                 fh.write(b"x")
             os._exit(1)
@@ -260,10 +288,24 @@ def add_sweep_arguments(parser: Any) -> None:
 
 
 def sweep_options(args: Any) -> dict[str, Any]:
-    """The keyword arguments of ``run_units`` from ``add_sweep_arguments``' flags."""
+    """The keyword arguments of ``run_units`` from ``add_sweep_arguments``' flags.
+
+    With Ray and no ``--device``, the device is what ``load_model`` would pick here (a GPU when
+    this machine has one): GPU actors must ask Ray for their GPU, or they would all share the
+    first one. On a cluster whose head has no GPU, pass ``--device cuda``.
+    """
     if args.workers < 0:
         raise ValueError("--workers must be >= 0")
+    uses_ray = bool(args.workers or args.ray_address)
     gpus = args.gpus_per_worker
     if gpus is None:
-        gpus = 1.0 if str(args.device or "").startswith("cuda") else 0.0
+        device = args.device
+        if device is None and uses_ray:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        gpus = 1.0 if uses_ray and str(device or "").startswith("cuda") else 0.0
+    if uses_ray and gpus and args.device not in (None, "cuda", "cuda:0"):
+        raise ValueError(f"--device {args.device} with Ray: each actor sees only its own GPU; "
+                         "pass --device cuda")
     return {"workers": args.workers, "ray_address": args.ray_address, "gpus_per_worker": gpus}

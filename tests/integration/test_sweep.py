@@ -59,11 +59,13 @@ def test_plan_is_the_same_whatever_is_done(tmp_path):
     units = plan_units(["a", "b"], docs, 2)
     assert [(u.setting, u.doc_ids) for u in units] == [
         ("a", ("0", "1")), ("a", ("2", "3")), ("a", ("4",)), ("b", ("0", "1")), ("b", ("2", "3")), ("b", ("4",))]
+    # a unit half-written by a killed driver: one complete line, one cut short
+    (tmp_path / "r.jsonl").write_text('{"doc_id": "0", "setting": "a"}\n{"doc_id": "1", "set')
     sink = RecordSink(tmp_path / "r.jsonl")
-    sink.write(units[0], [{"doc_id": "0", "setting": "a"}])  # a unit half-written by a killed driver
     assert sink.pending(units) == units  # still pending: document 1 is missing
     assert sink.write(units[0], [{"doc_id": "0", "setting": "a"}, {"doc_id": "1", "setting": "a"}]) == 1
     assert RecordSink(tmp_path / "r.jsonl").pending(units) == units[1:]
+    assert (tmp_path / "r.jsonl").read_text().count("\n") == 2
     with pytest.raises(ValueError):
         plan_units(["a"], docs, 0)
 
@@ -132,3 +134,33 @@ def test_a_killed_driver_resumes_from_its_records(single_process, tmp_path):
     assert 2 <= written < 12
     subprocess.run([*cmd, "--workers", "2"], cwd=REPO, check=True, capture_output=True)
     _assert_same_records([json.loads(line) for line in records.read_text().splitlines()], single_process)
+
+
+def test_a_worker_returning_the_wrong_records_is_an_error(tmp_path):
+    sink = RecordSink(tmp_path / "r.jsonl")
+    unit = Unit("a", ({"id": "1"}, {"id": "2"}))
+    with pytest.raises(ValueError, match="expected"):
+        sink.write(unit, [{"doc_id": "1", "setting": "a"}])  # one record short
+    with pytest.raises(ValueError, match="expected"):
+        sink.write(unit, [{"doc_id": "1", "setting": "a"}] * 2 + [{"doc_id": "2", "setting": "a"}])
+    assert not sink.path.exists() or sink.path.read_text() == ""
+
+
+def test_without_flags_ray_is_never_imported():
+    code = ("import sys\nfrom at_probe.sweep import Unit, run_units\n"
+            "class W:\n    description = {}\n    def __call__(self, unit):\n"
+            "        return [{'doc_id': d, 'setting': unit.setting} for d in unit.doc_ids]\n"
+            "run_units([Unit('a', ({'id': '1'},))], W, lambda u, r: None)\n"
+            "assert 'ray' not in sys.modules, 'ray was imported'\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+@needs_ray
+def test_errors_inside_actors_keep_their_type(tmp_path):
+    units = plan_units(SETTINGS.split(";"), _docs(2), 2)
+    with pytest.raises(FileNotFoundError):  # the factory fails in every actor: a bad model directory
+        run_units(units, SummaryWorkerFactory(str(tmp_path / "no-model"), "cpu", SETTINGS, 4),
+                  lambda u, r: None, workers=2)
+    wrong = SummaryWorkerFactory("tiny", "cpu", "baseline", 4)  # the work fails: a setting it lacks
+    with pytest.raises(KeyError):
+        run_units(units[-1:], wrong, lambda u, r: None, workers=1)
