@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from at_probe.blocks import block_inputs, run_blocks
 from at_probe.knockout import KnockoutResult, knockout_regions, layer_bands
 from at_probe.names import layer_of, pattern_hook
 
@@ -85,7 +86,7 @@ def attribution_sweep(
     labels, edges = knockout_regions(bounds, labels, t)
     per_layer = torch.zeros(n_layers, len(labels))
     edits = [] if transition is None else transition.hooks(model, prompt_lengths=t)
-    inputs, block_kwargs = _block_inputs(model, tokens, edits)
+    inputs, block_kwargs = block_inputs(model, tokens, edits)
 
     def watch(pattern: Tensor, *, hook: Any) -> None:
         layer, kept = layer_of(hook.name), pattern.detach()
@@ -99,9 +100,10 @@ def attribution_sweep(
     with _weights_frozen(model), torch.enable_grad(), model.hooks(fwd_hooks=edits + watches):
         for layer in reversed(range(n_layers)):
             x = inputs.pop(layer).requires_grad_(True)
-            out = model.blocks[layer](x, **block_kwargs)
-            if layer == n_layers - 1:
-                logp = model.unembed(model.ln_final(out))[0].float().log_softmax(-1)
+            last = layer == n_layers - 1
+            out = run_blocks(model, x, layer, block_kwargs, stop=None if last else layer + 1)
+            if last:
+                logp = out[0].float().log_softmax(-1)
                 nll = -logp[t - 1 : -1].gather(-1, tokens[0, t:, None]).mean()
                 (grad,) = torch.autograd.grad(nll, x)  # fires the pattern hook; no weight gradients
             else:
@@ -109,34 +111,6 @@ def attribution_sweep(
     estimate = torch.stack([per_layer[s:e].sum(0) for s, e in bands])
     no_kl = torch.full_like(estimate, float("nan"))
     return KnockoutResult(bands, labels, no_kl, estimate, float(nll.detach()))
-
-
-_NOT_REPLAYED = ("past_key_values", "use_cache")
-
-
-def _block_inputs(model: Any, tokens: Tensor, edits: list) -> tuple[dict[int, Tensor], dict[str, Any]]:
-    """Each block's input residual stream from one gradient-free pass (with ``edits`` active),
-    and the keyword arguments the blocks were called with (mask, rotary embeddings), minus the
-    KV cache, so that a block can be run again on its own."""
-    inputs: dict[int, Tensor] = {}
-    block_kwargs: dict[str, Any] = {}
-
-    def keep(layer: int) -> Any:
-        def pre_hook(module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
-            inputs[layer] = args[0].detach()
-            if not block_kwargs:
-                block_kwargs.update({k: v for k, v in kwargs.items() if k not in _NOT_REPLAYED})
-        return pre_hook
-
-    handles = [block.register_forward_pre_hook(keep(i), with_kwargs=True)
-               for i, block in enumerate(model.blocks)]
-    try:
-        with torch.no_grad():
-            model.run_with_hooks(tokens, fwd_hooks=edits)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return inputs, block_kwargs
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from at_probe import ops
+from at_probe.blocks import block_inputs, run_blocks
 from at_probe.hooked import editable
 from at_probe.names import pattern_hook
 
@@ -111,44 +112,34 @@ def knockout_sweep(
             rows only; knockout is applied after it.
         progress: show a progress bar.
 
-    The base pass caches the residual stream entering each band's first block; a knockout pass
-    resumes from it (``start_at_layer``) instead of recomputing the unchanged blocks below.
+    The base pass keeps the residual stream entering each band's first block; a knockout pass
+    runs only the blocks from there on (``at_probe.blocks.run_blocks``), since the blocks
+    below the band see no knockout.
     """
     t = prompt.shape[1]
     tokens = prompt if reference is None else torch.cat((prompt, reference.to(prompt.device)), dim=1)
     bands = layer_bands(int(model.cfg.n_layers), band_size)
     labels, b = knockout_regions(bounds, labels, t)
+    edits = [] if transition is None else transition.hooks(model, prompt_lengths=t)
+    inputs, block_kwargs = block_inputs(model, tokens, edits, keep={s for s, _ in bands})
 
-    def run(extra: list, start: int | None = None) -> tuple[Tensor, Tensor | None]:
-        """One pass: from the tokens, or from the residual stream cached at block ``start``."""
+    def run(extra: list, start: int) -> tuple[Tensor, Tensor | None]:
+        """One pass from the residual stream kept at block ``start``, with the transition."""
         pairs = ([] if transition is None else transition.hooks(model, prompt_lengths=t)) + extra
-        with torch.inference_mode():
-            if start is None:
-                logits = model.run_with_hooks(tokens, fwd_hooks=pairs)[0]
-            else:  # blocks below the band see no knockout: resume from their cached output
-                logits = model.run_with_hooks(residual[start], start_at_layer=start, fwd_hooks=pairs)[0]
+        with model.hooks(fwd_hooks=pairs), torch.inference_mode():
+            logits = run_blocks(model, inputs[start], start, block_kwargs)[0]
         logp = logits[t - 1 :].float().log_softmax(-1)  # only the positions that are read
         nll = None
         if reference is not None:
-            targets = tokens[0, t:]
-            nll = -logp[:-1].gather(-1, targets[:, None]).mean()
+            nll = -logp[:-1].gather(-1, tokens[0, t:, None]).mean()
         return logp[0], nll
 
-    residual: dict[int, Tensor] = {}
-
-    def keep_residual(start: int) -> Any:
-        def fn(resid: Tensor, *, hook: Any) -> None:
-            residual[start] = resid.detach().clone()
-        return fn
-
-    starts = sorted({s for s, _ in bands if s > 0})
-    base_logp, base_nll = run([(f"blocks.{s}.hook_resid_pre", keep_residual(s)) for s in starts])
+    base_logp, base_nll = run([], 0)
     kl = torch.zeros(len(bands), len(labels))
     dnll = torch.zeros(len(bands), len(labels)) if reference is not None else None
     cells = [(i, j) for i in range(len(bands)) for j in range(len(labels))]
     for i, j in tqdm(cells, desc="knockout", disable=not progress, leave=False):
-        start = bands[i][0]
-        logp, nll = run(knockout_hooks(b[j], b[j + 1], range(*bands[i])), start=start or None)
+        logp, nll = run(knockout_hooks(b[j], b[j + 1], range(*bands[i])), bands[i][0])
         kl[i, j] = (base_logp.exp() * (base_logp - logp)).sum()
         if dnll is not None:
             dnll[i, j] = nll - base_nll
