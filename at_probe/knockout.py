@@ -121,20 +121,21 @@ def knockout_sweep(
     bands = layer_bands(int(model.cfg.n_layers), band_size)
     labels, b = knockout_regions(bounds, labels, t)
     edits = [] if transition is None else transition.hooks(model, prompt_lengths=t)
-    inputs, block_kwargs = block_inputs(model, tokens, edits, keep={s for s, _ in bands})
+    inputs, block_kwargs, base_logits = block_inputs(model, tokens, edits, keep={s for s, _ in bands})
+
+    def read(logits: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Next-token log-probabilities at the prompt's end, and the reference's NLL."""
+        logp = logits[t - 1 :].float().log_softmax(-1)  # only the positions that are read
+        nll = None if reference is None else -logp[:-1].gather(-1, tokens[0, t:, None]).mean()
+        return logp[0], nll
 
     def run(extra: list, start: int) -> tuple[Tensor, Tensor | None]:
         """One pass from the residual stream kept at block ``start``, with the transition."""
         pairs = ([] if transition is None else transition.hooks(model, prompt_lengths=t)) + extra
         with model.hooks(fwd_hooks=pairs), torch.inference_mode():
-            logits = run_blocks(model, inputs[start], start, block_kwargs)[0]
-        logp = logits[t - 1 :].float().log_softmax(-1)  # only the positions that are read
-        nll = None
-        if reference is not None:
-            nll = -logp[:-1].gather(-1, tokens[0, t:, None]).mean()
-        return logp[0], nll
+            return read(run_blocks(model, inputs[start], start, block_kwargs)[0])
 
-    base_logp, base_nll = run([], 0)
+    base_logp, base_nll = read(base_logits[0])
     kl = torch.zeros(len(bands), len(labels))
     dnll = torch.zeros(len(bands), len(labels)) if reference is not None else None
     cells = [(i, j) for i in range(len(bands)) for j in range(len(labels))]
