@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     echo = [Unit("echo", ({"id": str(i)},)) for i in range(args.echo_units)]
     local = timed_sweep(echo, EchoFactory(), 0, args.scratch / "echo_local.jsonl")
     remote = timed_sweep(echo, EchoFactory(), 1, args.scratch / "echo_ray.jsonl")
-    per_unit = (remote["after_first_unit_seconds"] - local["after_first_unit_seconds"]) / (args.echo_units - 1)
+    extra = remote["after_first_unit_seconds"] - local["after_first_unit_seconds"]
+    per_unit = extra / (args.echo_units - 1)
     results["ray_overhead_ms_per_unit"] = per_unit * 1000
     print(f"Ray adds {per_unit * 1000:.1f} ms per unit ({args.echo_units} empty units, one actor, "
           f"after the first; the records are written and fsynced by the driver in both)")

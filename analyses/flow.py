@@ -14,13 +14,20 @@ versions), and PNG figures each with the CSV of the data it plots: ``final_token
 ``region_mass`` (baseline) and ``region_mass_diff`` (transition - baseline), ``layer_measures``,
 ``knockout`` and, with ``--rollout``, ``rollout``. A summary table is printed. Memory: the
 probe reduces each layer's pattern inside its hook; only ``--rollout`` keeps one head-averaged
-``T x T`` map per layer (``4 L T^2`` bytes) until the end of the pass.
+``T x T`` map per layer (``4 L T^2`` bytes) until the end of the pass; ``--attribution``
+differentiates one block at a time (``at_probe.attribution``).
+
+Corpus mode (``--xsum FILE --docs N``) runs every condition on N documents, one unit of work
+per document (``at_probe.sweep``: resumable ``docs.jsonl``; ``--workers`` / ``--ray-address``
+spread the documents over Ray actors), then reports means and paired differences with
+bootstrap intervals.
 
 Usage:
     python analyses/flow.py                              # SmolLM2, sample document, baseline vs paper vs placebo
     python analyses/flow.py --xsum ../shared/data/xsum-at-release/token_1900_evaluation.json.gz --index 3
     python analyses/flow.py --model tiny --knockout 0    # the embedded tiny model, no knockout (seconds)
     python analyses/flow.py --model huggyllama/llama-7b --text doc.txt --transition both --out out/llama
+    python analyses/flow.py --xsum ../shared/data/xsum-at-release/token_800_evaluation.json.gz --docs 20 --workers 2
 """
 
 from __future__ import annotations

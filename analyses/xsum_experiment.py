@@ -109,9 +109,11 @@ def semantic_scores(run: Path, records: pd.DataFrame, release: list[dict[str, An
     return [cache[k] for k in keys]
 
 
-def role_differences(manifest: dict[str, Any], records: pd.DataFrame, a: str, b: str, metric: str) -> np.ndarray:
+def role_differences(manifest: dict[str, Any], records: pd.DataFrame, a: str, b: str,
+                     metric: str) -> np.ndarray:
     """Per-document ``role a - role b`` of ``metric`` (NaN where the metric is undefined)."""
-    wide = records.pivot_table(index="doc_id", columns="setting", values=metric, aggfunc="first", dropna=False)
+    wide = records.pivot_table(index="doc_id", columns="setting", values=metric, aggfunc="first",
+                               dropna=False)
     return (wide[manifest["roles"][a]].astype(float) - wide[manifest["roles"][b]].astype(float)).to_numpy()
 
 
@@ -119,7 +121,8 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
     """Every comparison x metric, pooled over buckets (stratified bootstrap) and per bucket."""
     out: dict[str, Any] = {
         "primary": {"metric": PRIMARY_METRIC, "comparison": " - ".join(PRIMARY_COMPARISON)},
-        "buckets": {m["bucket"]: {"n_documents": int(r.doc_id.nunique()), "roles": m["roles"]} for m, r in runs},
+        "buckets": {m["bucket"]: {"n_documents": int(r.doc_id.nunique()), "roles": m["roles"]}
+                    for m, r in runs},
         "comparisons": {}, "means": {},
     }
     for a, b in COMPARISONS:
@@ -141,7 +144,8 @@ def comparisons_frame(result: dict[str, Any]) -> pd.DataFrame:
     """Tidy rows (comparison, metric, bucket or "all", mean, lo, hi, n) of every estimate."""
     rows = [{"comparison": c, "metric": metric, "bucket": bucket, "mean": e["mean"], "lo": e["ci95"][0],
              "hi": e["ci95"][1], "n": e["n"]}
-            for c, block in result["comparisons"].items() for metric, by in block.items() for bucket, e in by.items()]
+            for c, block in result["comparisons"].items() for metric, by in block.items()
+            for bucket, e in by.items()]
     return pd.DataFrame(rows)
 
 
@@ -150,7 +154,8 @@ def examples_markdown(runs: list[tuple[dict[str, Any], pd.DataFrame]], releases:
     """The first ``per_bucket`` complete documents of each bucket (release order): reference and
     the baseline, selected paper and placebo summaries side by side."""
     lines = ["# XSum outputs side by side", "",
-             "The first complete held-out documents of each bucket in release order (not chosen by outcome).", ""]
+             "The first complete held-out documents of each bucket in release order "
+             "(not chosen by outcome).", ""]
     for (manifest, records), release in zip(runs, releases):
         refs = {str(r["id"]): r["summary"] for r in release}
         docs = [d for d in refs if d in set(records.doc_id)][:per_bucket]
@@ -160,7 +165,8 @@ def examples_markdown(runs: list[tuple[dict[str, Any], pd.DataFrame]], releases:
             for role in ("baseline", "paper_selected", "placebo_selected", "sra_selected"):
                 name = manifest["roles"][role]
                 text = records[(records.doc_id == doc) & (records.setting == name)].output.iloc[0]
-                lines.append(f"| {role} (`{name}`) | {text.strip().replace('|', '/').replace(chr(10), ' ')} |")
+                cell = text.strip().replace("|", "/").replace("\n", " ")
+                lines.append(f"| {role} (`{name}`) | {cell} |")
             lines.append("")
     return "\n".join(lines)
 
@@ -195,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
           f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] over {e['n']} documents")
     for c, block in result["comparisons"].items():
         cells = "  ".join(f"{m} {block[m]['all']['mean']:+.4f} [{block[m]['all']['ci95'][0]:+.4f},"
-                          f"{block[m]['all']['ci95'][1]:+.4f}]" for m in ("semantic_similarity", "rougeL", "summary_nll"))
+                          f"{block[m]['all']['ci95'][1]:+.4f}]"
+                          for m in ("semantic_similarity", "rougeL", "summary_nll"))
         print(f"{c:<36} {cells}")
     print(f"wrote {args.out / 'report.json'}")
     return 0

@@ -12,8 +12,9 @@ The run directory gets ``manifest.json``, ``sweep.jsonl`` (one line per document
 killed and re-run with the same arguments, the sweep continues where it stopped) and
 ``selection.json``: the two choices, each setting's mean NLL (``mean_nll``) and its paired
 difference from the baseline with a bootstrap 95% interval over documents
-(``minus_baseline``), and ``test_settings``, the settings of the test run (``xsum_eval.py --selection RUN/selection.json``, which checks the
-bucket, model, data and ``--max-new-tokens`` against this run's manifest). ``--workers`` /
+(``minus_baseline``), and ``test_settings``, the settings of the test run
+(``xsum_eval.py --selection RUN/selection.json``, which checks the bucket, model, data and
+``--max-new-tokens`` against this run's manifest). ``--workers`` /
 ``--ray-address`` spread the (batch, setting) units over Ray actors (``at_probe.sweep``).
 
 Usage:
@@ -70,7 +71,8 @@ def development_contrasts(rows: list[dict[str, Any]], docs: list[str]) -> dict[s
     for r in rows:
         table.setdefault(r["setting"], {})[r["doc_id"]] = r["summary_nll"]
     base = np.array([table["baseline"][d] for d in docs])
-    return {name: bootstrap_mean(np.array([v[d] for d in docs]) - base).to_dict() for name, v in table.items()}
+    return {name: bootstrap_mean(np.array([v[d] for d in docs]) - base).to_dict()
+            for name, v in table.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         sink = RecordSink(args.out / "sweep.jsonl")
         units = sink.pending(plan_units(settings, docs, args.batch_size))
         factory = NLLWorkerFactory(args.model, args.device, args.max_new_tokens)
-        with tqdm(total=len(docs) * len(settings), initial=len(sink.done), desc="dev sweep", unit="score") as bar:
+        with tqdm(total=len(docs) * len(settings), initial=len(sink.done), desc="dev sweep",
+                  unit="score") as bar:
             run_units(units, factory, sink.write, start=lambda described: ensure_manifest(args.out, {
                 **config, **described}), progress=lambda unit: bar.update(len(unit.docs)), **options)
-    except (FileNotFoundError, ValueError, OSError) as err:  # bad input, another run in --out, a long reference
+    except (FileNotFoundError, ValueError, OSError) as err:  # bad input, another run, a long reference
         print(f"xsum_select.py: error: {err}", file=sys.stderr)
         return 2
 

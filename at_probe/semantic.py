@@ -51,14 +51,16 @@ def model_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def _encoder() -> tuple[Any, Any, int]:
-    """(tokenizer, encoder, max_seq_length), after checking the packaged recipe is mean pooling + normalize."""
+    """(tokenizer, encoder, max_seq_length), after checking that the packaged recipe is mean
+    pooling then normalisation."""
     from transformers import AutoModel, AutoTokenizer
 
     path = model_dir()
     modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((path / "modules.json").read_text())]
     pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
     if modules != ["Transformer", "Pooling", "Normalize"] or not pooling.get("pooling_mode_mean_tokens"):
-        raise ValueError(f"{path}: expected Transformer -> mean Pooling -> Normalize, got {modules}, {pooling}")
+        raise ValueError(f"{path}: expected Transformer -> mean Pooling -> Normalize, "
+                         f"got {modules}, {pooling}")
     max_len = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
     tokenizer = AutoTokenizer.from_pretrained(path)
     encoder = AutoModel.from_pretrained(path, use_safetensors=True).eval()
