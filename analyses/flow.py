@@ -245,6 +245,17 @@ def corpus_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
     return records[: args.docs]
 
 
+def attribution_band(args: argparse.Namespace, model_name: str) -> int:
+    """Layers per band of the corpus causal map: a third of the model's layers (as the
+    single-document default), read from its config without loading the weights."""
+    from transformers import AutoConfig
+
+    from at_probe.loading import resolve_source
+
+    n_layers = int(AutoConfig.from_pretrained(resolve_source(model_name)).num_hidden_layers)
+    return -(-n_layers // 3)
+
+
 def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[dict[str, Any]],
                options: dict[str, Any]) -> int:
     """Corpus mode: per-document measures appended to ``docs.jsonl`` (resumable), then means,
@@ -258,11 +269,12 @@ def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[
     manifest = {"model": args.model, "xsum": args.xsum.name, "xsum_sha256": file_sha256(args.xsum),
                 "split": args.split, "regions": args.regions, "max_tokens": args.max_tokens,
                 "conditions": {name: repr(tr) for name, tr in conditions.items()},
-                "at_probe_version": at_probe.__version__}
+                "attribution": bool(args.attribution), "at_probe_version": at_probe.__version__}
     sink = RecordSink(args.out / "docs.jsonl", key=lambda r: (r["doc_id"], ""))
     units = sink.pending(plan_units([""], docs, 1))
     print(f"{len(docs)} documents x {len(conditions)} conditions: {len(docs) - len(units)} done, {len(units)} to go")
-    factory = corpus.FlowWorkerFactory(args.model, args.device, conditions, args.regions, args.max_tokens)
+    band = attribution_band(args, args.model) if args.attribution else 0
+    factory = corpus.FlowWorkerFactory(args.model, args.device, conditions, args.regions, args.max_tokens, band)
     with tqdm(total=len(units), desc="documents", unit="doc") as bar:
         try:
             run_units(units, factory, sink.write, start=lambda described: ensure_manifest(args.out, {
@@ -282,7 +294,8 @@ def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[
     diffs = summary[summary.kind == "difference"]
     for name, part in (("corpus_profile_diff", diffs[diffs.measure == "final_token_profile"]),
                        ("corpus_value_profile_diff", diffs[diffs.measure == "final_token_value_profile"]),
-                       ("corpus_layer_measures_diff", diffs[diffs.measure.isin(corpus.LAYER_MEASURES)])):
+                       ("corpus_layer_measures_diff", diffs[diffs.measure.isin(corpus.LAYER_MEASURES)]),
+                       ("corpus_attribution_diff", diffs[diffs.measure == "attribution_nll"])):
         if len(part):  # no figure of differences for a baseline-only run
             save_figure(PLOTS[name](part), args.out, name, part)
     names = list(conditions)

@@ -67,6 +67,16 @@ def document_rows(result: FlowResult, *, doc_id: str, condition: str) -> list[di
     return rows
 
 
+def attribution_rows(estimate: Any, *, doc_id: str, condition: str) -> list[dict[str, Any]]:
+    """An ``attribution_sweep`` result as tidy rows: measure ``attribution_nll`` (first-order
+    change of the reference's NLL, nats/token, if the region were knocked out in the band),
+    ``layer`` the band's first layer, ``region`` the region's label."""
+    base = {"doc_id": doc_id, "condition": condition, "measure": "attribution_nll"}
+    return [{**base, "layer": start, "region": label, "value": float(estimate.nll_delta[i, j])}
+            for i, (start, _) in enumerate(estimate.bands)
+            for j, label in enumerate(estimate.region_labels)]
+
+
 def _early_document(labels: list[str]) -> list[int]:
     """Indices of the first half of the ``doc NN`` regions (the first one if there is only one)."""
     doc = [i for i, label in enumerate(labels) if label.startswith("doc ")]
@@ -151,7 +161,9 @@ def interval_words(estimate: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class FlowWorkerFactory:
-    """Worker of corpus flow (``flow.py --docs``): per document, every condition's probe rows.
+    """Worker of corpus flow (``flow.py --docs``): per document, every condition's probe rows,
+    and with ``attribution_band`` > 0 the causal map (``attribution_rows``) in bands of that
+    many layers, against the document's reference summary.
 
     A unit's setting is ``""`` (all conditions run on each document, so the per-document
     contrasts stay paired); each record is ``{"doc_id", "prompt_tokens", "dropped_tokens",
@@ -163,25 +175,39 @@ class FlowWorkerFactory:
     conditions: dict[str, Any]
     regions: int
     max_tokens: int | None
+    attribution_band: int = 0
 
     def __call__(self) -> FunctionWorker:
+        import torch
+
+        from at_probe.attribution import attribution_sweep
         from at_probe.loading import load_model, model_description
         from at_probe.probe import probe_pass
-        from at_probe.prompts import build_prompt
+        from at_probe.prompts import build_prompt, continuation_ids
         from at_probe.sweep import FunctionWorker
 
         model = load_model(self.model, device=self.device)
-        limit = min(int(model.cfg.n_ctx), self.max_tokens or int(model.cfg.n_ctx))
+        n_ctx = int(model.cfg.n_ctx)
 
         def run(unit: Any) -> list[dict[str, Any]]:
             out = []
             for rec in unit.docs:
-                prompt = build_prompt(model.tokenizer, rec["document"], max_tokens=limit)
+                doc_id = str(rec["id"])
+                ref = continuation_ids(model.tokenizer, rec["summary"]) if self.attribution_band else []
+                prompt = build_prompt(model.tokenizer, rec["document"],
+                                      max_tokens=min(n_ctx - len(ref), self.max_tokens or n_ctx))
                 rows = []
                 for name, transition in self.conditions.items():
                     result, _ = probe_pass(model, prompt, transition, self.regions)
-                    rows += document_rows(result, doc_id=str(rec["id"]), condition=name)
-                out.append({"doc_id": str(rec["id"]), "prompt_tokens": len(prompt),
+                    rows += document_rows(result, doc_id=doc_id, condition=name)
+                    if self.attribution_band:
+                        reference = torch.tensor([ref], device=model.cfg.device)
+                        estimate = attribution_sweep(
+                            model, prompt.tensor(model.cfg.device), result.region_bounds,
+                            reference=reference, band_size=self.attribution_band,
+                            labels=result.region_labels, transition=transition)
+                        rows += attribution_rows(estimate, doc_id=doc_id, condition=name)
+                out.append({"doc_id": doc_id, "prompt_tokens": len(prompt),
                             "dropped_tokens": prompt.dropped, "rows": rows})
             return out
 

@@ -68,7 +68,7 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
-    source = _resolve_source(name_or_path)
+    source = resolve_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except OSError as err:
@@ -147,8 +147,9 @@ def random_llama(
     return bridge.eval()
 
 
-def _resolve_source(name_or_path: str | Path) -> str:
-    """``"tiny"`` / ``"smollm2"`` -> their directories; a path -> checked directory; else a hub id."""
+def resolve_source(name_or_path: str | Path) -> str:
+    """The ``from_pretrained`` source of a model name: ``"tiny"`` / ``"smollm2"`` -> their
+    directories (SmolLM2 converted first if not cached); a path -> checked directory; else a hub id."""
     if str(name_or_path) == "tiny":
         return str(TINY_MODEL_DIR)
     if str(name_or_path) == "smollm2":

@@ -265,6 +265,7 @@ PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "corpus_profile_diff": corpus_differences,
     "corpus_value_profile_diff": corpus_differences,
     "corpus_layer_measures_diff": corpus_differences,
+    "corpus_attribution_diff": corpus_differences,
 }
 
 
