@@ -25,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -166,7 +167,7 @@ def generation_rates(model: Any, docs: list[dict], batch_size: int, max_new_toke
 
     def bridge(n: int, transition: Any = None) -> Callable[[], Any]:
         def run() -> Any:
-            ctx = transition.applied(model) if transition is not None else _null()
+            ctx = transition.applied(model) if transition is not None else contextlib.nullcontext()
             with ctx, torch.inference_mode():
                 return model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
                                       stop_at_eos=False, verbose=False)
@@ -219,12 +220,6 @@ def until_eos(tokens: torch.Tensor, eos: int) -> list[list[int]]:
     """Each row up to and including its first EOS (HF pads finished rows; the bridge goes on)."""
     rows = tokens.tolist()
     return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
-
-
-def _null() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def write_profile(fn: Callable[[], Any], path: Path, top: int = 40) -> None:
