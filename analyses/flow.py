@@ -22,6 +22,10 @@ per document (``at_probe.sweep``: resumable ``docs.jsonl``; ``--workers`` / ``--
 spread the documents over Ray actors), then reports means and paired differences with
 bootstrap intervals.
 
+With ``--selection RUN/selection.json`` (of ``alternatives_select.py``), corpus mode runs the
+alternatives that selection chose instead of the transition: emphasis, calibration and
+temperature, the placebos of the first two, and the baseline.
+
 Usage:
     python analyses/flow.py                              # SmolLM2, sample document, baseline vs paper vs placebo
     python analyses/flow.py --xsum ../shared/data/xsum-at-release/token_1900_evaluation.json.gz --index 3
@@ -52,7 +56,7 @@ from at_probe.prompts import Prompt, build_prompt, continuation_ids
 from at_probe.runfiles import ensure_manifest, file_sha256
 from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
-from at_probe.xsum import is_heldout, load_records
+from at_probe.xsum import SettingError, is_heldout, load_records, parse_setting, setting_roles
 
 SAMPLE_SUMMARY = SAMPLE_DOCUMENT.with_name("sample_summary.txt")
 
@@ -76,6 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="corpus mode: held-out documents (int(id) %% 4 == 0, default) or all")
     p.add_argument("--regions", type=int, default=8, help="document regions (default 8)")
     p.add_argument("--transition", choices=("none", "paper", "sra", "both"), default="paper")
+    p.add_argument("--selection", type=Path, default=None, metavar="SELECTION",
+                   help="corpus mode: instead of --transition, the baseline and the settings an "
+                        "alternatives_select.py selection.json chose (emphasis, calibration, temperature and "
+                        "their placebos)")
     p.add_argument("--alpha", type=float, default=1.0, help="paper: threshold factor (default 1.0)")
     p.add_argument("--beta", type=float, default=0.5, help="paper: share of freed mass moved (default 0.5)")
     p.add_argument("--k", type=int, default=2, help="paper: intervals per layer (default 2)")
@@ -136,8 +144,23 @@ def make_prompt(model: Any, document: str, reference: str | None,
     return prompt, ref_tokens
 
 
+def selection_conditions(path: Path) -> dict[str, Any]:
+    """Condition name -> intervention from an alternatives selection: ``baseline`` and each
+    role's setting (``emphasis``, ``emphasis_placebo``, ``calibration``, ...)."""
+    try:
+        selection = json.loads(path.read_text())
+        roles, profiles = setting_roles(selection), selection.get("profiles")
+    except (OSError, json.JSONDecodeError, KeyError, SettingError) as err:
+        raise UsageError(f"{path} is not the selection.json of a development sweep: {err!r}") from None
+    if "selected" not in selection:
+        raise UsageError(f"{path} selects transitions: use --transition and --alpha/--beta/--k for those")
+    return {role.removesuffix("_selected"): parse_setting(name, profiles)[1] for role, name in roles.items()}
+
+
 def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
-    """Condition name -> transition object (None for the baseline)."""
+    """Condition name -> intervention (None for the baseline)."""
+    if args.selection is not None:
+        return selection_conditions(args.selection)
     conds: dict[str, Any] = {"baseline": None}
     if args.transition in ("paper", "both"):
         conds["paper"] = PaperTransition(alpha=args.alpha, beta=args.beta, intervals_per_layer=args.k)
@@ -234,6 +257,8 @@ def corpus_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.knockout:
         raise UsageError("corpus mode runs no knockout (one pass per region and band per document); "
                          "drop --knockout or use --index for one document")
+    if args.selection is not None and args.attribution:
+        raise UsageError("--attribution (the causal map) runs for the transitions only: drop it with --selection")
     try:
         records = load_records(args.xsum)
     except (FileNotFoundError, ValueError) as err:
@@ -302,6 +327,7 @@ def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[
     contrasts = [(c, "baseline") for c in names if c != "baseline"]
     if "paper" in names and "placebo" in names:
         contrasts.append(("paper", "placebo"))
+    contrasts += [(c.removesuffix("_placebo"), c) for c in names if c.endswith("_placebo")]
     headline = [corpus.paired_contrast(frame, f"{corpus.EARLY_DEEP}:{m}", a, b)
                 for m in corpus.PROFILES for a, b in contrasts]
     words = corpus.plain_words(summary)
@@ -322,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.regions < 1:
             raise UsageError("--regions must be >= 1")
+        if args.selection is not None and args.docs is None:
+            raise UsageError("--selection runs in corpus mode: add --xsum FILE --docs N")
         docs = corpus_documents(args) if args.docs is not None else None
         document, reference, source = read_document(args) if docs is None else ("", None, "")
         conditions = build_conditions(args)

@@ -15,6 +15,9 @@ settings a development sweep of ``xsum_select.py`` chose):
     paper:alpha=A,beta=B,k=K          the 2023 transition
     placebo:alpha=A,beta=B,k=K,seed=S the same rows and mass, random targets (control)
     sra:threshold_len=N,...           the 2025 SRA version (keys of SRATransition)
+    temperature:tau=T[,layers=A-B]    scores of layers A..B (default the last half) divided by T
+    emphasis:top=N,...  calibration:strength=S,...  and their _placebo twins (need the development
+                                      profiles of an alternatives_select.py selection: --selection)
 
 The run directory holds ``manifest.json`` (model, prompt style, data file hash, settings, version) and
 ``records.jsonl`` (one line per document and setting). Killed at any moment and re-run with
@@ -48,6 +51,7 @@ from at_probe.xsum import (
     SettingError,
     SummaryWorkerFactory,
     bucket_file,
+    canonical_selection,
     is_heldout,
     load_records,
     parse_setting,
@@ -74,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     chosen = p.add_mutually_exclusive_group()
     chosen.add_argument("--settings", default=DEFAULT_SETTINGS)
     chosen.add_argument("--selection", type=Path, default=None,
-                        help="selection.json of xsum_select.py: run its test_settings")
+                        help="selection.json of xsum_select.py or alternatives_select.py: run its test_settings")
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
@@ -84,7 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def read_selection(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    """A development sweep's ``selection.json``, checked against the sweep's manifest beside it.
+    """A development sweep's ``selection.json`` (of ``xsum_select.py`` or
+    ``alternatives_select.py``), checked against the sweep's manifest beside it.
 
     ``expected`` holds this run's ``model``, ``bucket``, ``data_sha256`` and ``max_new_tokens``:
     settings chosen for another bucket, model, data file or prompt cut are refused, and so is a
@@ -93,9 +98,8 @@ def read_selection(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     try:
         selection = json.loads(path.read_text())
         manifest = json.loads((path.parent / "manifest.json").read_text())
-        implied = run_settings({"paper": parse_setting(selection["paper"])[0],
-                                "sra": parse_setting(selection["sra"])[0]})
-        tested = [parse_setting(s)[0] for s in selection["test_settings"]]
+        implied = run_settings(canonical_selection(selection))
+        tested = [parse_setting(s, selection.get("profiles"))[0] for s in selection["test_settings"]]
     except (OSError, KeyError, TypeError, json.JSONDecodeError, SettingError) as err:
         raise RunError(f"{path} is not the selection.json of an xsum_select.py run directory: {err!r}") from None
     if manifest.get("split") != "development":
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         selection = read_selection(args.selection, {
             "model": args.model, "bucket": args.bucket, "data_sha256": file_sha256(data_file),
             "max_new_tokens": args.max_new_tokens}) if args.selection else None
-        settings = parse_settings(";".join(selection["test_settings"]) if selection else args.settings)
+        profiles = selection.get("profiles") if selection else None
+        settings = parse_settings(";".join(selection["test_settings"]) if selection else args.settings, profiles)
         docs = load_records(data_file)
         if args.split == "heldout":
             docs = [d for d in docs if is_heldout(d["id"])]
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     units = sink.pending(plan_units(list(settings), docs, args.batch_size))
     print(f"{len(docs)} documents x {len(settings)} settings: {len(sink.done)} done, "
           f"{sum(len(u.docs) for u in units)} to go")
-    factory = SummaryWorkerFactory(args.model, args.device, ";".join(settings), args.max_new_tokens)
+    factory = SummaryWorkerFactory(args.model, args.device, ";".join(settings), args.max_new_tokens, profiles)
     with tqdm(total=sum(len(u.docs) for u in units), desc="xsum", unit="summary") as bar:
         try:  # the manifest is written once the model is loaded: a bad --model writes nothing
             run_units(units, factory, sink.write, start=lambda described: ensure_manifest(args.out, {

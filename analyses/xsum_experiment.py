@@ -3,7 +3,10 @@ pre-declared primary metric and comparison.
 
 Each run directory is a test run of ``xsum_eval.py --selection`` (its manifest maps the roles
 ``baseline``, ``paper_example``, ``paper_selected``, ``placebo_example``, ``placebo_selected``,
-``sra_selected`` to the settings chosen on that bucket's development documents). Documents
+``sra_selected`` to the settings chosen on that bucket's development documents; or, for an
+``alternatives_select.py`` selection, ``emphasis_selected``, ``emphasis_placebo``,
+``calibration_selected``, ``calibration_placebo``, ``temperature_selected``, compared with the
+baseline and their placebos). Documents
 scored under every setting of their run are used; each comparison is a paired difference per
 document, pooled over the buckets with a bootstrap that resamples documents within their
 bucket (95% interval), and given per bucket too.
@@ -48,6 +51,17 @@ METRICS = ("semantic_similarity", "rouge1", "rouge2", "rougeL", "summary_nll", "
 COMPARISONS = (PRIMARY_COMPARISON, ("paper_example", "placebo_example"), ("paper_selected", "baseline"),
                ("paper_example", "baseline"), ("sra_selected", "baseline"), ("placebo_selected", "baseline"),
                ("placebo_example", "baseline"))
+ALTERNATIVE_COMPARISONS = (("emphasis_selected", "baseline"), ("emphasis_selected", "emphasis_placebo"),
+                           ("calibration_selected", "baseline"), ("calibration_selected", "calibration_placebo"),
+                           ("temperature_selected", "baseline"), ("emphasis_placebo", "baseline"),
+                           ("calibration_placebo", "baseline"))
+"""Runs of an ``alternatives_select.py`` selection: each method against the baseline and its
+placebo, on the same primary metric; no single comparison was declared primary for them."""
+
+
+def comparisons_for(roles: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The comparisons of a run's family (transitions or alternatives), from its roles."""
+    return ALTERNATIVE_COMPARISONS if "emphasis_selected" in roles else COMPARISONS
 
 
 class ReportError(Exception):
@@ -118,14 +132,23 @@ def role_differences(manifest: dict[str, Any], records: pd.DataFrame, a: str, b:
 
 
 def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: int = 0) -> dict[str, Any]:
-    """Every comparison x metric, pooled over buckets (stratified bootstrap) and per bucket."""
+    """Every comparison x metric, pooled over buckets (stratified bootstrap) and per bucket.
+
+    Raises:
+        ReportError: runs of different families (transitions and alternatives) mixed.
+    """
+    families = {comparisons_for(m["roles"]) for m, _ in runs}
+    if len(families) != 1:
+        raise ReportError("the runs mix a transitions selection and an alternatives selection: report them apart")
+    comparisons = families.pop()
+    primary = PRIMARY_COMPARISON if comparisons is COMPARISONS else None
     out: dict[str, Any] = {
-        "primary": {"metric": PRIMARY_METRIC, "comparison": " - ".join(PRIMARY_COMPARISON)},
+        "primary": {"metric": PRIMARY_METRIC, "comparison": " - ".join(primary) if primary else None},
         "buckets": {m["bucket"]: {"n_documents": int(r.doc_id.nunique()), "roles": m["roles"]}
                     for m, r in runs},
         "comparisons": {}, "means": {},
     }
-    for a, b in COMPARISONS:
+    for a, b in comparisons:
         block = {}
         for metric in METRICS:
             per_bucket = {m["bucket"]: role_differences(m, r, a, b, metric) for m, r in runs}
@@ -135,8 +158,8 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
     for m, r in runs:
         out["means"][m["bucket"]] = {role: {metric: float(r[r.setting == name][metric].astype(float).mean())
                                             for metric in METRICS} for role, name in m["roles"].items()}
-    est = out["comparisons"][out["primary"]["comparison"]][PRIMARY_METRIC]["all"]
-    out["primary"]["estimate"] = est
+    if primary:
+        out["primary"]["estimate"] = out["comparisons"][out["primary"]["comparison"]][PRIMARY_METRIC]["all"]
     return out
 
 
@@ -162,7 +185,9 @@ def examples_markdown(runs: list[tuple[dict[str, Any], pd.DataFrame]], releases:
         for doc in docs:
             lines += [f"## bucket {manifest['bucket']}, document {doc}", "", "| | summary |", "| --- | --- |",
                       f"| reference | {refs[doc]} |"]
-            for role in ("baseline", "paper_selected", "placebo_selected", "sra_selected"):
+            shown = [r for r in manifest["roles"] if r == "baseline" or r.endswith(("_selected", "_placebo"))
+                     and not r.startswith("placebo_example")]
+            for role in shown:
                 name = manifest["roles"][role]
                 text = records[(records.doc_id == doc) & (records.setting == name)].output.iloc[0]
                 cell = text.strip().replace("|", "/").replace("\n", " ")
@@ -187,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ReportError, FileNotFoundError, ValueError) as err:
         print(f"xsum_experiment.py: error: {err}", file=sys.stderr)
         return 2
-    result = experiment_report(runs, seed=args.seed)
+    try:
+        result = experiment_report(runs, seed=args.seed)
+    except ReportError as err:
+        print(f"xsum_experiment.py: error: {err}", file=sys.stderr)
+        return 2
     result["manifests"] = {m["bucket"]: m for m, _ in runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(result, indent=1))
@@ -196,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
 
     frame = comparisons_frame(result)
     save_figure(xsum_roles(frame), args.out, "xsum_roles", frame)
-    e = result["primary"]["estimate"]
-    print(f"primary: {result['primary']['metric']}, {result['primary']['comparison']}: {e['mean']:+.4f} "
-          f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] over {e['n']} documents")
+    if result["primary"]["comparison"]:
+        e = result["primary"]["estimate"]
+        print(f"primary: {result['primary']['metric']}, {result['primary']['comparison']}: {e['mean']:+.4f} "
+              f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] over {e['n']} documents")
     for c, block in result["comparisons"].items():
         cells = "  ".join(f"{m} {block[m]['all']['mean']:+.4f} [{block[m]['all']['ci95'][0]:+.4f},"
                           f"{block[m]['all']['ci95'][1]:+.4f}]"

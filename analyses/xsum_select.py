@@ -27,15 +27,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.loading import DEFAULT_MODEL
 from at_probe.runfiles import ensure_manifest, file_sha256
-from at_probe.stats import bootstrap_mean
 from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.xsum import (
     BUCKETS,
@@ -44,6 +41,7 @@ from at_probe.xsum import (
     development_sweep_settings,
     is_development,
     load_records,
+    minus_baseline,
     run_settings,
     select_settings,
 )
@@ -63,16 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="run directory")
     add_sweep_arguments(p)
     return p.parse_args(argv)
-
-
-def development_contrasts(rows: list[dict[str, Any]], docs: list[str]) -> dict[str, dict]:
-    """Each setting's paired NLL difference from the baseline (bootstrap over documents)."""
-    table: dict[str, dict[str, float]] = {}
-    for r in rows:
-        table.setdefault(r["setting"], {})[r["doc_id"]] = r["summary_nll"]
-    base = np.array([table["baseline"][d] for d in docs])
-    return {name: bootstrap_mean(np.array([v[d] for d in docs]) - base).to_dict()
-            for name, v in table.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     selection = select_settings(sink.records)
-    selection["minus_baseline"] = development_contrasts(sink.records, [str(d["id"]) for d in docs])
+    selection["minus_baseline"] = minus_baseline(sink.records, [str(d["id"]) for d in docs])
     selection["test_settings"] = run_settings(selection)
     (args.out / "selection.json").write_text(json.dumps(selection, indent=1))
     paper, sra = selection["paper"], selection["sra"]

@@ -293,7 +293,7 @@ def probe_pass(model: Any, prompt: Any, transition: Any, regions: int,
     the transition's ``last_report()`` (None without a transition)."""
     probe = FlowProbe.for_model(model, regions=regions, document=prompt.document, rollout=rollout,
                                 value_weighted=True)
-    pairs = ([] if transition is None else transition.hooks(model)) + probe.hooks()
+    pairs = ([] if transition is None else transition.hooks(model, prompts=[prompt])) + probe.hooks()
     with torch.inference_mode():
         model.run_with_hooks(prompt.tensor(model.cfg.device), fwd_hooks=pairs)
     report = None if transition is None else transition.last_report()

@@ -38,10 +38,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from at_probe.hooked import editable, left_padding
+from at_probe.intervention import lengths_of, resolve_heads
 from at_probe.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, resolve_layers, scores_hook
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from at_probe.prompts import Prompt
 
 Pattern = Float[Tensor, "batch head query_pos key_pos"]
 Span = tuple[int, int]
@@ -596,7 +599,8 @@ class _Transition:
         """Edit one sequence ``[1, head, T, T]`` in place; return the row spans edited."""
         raise NotImplementedError
 
-    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None) -> list[HookPair]:
+    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+              prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
         """Plain TransformerLens ``(hook_name, fn)`` pairs applying the transition.
 
         Each call starts fresh state (prompt lengths, report). Pairs can be concatenated with
@@ -612,16 +616,16 @@ class _Transition:
             prompt_lengths: real (non-padding) prompt tokens per sequence, when a pass holds
                 more than the prompt (e.g. prompt + reference for teacher forcing); rows past
                 it are never edited. ``None``: the first full pass is the prompt.
+            prompts: the batch's ``Prompt`` objects (the shared interface of
+                ``at_probe.intervention``); only their lengths are used.
 
         Raises:
             ValueError: layers or heads outside the model; at run time, right padding.
         """
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
         layers = self._layers(n_layers)
-        heads = _resolve_heads(self.heads, n_heads)  # type: ignore[attr-defined]
-        if isinstance(prompt_lengths, int):
-            prompt_lengths = [prompt_lengths]
-        run = _Run(prompt_lengths)
+        heads = resolve_heads(self.heads, n_heads)  # type: ignore[attr-defined]
+        run = _Run(lengths_of(prompt_lengths, prompts))
         object.__setattr__(self, "_last_run", run)
 
         def scores_fn(scores: Tensor, *, hook: Any) -> None:
@@ -650,14 +654,15 @@ class _Transition:
             pair for l in layers for pair in ((scores_hook(l), scores_fn), (pattern_hook(l), hook_fn))]
 
     @contextmanager
-    def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None) -> Iterator[Any]:
+    def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+                prompts: Sequence[Prompt] | None = None) -> Iterator[Any]:
         """Context manager: the transition is active on ``model`` inside the block.
 
         Hooks are registered through ``model.hooks(...)`` and always removed on exit, also when
         the body raises. Works with ``model(...)``, ``run_with_cache`` and ``generate`` (with or
         without the KV cache: only prompt rows are edited, at prefill). Yields the model.
         """
-        with model.hooks(fwd_hooks=self.hooks(model, prompt_lengths=prompt_lengths)):
+        with model.hooks(fwd_hooks=self.hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)):
             yield model
 
     def last_report(self) -> TransitionReport:
@@ -666,18 +671,6 @@ class _Transition:
         if run is None:
             raise RuntimeError("no hooks have been built yet: call .hooks(model) or .applied(model)")
         return run.report()
-
-
-def _resolve_heads(heads: Sequence[int] | None, n_heads: int) -> Tensor | None:
-    if heads is None:
-        return None
-    heads = tuple(heads)
-    bad = [h for h in heads if not _is_int(h) or not 0 <= h < n_heads]
-    if bad or not heads:
-        raise ValueError(f"head indices {bad or '[]'} are invalid for a model with {n_heads} heads")
-    if len(set(heads)) != len(heads):
-        raise ValueError(f"duplicate head indices in {list(heads)}")
-    return torch.tensor(sorted(heads))
 
 
 def _check_layer_arg(layers: Sequence[int] | None) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import gzip
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,24 +110,66 @@ _SETTING_KEYS: dict[str, dict[str, type]] = {
 }
 
 
-def parse_setting(text: str) -> tuple[str, Any]:
-    """One setting string -> (canonical name, transition object or None for the baseline).
+def _layer_range(text: str) -> tuple[int, ...]:
+    """``"15-29"`` -> layers 15..29 (inclusive); ``"7"`` -> (7,)."""
+    first, dash, last = text.partition("-")
+    lo, hi = int(first), int(last) if dash else int(first)
+    if not 0 <= lo <= hi:
+        raise ValueError(text)
+    return tuple(range(lo, hi + 1))
 
-    Grammar: ``baseline`` | ``KIND:key=value,key=value`` with KIND ``paper`` / ``placebo``
-    (keys ``alpha``, ``beta``, ``k``; placebo also ``seed``) or ``sra`` (keys of
-    ``SRATransition``). Omitted keys take the class defaults.
+
+def _target(text: str) -> str:
+    from at_probe.emphasis import TARGETS
+
+    if text not in TARGETS:
+        raise ValueError(text)
+    return text
+
+
+_TEMPERATURE_KEYS = {"tau": float, "layers": _layer_range}
+_CALIBRATION_KEYS = {"strength": float, "layers": _layer_range}
+_EMPHASIS_KEYS = {"alpha": float, "target": _target, "top": int}
+_SETTING_KEYS.update({
+    "temperature": _TEMPERATURE_KEYS,
+    "calibration": _CALIBRATION_KEYS,
+    "calibration_placebo": {**_CALIBRATION_KEYS, "seed": int},
+    "emphasis": _EMPHASIS_KEYS,
+    "emphasis_placebo": {**_EMPHASIS_KEYS, "seed": int},
+})
+_REQUIRED = {"temperature": ("tau",), "emphasis": ("top",), "emphasis_placebo": ("top",)}
+ALTERNATIVES: tuple[str, ...] = ("emphasis", "calibration", "temperature")
+"""The alternative interventions (``at_probe.emphasis``, ``.calibration``, ``.temperature``)."""
+
+
+def parse_setting(text: str, profiles: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """One setting string -> (canonical name, intervention object or None for the baseline).
+
+    Grammar: ``baseline`` | ``KIND:key=value,key=value``. Omitted keys take the defaults.
+
+    * ``paper`` / ``placebo``: ``alpha``, ``beta``, ``k`` (placebo also ``seed``);
+      ``sra``: the fields of ``SRATransition``.
+    * ``temperature``: ``tau`` (required), ``layers`` (``a-b``, inclusive; default the last half).
+    * ``calibration`` / ``calibration_placebo``: ``strength`` (default 1), ``layers``, placebo
+      ``seed``; needs ``profiles["position_bias"]`` (``PositionBias.to_json()``).
+    * ``emphasis`` / ``emphasis_placebo``: ``top`` (required: the best ``top`` heads of
+      ``profiles["head_ranking"][target]``), ``alpha`` (default 0.01), ``target``
+      (``document`` or ``instruction``), placebo ``seed``.
+
+    Args:
+        text: the setting string.
+        profiles: what the development profiling measured (stored in the selection file).
 
     Raises:
-        SettingError: unknown kind or key, a value of the wrong type, or invalid parameters.
+        SettingError: unknown kind or key, a value of the wrong type, invalid parameters, or
+            a profile the setting needs and ``profiles`` lacks.
     """
-    from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
-
     text = text.strip()
     if text == "baseline":
         return "baseline", None
     kind, _, body = text.partition(":")
     if kind not in _SETTING_KEYS:
-        raise SettingError(f"unknown setting {text!r}: expected baseline, paper:..., sra:... or placebo:...")
+        raise SettingError(f"unknown setting {text!r}: expected baseline or one of {', '.join(_SETTING_KEYS)}")
     params: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in body.split(","))):
         key, eq, value = item.partition("=")
@@ -139,27 +182,63 @@ def parse_setting(text: str) -> tuple[str, Any]:
             params[key] = _SETTING_KEYS[kind][key](value.strip())
         except ValueError:
             raise SettingError(f"bad value {value!r} for {key} in {text!r}") from None
-    params = {_FIELD.get(k, k): v for k, v in params.items()}
+    missing = [k for k in _REQUIRED.get(kind, ()) if k not in params]
+    if missing:
+        raise SettingError(f"{text!r} needs {', '.join(missing)}")
     try:
-        cls = {"paper": PaperTransition, "placebo": PlaceboTransition, "sra": SRATransition}[kind]
-        transition = cls(**params)
+        intervention, canonical = _build(kind, params, profiles)
     except ValueError as err:
         raise SettingError(f"invalid {text!r}: {err}") from None
-    canonical = kind + ":" + ",".join(f"{k}={v}" for k, v in sorted(_canonical_params(kind, transition).items()))
-    return canonical, transition
+    return kind + ":" + ",".join(f"{k}={v}" for k, v in sorted(canonical.items())), intervention
 
 
-def _canonical_params(kind: str, transition: Any) -> dict[str, Any]:
-    """Every parameter of a setting (short names, defaults filled in), for its canonical name."""
-    values = {k: getattr(transition, _FIELD.get(k, k)) for k in _SETTING_KEYS[kind]}
-    return {k: v for k, v in values.items() if v is not None}
+def _build(kind: str, params: dict[str, Any], profiles: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """The intervention of a parsed setting and its canonical parameters (defaults filled in)."""
+    from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
+
+    if kind in ("paper", "placebo", "sra"):
+        cls = {"paper": PaperTransition, "placebo": PlaceboTransition, "sra": SRATransition}[kind]
+        transition = cls(**{_FIELD.get(k, k): v for k, v in params.items()})
+        values = {k: getattr(transition, _FIELD.get(k, k)) for k in _SETTING_KEYS[kind]}
+        return transition, {k: v for k, v in values.items() if v is not None}
+    layers = params.get("layers")
+    canonical = {**params, **({"layers": f"{layers[0]}-{layers[-1]}"} if layers else {})}
+    seed = params.get("seed")
+    if kind == "temperature":
+        from at_probe.temperature import AttentionTemperature
+
+        return AttentionTemperature(tau=params["tau"], layers=layers), canonical
+    if kind.startswith("calibration"):
+        from at_probe.calibration import PositionBias, PositionCalibration
+
+        bias = _profile(profiles, "position_bias", kind)
+        strength = params.get("strength", 1.0)
+        edit = PositionCalibration(PositionBias.from_json(bias), strength=strength, layers=layers, placebo_seed=seed)
+        return edit, {**canonical, "strength": edit.strength}
+    from at_probe.emphasis import EmphasisSteering, top_heads
+
+    target = params.get("target", "document")
+    ranking = _profile(profiles, "head_ranking", kind).get(target)
+    if ranking is None:
+        raise ValueError(f"the head profile has no ranking for target {target!r}")
+    edit = EmphasisSteering(top_heads(ranking, params["top"]), alpha=params.get("alpha", 0.01), target=target,
+                            placebo_seed=seed)
+    return edit, {**canonical, "alpha": edit.alpha, "target": target}
 
 
-def parse_settings(text: str) -> dict[str, Any]:
-    """``;``-separated settings -> {canonical name: transition or None}, in order, no duplicates."""
+def _profile(profiles: dict[str, Any] | None, key: str, kind: str) -> Any:
+    if not profiles or key not in profiles:
+        raise ValueError(f"{kind} settings need the development profile {key!r}: run analyses/xsum_select.py "
+                         "--alternatives and pass its selection file")
+    return profiles[key]
+
+
+def parse_settings(text: str, profiles: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``;``-separated settings -> {canonical name: intervention or None}, in order, no duplicates
+    (``profiles`` as in ``parse_setting``)."""
     out: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
-        name, transition = parse_setting(part)
+        name, transition = parse_setting(part, profiles)
         if name in out:
             raise SettingError(f"setting {part!r} appears twice")
         out[name] = transition
@@ -196,12 +275,47 @@ def development_sweep_settings() -> dict[str, Any]:
     return parse_settings(";".join(("baseline", *PAPER_GRID, *SRA_CANDIDATES)))
 
 
-def placebo_of(paper_setting: str, seed: int = PLACEBO_SEED) -> str:
-    """The placebo twin (same rows and mass, random targets) of a paper setting string."""
-    name, _ = parse_setting(paper_setting)
-    if not name.startswith("paper:"):
-        raise SettingError(f"{paper_setting!r} is not a paper setting")
-    return parse_setting(f"placebo:{name.removeprefix('paper:')},seed={seed}")[0]
+_PLACEBO_KIND = {"paper": "placebo", "emphasis": "emphasis_placebo", "calibration": "calibration_placebo"}
+
+
+def placebo_of(setting: str, seed: int = PLACEBO_SEED, profiles: dict[str, Any] | None = None) -> str:
+    """The placebo twin of a paper, emphasis or calibration setting string (canonical name).
+
+    Paper: the same rows and mass, random targets; emphasis: a random span of the same length;
+    calibration: the same weights shuffled across regions.
+    """
+    name, _ = parse_setting(setting, profiles)
+    kind, _, body = name.partition(":")
+    if kind not in _PLACEBO_KIND:
+        raise SettingError(f"{setting!r} has no placebo (only {', '.join(_PLACEBO_KIND)} settings do)")
+    return parse_setting(f"{_PLACEBO_KIND[kind]}:{body},seed={seed}", profiles)[0]
+
+
+def _mean_nll(rows: list[dict[str, Any]]) -> tuple[dict[str, float], int]:
+    """Mean ``summary_nll`` per setting over the documents scored under every setting."""
+    import numpy as np
+
+    by_setting: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_setting.setdefault(r["setting"], {})[r["doc_id"]] = float(r["summary_nll"])
+    docs = set.intersection(*(set(v) for v in by_setting.values())) if by_setting else set()
+    if not docs:
+        raise ValueError("no document is scored under every development setting")
+    return {name: float(np.mean([v[d] for d in sorted(docs)])) for name, v in by_setting.items()}, len(docs)
+
+
+def minus_baseline(rows: list[dict[str, Any]], docs: list[str]) -> dict[str, dict[str, Any]]:
+    """Each setting's paired ``summary_nll`` difference from the baseline on ``docs``: mean and
+    bootstrap 95% interval over documents (``Estimate.to_dict()``)."""
+    import numpy as np
+
+    from at_probe.stats import bootstrap_mean
+
+    table: dict[str, dict[str, float]] = {}
+    for r in rows:
+        table.setdefault(r["setting"], {})[r["doc_id"]] = r["summary_nll"]
+    base = np.array([table["baseline"][d] for d in docs])
+    return {name: bootstrap_mean(np.array([v[d] for d in docs]) - base).to_dict() for name, v in table.items()}
 
 
 def select_settings(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -216,39 +330,74 @@ def select_settings(rows: list[dict[str, Any]]) -> dict[str, Any]:
     Returns:
         ``{"paper": name, "sra": name, "n_documents": int, "mean_nll": {setting: float}}``.
     """
-    import numpy as np
-
-    by_setting: dict[str, dict[str, float]] = {}
-    for r in rows:
-        by_setting.setdefault(r["setting"], {})[r["doc_id"]] = float(r["summary_nll"])
-    docs = set.intersection(*(set(v) for v in by_setting.values())) if by_setting else set()
-    if not docs:
-        raise ValueError("no document is scored under every development setting")
-    mean = {name: float(np.mean([v[d] for d in sorted(docs)])) for name, v in by_setting.items()}
+    mean, n_docs = _mean_nll(rows)
 
     def best(kind: str) -> str:
-        names = [n for n in by_setting if n.startswith(kind + ":")]
+        names = [n for n in mean if n.startswith(kind + ":")]
         if not names:
             raise ValueError(f"the development sweep has no {kind} setting")
         return min(names, key=lambda n: mean[n])
 
-    return {"paper": best("paper"), "sra": best("sra"), "n_documents": len(docs), "mean_nll": mean}
+    return {"paper": best("paper"), "sra": best("sra"), "n_documents": n_docs, "mean_nll": mean}
 
 
 def setting_roles(selection: dict[str, Any]) -> dict[str, str]:
-    """The test run's settings by role: ``baseline``, ``paper_example``, ``paper_selected``,
-    ``placebo_example``, ``placebo_selected``, ``sra_selected`` (a setting may fill two roles,
-    e.g. when the selected paper setting is the paper's example)."""
+    """The test run's settings by role (a setting may fill two roles).
+
+    A transitions' selection (``{"paper", "sra"}``): ``baseline``, ``paper_example``,
+    ``paper_selected``, ``placebo_example``, ``placebo_selected``, ``sra_selected``.
+    An alternatives' selection (``{"selected": {method: setting}, "profiles"}``):
+    ``baseline``, then ``<method>_selected`` for each method and ``<method>_placebo`` for the
+    methods with a placebo (emphasis, calibration).
+    """
+    if "selected" in selection:
+        profiles = selection.get("profiles")
+        roles = {"baseline": "baseline"}
+        for method, setting in selection["selected"].items():
+            roles[f"{method}_selected"] = setting
+            if method in _PLACEBO_KIND:
+                roles[f"{method}_placebo"] = placebo_of(setting, profiles=profiles)
+        return roles
     example = parse_setting(PAPER_EXAMPLE)[0]
     return {"baseline": "baseline", "paper_example": example, "paper_selected": selection["paper"],
             "placebo_example": placebo_of(example), "placebo_selected": placebo_of(selection["paper"]),
             "sra_selected": selection["sra"]}
 
 
+def canonical_selection(selection: dict[str, Any]) -> dict[str, Any]:
+    """A selection with its chosen settings rewritten as canonical names (profiles kept)."""
+    profiles = selection.get("profiles")
+    if "selected" in selection:
+        return {"selected": {m: parse_setting(v, profiles)[0] for m, v in selection["selected"].items()},
+                "profiles": profiles}
+    return {"paper": parse_setting(selection["paper"])[0], "sra": parse_setting(selection["sra"])[0]}
+
+
 def run_settings(selection: dict[str, Any]) -> list[str]:
-    """The test run's settings: baseline, the paper's example, the selected paper setting,
-    a placebo of each paper setting, and the selected SRA setting (no duplicates)."""
+    """The test run's settings (canonical names, each once): the values of ``setting_roles``."""
     return list(dict.fromkeys(setting_roles(selection).values()))
+
+
+ALTERNATIVES_GRID: dict[str, tuple[str, ...]] = {
+    "emphasis": tuple(f"emphasis:alpha=0.01,target={t},top={k}" for t in ("document", "instruction")
+                      for k in (1, 2, 4, 8, 16)),
+    "calibration": tuple(f"calibration:strength={s}" for s in (0.25, 0.5, 1)),
+    "temperature": tuple(f"temperature:tau={t}" for t in (0.7, 0.85, 1.15, 1.3)),
+}
+"""The alternatives' development grid (PASTA's alpha = 0.01; FitM's last half of the layers)."""
+
+
+def select_alternatives(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """Per method, the setting with the lowest mean ``summary_nll`` over documents scored under
+    every setting (ties: the first listed). Returns ``{"selected", "n_documents", "mean_nll"}``."""
+    means, n_docs = _mean_nll(rows)
+    selected = {}
+    for method in methods:
+        names = [n for n in means if n.split(":", 1)[0] == method]
+        if not names:
+            raise ValueError(f"the development sweep has no {method} setting")
+        selected[method] = min(names, key=lambda n: means[n])
+    return {"selected": selected, "n_documents": n_docs, "mean_nll": means}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,15 +430,16 @@ def summarise(model: Any, documents: list[str], transition: Any, *, max_new_toke
     Prompts come from ``at_probe.prompts.build_prompt`` (the chat template when the tokenizer
     has one, else the paper's plain prompt), the document cut at its end to fit.
 
-    The transition (or None) is active on each prompt's own rows at prefill. Rows of a batch
-    get what they would get alone (left padding with an attention mask).
+    The intervention (a transition, an alternative of ``at_probe.intervention``, or None) gets
+    the batch's prompts and acts on each prompt's own rows. Rows of a batch get what they would
+    get alone (left padding with an attention mask).
     """
     import torch
 
     prompts = build_prompts(model.tokenizer, documents, max_tokens=prompt_limit(model, max_prompt_tokens,
                                                                                max_new_tokens))
     input_ids, mask = left_pad(model, [list(p.ids) for p in prompts])
-    ctx = contextlib.nullcontext() if transition is None else transition.applied(model)
+    ctx = contextlib.nullcontext() if transition is None else transition.applied(model, prompts=prompts)
     with ctx, torch.inference_mode():
         out = model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              stop_at_eos=True, verbose=False)
@@ -308,7 +458,8 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
 
     Prompts are cut exactly as ``summarise`` cuts them with the same ``max_new_tokens`` and
     ``max_prompt_tokens`` (``prompt_limit``), whatever the other references of the batch.
-    The transition edits prompt rows only (``prompt_lengths``), never the reference's rows.
+    A transition edits prompt rows only, never the reference's; the alternatives treat the
+    reference rows as they treat generated tokens.
 
     Raises:
         ValueError: a prompt and its reference do not fit in ``max_prompt_tokens`` (the context).
@@ -318,14 +469,15 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
     tok = model.tokenizer
     refs = [continuation_ids(tok, r) for r in references]
     limit = prompt_limit(model, max_prompt_tokens, max_new_tokens)
-    prompts_ids = [list(p.ids) for p in build_prompts(model.tokenizer, documents, max_tokens=limit)]
+    prompts = build_prompts(model.tokenizer, documents, max_tokens=limit)
+    prompts_ids = [list(p.ids) for p in prompts]
     total = max_prompt_tokens or int(model.cfg.n_ctx)
     too_long = [i for i, (p, r) in enumerate(zip(prompts_ids, refs)) if len(p) + len(r) > total]
     if too_long:
         raise ValueError(f"references {too_long} do not fit after their prompts in {total} tokens; "
                          f"raise max_new_tokens above {max(len(refs[i]) for i in too_long)}")
     ids, mask = left_pad(model, [p + r for p, r in zip(prompts_ids, refs)])
-    hooks = [] if transition is None else transition.hooks(model, prompt_lengths=[len(p) for p in prompts_ids])
+    hooks = [] if transition is None else transition.hooks(model, prompts=prompts)
     width = ids.shape[1]
     with torch.inference_mode():
         logits = model.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks)
@@ -360,20 +512,22 @@ def score_summary(output: str, record: dict[str, Any]) -> dict[str, Any]:
 class SummaryWorkerFactory:
     """Worker of ``xsum_eval.py``: greedy summary, its scores and ``summary_nll`` per document.
 
-    ``settings`` is the run's settings string (parsed again in each worker process).
+    ``settings`` is the run's settings string (parsed again in each worker process, with the
+    development ``profiles`` the alternatives need).
     """
 
     model: str
     device: str | None
     settings: str
     max_new_tokens: int
+    profiles: dict[str, Any] | None = None
 
     def __call__(self) -> FunctionWorker:
         from at_probe.loading import load_model, model_description
         from at_probe.sweep import FunctionWorker
 
         model = load_model(self.model, device=self.device)
-        transitions = parse_settings(self.settings)
+        transitions = parse_settings(self.settings, self.profiles)
 
         def run(unit: Any) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
@@ -391,18 +545,25 @@ class SummaryWorkerFactory:
 
 @dataclass(frozen=True)
 class NLLWorkerFactory:
-    """Worker of the development sweep (``xsum_select.py``): ``summary_nll`` per document."""
+    """Worker of the development sweeps (``xsum_select.py``): ``summary_nll`` per document.
+
+    ``settings`` (with ``profiles``) names the settings; None means the transitions' sweep
+    (``development_sweep_settings``).
+    """
 
     model: str
     device: str | None
     max_new_tokens: int
+    settings: str | None = None
+    profiles: dict[str, Any] | None = None
 
     def __call__(self) -> FunctionWorker:
         from at_probe.loading import load_model, model_description
         from at_probe.sweep import FunctionWorker
 
         model = load_model(self.model, device=self.device)
-        transitions = development_sweep_settings()
+        transitions = (development_sweep_settings() if self.settings is None
+                       else parse_settings(self.settings, self.profiles))
 
         def run(unit: Any) -> list[dict[str, Any]]:
             nlls = reference_nll(model, [d["document"] for d in unit.docs], [d["summary"] for d in unit.docs],

@@ -1,0 +1,198 @@
+"""Development profiling and sweep of the alternatives: emphasis, calibration, temperature.
+
+Everything here uses development documents only (``int(id) % 4 != 0``); the test run of
+``xsum_eval.py --selection OUT/selection.json`` uses the held-out ones. Two disjoint sets:
+
+1. **Profiling** (the ``--profile-docs`` development documents after the first ``--docs``):
+   * the position bias of ``PositionCalibration`` (``estimate_position_bias``: the final prompt
+     token's attention density per document region and layer, one unedited pass per document);
+   * PASTA's head profiling for ``EmphasisSteering``: each head steered alone (alpha 0.01),
+     ranked by the change of the reference NLL averaged over the profiling documents, per
+     target (``--targets``; ``--head-ranking-from`` reuses another run's ranking instead).
+   Written to ``profile.jsonl`` (one line per document, resumable) and kept in ``selection.json``.
+2. **Sweep** (the first ``--docs`` development documents): baseline and the grid
+   ``ALTERNATIVES_GRID`` (emphasis top 1/2/4/8/16 heads per target, calibration strength
+   0.25/0.5/1 on the last half of the layers, temperature 0.7/0.85/1.15/1.3 on the last half)
+   scored by ``summary_nll``, one forward pass each; per method the lowest mean is selected.
+
+``selection.json`` holds the choices (``selected``), every setting's mean NLL and paired
+difference from the baseline (bootstrap 95% interval over documents), the profiles, and the
+test run's settings and roles: baseline, each method's choice, and the placebos of emphasis (a
+random span of the same length) and calibration (the weights shuffled across regions).
+
+Usage:
+    python analyses/alternatives_select.py --bucket 800 --out runs/alt-800
+    python analyses/alternatives_select.py --bucket 1900 --head-ranking-from runs/alt-800/selection.json \\
+        --out runs/alt-1900
+    python analyses/xsum_eval.py --bucket 800 --selection runs/alt-800/selection.json --out runs/alt-test-800
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import at_probe
+from at_probe.emphasis import TARGETS, profile_heads, rank_heads
+from at_probe.loading import DEFAULT_MODEL
+from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, read_jsonl
+from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
+from at_probe.xsum import (
+    ALTERNATIVES,
+    ALTERNATIVES_GRID,
+    BUCKETS,
+    NLLWorkerFactory,
+    bucket_file,
+    is_development,
+    load_records,
+    minus_baseline,
+    parse_settings,
+    prompt_limit,
+    run_settings,
+    select_alternatives,
+    setting_roles,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"))
+    p.add_argument("--bucket", choices=BUCKETS, default="800")
+    p.add_argument("--docs", type=int, default=40, help="first N development documents: the sweep (default 40)")
+    p.add_argument("--profile-docs", type=int, default=4,
+                   help="the next N development documents: the profiling (default 4)")
+    p.add_argument("--regions", type=int, default=8, help="document regions of the position bias (default 8)")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help="emphasis targets to profile and sweep (default: document,instruction)")
+    p.add_argument("--head-ranking-from", type=Path, default=None, metavar="SELECTION",
+                   help="reuse the head ranking of another run's selection.json instead of profiling heads")
+    p.add_argument("--max-new-tokens", type=int, default=50,
+                   help="room kept after the prompt, as in the test run (prompts are cut the same way)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    add_sweep_arguments(p)
+    return p.parse_args(argv)
+
+
+def profile_head_deltas(model: Any, docs: list[dict[str, Any]], target: str, path: Path,
+                        max_new_tokens: int) -> dict[tuple[int, int], float]:
+    """Each head steered alone (``profile_heads``), its NLL change averaged over ``docs``.
+
+    One line per (target, document) in ``path``, appended as each document finishes; a re-run
+    continues with the documents not yet profiled.
+    """
+    from at_probe.prompts import build_prompt, continuation_ids
+
+    done = {r["doc_id"]: r["deltas"] for r in read_jsonl(path, repair=True) if r["target"] == target}
+    n_heads = int(model.cfg.n_layers) * int(model.cfg.n_heads)
+    limit = prompt_limit(model, None, max_new_tokens)
+    with open(path, "a", encoding="utf-8") as fh, tqdm(total=len(docs) * n_heads, desc=f"heads ({target})",
+                                                        initial=len(done) * n_heads) as bar:
+        for doc in docs:
+            if str(doc["id"]) in done:
+                continue
+            prompt = build_prompt(model.tokenizer, doc["document"], max_tokens=limit)
+            deltas = profile_heads(model, prompt, continuation_ids(model.tokenizer, doc["summary"]),
+                                   target=target, progress=bar.update)
+            done[str(doc["id"])] = [[l, h, d] for (l, h), d in deltas.items()]
+            append_jsonl(fh, [{"target": target, "doc_id": str(doc["id"]), "deltas": done[str(doc["id"])]}])
+    per_doc = [{(l, h): d for l, h, d in done[str(doc["id"])]} for doc in docs]
+    return {key: float(np.mean([p[key] for p in per_doc])) for key in per_doc[0]}
+
+
+def build_profiles(args: argparse.Namespace, docs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
+    """The position bias and the head ranking per target, from the profiling documents."""
+    from at_probe.calibration import estimate_position_bias
+    from at_probe.loading import load_model
+    from at_probe.prompts import build_prompts
+
+    model = load_model(args.model, device=args.device)
+    prompts = build_prompts(model.tokenizer, [d["document"] for d in docs],
+                            max_tokens=prompt_limit(model, None, args.max_new_tokens))
+    with tqdm(total=len(prompts), desc="position bias") as bar:
+        bias = estimate_position_bias(model, prompts, regions=args.regions, progress=bar.update)
+    if args.head_ranking_from is not None:
+        ranking = json.loads(args.head_ranking_from.read_text())["profiles"]["head_ranking"]
+        missing = [t for t in targets if t not in ranking]
+        if missing:
+            raise ValueError(f"{args.head_ranking_from} has no head ranking for {', '.join(missing)}")
+        ranking = {t: ranking[t] for t in targets}
+    else:
+        ranking = {t: rank_heads(profile_head_deltas(model, docs, t, args.out / "profile.jsonl", args.max_new_tokens))
+                   for t in targets}
+    return {"position_bias": bias.to_json(), "head_ranking": ranking,
+            "profile_documents": [str(d["id"]) for d in docs]}
+
+
+def sweep_settings(targets: list[str]) -> list[str]:
+    """Baseline and the grid, emphasis restricted to the profiled targets."""
+    grid = [s for method in ALTERNATIVES for s in ALTERNATIVES_GRID[method]
+            if not s.startswith("emphasis:") or any(f"target={t}," in s for t in targets)]
+    return ["baseline", *grid]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if min(args.docs, args.profile_docs, args.batch_size, args.max_new_tokens, args.regions) < 1:
+            raise ValueError("--docs, --profile-docs, --batch-size, --max-new-tokens and --regions must be >= 1")
+        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        if not targets or any(t not in TARGETS for t in targets):
+            raise ValueError(f"--targets must name some of {', '.join(TARGETS)}, got {args.targets!r}")
+        options = sweep_options(args)
+        data_file = bucket_file(args.data, args.bucket)
+        development = [d for d in load_records(data_file) if is_development(d["id"])]
+        docs, profile_docs = development[: args.docs], development[args.docs : args.docs + args.profile_docs]
+        if len(profile_docs) < args.profile_docs:
+            raise ValueError(f"the bucket has {len(development)} development documents, fewer than "
+                             f"--docs + --profile-docs = {args.docs + args.profile_docs}")
+        settings = sweep_settings(targets)
+        config = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
+                  "bucket": args.bucket, "split": "development", "documents": [str(d["id"]) for d in docs],
+                  "profile_documents": [str(d["id"]) for d in profile_docs], "regions": args.regions,
+                  "targets": targets, "settings": settings, "max_new_tokens": args.max_new_tokens,
+                  "batch_size": args.batch_size, "metric": "summary_nll",
+                  "head_ranking_from": (file_sha256(args.head_ranking_from) if args.head_ranking_from else None),
+                  "at_probe_version": at_probe.__version__}
+        ensure_manifest(args.out, config)
+        profiles_path = args.out / "profiles.json"
+        if profiles_path.is_file():
+            profiles = json.loads(profiles_path.read_text())
+        else:
+            profiles = build_profiles(args, profile_docs, targets)
+            profiles_path.write_text(json.dumps(profiles, indent=1))
+        settings = list(parse_settings(";".join(settings), profiles))  # canonical; all build before any work
+        sink = RecordSink(args.out / "sweep.jsonl")
+        units = sink.pending(plan_units(settings, docs, args.batch_size))
+        factory = NLLWorkerFactory(args.model, args.device, args.max_new_tokens, ";".join(settings), profiles)
+        with tqdm(total=len(docs) * len(settings), initial=len(sink.done), desc="dev sweep", unit="score") as bar:
+            run_units(units, factory, sink.write, progress=lambda unit: bar.update(len(unit.docs)), **options)
+    except (FileNotFoundError, ValueError, OSError, KeyError) as err:
+        print(f"alternatives_select.py: error: {err}", file=sys.stderr)
+        return 2
+
+    selection = select_alternatives(sink.records, ALTERNATIVES)
+    selection["minus_baseline"] = minus_baseline(sink.records, [str(d["id"]) for d in docs])
+    selection["profiles"] = profiles
+    selection["test_settings"] = run_settings(selection)
+    selection["roles"] = setting_roles(selection)
+    (args.out / "selection.json").write_text(json.dumps(selection, indent=1))
+    for method, name in selection["selected"].items():
+        est = selection["minus_baseline"][name]
+        low, high = est["ci95"]
+        print(f"{method}: {name}  {est['mean']:+.4f} [{low:+.4f}, {high:+.4f}] nats vs baseline")
+    print(f"wrote {args.out / 'selection.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,315 @@
+"""The interface every attention intervention shares, and the hook plumbing of the simple edits.
+
+Every intervention in at_probe (the transitions of ``at_probe.transition`` and the
+alternatives ``EmphasisSteering``, ``PositionCalibration``, ``AttentionTemperature``) offers:
+
+* ``.hooks(model, *, prompt_lengths=None, prompts=None)``: plain TransformerLens
+  ``(hook_name, fn)`` pairs, fresh state per call;
+* ``.applied(model, ...)``: a context manager registering them, removed on exit;
+* ``.last_report()``: what the most recent hooks did.
+
+``prompts`` (``at_probe.prompts.Prompt``, one per sequence of the batch) tells an edit where each
+prompt ends and where its parts (sink, template, document, instruction) are; methods that act on
+a part (emphasis, calibration) require it. ``prompt_lengths`` alone is enough for the others.
+
+``AttentionEdit`` is the shared plumbing of the alternatives: an edit of the pre-softmax scores
+(``hook_attn_scores``) or of the post-softmax pattern (``hook_pattern``) of chosen layers and
+heads, applied at every forward pass (prefill, KV-cache decode steps and cache-less
+continuations alike), each sequence of a left-padded batch in its own coordinates. Subclasses
+supply one per-sequence tensor edit; the pure arithmetic lives beside each method.
+
+Example:
+    >>> from at_probe.temperature import AttentionTemperature
+    >>> edit = AttentionTemperature(tau=0.8, layers=range(15, 30))
+    >>> with edit.applied(model), torch.inference_mode():
+    ...     out = model.generate(tokens, max_new_tokens=20, do_sample=False, verbose=False)
+    >>> print(edit.last_report())
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from at_probe.hooked import editable, left_padding
+from at_probe.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, scores_hook
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from at_probe.prompts import Prompt
+
+HookPair = tuple[str, Callable[..., Any]]
+
+
+class Intervention(Protocol):
+    """What ``summarise``, ``reference_nll``, ``probe_pass`` and the benches need of an edit."""
+
+    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+              prompts: Sequence[Prompt] | None = None) -> list[HookPair]: ...
+
+    def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+                prompts: Sequence[Prompt] | None = None) -> AbstractContextManager[Any]: ...
+
+    def last_report(self) -> Any: ...
+
+
+def lengths_of(prompt_lengths: Sequence[int] | int | None, prompts: Sequence[Prompt] | None) -> list[int] | None:
+    """Per-sequence prompt lengths from either argument (``prompts`` wins; they must agree)."""
+    if isinstance(prompt_lengths, int):
+        prompt_lengths = [prompt_lengths]
+    if prompts is None:
+        return None if prompt_lengths is None else list(prompt_lengths)
+    lengths = [len(p) for p in prompts]
+    if prompt_lengths is not None and list(prompt_lengths) != lengths:
+        raise ValueError(f"prompt_lengths {list(prompt_lengths)} disagree with the prompts' lengths {lengths}")
+    return lengths
+
+
+@dataclass(frozen=True)
+class SequenceView:
+    """Where one sequence's slice of a pass sits, in that sequence's own coordinates.
+
+    Attributes:
+        index: the sequence's row in the batch.
+        prompt_length: real prompt tokens (keys at or past it were generated or appended).
+        query_start: position of the slice's first query row (0 at prefill; the new token's
+            position at a KV-cache decode step).
+        prompt: the sequence's ``Prompt`` when the hooks were given prompts, else None.
+    """
+
+    index: int
+    prompt_length: int
+    query_start: int
+    prompt: Prompt | None
+
+
+@dataclass(frozen=True)
+class EditLayerReport:
+    """What an edit did at one layer since the current prompt's prefill.
+
+    ``rows_edited`` counts query rows (per sequence, not per head) over every pass (prefill and
+    decode steps); ``shift_mean`` is the mean total-variation distance between an edited
+    attention row before and after the edit, per (head, row), for edits of the pattern
+    (None for edits of the scores, whose effect on the pattern is not recomputed).
+    """
+
+    layer: int
+    passes: int
+    rows_edited: int
+    shift_mean: float | None
+
+
+@dataclass(frozen=True)
+class EditReport:
+    """Per-layer reports of the current prompt."""
+
+    layers: dict[int, EditLayerReport]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer (tidy)."""
+        import pandas as pd
+
+        return pd.DataFrame([vars(r) for r in self.layers.values()])
+
+    def __str__(self) -> str:
+        if not self.layers:
+            return "nothing edited"
+        lines = ["layer  passes  rows  shift"]
+        for r in self.layers.values():
+            shift = "-" if r.shift_mean is None else f"{r.shift_mean:.3f}"
+            lines.append(f"{r.layer:5d} {r.passes:7d} {r.rows_edited:5d}  {shift}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _LayerTally:
+    passes: int = 0
+    rows: int = 0
+    shift_sum: float = 0.0
+    shift_count: int = 0
+
+
+class _EditRun:
+    """State of one set of edit hooks: the current prompt, its lengths, the tallies."""
+
+    def __init__(self, lengths: list[int] | None, prompts: Sequence[Prompt] | None):
+        self.fixed_lengths = lengths
+        self.prompts = list(prompts) if prompts is not None else None
+        self.tokens: Tensor | None = None
+        self.lengths: list[int] | None = lengths
+        self.offsets: list[int] | None = None
+        self.tally: dict[int, _LayerTally] = {}
+
+    def see_tokens(self, tokens: Tensor, *, hook: Any = None) -> None:
+        """``embed.hook_in``: a pass that does not continue the current prompt starts a new one."""
+        if tokens.ndim != 2 or tokens.is_floating_point():
+            return
+        old = self.tokens
+        if old is not None and tokens.shape[1] == 1:
+            return  # a KV-cache decode step
+        continues = (old is not None and old.shape[0] == tokens.shape[0] and tokens.shape[1] >= old.shape[1]
+                     and torch.equal(tokens[:, : old.shape[1]], old))
+        if not continues:
+            self.tokens = tokens.detach().clone()
+            self.lengths = self.fixed_lengths
+            self.tally = {}
+
+    def views(self, shape: torch.Size, offsets: list[int]) -> list[tuple[SequenceView, int, int]]:
+        """Per sequence: its view, the first row and the first key of its slice of the pass."""
+        batch, n_q, n_k = shape[0], shape[-2], shape[-1]
+        if self.prompts is not None and len(self.prompts) != batch:
+            raise ValueError(f"the hooks were given {len(self.prompts)} prompts for a batch of {batch}")
+        if self.lengths is None:  # the first full pass is the prompt
+            self.lengths = [n_k - o for o in offsets]
+        if len(self.lengths) != batch:
+            raise ValueError(f"prompt_lengths has {len(self.lengths)} entries for a batch of {batch}")
+        first_query = n_k - n_q  # padded position of the pass's first query row
+        out = []
+        for b, off in enumerate(offsets):
+            row0 = max(0, off - first_query)
+            view = SequenceView(b, self.lengths[b], first_query + row0 - off,
+                                None if self.prompts is None else self.prompts[b])
+            out.append((view, row0, off))
+        return out
+
+    def report(self) -> EditReport:
+        layers = {
+            l: EditLayerReport(l, t.passes, t.rows, t.shift_sum / t.shift_count if t.shift_count else None)
+            for l, t in sorted(self.tally.items())
+        }
+        return EditReport(layers)
+
+
+def resolve_heads(heads: Sequence[int] | None, n_heads: int) -> Tensor | None:
+    """Validated head indices as a sorted long tensor (``None``: every head).
+
+    Raises:
+        ValueError: an index outside ``0 .. n_heads - 1``, a duplicate, or an empty selection.
+    """
+    if heads is None:
+        return None
+    heads = tuple(heads)
+    bad = [h for h in heads if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 0 <= h < n_heads]
+    if bad or not heads:
+        raise ValueError(f"head indices {bad or '[]'} are invalid for a model with {n_heads} heads")
+    if len(set(heads)) != len(heads):
+        raise ValueError(f"duplicate head indices in {list(heads)}")
+    return torch.tensor(sorted(int(h) for h in heads))
+
+
+def int_tuple(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    """``values`` as a tuple of ints; strings, bools and non-integers are refused by name."""
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be a sequence of integers, got {values!r}")
+    out = tuple(values)
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in out):
+        raise ValueError(f"{name} must be integers, got {list(out)!r}")
+    return tuple(int(v) for v in out)
+
+
+def last_half(n_layers: int) -> tuple[int, ...]:
+    """The last half of the layers, ``L // 2 .. L - 1`` (where Found-in-the-Middle calibrates)."""
+    return tuple(range(n_layers // 2, n_layers))
+
+
+@dataclass(frozen=True)
+class AttentionEdit:
+    """Shared hook plumbing of the alternatives; subclasses define the edit.
+
+    Subclasses set ``stage`` (``"scores"``: edit ``hook_attn_scores``, pre-softmax, masked
+    entries hold the dtype's minimum; ``"pattern"``: edit ``hook_pattern``), ``needs_prompts``,
+    and implement ``_layer_heads`` and ``_edit_``.
+    """
+
+    stage: ClassVar[Literal["scores", "pattern"]]
+    needs_prompts: ClassVar[bool] = False
+
+    def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
+        """Layer -> heads to edit (None: all heads), validated against the model."""
+        raise NotImplementedError
+
+    def _edit_(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> tuple[int, Tensor | None]:
+        """Edit one sequence's slice ``[1, head, rows, keys]`` in place.
+
+        Returns the number of query rows edited and, for pattern edits, the total-variation
+        shift of each edited (head, row) (or None).
+        """
+        raise NotImplementedError
+
+    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+              prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
+        """Plain TransformerLens ``(hook_name, fn)`` pairs applying the edit (fresh state per call).
+
+        Pairs concatenate with other hooks; on a shared hook point hooks run in list order.
+        An earlier hook on the same point keeps what it saw (``at_probe.hooked.editable``).
+
+        Args:
+            model: a ``TransformerBridge``.
+            prompt_lengths: real prompt tokens per sequence, when a pass holds more than the
+                prompt (teacher forcing). ``None``: the first full pass is the prompt.
+            prompts: the batch's ``Prompt`` objects (required by edits of a prompt part).
+
+        Raises:
+            ValueError: layers or heads outside the model, prompts missing where required,
+                or (at run time) right padding or a batch of another size.
+        """
+        if self.needs_prompts and prompts is None:
+            raise ValueError(f"{type(self).__name__} needs prompts=[at_probe.prompts.Prompt, ...] "
+                             "to find each prompt's parts")
+        layer_heads = self._layer_heads(int(model.cfg.n_layers), int(model.cfg.n_heads))
+        run = _EditRun(lengths_of(prompt_lengths, prompts), prompts)
+        object.__setattr__(self, "_last_run", run)
+
+        def read_padding(scores: Tensor, *, hook: Any) -> None:
+            run.offsets = left_padding(scores)
+
+        def edit(tensor: Tensor, *, hook: Any) -> Tensor:
+            layer = layer_of(hook.name)
+            if self.stage == "scores":
+                run.offsets = left_padding(tensor)
+            elif run.offsets is None:
+                raise RuntimeError(f"{hook.name}: the {scores_hook(layer)} pair did not run; "
+                                   "register every pair that .hooks(model) returns")
+            offsets, run.offsets = run.offsets, None
+            tensor = editable(tensor, hook, edit)
+            tally = run.tally.setdefault(layer, _LayerTally())
+            tally.passes += 1
+            for view, row0, key0 in run.views(tensor.shape, offsets):
+                rows, shift = self._edit_(tensor[view.index : view.index + 1, :, row0:, key0:], layer,
+                                          layer_heads[layer], view)
+                tally.rows += rows
+                if shift is not None and shift.numel():
+                    tally.shift_sum += float(shift.float().sum())
+                    tally.shift_count += shift.numel()
+            return tensor
+
+        pairs: list[HookPair] = [(EMBED_INPUT_HOOK, run.see_tokens)]
+        for layer in layer_heads:
+            if self.stage == "scores":
+                pairs.append((scores_hook(layer), edit))
+            else:
+                pairs += [(scores_hook(layer), read_padding), (pattern_hook(layer), edit)]
+        return pairs
+
+    @contextmanager
+    def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+                prompts: Sequence[Prompt] | None = None) -> Iterator[Any]:
+        """Context manager: the edit is active on ``model`` inside the block (hooks removed on
+        exit, also when the body raises). Works with ``model(...)``, ``run_with_cache`` and
+        ``generate`` with or without the KV cache. Yields the model."""
+        with model.hooks(fwd_hooks=self.hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)):
+            yield model
+
+    def last_report(self) -> EditReport:
+        """What the most recent hooks did to the current prompt (per layer: passes, rows, shift)."""
+        run = getattr(self, "_last_run", None)
+        if run is None:
+            raise RuntimeError("no hooks have been built yet: call .hooks(model) or .applied(model)")
+        return run.report()
