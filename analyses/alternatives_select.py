@@ -62,20 +62,41 @@ from at_probe.xsum import (
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id",
+    )
     p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"))
     p.add_argument("--bucket", choices=BUCKETS, default="800")
-    p.add_argument("--docs", type=int, default=40, help="first N development documents: the sweep (default 40)")
-    p.add_argument("--profile-docs", type=int, default=4,
-                   help="the next N development documents: the profiling (default 4)")
+    p.add_argument(
+        "--docs", type=int, default=40, help="first N development documents: the sweep (default 40)"
+    )
+    p.add_argument(
+        "--profile-docs",
+        type=int,
+        default=4,
+        help="the next N development documents: the profiling (default 4)",
+    )
     p.add_argument("--regions", type=int, default=8, help="document regions of the position bias (default 8)")
-    p.add_argument("--targets", default=",".join(TARGETS),
-                   help="emphasis targets to profile and sweep (default: document,instruction)")
-    p.add_argument("--head-ranking-from", type=Path, default=None, metavar="SELECTION",
-                   help="reuse the head ranking of another run's selection.json instead of profiling heads")
-    p.add_argument("--max-new-tokens", type=int, default=50,
-                   help="room kept after the prompt, as in the test run (prompts are cut the same way)")
+    p.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="emphasis targets to profile and sweep (default: document,instruction)",
+    )
+    p.add_argument(
+        "--head-ranking-from",
+        type=Path,
+        default=None,
+        metavar="SELECTION",
+        help="reuse the head ranking of another run's selection.json instead of profiling heads",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=50,
+        help="room kept after the prompt, as in the test run (prompts are cut the same way)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, required=True, help="run directory")
@@ -83,8 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def profile_head_deltas(model: Any, docs: list[dict[str, Any]], target: str, path: Path,
-                        max_new_tokens: int) -> dict[tuple[int, int], float]:
+def profile_head_deltas(
+    model: Any, docs: list[dict[str, Any]], target: str, path: Path, max_new_tokens: int
+) -> dict[tuple[int, int], float]:
     """Each head steered alone (``profile_heads``), its NLL change averaged over ``docs``.
 
     One line per (target, document) in ``path``, appended as each document finishes; a re-run
@@ -95,29 +117,41 @@ def profile_head_deltas(model: Any, docs: list[dict[str, Any]], target: str, pat
     done = {r["doc_id"]: r["deltas"] for r in read_jsonl(path, repair=True) if r["target"] == target}
     n_heads = int(model.cfg.n_layers) * int(model.cfg.n_heads)
     limit = prompt_limit(model, None, max_new_tokens)
-    with open(path, "a", encoding="utf-8") as fh, tqdm(total=len(docs) * n_heads, desc=f"heads ({target})",
-                                                        initial=len(done) * n_heads) as bar:
+    with (
+        open(path, "a", encoding="utf-8") as fh,
+        tqdm(total=len(docs) * n_heads, desc=f"heads ({target})", initial=len(done) * n_heads) as bar,
+    ):
         for doc in docs:
             if str(doc["id"]) in done:
                 continue
             prompt = build_prompt(model.tokenizer, doc["document"], max_tokens=limit)
-            deltas = profile_heads(model, prompt, continuation_ids(model.tokenizer, doc["summary"]),
-                                   target=target, progress=bar.update)
+            deltas = profile_heads(
+                model,
+                prompt,
+                continuation_ids(model.tokenizer, doc["summary"]),
+                target=target,
+                progress=bar.update,
+            )
             done[str(doc["id"])] = [[l, h, d] for (l, h), d in deltas.items()]
             append_jsonl(fh, [{"target": target, "doc_id": str(doc["id"]), "deltas": done[str(doc["id"])]}])
     per_doc = [{(l, h): d for l, h, d in done[str(doc["id"])]} for doc in docs]
     return {key: float(np.mean([p[key] for p in per_doc])) for key in per_doc[0]}
 
 
-def build_profiles(args: argparse.Namespace, docs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
+def build_profiles(
+    args: argparse.Namespace, docs: list[dict[str, Any]], targets: list[str]
+) -> dict[str, Any]:
     """The position bias and the head ranking per target, from the profiling documents."""
     from at_probe.calibration import estimate_position_bias
     from at_probe.loading import load_model
     from at_probe.prompts import build_prompts
 
     model = load_model(args.model, device=args.device)
-    prompts = build_prompts(model.tokenizer, [d["document"] for d in docs],
-                            max_tokens=prompt_limit(model, None, args.max_new_tokens))
+    prompts = build_prompts(
+        model.tokenizer,
+        [d["document"] for d in docs],
+        max_tokens=prompt_limit(model, None, args.max_new_tokens),
+    )
     with tqdm(total=len(prompts), desc="position bias") as bar:
         bias = estimate_position_bias(model, prompts, regions=args.regions, progress=bar.update)
     if args.head_ranking_from is not None:
@@ -127,16 +161,27 @@ def build_profiles(args: argparse.Namespace, docs: list[dict[str, Any]], targets
             raise ValueError(f"{args.head_ranking_from} has no head ranking for {', '.join(missing)}")
         ranking = {t: ranking[t] for t in targets}
     else:
-        ranking = {t: rank_heads(profile_head_deltas(model, docs, t, args.out / "profile.jsonl", args.max_new_tokens))
-                   for t in targets}
-    return {"position_bias": bias.to_json(), "head_ranking": ranking,
-            "profile_documents": [str(d["id"]) for d in docs]}
+        ranking = {
+            t: rank_heads(
+                profile_head_deltas(model, docs, t, args.out / "profile.jsonl", args.max_new_tokens)
+            )
+            for t in targets
+        }
+    return {
+        "position_bias": bias.to_json(),
+        "head_ranking": ranking,
+        "profile_documents": [str(d["id"]) for d in docs],
+    }
 
 
 def sweep_settings(targets: list[str]) -> list[str]:
     """Baseline and the grid, emphasis restricted to the profiled targets."""
-    grid = [s for method in ALTERNATIVES for s in ALTERNATIVES_GRID[method]
-            if not s.startswith("emphasis:") or any(f"target={t}," in s for t in targets)]
+    grid = [
+        s
+        for method in ALTERNATIVES
+        for s in ALTERNATIVES_GRID[method]
+        if not s.startswith("emphasis:") or any(f"target={t}," in s for t in targets)
+    ]
     return ["baseline", *grid]
 
 
@@ -144,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if min(args.docs, args.profile_docs, args.batch_size, args.max_new_tokens, args.regions) < 1:
-            raise ValueError("--docs, --profile-docs, --batch-size, --max-new-tokens and --regions must be >= 1")
+            raise ValueError(
+                "--docs, --profile-docs, --batch-size, --max-new-tokens and --regions must be >= 1"
+            )
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
         if not targets or any(t not in TARGETS for t in targets):
             raise ValueError(f"--targets must name some of {', '.join(TARGETS)}, got {args.targets!r}")
@@ -153,16 +200,28 @@ def main(argv: list[str] | None = None) -> int:
         development = [d for d in load_records(data_file) if is_development(d["id"])]
         docs, profile_docs = development[: args.docs], development[args.docs : args.docs + args.profile_docs]
         if len(profile_docs) < args.profile_docs:
-            raise ValueError(f"the bucket has {len(development)} development documents, fewer than "
-                             f"--docs + --profile-docs = {args.docs + args.profile_docs}")
+            raise ValueError(
+                f"the bucket has {len(development)} development documents, fewer than "
+                f"--docs + --profile-docs = {args.docs + args.profile_docs}"
+            )
         settings = sweep_settings(targets)
-        config = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
-                  "bucket": args.bucket, "split": "development", "documents": [str(d["id"]) for d in docs],
-                  "profile_documents": [str(d["id"]) for d in profile_docs], "regions": args.regions,
-                  "targets": targets, "settings": settings, "max_new_tokens": args.max_new_tokens,
-                  "batch_size": args.batch_size, "metric": "summary_nll",
-                  "head_ranking_from": (file_sha256(args.head_ranking_from) if args.head_ranking_from else None),
-                  "at_probe_version": at_probe.__version__}
+        config = {
+            "model": args.model,
+            "data_file": data_file.name,
+            "data_sha256": file_sha256(data_file),
+            "bucket": args.bucket,
+            "split": "development",
+            "documents": [str(d["id"]) for d in docs],
+            "profile_documents": [str(d["id"]) for d in profile_docs],
+            "regions": args.regions,
+            "targets": targets,
+            "settings": settings,
+            "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size,
+            "metric": "summary_nll",
+            "head_ranking_from": (file_sha256(args.head_ranking_from) if args.head_ranking_from else None),
+            "at_probe_version": at_probe.__version__,
+        }
         ensure_manifest(args.out, config)
         profiles_path = args.out / "profiles.json"
         if profiles_path.is_file():
@@ -174,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         sink = RecordSink(args.out / "sweep.jsonl")
         units = sink.pending(plan_units(settings, docs, args.batch_size))
         factory = NLLWorkerFactory(args.model, args.device, args.max_new_tokens, ";".join(settings), profiles)
-        with tqdm(total=len(docs) * len(settings), initial=len(sink.done), desc="dev sweep", unit="score") as bar:
+        with tqdm(
+            total=len(docs) * len(settings), initial=len(sink.done), desc="dev sweep", unit="score"
+        ) as bar:
             run_units(units, factory, sink.write, progress=lambda unit: bar.update(len(unit.docs)), **options)
     except (FileNotFoundError, ValueError, OSError, KeyError) as err:
         print(f"alternatives_select.py: error: {err}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 * transition: a forward pass of a ``--tokens``-token document with the paper transition on all
   scheduled layers (and SRA) vs the same forward without it;
+* alternatives: the same forward with ``EmphasisSteering``, ``PositionCalibration`` and
+  ``AttentionTemperature`` (``alternatives``) vs without;
 * probe: the same forward with a ``FlowProbe`` attached (with and without rollout) vs without;
 * memory: on the CPU, peak RSS of ``analyses/flow.py`` on that document (probe passes;
   knockout off, its passes are plain forwards with a band of edited layers), and of the same
@@ -38,8 +40,12 @@ from typing import Any, Callable
 
 import torch
 
+from at_probe.calibration import PositionBias, PositionCalibration
+from at_probe.emphasis import EmphasisSteering
 from at_probe.loading import DEFAULT_MODEL, load_model, random_llama
 from at_probe.probe import FlowProbe
+from at_probe.prompts import Prompt
+from at_probe.temperature import AttentionTemperature
 from at_probe.transition import PaperTransition, SRATransition
 from at_probe.xsum import bucket_file, load_records
 
@@ -50,6 +56,20 @@ DEFAULT_XSUM = bucket_file(REPO.parent / "shared" / "data" / "xsum-at-release", 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+ALTERNATIVE_KEYS = ("emphasis_steering", "position_calibration", "attention_temperature")
+
+
+def alternatives(model: Any, seq_len: int) -> dict[str, Any]:
+    """The alternatives as timed: emphasis on one head in each layer of the last half (the
+    document emphasised, the last 16 tokens standing for the instruction), calibration with a
+    non-flat bias of 8 regions and temperature 0.8, both on the last half of the layers."""
+    n_layers = int(model.cfg.n_layers)
+    last_half = range(n_layers // 2, n_layers)
+    bias = PositionBias(tuple(tuple(1.0 + 0.1 * r for r in range(8)) for _ in range(n_layers)), 1)
+    return {"emphasis_steering": EmphasisSteering({l: (0,) for l in last_half}),
+            "position_calibration": PositionCalibration(bias), "attention_temperature": AttentionTemperature(0.8)}
 
 
 def paired_ratio(plain: Callable[[], Any], treated: Callable[[], Any], repeats: int,
@@ -292,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     results["sra_transition"] = paired_ratio(plain, hooked(lambda: sra.hooks(model)), args.repeats, device)
     results["probe"] = paired_ratio(plain, probed(False), args.repeats, device)
     results["probe_with_rollout"] = paired_ratio(plain, probed(True), args.repeats, device)
-    for key in ("paper_transition", "sra_transition", "probe", "probe_with_rollout"):
+    for key, edit in alternatives(model, tokens.shape[1]).items():
+        layout = [Prompt(tuple(tokens[0].tolist()), "plain", (1, tokens.shape[1] - 16))]
+        results[key] = paired_ratio(plain, hooked(lambda e=edit: e.hooks(model, prompts=layout)), args.repeats,
+                                    device)
+    for key in ("paper_transition", "sra_transition", *ALTERNATIVE_KEYS, "probe", "probe_with_rollout"):
         r = results[key]
         print(f"{key:<20} {r['ratio_median']:.3f}x  (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}; "
               f"plain forward {r['plain_seconds_median'] * 1000:.0f} ms)")

@@ -53,8 +53,9 @@ def document_region_bounds(document: Span, regions: int) -> list[int]:
     return torch.linspace(first, end, regions + 1).round().long().tolist()
 
 
-def calibrate_rows_(pattern: Pattern, document: Span, weights: Tensor, *, first_row: int,
-                    heads: Tensor | None = None) -> Tensor:
+def calibrate_rows_(
+    pattern: Pattern, document: Span, weights: Tensor, *, first_row: int, heads: Tensor | None = None
+) -> Tensor:
     """Reweight the document keys of rows ``first_row ..`` by region, conserving document mass.
 
     In place on ``pattern`` ``[1, head, q, k]`` (one sequence, keys from its position 0, query
@@ -130,8 +131,9 @@ def position_bias_from_profiles(profiles: Sequence[Tensor]) -> PositionBias:
     return PositionBias(tuple(tuple(float(v) for v in row) for row in mean), len(profiles))
 
 
-def estimate_position_bias(model: Any, prompts: Sequence[Prompt], *, regions: int = 8,
-                           progress: Callable[[int], None] | None = None) -> PositionBias:
+def estimate_position_bias(
+    model: Any, prompts: Sequence[Prompt], *, regions: int = 8, progress: Callable[[int], None] | None = None
+) -> PositionBias:
     """Estimate the position bias from development prompts (one unedited forward pass each).
 
     Per document, the flow probe's final-token mass on each document region (averaged over
@@ -181,7 +183,11 @@ class PositionCalibration(AttentionEdit):
             raise ValueError(f"bias must be a PositionBias, got {type(self.bias).__name__}")
         if min(min(r) for r in self.bias.density) <= 0:
             raise ValueError("the position bias must be positive in every region")
-        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or self.strength < 0:
+        if (
+            isinstance(self.strength, bool)
+            or not isinstance(self.strength, (int, float))
+            or self.strength < 0
+        ):
             raise ValueError(f"strength must be a number >= 0, got {self.strength!r}")
         object.__setattr__(self, "strength", float(self.strength))
         for name in ("layers", "heads"):
@@ -200,7 +206,9 @@ class PositionCalibration(AttentionEdit):
 
     def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
         if len(self.bias.density) != n_layers:
-            raise ValueError(f"the position bias has {len(self.bias.density)} layers; the model has {n_layers}")
+            raise ValueError(
+                f"the position bias has {len(self.bias.density)} layers; the model has {n_layers}"
+            )
         layers = last_half(n_layers) if self.layers is None else resolve_layers(self.layers, range(n_layers))
         heads = resolve_heads(self.heads, n_heads)
         return {layer: heads for layer in layers}

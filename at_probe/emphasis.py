@@ -47,8 +47,9 @@ Target = Literal["document", "instruction"]
 TARGETS: tuple[str, ...] = ("document", "instruction")
 
 
-def steer_scores_(scores: Scores, span: Span, prompt_length: int, alpha: float,
-                  heads: Tensor | None = None) -> Scores:
+def steer_scores_(
+    scores: Scores, span: Span, prompt_length: int, alpha: float, heads: Tensor | None = None
+) -> Scores:
     """Add ``log(alpha)`` to the scores of prompt keys outside ``span``, in place; returns ``scores``.
 
     Args:
@@ -70,8 +71,9 @@ def steer_scores_(scores: Scores, span: Span, prompt_length: int, alpha: float,
     return scores
 
 
-def steer_scores(scores: Scores, span: Span, prompt_length: int, alpha: float,
-                 heads: Tensor | None = None) -> Scores:
+def steer_scores(
+    scores: Scores, span: Span, prompt_length: int, alpha: float, heads: Tensor | None = None
+) -> Scores:
     """``steer_scores_`` on a copy: the input is untouched."""
     return steer_scores_(scores.clone(), span, prompt_length, alpha, heads)
 
@@ -113,13 +115,19 @@ class EmphasisSteering(AttentionEdit):
 
     def __post_init__(self) -> None:
         if not isinstance(self.head_config, Mapping) or not self.head_config:
-            raise ValueError(f"head_config must be a non-empty {{layer: heads}} mapping, got {self.head_config!r}")
+            raise ValueError(
+                f"head_config must be a non-empty {{layer: heads}} mapping, got {self.head_config!r}"
+            )
         config = {}
         for layer, heads in self.head_config.items():
             (layer,) = int_tuple("head_config layers", [layer])
             config[layer] = int_tuple(f"head_config[{layer}]", heads)
         object.__setattr__(self, "head_config", dict(sorted(config.items())))
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 1:
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not 0 < self.alpha <= 1
+        ):
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))
         if self.target not in TARGETS:
@@ -129,8 +137,14 @@ class EmphasisSteering(AttentionEdit):
             object.__setattr__(self, "placebo_seed", seed)
 
     def __hash__(self) -> int:
-        return hash((tuple((l, tuple(h)) for l, h in self.head_config.items()), self.alpha, self.target,
-                     self.placebo_seed))
+        return hash(
+            (
+                tuple((l, tuple(h)) for l, h in self.head_config.items()),
+                self.alpha,
+                self.target,
+                self.placebo_seed,
+            )
+        )
 
     def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
         bad = [l for l in self.head_config if not 0 <= l < n_layers]
@@ -156,9 +170,15 @@ class EmphasisSteering(AttentionEdit):
 # ---------------------------------------------------------------------------------------------
 
 
-def profile_heads(model: Any, prompt: Prompt, reference: Sequence[int], *, alpha: float = 0.01,
-                  target: Target = "document", progress: Callable[[int], None] | None = None
-                  ) -> dict[tuple[int, int], float]:
+def profile_heads(
+    model: Any,
+    prompt: Prompt,
+    reference: Sequence[int],
+    *,
+    alpha: float = 0.01,
+    target: Target = "document",
+    progress: Callable[[int], None] | None = None,
+) -> dict[tuple[int, int], float]:
     """PASTA's profiling on one document: the reference's NLL change when each head alone is steered.
 
     One unsteered pass keeps the residual stream entering every block; steering head ``(l, h)``

@@ -51,16 +51,28 @@ HookPair = tuple[str, Callable[..., Any]]
 class Intervention(Protocol):
     """What ``summarise``, ``reference_nll``, ``probe_pass`` and the benches need of an edit."""
 
-    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
-              prompts: Sequence[Prompt] | None = None) -> list[HookPair]: ...
+    def hooks(
+        self,
+        model: Any,
+        *,
+        prompt_lengths: Sequence[int] | int | None = None,
+        prompts: Sequence[Prompt] | None = None,
+    ) -> list[HookPair]: ...
 
-    def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
-                prompts: Sequence[Prompt] | None = None) -> AbstractContextManager[Any]: ...
+    def applied(
+        self,
+        model: Any,
+        *,
+        prompt_lengths: Sequence[int] | int | None = None,
+        prompts: Sequence[Prompt] | None = None,
+    ) -> AbstractContextManager[Any]: ...
 
     def last_report(self) -> Any: ...
 
 
-def lengths_of(prompt_lengths: Sequence[int] | int | None, prompts: Sequence[Prompt] | None) -> list[int] | None:
+def lengths_of(
+    prompt_lengths: Sequence[int] | int | None, prompts: Sequence[Prompt] | None
+) -> list[int] | None:
     """Per-sequence prompt lengths from either argument (``prompts`` wins; they must agree)."""
     if isinstance(prompt_lengths, int):
         prompt_lengths = [prompt_lengths]
@@ -68,7 +80,9 @@ def lengths_of(prompt_lengths: Sequence[int] | int | None, prompts: Sequence[Pro
         return None if prompt_lengths is None else list(prompt_lengths)
     lengths = [len(p) for p in prompts]
     if prompt_lengths is not None and list(prompt_lengths) != lengths:
-        raise ValueError(f"prompt_lengths {list(prompt_lengths)} disagree with the prompts' lengths {lengths}")
+        raise ValueError(
+            f"prompt_lengths {list(prompt_lengths)} disagree with the prompts' lengths {lengths}"
+        )
     return lengths
 
 
@@ -154,8 +168,12 @@ class _EditRun:
         old = self.tokens
         if old is not None and tokens.shape[1] == 1:
             return  # a KV-cache decode step
-        continues = (old is not None and old.shape[0] == tokens.shape[0] and tokens.shape[1] >= old.shape[1]
-                     and torch.equal(tokens[:, : old.shape[1]], old))
+        continues = (
+            old is not None
+            and old.shape[0] == tokens.shape[0]
+            and tokens.shape[1] >= old.shape[1]
+            and torch.equal(tokens[:, : old.shape[1]], old)
+        )
         if not continues:
             self.tokens = tokens.detach().clone()
             self.lengths = self.fixed_lengths
@@ -174,8 +192,12 @@ class _EditRun:
         out = []
         for b, off in enumerate(offsets):
             row0 = max(0, off - first_query)
-            view = SequenceView(b, self.lengths[b], first_query + row0 - off,
-                                None if self.prompts is None else self.prompts[b])
+            view = SequenceView(
+                b,
+                self.lengths[b],
+                first_query + row0 - off,
+                None if self.prompts is None else self.prompts[b],
+            )
             out.append((view, row0, off))
         return out
 
@@ -196,7 +218,9 @@ def resolve_heads(heads: Sequence[int] | None, n_heads: int) -> Tensor | None:
     if heads is None:
         return None
     heads = tuple(heads)
-    bad = [h for h in heads if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 0 <= h < n_heads]
+    bad = [
+        h for h in heads if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 0 <= h < n_heads
+    ]
     if bad or not heads:
         raise ValueError(f"head indices {bad or '[]'} are invalid for a model with {n_heads} heads")
     if len(set(heads)) != len(heads):
@@ -235,7 +259,9 @@ class AttentionEdit:
         """Layer -> heads to edit (None: all heads), validated against the model."""
         raise NotImplementedError
 
-    def _edit_(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> tuple[int, Tensor | None]:
+    def _edit_(
+        self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView
+    ) -> tuple[int, Tensor | None]:
         """Edit one sequence's slice ``[1, head, rows, keys]`` in place.
 
         Returns the number of query rows edited and, for pattern edits, the total-variation
@@ -243,8 +269,13 @@ class AttentionEdit:
         """
         raise NotImplementedError
 
-    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
-              prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
+    def hooks(
+        self,
+        model: Any,
+        *,
+        prompt_lengths: Sequence[int] | int | None = None,
+        prompts: Sequence[Prompt] | None = None,
+    ) -> list[HookPair]:
         """Plain TransformerLens ``(hook_name, fn)`` pairs applying the edit (fresh state per call).
 
         Pairs concatenate with other hooks; on a shared hook point hooks run in list order.
@@ -261,8 +292,10 @@ class AttentionEdit:
                 or (at run time) right padding or a batch of another size.
         """
         if self.needs_prompts and prompts is None:
-            raise ValueError(f"{type(self).__name__} needs prompts=[at_probe.prompts.Prompt, ...] "
-                             "to find each prompt's parts")
+            raise ValueError(
+                f"{type(self).__name__} needs prompts=[at_probe.prompts.Prompt, ...] "
+                "to find each prompt's parts"
+            )
         layer_heads = self._layer_heads(int(model.cfg.n_layers), int(model.cfg.n_heads))
         run = _EditRun(lengths_of(prompt_lengths, prompts), prompts)
         object.__setattr__(self, "_last_run", run)
@@ -275,15 +308,18 @@ class AttentionEdit:
             if self.stage == "scores":
                 run.offsets = left_padding(tensor)
             elif run.offsets is None:
-                raise RuntimeError(f"{hook.name}: the {scores_hook(layer)} pair did not run; "
-                                   "register every pair that .hooks(model) returns")
+                raise RuntimeError(
+                    f"{hook.name}: the {scores_hook(layer)} pair did not run; "
+                    "register every pair that .hooks(model) returns"
+                )
             offsets, run.offsets = run.offsets, None
             tensor = editable(tensor, hook, edit)
             tally = run.tally.setdefault(layer, _LayerTally())
             tally.passes += 1
             for view, row0, key0 in run.views(tensor.shape, offsets):
-                rows, shift = self._edit_(tensor[view.index : view.index + 1, :, row0:, key0:], layer,
-                                          layer_heads[layer], view)
+                rows, shift = self._edit_(
+                    tensor[view.index : view.index + 1, :, row0:, key0:], layer, layer_heads[layer], view
+                )
                 tally.rows += rows
                 if shift is not None and shift.numel():
                     tally.shift_sum += float(shift.float().sum())
@@ -299,8 +335,13 @@ class AttentionEdit:
         return pairs
 
     @contextmanager
-    def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
-                prompts: Sequence[Prompt] | None = None) -> Iterator[Any]:
+    def applied(
+        self,
+        model: Any,
+        *,
+        prompt_lengths: Sequence[int] | int | None = None,
+        prompts: Sequence[Prompt] | None = None,
+    ) -> Iterator[Any]:
         """Context manager: the edit is active on ``model`` inside the block (hooks removed on
         exit, also when the body raises). Works with ``model(...)``, ``run_with_cache`` and
         ``generate`` with or without the KV cache. Yields the model."""

@@ -80,4 +80,3 @@ class AttentionTemperature(AttentionEdit):
     def _edit_(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> tuple[int, None]:
         temper_scores_(seq, self.tau, heads)
         return seq.shape[-2], None
-

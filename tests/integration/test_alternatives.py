@@ -33,8 +33,9 @@ EDITS = {
 # Stronger versions for generation, where a weak edit may leave greedy tokens unchanged.
 STRONG = {
     "emphasis": EmphasisSteering({l: tuple(range(4)) for l in range(2, 8)}, alpha=0.01),
-    "emphasis_instruction": EmphasisSteering({l: tuple(range(4)) for l in range(2, 8)}, alpha=0.01,
-                                             target="instruction"),
+    "emphasis_instruction": EmphasisSteering(
+        {l: tuple(range(4)) for l in range(2, 8)}, alpha=0.01, target="instruction"
+    ),
     "calibration": PositionCalibration(_bias(), strength=2.0, layers=tuple(range(1, 8))),
     "temperature": EDITS["temperature"],
 }
@@ -67,15 +68,25 @@ def test_edit_changes_logits_and_hooks_are_removed(tiny_model, prompt, name):
     assert report.layers and all(r.rows_edited > 0 for r in report.layers.values())
 
 
-@pytest.mark.parametrize("edit", [EmphasisSteering({5: (0,)}, alpha=1.0), AttentionTemperature(tau=1.0),
-                                  PositionCalibration(_bias(), strength=0.0)], ids=["alpha1", "tau1", "strength0"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        EmphasisSteering({5: (0,)}, alpha=1.0),
+        AttentionTemperature(tau=1.0),
+        PositionCalibration(_bias(), strength=0.0),
+    ],
+    ids=["alpha1", "tau1", "strength0"],
+)
 def test_neutral_parameters_change_nothing(tiny_model, prompt, edit):
-    torch.testing.assert_close(_logits(tiny_model, prompt, edit), _logits(tiny_model, prompt), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        _logits(tiny_model, prompt, edit), _logits(tiny_model, prompt), atol=1e-5, rtol=0
+    )
 
 
 def _capture(store: dict, key: str):
     def fn(tensor, *, hook):
         store[key] = tensor.detach().clone()
+
     return fn
 
 
@@ -84,8 +95,11 @@ def test_hook_edit_equals_pure_function(tiny_model, prompt, name):
     """What the hook writes is exactly the pure function applied to what it received."""
     edit, layer, seen = EDITS[name], 6, {}
     hook = pattern_hook(layer) if name == "calibration" else scores_hook(layer)
-    pairs = [(hook, _capture(seen, "before"))] + edit.hooks(tiny_model, prompts=[prompt]) + [
-        (hook, _capture(seen, "after"))]
+    pairs = (
+        [(hook, _capture(seen, "before"))]
+        + edit.hooks(tiny_model, prompts=[prompt])
+        + [(hook, _capture(seen, "after"))]
+    )
     with torch.inference_mode():
         tiny_model.run_with_hooks(prompt.tensor(), fwd_hooks=pairs)
     before = seen["before"]
@@ -107,13 +121,17 @@ def test_emphasis_scales_non_span_prompt_weights_by_alpha(tiny_model, prompt):
     edit = EmphasisSteering({6: (1,)}, alpha=0.05)
     for key, pairs in (("base", []), ("steer", edit.hooks(tiny_model, prompts=[prompt]))):
         with torch.inference_mode():
-            tiny_model.run_with_hooks(prompt.tensor(), fwd_hooks=pairs + [(pattern_hook(6), _capture(seen, key))])
+            tiny_model.run_with_hooks(
+                prompt.tensor(), fwd_hooks=pairs + [(pattern_hook(6), _capture(seen, key))]
+            )
     start, end = prompt.parts["document"]
     row = len(prompt) - 1
     base, steer = seen["base"][0, :, row], seen["steer"][0, :, row]
     ratio = steer[1] / base[1]
     torch.testing.assert_close(ratio[:start] / ratio[start], torch.full((start,), 0.05), rtol=1e-3, atol=0)
-    torch.testing.assert_close(ratio[end:] / ratio[start], torch.full((row + 1 - end,), 0.05), rtol=1e-3, atol=0)
+    torch.testing.assert_close(
+        ratio[end:] / ratio[start], torch.full((row + 1 - end,), 0.05), rtol=1e-3, atol=0
+    )
     torch.testing.assert_close(ratio[start:end], ratio[start].expand(end - start), rtol=1e-4, atol=0)
     torch.testing.assert_close(steer[0], base[0])
 
@@ -123,15 +141,21 @@ def test_calibration_conserves_mass_and_spares_document_rows(tiny_model, prompt)
     edit = PositionCalibration(_bias(), strength=1.0, layers=(6,))
     for key, pairs in (("base", []), ("cal", edit.hooks(tiny_model, prompts=[prompt]))):
         with torch.inference_mode():
-            tiny_model.run_with_hooks(prompt.tensor(), fwd_hooks=pairs + [(pattern_hook(6), _capture(seen, key))])
+            tiny_model.run_with_hooks(
+                prompt.tensor(), fwd_hooks=pairs + [(pattern_hook(6), _capture(seen, key))]
+            )
     base, cal = seen["base"][0], seen["cal"][0]
     start, end = prompt.document
     torch.testing.assert_close(cal[:, :end], base[:, :end], atol=0, rtol=0)  # rows inside the document
     torch.testing.assert_close(cal.sum(-1), base.sum(-1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(cal[:, end:, start:end].sum(-1), base[:, end:, start:end].sum(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        cal[:, end:, start:end].sum(-1), base[:, end:, start:end].sum(-1), atol=1e-5, rtol=0
+    )
     bounds = document_region_bounds(prompt.document, 4)
     middle = slice(bounds[1], bounds[3])
-    assert (cal[:, end:, middle].sum(-1) > base[:, end:, middle].sum(-1)).all()  # the disfavoured middle gains
+    assert (
+        cal[:, end:, middle].sum(-1) > base[:, end:, middle].sum(-1)
+    ).all()  # the disfavoured middle gains
 
 
 @pytest.mark.parametrize("name", list(EDITS))
@@ -201,25 +225,31 @@ def test_prompt_part_edits_need_prompts_and_a_matching_batch(tiny_model, prompt)
             tiny_model(ids, attention_mask=mask)
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: AttentionTemperature(tau=0), "tau"),
-    (lambda: EmphasisSteering({}, alpha=0.01), "head_config"),
-    (lambda: EmphasisSteering({1: (0,)}, alpha=0), "alpha"),
-    (lambda: EmphasisSteering({1: (0,)}, target="summary"), "target"),
-    (lambda: PositionCalibration(_bias(), strength=-1), "strength"),
-    (lambda: AttentionTemperature(layers="12"), "layers"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: AttentionTemperature(tau=0), "tau"),
+        (lambda: EmphasisSteering({}, alpha=0.01), "head_config"),
+        (lambda: EmphasisSteering({1: (0,)}, alpha=0), "alpha"),
+        (lambda: EmphasisSteering({1: (0,)}, target="summary"), "target"),
+        (lambda: PositionCalibration(_bias(), strength=-1), "strength"),
+        (lambda: AttentionTemperature(layers="12"), "layers"),
+    ],
+)
 def test_bad_parameters_are_refused_by_name(make, match):
     with pytest.raises(ValueError, match=match):
         make()
 
 
-@pytest.mark.parametrize("edit, match", [
-    (AttentionTemperature(layers=(8,)), "layers"),
-    (AttentionTemperature(heads=(4,)), "head"),
-    (EmphasisSteering({9: (0,)}), "outside the model"),
-    (PositionCalibration(PositionBias(((1.0, 1.0),) * 3, 1)), "3 layers"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (AttentionTemperature(layers=(8,)), "layers"),
+        (AttentionTemperature(heads=(4,)), "head"),
+        (EmphasisSteering({9: (0,)}), "outside the model"),
+        (PositionCalibration(PositionBias(((1.0, 1.0),) * 3, 1)), "3 layers"),
+    ],
+)
 def test_selection_outside_the_model_is_refused(tiny_model, prompt, edit, match):
     with pytest.raises(ValueError, match=match):
         edit.hooks(tiny_model, prompts=[prompt])

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from at_probe.calibration import PositionBias, calibrate_rows_, document_region_bounds, position_bias_from_profiles
+from at_probe.calibration import (
+    PositionBias,
+    calibrate_rows_,
+    document_region_bounds,
+    position_bias_from_profiles,
+)
 from at_probe.emphasis import EmphasisSteering, rank_heads, steer_scores, top_heads
 from at_probe.temperature import AttentionTemperature, temper_scores
 from at_probe.xsum import (
@@ -83,8 +88,10 @@ def test_rank_and_top_heads():
         top_heads(ranking, 5)
 
 
-PROFILES = {"position_bias": PositionBias(((0.5, 1.5),) * 4, 2).to_json(),
-            "head_ranking": {"document": rank_heads({(1, 0): -0.3, (2, 1): -0.2, (0, 0): 0.1})}}
+PROFILES = {
+    "position_bias": PositionBias(((0.5, 1.5),) * 4, 2).to_json(),
+    "head_ranking": {"document": rank_heads({(1, 0): -0.3, (2, 1): -0.2, (0, 0): 0.1})},
+}
 
 
 def test_alternative_settings_parse_to_canonical_names_and_objects():
@@ -95,39 +102,60 @@ def test_alternative_settings_parse_to_canonical_names_and_objects():
     assert name == "temperature:layers=2-3,tau=0.8" and temp == AttentionTemperature(0.8, layers=(2, 3))
     name, cal = parse_setting("calibration_placebo:seed=1", PROFILES)
     assert name == "calibration_placebo:seed=1,strength=1.0" and cal.placebo_seed == 1
-    assert placebo_of("emphasis:top=2", profiles=PROFILES) == "emphasis_placebo:alpha=0.01,seed=0,target=document,top=2"
-    assert placebo_of("calibration:strength=0.5", profiles=PROFILES) == "calibration_placebo:seed=0,strength=0.5"
+    assert (
+        placebo_of("emphasis:top=2", profiles=PROFILES)
+        == "emphasis_placebo:alpha=0.01,seed=0,target=document,top=2"
+    )
+    assert (
+        placebo_of("calibration:strength=0.5", profiles=PROFILES) == "calibration_placebo:seed=0,strength=0.5"
+    )
     with pytest.raises(SettingError, match="no placebo"):
         placebo_of("temperature:tau=2")
 
 
-@pytest.mark.parametrize("bad, match", [
-    ("emphasis:top=2", "head_ranking"),  # no profiles given
-    ("emphasis:top=9", "k must be"),
-    ("emphasis:top=1,target=instruction", "no ranking"),
-    ("emphasis:alpha=0.01", "needs top"),
-    ("temperature:layers=3-1,tau=1", "bad value"),
-    ("temperature:", "needs tau"),
-    ("calibration:strength=-1", "strength"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("emphasis:top=2", "head_ranking"),  # no profiles given
+        ("emphasis:top=9", "k must be"),
+        ("emphasis:top=1,target=instruction", "no ranking"),
+        ("emphasis:alpha=0.01", "needs top"),
+        ("temperature:layers=3-1,tau=1", "bad value"),
+        ("temperature:", "needs tau"),
+        ("calibration:strength=-1", "strength"),
+    ],
+)
 def test_bad_alternative_settings_raise(bad, match):
     with pytest.raises(SettingError, match=match):
         parse_setting(bad, None if bad == "emphasis:top=2" else PROFILES)
 
 
 def test_alternatives_selection_roles_and_test_settings():
-    rows = [{"doc_id": d, "setting": s, "summary_nll": v}
-            for d in ("1", "2") for s, v in (("baseline", 1.0), ("emphasis:alpha=0.01,target=document,top=1", 0.9),
-                                             ("emphasis:alpha=0.01,target=document,top=2", 1.1),
-                                             ("temperature:tau=0.8", 0.95), ("calibration:strength=1.0", 1.2))]
+    rows = [
+        {"doc_id": d, "setting": s, "summary_nll": v}
+        for d in ("1", "2")
+        for s, v in (
+            ("baseline", 1.0),
+            ("emphasis:alpha=0.01,target=document,top=1", 0.9),
+            ("emphasis:alpha=0.01,target=document,top=2", 1.1),
+            ("temperature:tau=0.8", 0.95),
+            ("calibration:strength=1.0", 1.2),
+        )
+    ]
     sel = select_alternatives(rows, ("emphasis", "calibration", "temperature"))
-    assert sel["selected"] == {"emphasis": "emphasis:alpha=0.01,target=document,top=1",
-                               "calibration": "calibration:strength=1.0", "temperature": "temperature:tau=0.8"}
+    assert sel["selected"] == {
+        "emphasis": "emphasis:alpha=0.01,target=document,top=1",
+        "calibration": "calibration:strength=1.0",
+        "temperature": "temperature:tau=0.8",
+    }
     sel["profiles"] = PROFILES
     roles = setting_roles(sel)
-    assert roles == {"baseline": "baseline", "emphasis_selected": "emphasis:alpha=0.01,target=document,top=1",
-                     "emphasis_placebo": "emphasis_placebo:alpha=0.01,seed=0,target=document,top=1",
-                     "calibration_selected": "calibration:strength=1.0",
-                     "calibration_placebo": "calibration_placebo:seed=0,strength=1.0",
-                     "temperature_selected": "temperature:tau=0.8"}
+    assert roles == {
+        "baseline": "baseline",
+        "emphasis_selected": "emphasis:alpha=0.01,target=document,top=1",
+        "emphasis_placebo": "emphasis_placebo:alpha=0.01,seed=0,target=document,top=1",
+        "calibration_selected": "calibration:strength=1.0",
+        "calibration_placebo": "calibration_placebo:seed=0,strength=1.0",
+        "temperature_selected": "temperature:tau=0.8",
+    }
     assert run_settings(canonical_selection(sel)) == list(roles.values())

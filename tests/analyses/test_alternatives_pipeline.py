@@ -1,0 +1,182 @@
+"""The alternatives end to end on the tiny model: development profiling and selection, the
+test run of its choices, corpus flow with them, and the side-by-side methods report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.analyses.conftest import load_script
+from tests.conftest import XSUM_DIR, require_shared
+
+alternatives_select = load_script("alternatives_select")
+xsum_eval = load_script("xsum_eval")
+flow = load_script("flow")
+methods_report = load_script("methods_report")
+
+
+@pytest.fixture(scope="module")
+def selection_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("alt") / "dev"
+    args = [
+        "--model",
+        "tiny",
+        "--data",
+        str(require_shared(XSUM_DIR)),
+        "--bucket",
+        "800",
+        "--docs",
+        "2",
+        "--profile-docs",
+        "1",
+        "--regions",
+        "4",
+        "--targets",
+        "instruction",
+        "--max-new-tokens",
+        "12",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert alternatives_select.main(args) == 0
+    return out, args
+
+
+def test_selection_profiles_and_roles(selection_run):
+    out, _ = selection_run
+    sel = json.loads((out / "selection.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["documents"]).isdisjoint(manifest["profile_documents"])
+    assert all(int(d) % 4 != 0 for d in manifest["documents"] + manifest["profile_documents"])
+    ranking = sel["profiles"]["head_ranking"]["instruction"]
+    assert len(ranking) == 8 * 4 and [r["delta"] for r in ranking] == sorted(r["delta"] for r in ranking)
+    assert len(sel["profiles"]["position_bias"]["density"]) == 8
+    assert set(sel["selected"]) == {"emphasis", "calibration", "temperature"}
+    for method, setting in sel["selected"].items():  # the lowest development NLL of its method
+        ours = {n: v for n, v in sel["mean_nll"].items() if n.split(":")[0] == method}
+        assert sel["mean_nll"][setting] == min(ours.values())
+    assert list(sel["roles"]) == [
+        "baseline",
+        "emphasis_selected",
+        "emphasis_placebo",
+        "calibration_selected",
+        "calibration_placebo",
+        "temperature_selected",
+    ]
+
+
+def test_rerun_resumes_without_new_work(selection_run):
+    out, args = selection_run
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".jsonl"}
+    assert alternatives_select.main(args) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".jsonl"} == before
+
+
+def test_test_run_and_corpus_flow_of_the_selection(selection_run, tmp_path):
+    out, _ = selection_run
+    test = tmp_path / "test"
+    assert (
+        xsum_eval.main(
+            [
+                "--model",
+                "tiny",
+                "--data",
+                str(XSUM_DIR),
+                "--bucket",
+                "800",
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "12",
+                "--batch-size",
+                "2",
+                "--selection",
+                str(out / "selection.json"),
+                "--out",
+                str(test),
+            ]
+        )
+        == 0
+    )
+    records = [json.loads(l) for l in (test / "records.jsonl").read_text().splitlines()]
+    manifest = json.loads((test / "manifest.json").read_text())
+    assert len(records) == 2 * 6 and set(manifest["roles"]) >= {"emphasis_placebo", "calibration_placebo"}
+    nll = {(r["doc_id"], r["setting"]): r["summary_nll"] for r in records}
+    assert any(abs(v - nll[(d, "baseline")]) > 1e-4 for (d, s), v in nll.items() if s != "baseline")
+
+    corpus = tmp_path / "flow"
+    assert (
+        flow.main(
+            [
+                "--model",
+                "tiny",
+                "--xsum",
+                str(XSUM_DIR / "token_800_evaluation.json.gz"),
+                "--docs",
+                "2",
+                "--regions",
+                "4",
+                "--selection",
+                str(out / "selection.json"),
+                "--out",
+                str(corpus),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((corpus / "corpus.json").read_text())
+    contrasts = {h["contrast"] for h in result["headline"]}
+    assert {
+        "emphasis - baseline",
+        "emphasis - emphasis_placebo",
+        "calibration - calibration_placebo",
+        "temperature - baseline",
+    } <= contrasts
+    assert (
+        flow.main(
+            [
+                "--model",
+                "tiny",
+                "--xsum",
+                str(XSUM_DIR / "token_800_evaluation.json.gz"),
+                "--docs",
+                "2",
+                "--selection",
+                str(out / "selection.json"),
+                "--attribution",
+                "--out",
+                str(corpus),
+            ]
+        )
+        == 2
+    )
+
+
+def _report(comparisons: dict[str, float], roles: dict[str, str]) -> dict:
+    est = lambda m: {"mean": m, "ci95": [m - 0.01, m + 0.01], "n": 5}  # noqa: E731
+    return {
+        "buckets": {"800": {"roles": roles}},
+        "comparisons": {
+            c: {metric: {"800": est(m)} for metric in methods_report.METRICS} for c, m in comparisons.items()
+        },
+    }
+
+
+def test_methods_report_puts_both_families_on_one_table(tmp_path):
+    paper = _report(
+        {"paper_selected - baseline": 0.1, "paper_selected - placebo_selected": 0.2},
+        {"paper_selected": "paper:alpha=1.0,beta=0.5,k=2"},
+    )
+    alt = _report({"temperature_selected - baseline": -0.3}, {"temperature_selected": "temperature:tau=0.7"})
+    for name, r in (("p.json", paper), ("a.json", alt)):
+        (tmp_path / name).write_text(json.dumps(r))
+    assert (
+        methods_report.main([str(tmp_path / "p.json"), str(tmp_path / "a.json"), "--out", str(tmp_path)]) == 0
+    )
+    table = (tmp_path / "methods_table.md").read_text()
+    assert "| paper transition | placebo | 800 | 5 | +0.200 [+0.190, +0.210]" in table
+    assert "| temperature | baseline | 800 | 5 | -0.300 [-0.310, -0.290]" in table
+    assert (tmp_path / "methods_compared.png").is_file()
