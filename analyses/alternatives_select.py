@@ -9,7 +9,8 @@ Everything here uses development documents only (``int(id) % 4 != 0``); the test
    * PASTA's head profiling for ``EmphasisSteering``: each head steered alone (alpha 0.01),
      ranked by the change of the reference NLL averaged over the profiling documents, per
      target (``--targets``; ``--head-ranking-from`` reuses another run's ranking instead).
-   Written to ``profile.jsonl`` (one line per document, resumable) and kept in ``selection.json``.
+   Written to ``profile.jsonl`` (one line per document, resumable), then ``profiles.json``
+   (reused as it is when the run is resumed), and kept in ``selection.json``.
 2. **Sweep** (the first ``--docs`` development documents): baseline and the grid
    ``ALTERNATIVES_GRID`` (emphasis top 1/2/4/8/16 heads per target, calibration strength
    0.25/0.5/1 on the last half of the layers, temperature 0.7/0.85/1.15/1.3 on the last half)
@@ -146,6 +147,9 @@ def build_profiles(
     from at_probe.loading import load_model
     from at_probe.prompts import build_prompts
 
+    source = None  # a reused ranking is checked before anything is computed
+    if args.head_ranking_from is not None:
+        ranking, source = reused_ranking(args.head_ranking_from, args.model, targets)
     model = load_model(args.model, device=args.device)
     prompts = build_prompts(
         model.tokenizer,
@@ -154,24 +158,35 @@ def build_profiles(
     )
     with tqdm(total=len(prompts), desc="position bias") as bar:
         bias = estimate_position_bias(model, prompts, regions=args.regions, progress=bar.update)
-    if args.head_ranking_from is not None:
-        ranking = json.loads(args.head_ranking_from.read_text())["profiles"]["head_ranking"]
-        missing = [t for t in targets if t not in ranking]
-        if missing:
-            raise ValueError(f"{args.head_ranking_from} has no head ranking for {', '.join(missing)}")
-        ranking = {t: ranking[t] for t in targets}
-    else:
+    if args.head_ranking_from is None:
         ranking = {
             t: rank_heads(
                 profile_head_deltas(model, docs, t, args.out / "profile.jsonl", args.max_new_tokens)
             )
             for t in targets
         }
-    return {
-        "position_bias": bias.to_json(),
-        "head_ranking": ranking,
-        "profile_documents": [str(d["id"]) for d in docs],
-    }
+    return {"position_bias": bias.to_json(), "head_ranking": ranking,
+            "profile_documents": [str(d["id"]) for d in docs], "head_ranking_source": source}
+
+
+def reused_ranking(path: Path, model: str, targets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The head ranking of another alternatives run, checked (same model, development documents),
+    and where it came from (path, sha256, bucket, the documents it was profiled on)."""
+    try:
+        selection = json.loads(path.read_text())
+        manifest = json.loads((path.parent / "manifest.json").read_text())
+        ranking = selection["profiles"]["head_ranking"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not the selection.json of an alternatives_select.py run: {err!r}") from None
+    if manifest.get("split") != "development" or manifest.get("model") != model:
+        raise ValueError(f"{path} was profiled with model {manifest.get('model')!r} on split "
+                         f"{manifest.get('split')!r}, not on development documents with {model!r}")
+    missing = [t for t in targets if t not in ranking]
+    if missing:
+        raise ValueError(f"{path} has no head ranking for {', '.join(missing)}")
+    source = {"path": str(path), "sha256": file_sha256(path), "bucket": manifest.get("bucket"),
+              "profile_documents": selection["profiles"].get("profile_documents")}
+    return {t: ranking[t] for t in targets}, source
 
 
 def sweep_settings(targets: list[str]) -> list[str]:
@@ -237,12 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             total=len(docs) * len(settings), initial=len(sink.done), desc="dev sweep", unit="score"
         ) as bar:
             run_units(units, factory, sink.write, progress=lambda unit: bar.update(len(unit.docs)), **options)
+        selection = select_alternatives(sink.records, ALTERNATIVES)
+        selection["minus_baseline"] = minus_baseline(sink.records, [str(d["id"]) for d in docs])
     except (FileNotFoundError, ValueError, OSError, KeyError) as err:
         print(f"alternatives_select.py: error: {err}", file=sys.stderr)
         return 2
-
-    selection = select_alternatives(sink.records, ALTERNATIVES)
-    selection["minus_baseline"] = minus_baseline(sink.records, [str(d["id"]) for d in docs])
     selection["profiles"] = profiles
     selection["test_settings"] = run_settings(selection)
     selection["roles"] = setting_roles(selection)

@@ -61,7 +61,7 @@ def _sync(device: torch.device) -> None:
 ALTERNATIVE_KEYS = ("emphasis_steering", "position_calibration", "attention_temperature")
 
 
-def alternatives(model: Any, seq_len: int) -> dict[str, Any]:
+def alternatives(model: Any) -> dict[str, Any]:
     """The alternatives as timed: emphasis on one head in each layer of the last half (the
     document emphasised, the last 16 tokens standing for the instruction), calibration with a
     non-flat bias of 8 regions and temperature 0.8, both on the last half of the layers."""
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     results["sra_transition"] = paired_ratio(plain, hooked(lambda: sra.hooks(model)), args.repeats, device)
     results["probe"] = paired_ratio(plain, probed(False), args.repeats, device)
     results["probe_with_rollout"] = paired_ratio(plain, probed(True), args.repeats, device)
-    for key, edit in alternatives(model, tokens.shape[1]).items():
+    for key, edit in alternatives(model).items():
         layout = [Prompt(tuple(tokens[0].tolist()), "plain", (1, tokens.shape[1] - 16))]
         results[key] = paired_ratio(plain, hooked(lambda e=edit: e.hooks(model, prompts=layout)), args.repeats,
                                     device)

@@ -144,7 +144,7 @@ def make_prompt(model: Any, document: str, reference: str | None,
     return prompt, ref_tokens
 
 
-def selection_conditions(path: Path) -> dict[str, Any]:
+def selection_conditions(path: Path, model: str) -> dict[str, Any]:
     """Condition name -> intervention from an alternatives selection: ``baseline`` and each
     role's setting (``emphasis``, ``emphasis_placebo``, ``calibration``, ...)."""
     try:
@@ -154,13 +154,18 @@ def selection_conditions(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path} is not the selection.json of a development sweep: {err!r}") from None
     if "selected" not in selection:
         raise UsageError(f"{path} selects transitions: use --transition and --alpha/--beta/--k for those")
+    manifest_path = path.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if manifest.get("split") != "development" or manifest.get("model") != model:
+        raise UsageError(f"{path} was not chosen on development documents for --model {model} "
+                         f"(its manifest: split {manifest.get('split')!r}, model {manifest.get('model')!r})")
     return {role.removesuffix("_selected"): parse_setting(name, profiles)[1] for role, name in roles.items()}
 
 
 def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
     """Condition name -> intervention (None for the baseline)."""
     if args.selection is not None:
-        return selection_conditions(args.selection)
+        return selection_conditions(args.selection, args.model)
     conds: dict[str, Any] = {"baseline": None}
     if args.transition in ("paper", "both"):
         conds["paper"] = PaperTransition(alpha=args.alpha, beta=args.beta, intervals_per_layer=args.k)
@@ -257,6 +262,9 @@ def corpus_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.knockout:
         raise UsageError("corpus mode runs no knockout (one pass per region and band per document); "
                          "drop --knockout or use --index for one document")
+    if args.selection is not None and args.split != "heldout":
+        raise UsageError("--selection runs the held-out documents only (its settings were chosen on the others): "
+                         "drop --split all")
     if args.selection is not None and args.attribution:
         raise UsageError("--attribution (the causal map) runs for the transitions only: drop it with --selection")
     try:

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 METRICS = ("semantic_similarity", "rougeL", "summary_nll")
+SAME = ("model", "data_sha256", "split", "limit", "max_new_tokens")
 CONTRASTS = (  # (report comparison, method, against)
     ("paper_selected - baseline", "paper transition", "baseline"),
     ("paper_selected - placebo_selected", "paper transition", "placebo"),
@@ -41,6 +42,10 @@ def method_rows(reports: list[dict[str, Any]]) -> pd.DataFrame:
     buckets = sorted(set.intersection(*(set(r["buckets"]) for r in reports)), key=int)
     if not buckets:
         raise ValueError("the reports share no bucket")
+    for bucket in buckets:  # the same test documents, model and generation in every report
+        seen = {tuple(r.get("manifests", {}).get(bucket, {}).get(k) for k in SAME) for r in reports}
+        if len(seen) > 1:
+            raise ValueError(f"the reports' bucket {bucket} runs differ in {', '.join(SAME)}: {sorted(seen)}")
     rows = []
     for comparison, method, against in CONTRASTS:
         report = next((r for r in reports if comparison in r["comparisons"]), None)

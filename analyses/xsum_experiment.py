@@ -185,8 +185,7 @@ def examples_markdown(runs: list[tuple[dict[str, Any], pd.DataFrame]], releases:
         for doc in docs:
             lines += [f"## bucket {manifest['bucket']}, document {doc}", "", "| | summary |", "| --- | --- |",
                       f"| reference | {refs[doc]} |"]
-            shown = [r for r in manifest["roles"] if r == "baseline" or r.endswith(("_selected", "_placebo"))
-                     and not r.startswith("placebo_example")]
+            shown = [r for r in manifest["roles"] if r == "baseline" or r.endswith(("_selected", "_placebo"))]
             for role in shown:
                 name = manifest["roles"][role]
                 text = records[(records.doc_id == doc) & (records.setting == name)].output.iloc[0]

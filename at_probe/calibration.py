@@ -11,7 +11,8 @@ document (the instruction, and every generated token) on document keys of region
 (mass-conserving: it redistributes attention within the document, never onto or off it).
 
 The placebo (``placebo_seed``) applies the same weights shuffled across regions (a seeded
-permutation per layer): the same amount of reweighting, aimed at no position in particular.
+permutation per document and layer, so the bootstrap over documents sees the draws vary):
+the same set of weights, aimed at no position in particular.
 
 Example:
     >>> from at_probe.calibration import PositionCalibration, estimate_position_bias
@@ -23,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -166,7 +168,8 @@ class PositionCalibration(AttentionEdit):
             the bias).
         layers: layers to calibrate; ``None``: the last half (``L // 2 .. L - 1``).
         heads: heads to calibrate; ``None``: all.
-        placebo_seed: if set, the weights are shuffled across regions per layer (control).
+        placebo_seed: if set, the weights are shuffled across regions per document and layer
+            (control).
     """
 
     bias: PositionBias
@@ -196,11 +199,13 @@ class PositionCalibration(AttentionEdit):
         if self.placebo_seed is not None:
             object.__setattr__(self, "placebo_seed", int_tuple("placebo_seed", [self.placebo_seed])[0])
 
-    def weights(self, layer: int) -> Tensor:
-        """``[R]`` weights of ``layer``: ``bias ** -strength``, shuffled for the placebo."""
+    def weights(self, layer: int, prompt_ids: Sequence[int] = ()) -> Tensor:
+        """``[R]`` weights of ``layer``: ``bias ** -strength``; for the placebo, shuffled by a
+        permutation seeded by ``placebo_seed``, the layer and the prompt's token ids."""
         w = torch.tensor(self.bias.density[layer], dtype=torch.float64) ** -self.strength
         if self.placebo_seed is not None:
-            gen = torch.Generator().manual_seed(self.placebo_seed * 1_000_003 + layer)
+            digest = zlib.crc32(torch.tensor(list(prompt_ids), dtype=torch.int64).numpy().tobytes())
+            gen = torch.Generator().manual_seed(self.placebo_seed * 1_000_003 + layer * 7_919 + digest)
             w = w[torch.randperm(w.numel(), generator=gen)]
         return w.float()
 
@@ -217,5 +222,6 @@ class PositionCalibration(AttentionEdit):
         assert view.prompt is not None  # needs_prompts: hooks() refuses to build without them
         document = view.prompt.document
         first_row = max(0, document[1] - view.query_start)
-        shift = calibrate_rows_(seq, document, self.weights(layer), first_row=first_row, heads=heads)
+        weights = self.weights(layer, view.prompt.ids)
+        shift = calibrate_rows_(seq, document, weights, first_row=first_row, heads=heads)
         return max(0, seq.shape[-2] - first_row), shift

@@ -7,9 +7,11 @@ PASTA, the sink and template are outside the span, keys generated after the prom
 scaled, and the edit applies at every forward pass (prefill and each decode step).
 
 The span is a part of each prompt (``"document"`` or ``"instruction"``, from
-``at_probe.prompts.Prompt.parts``). The placebo (``placebo_seed``) emphasises a random span of
-the same length instead, drawn per prompt from its token ids, so a document gets the same
-placebo span in any batch.
+``at_probe.prompts.Prompt.parts``). Two placebos (``placebo_seed``): a random span of the same
+length (drawn per prompt from its token ids, so a document gets the same span in any batch),
+the control for a short target such as the instruction; and random heads in the same layers,
+the control for the document, which fills most of the prompt so that any span of its length
+overlaps it almost entirely.
 
 Heads are chosen as PASTA does, by profiling: steer one head at a time on development
 documents (``profile_heads``), rank the heads by the mean change of the reference summary's
@@ -45,6 +47,8 @@ Scores = Float[Tensor, "batch head query_pos key_pos"]
 Span = tuple[int, int]
 Target = Literal["document", "instruction"]
 TARGETS: tuple[str, ...] = ("document", "instruction")
+PlaceboKind = Literal["span", "heads"]
+PLACEBOS: tuple[str, ...] = ("span", "heads")
 
 
 def steer_scores_(
@@ -93,6 +97,16 @@ def placebo_span(prompt_ids: Sequence[int], length: int, seed: int) -> Span:
     return start, start + length
 
 
+def placebo_heads(head_config: Mapping[int, Sequence[int]], n_heads: int, seed: int) -> dict[int, tuple[int, ...]]:
+    """Random heads in the same layers: as many in each layer as ``head_config`` has there,
+    drawn uniformly among that layer's ``n_heads`` heads (seeded per ``(seed, layer)``)."""
+    out = {}
+    for layer, heads in head_config.items():
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + layer)
+        out[layer] = tuple(sorted(torch.randperm(n_heads, generator=gen)[: len(heads)].tolist()))
+    return out
+
+
 @dataclass(frozen=True)
 class EmphasisSteering(AttentionEdit):
     """PASTA-style emphasis of a prompt part on chosen heads (pre-softmax, every pass).
@@ -102,13 +116,19 @@ class EmphasisSteering(AttentionEdit):
             ``top_heads(rank_heads(deltas), k)``.
         alpha: weight factor of the non-emphasised prompt keys, ``0 < alpha <= 1`` (PASTA: 0.01).
         target: the emphasised part of each prompt, ``"document"`` or ``"instruction"``.
-        placebo_seed: if set, emphasise a random span of the target's length instead (control).
+        placebo_seed: if set, run the control ``placebo`` instead of the steering.
+        placebo: ``"span"``: emphasise a random span of the target's length (``placebo_span``);
+            ``"heads"``: emphasise the target on random heads, as many in each layer as
+            ``head_config`` steers there (``placebo_heads``). The span placebo suits a short
+            target (the instruction); for the document, which fills most of the prompt, a
+            span of its length overlaps it almost entirely, so its control is the heads one.
     """
 
     head_config: Mapping[int, Sequence[int]]
     alpha: float = 0.01
     target: Target = "document"
     placebo_seed: int | None = None
+    placebo: PlaceboKind = "span"
 
     stage: ClassVar[str] = "scores"
     needs_prompts: ClassVar[bool] = True
@@ -135,6 +155,8 @@ class EmphasisSteering(AttentionEdit):
         if self.placebo_seed is not None:
             (seed,) = int_tuple("placebo_seed", [self.placebo_seed])
             object.__setattr__(self, "placebo_seed", seed)
+        if self.placebo not in PLACEBOS:
+            raise ValueError(f"placebo must be one of {PLACEBOS}, got {self.placebo!r}")
 
     def __hash__(self) -> int:
         return hash(
@@ -143,6 +165,7 @@ class EmphasisSteering(AttentionEdit):
                 self.alpha,
                 self.target,
                 self.placebo_seed,
+                self.placebo,
             )
         )
 
@@ -150,12 +173,15 @@ class EmphasisSteering(AttentionEdit):
         bad = [l for l in self.head_config if not 0 <= l < n_layers]
         if bad:
             raise ValueError(f"head_config layers {bad} are outside the model's layers (0..{n_layers - 1})")
-        return {l: resolve_heads(h, n_heads) for l, h in self.head_config.items()}
+        config = self.head_config
+        if self.placebo_seed is not None and self.placebo == "heads":
+            config = placebo_heads(config, n_heads, self.placebo_seed)
+        return {l: resolve_heads(h, n_heads) for l, h in config.items()}
 
     def span(self, prompt: Prompt) -> Span:
-        """The key span this steering emphasises in ``prompt`` (the placebo's random one if set)."""
+        """The key span this steering emphasises in ``prompt`` (the span placebo's random one)."""
         start, end = prompt.parts[self.target]
-        if self.placebo_seed is None:
+        if self.placebo_seed is None or self.placebo == "heads":
             return start, end
         return placebo_span(prompt.ids, end - start, self.placebo_seed)
 

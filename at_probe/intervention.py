@@ -160,6 +160,7 @@ class _EditRun:
         self.lengths: list[int] | None = lengths
         self.offsets: list[int] | None = None
         self.tally: dict[int, _LayerTally] = {}
+        self.checked = False  # the prompts were compared with the current prompt's tokens
 
     def see_tokens(self, tokens: Tensor, *, hook: Any = None) -> None:
         """``embed.hook_in``: a pass that does not continue the current prompt starts a new one."""
@@ -178,6 +179,7 @@ class _EditRun:
             self.tokens = tokens.detach().clone()
             self.lengths = self.fixed_lengths
             self.tally = {}
+            self.checked = False
 
     def views(self, shape: torch.Size, offsets: list[int]) -> list[tuple[SequenceView, int, int]]:
         """Per sequence: its view, the first row and the first key of its slice of the pass."""
@@ -188,6 +190,8 @@ class _EditRun:
             self.lengths = [n_k - o for o in offsets]
         if len(self.lengths) != batch:
             raise ValueError(f"prompt_lengths has {len(self.lengths)} entries for a batch of {batch}")
+        if not self.checked and self.prompts is not None and self.tokens is not None and n_q == n_k:
+            self.check_prompts(offsets)
         first_query = n_k - n_q  # padded position of the pass's first query row
         out = []
         for b, off in enumerate(offsets):
@@ -200,6 +204,17 @@ class _EditRun:
             )
             out.append((view, row0, off))
         return out
+
+    def check_prompts(self, offsets: list[int]) -> None:
+        """Each sequence must start with its prompt's ids right after its padding: spans read
+        off a prompt given for another row (or another document) would be silently wrong."""
+        assert self.prompts is not None and self.tokens is not None
+        for b, (prompt, off) in enumerate(zip(self.prompts, offsets)):
+            ids = self.tokens[b, off : off + len(prompt)].tolist()
+            if ids != list(prompt.ids):
+                raise ValueError(f"sequence {b} of the batch is not the prompt given for it (prompts must "
+                                 "be in batch order, one per sequence, and the pass must start with them)")
+        self.checked = True
 
     def report(self) -> EditReport:
         layers = {

@@ -127,6 +127,14 @@ def _target(text: str) -> str:
     return text
 
 
+def _placebo_kind(text: str) -> str:
+    from at_probe.emphasis import PLACEBOS
+
+    if text not in PLACEBOS:
+        raise ValueError(text)
+    return text
+
+
 _TEMPERATURE_KEYS = {"tau": float, "layers": _layer_range}
 _CALIBRATION_KEYS = {"strength": float, "layers": _layer_range}
 _EMPHASIS_KEYS = {"alpha": float, "target": _target, "top": int}
@@ -135,7 +143,7 @@ _SETTING_KEYS.update({
     "calibration": _CALIBRATION_KEYS,
     "calibration_placebo": {**_CALIBRATION_KEYS, "seed": int},
     "emphasis": _EMPHASIS_KEYS,
-    "emphasis_placebo": {**_EMPHASIS_KEYS, "seed": int},
+    "emphasis_placebo": {**_EMPHASIS_KEYS, "seed": int, "placebo": _placebo_kind},
 })
 _REQUIRED = {"temperature": ("tau",), "emphasis": ("top",), "emphasis_placebo": ("top",)}
 ALTERNATIVES: tuple[str, ...] = ("emphasis", "calibration", "temperature")
@@ -154,7 +162,10 @@ def parse_setting(text: str, profiles: dict[str, Any] | None = None) -> tuple[st
       ``seed``; needs ``profiles["position_bias"]`` (``PositionBias.to_json()``).
     * ``emphasis`` / ``emphasis_placebo``: ``top`` (required: the best ``top`` heads of
       ``profiles["head_ranking"][target]``), ``alpha`` (default 0.01), ``target``
-      (``document`` or ``instruction``), placebo ``seed``.
+      (``document`` or ``instruction``); the placebo's ``placebo`` (``heads`` for the
+      document, ``span`` for the instruction by default; see ``EmphasisSteering``).
+
+    Placebo kinds take ``seed`` (default 0).
 
     Args:
         text: the setting string.
@@ -203,7 +214,9 @@ def _build(kind: str, params: dict[str, Any], profiles: dict[str, Any] | None) -
         return transition, {k: v for k, v in values.items() if v is not None}
     layers = params.get("layers")
     canonical = {**params, **({"layers": f"{layers[0]}-{layers[-1]}"} if layers else {})}
-    seed = params.get("seed")
+    seed = params.get("seed", PLACEBO_SEED) if kind.endswith("_placebo") else None
+    if seed is not None:
+        canonical["seed"] = seed
     if kind == "temperature":
         from at_probe.temperature import AttentionTemperature
 
@@ -221,15 +234,17 @@ def _build(kind: str, params: dict[str, Any], profiles: dict[str, Any] | None) -
     ranking = _profile(profiles, "head_ranking", kind).get(target)
     if ranking is None:
         raise ValueError(f"the head profile has no ranking for target {target!r}")
+    placebo = params.get("placebo", "heads" if target == "document" else "span") if seed is not None else "span"
     edit = EmphasisSteering(top_heads(ranking, params["top"]), alpha=params.get("alpha", 0.01), target=target,
-                            placebo_seed=seed)
-    return edit, {**canonical, "alpha": edit.alpha, "target": target}
+                            placebo_seed=seed, placebo=placebo)
+    canonical = {**canonical, "alpha": edit.alpha, "target": target}
+    return edit, {**canonical, "placebo": placebo} if seed is not None else canonical
 
 
 def _profile(profiles: dict[str, Any] | None, key: str, kind: str) -> Any:
     if not profiles or key not in profiles:
-        raise ValueError(f"{kind} settings need the development profile {key!r}: run analyses/xsum_select.py "
-                         "--alternatives and pass its selection file")
+        raise ValueError(f"{kind} settings need the development profile {key!r}: run "
+                         "analyses/alternatives_select.py and pass its selection.json (--selection)")
     return profiles[key]
 
 

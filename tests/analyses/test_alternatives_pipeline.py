@@ -50,6 +50,7 @@ def test_selection_profiles_and_roles(selection_run):
     sel = json.loads((out / "selection.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["documents"]).isdisjoint(manifest["profile_documents"])
+    assert sel["profiles"]["profile_documents"] == manifest["profile_documents"]
     assert all(int(d) % 4 != 0 for d in manifest["documents"] + manifest["profile_documents"])
     ranking = sel["profiles"]["head_ranking"]["instruction"]
     assert len(ranking) == 8 * 4 and [r["delta"] for r in ranking] == sorted(r["delta"] for r in ranking)
@@ -105,7 +106,8 @@ def test_test_run_and_corpus_flow_of_the_selection(selection_run, tmp_path):
     manifest = json.loads((test / "manifest.json").read_text())
     assert len(records) == 2 * 6 and set(manifest["roles"]) >= {"emphasis_placebo", "calibration_placebo"}
     nll = {(r["doc_id"], r["setting"]): r["summary_nll"] for r in records}
-    assert any(abs(v - nll[(d, "baseline")]) > 1e-4 for (d, s), v in nll.items() if s != "baseline")
+    for setting in manifest["settings"][1:]:  # every intervention and placebo acts
+        assert any(abs(v - nll[(d, "baseline")]) > 1e-5 for (d, s), v in nll.items() if s == setting), setting
 
     corpus = tmp_path / "flow"
     assert (
@@ -180,3 +182,17 @@ def test_methods_report_puts_both_families_on_one_table(tmp_path):
     assert "| paper transition | placebo | 800 | 5 | +0.200 [+0.190, +0.210]" in table
     assert "| temperature | baseline | 800 | 5 | -0.300 [-0.310, -0.290]" in table
     assert (tmp_path / "methods_compared.png").is_file()
+
+
+def test_reused_head_ranking_is_checked_and_recorded(selection_run, tmp_path):
+    out, args = selection_run
+    reuse = [*args[: args.index("--out")], "--docs", "1", "--head-ranking-from", str(out / "selection.json"),
+             "--out", str(tmp_path / "reuse")]
+    assert alternatives_select.main(reuse) == 0
+    profiles = json.loads((tmp_path / "reuse" / "profiles.json").read_text())
+    source = profiles["head_ranking_source"]
+    first = json.loads((out / "selection.json").read_text())["profiles"]
+    assert source["profile_documents"] == first["profile_documents"]
+    assert profiles["head_ranking"] == first["head_ranking"] and not (tmp_path / "reuse" / "profile.jsonl").exists()
+    other = [*reuse[:1], "smollm2", *reuse[2:-1], str(tmp_path / "other")]  # another model: refused
+    assert alternatives_select.main(other) == 2

@@ -104,7 +104,7 @@ def test_alternative_settings_parse_to_canonical_names_and_objects():
     assert name == "calibration_placebo:seed=1,strength=1.0" and cal.placebo_seed == 1
     assert (
         placebo_of("emphasis:top=2", profiles=PROFILES)
-        == "emphasis_placebo:alpha=0.01,seed=0,target=document,top=2"
+        == "emphasis_placebo:alpha=0.01,placebo=heads,seed=0,target=document,top=2"
     )
     assert (
         placebo_of("calibration:strength=0.5", profiles=PROFILES) == "calibration_placebo:seed=0,strength=0.5"
@@ -153,9 +153,38 @@ def test_alternatives_selection_roles_and_test_settings():
     assert roles == {
         "baseline": "baseline",
         "emphasis_selected": "emphasis:alpha=0.01,target=document,top=1",
-        "emphasis_placebo": "emphasis_placebo:alpha=0.01,seed=0,target=document,top=1",
+        "emphasis_placebo": "emphasis_placebo:alpha=0.01,placebo=heads,seed=0,target=document,top=1",
         "calibration_selected": "calibration:strength=1.0",
         "calibration_placebo": "calibration_placebo:seed=0,strength=1.0",
         "temperature_selected": "temperature:tau=0.8",
     }
     assert run_settings(canonical_selection(sel)) == list(roles.values())
+
+
+def test_placebo_settings_default_to_seed_zero_never_to_the_real_edit():
+    """A placebo kind spelled without a seed is still the placebo (seed 0), as ``placebo:`` is."""
+    name, cal = parse_setting("calibration_placebo:strength=1", PROFILES)
+    assert name == "calibration_placebo:seed=0,strength=1.0" and cal.placebo_seed == 0
+    name, steer = parse_setting("emphasis_placebo:top=1", PROFILES)
+    assert steer.placebo_seed == 0 and steer.placebo == "heads" and "seed=0" in name
+    _, steer = parse_setting("emphasis_placebo:top=1,placebo=span", PROFILES)
+    assert steer.placebo == "span"
+
+
+def test_heads_placebo_keeps_the_layers_and_head_counts():
+    from at_probe.emphasis import placebo_heads
+
+    config = {3: (0, 1, 2), 7: (4,)}
+    fake = placebo_heads(config, 9, seed=0)
+    assert {l: len(h) for l, h in fake.items()} == {3: 3, 7: 1}
+    assert fake == placebo_heads(config, 9, seed=0) and fake != config
+    assert len({tuple(placebo_heads(config, 9, seed=s)[3]) for s in range(10)}) > 5
+
+
+def test_calibration_placebo_draws_a_permutation_per_document():
+    from at_probe.calibration import PositionCalibration
+
+    cal = PositionCalibration(PositionBias(((0.5, 1.0, 1.5, 2.0),) * 2, 1), placebo_seed=0)
+    draws = {tuple(cal.weights(1, (0, 5, i)).tolist()) for i in range(12)}
+    assert len(draws) > 3
+    assert all(sorted(d) == sorted(cal.weights(1).tolist()) for d in draws)
