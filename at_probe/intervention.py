@@ -150,23 +150,22 @@ class _LayerTally:
     shift_count: int = 0
 
 
-class _EditRun:
-    """State of one set of edit hooks: the current prompt, its lengths, the tallies."""
+class PromptTracker:
+    """Tells a new prompt from the continuation of the current one, from the token ids at
+    ``embed.hook_in`` (``see_tokens``). A full pass whose tokens extend the current prompt
+    (``generate`` without a KV cache) and a one-token pass (a KV-cache decode step) continue
+    it; any other full pass starts a new prompt and calls ``new_prompt``."""
 
-    def __init__(self, lengths: list[int] | None, prompts: Sequence[Prompt] | None):
-        self.fixed_lengths = lengths
-        self.prompts = list(prompts) if prompts is not None else None
-        self.tokens: Tensor | None = None
-        self.lengths: list[int] | None = lengths
-        self.offsets: list[int] | None = None
-        self.tally: dict[int, _LayerTally] = {}
-        self.checked = False  # the prompts were compared with the current prompt's tokens
+    def __init__(self) -> None:
+        self.prompt: Tensor | None = None
+
+    def new_prompt(self) -> None:
+        """Reset what belongs to one prompt (subclasses)."""
 
     def see_tokens(self, tokens: Tensor, *, hook: Any = None) -> None:
-        """``embed.hook_in``: a pass that does not continue the current prompt starts a new one."""
         if tokens.ndim != 2 or tokens.is_floating_point():
             return
-        old = self.tokens
+        old = self.prompt
         if old is not None and tokens.shape[1] == 1:
             return  # a KV-cache decode step
         continues = (
@@ -176,10 +175,26 @@ class _EditRun:
             and torch.equal(tokens[:, : old.shape[1]], old)
         )
         if not continues:
-            self.tokens = tokens.detach().clone()
-            self.lengths = self.fixed_lengths
-            self.tally = {}
-            self.checked = False
+            self.prompt = tokens.detach().clone()
+            self.new_prompt()
+
+
+class _EditRun(PromptTracker):
+    """State of one set of edit hooks: the current prompt, its lengths, the tallies."""
+
+    def __init__(self, lengths: list[int] | None, prompts: Sequence[Prompt] | None):
+        super().__init__()
+        self.fixed_lengths = lengths
+        self.prompts = list(prompts) if prompts is not None else None
+        self.lengths: list[int] | None = lengths
+        self.offsets: list[int] | None = None
+        self.tally: dict[int, _LayerTally] = {}
+        self.checked = False  # the prompts were compared with the current prompt's tokens
+
+    def new_prompt(self) -> None:
+        self.lengths = self.fixed_lengths
+        self.tally = {}
+        self.checked = False
 
     def views(self, shape: torch.Size, offsets: list[int]) -> list[tuple[SequenceView, int, int]]:
         """Per sequence: its view, the first row and the first key of its slice of the pass."""
@@ -190,7 +205,7 @@ class _EditRun:
             self.lengths = [n_k - o for o in offsets]
         if len(self.lengths) != batch:
             raise ValueError(f"prompt_lengths has {len(self.lengths)} entries for a batch of {batch}")
-        if not self.checked and self.prompts is not None and self.tokens is not None and n_q == n_k:
+        if not self.checked and self.prompts is not None and self.prompt is not None and n_q == n_k:
             self.check_prompts(offsets)
         first_query = n_k - n_q  # padded position of the pass's first query row
         out = []
@@ -208,9 +223,9 @@ class _EditRun:
     def check_prompts(self, offsets: list[int]) -> None:
         """Each sequence must start with its prompt's ids right after its padding: spans read
         off a prompt given for another row (or another document) would be silently wrong."""
-        assert self.prompts is not None and self.tokens is not None
+        assert self.prompts is not None and self.prompt is not None
         for b, (prompt, off) in enumerate(zip(self.prompts, offsets)):
-            ids = self.tokens[b, off : off + len(prompt)].tolist()
+            ids = self.prompt[b, off : off + len(prompt)].tolist()
             if ids != list(prompt.ids):
                 raise ValueError(f"sequence {b} of the batch is not the prompt given for it (prompts must "
                                  "be in batch order, one per sequence, and the pass must start with them)")

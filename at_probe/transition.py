@@ -38,7 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from at_probe.hooked import editable, left_padding
-from at_probe.intervention import lengths_of, resolve_heads
+from at_probe.intervention import PromptTracker, lengths_of, resolve_heads
 from at_probe.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, resolve_layers, scores_hook
 
 if TYPE_CHECKING:
@@ -501,41 +501,26 @@ class TransitionReport:
         return "\n".join(lines + list(self.notes))
 
 
-class _Run:
-    """State of one set of hooks: the current prompt, reports, warnings.
+class _Run(PromptTracker):
+    """State of one set of hooks: the current prompt (``PromptTracker``), reports, warnings.
 
-    The prompt is read from the token ids at ``embed.hook_in``. A full pass whose tokens
-    extend the recorded prompt is a continuation (``generate`` without a KV cache): it keeps
-    the prompt lengths, so generated rows are never edited. Any other full pass is a new prompt.
+    A continuation of the prompt (``generate`` without a KV cache) keeps the prompt lengths,
+    so generated rows are never edited.
     """
 
     def __init__(self, prompt_lengths: Sequence[int] | None):
+        super().__init__()
         self.fixed_lengths = list(prompt_lengths) if prompt_lengths is not None else None
-        self.prompt: Tensor | None = None
         self.lengths: list[int] | None = None
         self.stats: dict[int, tuple[list[list[Span]], RowStats]] = {}
         self.offsets: list[int] | None = None  # left padding per sequence, from this layer's scores
         self.notes: list[str] = []  # of the current prompt
         self.warned: set[str] = set()  # over the whole run: each warning once
 
-    def see_tokens(self, tokens: Tensor, *, hook: Any = None) -> None:
-        """``embed.hook_in`` hook: start a new prompt unless this pass continues the last one."""
-        old = self.prompt
-        if tokens.ndim != 2 or tokens.is_floating_point():
-            return
-        if old is not None and tokens.shape[1] == 1:
-            return  # a KV-cache decode step
-        continues = (
-            old is not None
-            and old.shape[0] == tokens.shape[0]
-            and tokens.shape[1] >= old.shape[1]
-            and torch.equal(tokens[:, : old.shape[1]], old)
-        )
-        if not continues:
-            self.prompt = tokens.detach().clone()
-            self.lengths = None
-            self.stats = {}
-            self.notes = []
+    def new_prompt(self) -> None:
+        self.lengths = None
+        self.stats = {}
+        self.notes = []
 
     def note_once(self, message: str) -> None:
         """Record a note for this prompt's report; warn the first time the run sees it."""
