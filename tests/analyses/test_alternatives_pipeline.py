@@ -110,51 +110,15 @@ def test_test_run_and_corpus_flow_of_the_selection(selection_run, tmp_path):
         assert any(abs(v - nll[(d, "baseline")]) > 1e-5 for (d, s), v in nll.items() if s == setting), setting
 
     corpus = tmp_path / "flow"
-    assert (
-        flow.main(
-            [
-                "--model",
-                "tiny",
-                "--xsum",
-                str(XSUM_DIR / "token_800_evaluation.json.gz"),
-                "--docs",
-                "2",
-                "--regions",
-                "4",
-                "--selection",
-                str(out / "selection.json"),
-                "--out",
-                str(corpus),
-            ]
-        )
-        == 0
-    )
+    base = ["--model", "tiny", "--xsum", str(XSUM_DIR / "token_800_evaluation.json.gz"), "--docs", "2",
+            "--selection", str(out / "selection.json"), "--out", str(corpus)]
+    assert flow.main([*base, "--regions", "4"]) == 0
     result = json.loads((corpus / "corpus.json").read_text())
     contrasts = {h["contrast"] for h in result["headline"]}
-    assert {
-        "emphasis - baseline",
-        "emphasis - emphasis_placebo",
-        "calibration - calibration_placebo",
-        "temperature - baseline",
-    } <= contrasts
-    assert (
-        flow.main(
-            [
-                "--model",
-                "tiny",
-                "--xsum",
-                str(XSUM_DIR / "token_800_evaluation.json.gz"),
-                "--docs",
-                "2",
-                "--selection",
-                str(out / "selection.json"),
-                "--attribution",
-                "--out",
-                str(corpus),
-            ]
-        )
-        == 2
-    )
+    assert {"emphasis - baseline", "emphasis - emphasis_placebo", "calibration - calibration_placebo",
+            "temperature - baseline"} <= contrasts
+    assert flow.main([*base, "--attribution"]) == 2  # the causal map runs for the transitions only
+    assert flow.main([*base, "--split", "all"]) == 2  # the selection's own documents are not tested
 
 
 def _report(comparisons: dict[str, float], roles: dict[str, str]) -> dict:
