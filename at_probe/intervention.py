@@ -273,8 +273,34 @@ def last_half(n_layers: int) -> tuple[int, ...]:
     return tuple(range(n_layers // 2, n_layers))
 
 
+class HookLifetime:
+    """``applied`` and ``last_report`` for any class whose ``hooks(model, ...)`` stores its run
+    state (with a ``report()``) as ``_last_run``: the transitions and the alternatives."""
+
+    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+              prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
+        raise NotImplementedError
+
+    @contextmanager
+    def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+                prompts: Sequence[Prompt] | None = None) -> Iterator[Any]:
+        """Context manager: the intervention is active on ``model`` inside the block. Hooks are
+        registered through ``model.hooks(...)`` and always removed on exit, also when the body
+        raises. Works with ``model(...)``, ``run_with_cache`` and ``generate`` with or without
+        the KV cache (the class docstring says which passes it edits). Yields the model."""
+        with model.hooks(fwd_hooks=self.hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)):
+            yield model
+
+    def last_report(self) -> Any:
+        """What the most recent hooks did (the class's report type)."""
+        run = getattr(self, "_last_run", None)
+        if run is None:
+            raise RuntimeError("no hooks have been built yet: call .hooks(model) or .applied(model)")
+        return run.report()
+
+
 @dataclass(frozen=True)
-class AttentionEdit:
+class AttentionEdit(HookLifetime):
     """Shared hook plumbing of the alternatives; subclasses define the edit.
 
     Subclasses set ``stage`` (``"scores"``: edit ``hook_attn_scores``, pre-softmax, masked
@@ -363,24 +389,3 @@ class AttentionEdit:
             else:
                 pairs += [(scores_hook(layer), read_padding), (pattern_hook(layer), edit)]
         return pairs
-
-    @contextmanager
-    def applied(
-        self,
-        model: Any,
-        *,
-        prompt_lengths: Sequence[int] | int | None = None,
-        prompts: Sequence[Prompt] | None = None,
-    ) -> Iterator[Any]:
-        """Context manager: the edit is active on ``model`` inside the block (hooks removed on
-        exit, also when the body raises). Works with ``model(...)``, ``run_with_cache`` and
-        ``generate`` with or without the KV cache. Yields the model."""
-        with model.hooks(fwd_hooks=self.hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)):
-            yield model
-
-    def last_report(self) -> EditReport:
-        """What the most recent hooks did to the current prompt (per layer: passes, rows, shift)."""
-        run = getattr(self, "_last_run", None)
-        if run is None:
-            raise RuntimeError("no hooks have been built yet: call .hooks(model) or .applied(model)")
-        return run.report()

@@ -28,8 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -38,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from at_probe.hooked import editable, left_padding
-from at_probe.intervention import PromptTracker, lengths_of, resolve_heads
+from at_probe.intervention import HookLifetime, PromptTracker, lengths_of, resolve_heads
 from at_probe.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, resolve_layers, scores_hook
 
 if TYPE_CHECKING:
@@ -564,7 +563,7 @@ class _Run(PromptTracker):
 
 
 @dataclass(frozen=True)
-class _Transition:
+class _Transition(HookLifetime):
     """Shared hook plumbing; subclasses define ``_layers`` and ``_edit_``."""
 
     def _layers(self, n_layers: int) -> tuple[int, ...]:
@@ -637,25 +636,6 @@ class _Transition:
 
         return [(EMBED_INPUT_HOOK, run.see_tokens)] + [
             pair for l in layers for pair in ((scores_hook(l), scores_fn), (pattern_hook(l), hook_fn))]
-
-    @contextmanager
-    def applied(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
-                prompts: Sequence[Prompt] | None = None) -> Iterator[Any]:
-        """Context manager: the transition is active on ``model`` inside the block.
-
-        Hooks are registered through ``model.hooks(...)`` and always removed on exit, also when
-        the body raises. Works with ``model(...)``, ``run_with_cache`` and ``generate`` (with or
-        without the KV cache: only prompt rows are edited, at prefill). Yields the model.
-        """
-        with model.hooks(fwd_hooks=self.hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)):
-            yield model
-
-    def last_report(self) -> TransitionReport:
-        """What the most recent hooks did (per layer: spans, rows, freed/added mass, row sums)."""
-        run = getattr(self, "_last_run", None)
-        if run is None:
-            raise RuntimeError("no hooks have been built yet: call .hooks(model) or .applied(model)")
-        return run.report()
 
 
 def _check_layer_arg(layers: Sequence[int] | None) -> None:
