@@ -8,6 +8,8 @@ alternatives ``EmphasisSteering``, ``PositionCalibration``, ``AttentionTemperatu
 * ``.applied(model, ...)``: a context manager registering them, removed on exit;
 * ``.last_report()``: what the most recent hooks did.
 
+``HookLifetime`` gives every one of them ``applied`` and ``last_report`` from its ``hooks``.
+
 ``prompts`` (``at_probe.prompts.Prompt``, one per sequence of the batch) tells an edit where each
 prompt ends and where its parts (sink, template, document, instruction) are; methods that act on
 a part (emphasis, calibration) require it. ``prompt_lengths`` alone is enough for the others.
@@ -30,9 +32,9 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -46,28 +48,6 @@ if TYPE_CHECKING:
     from at_probe.prompts import Prompt
 
 HookPair = tuple[str, Callable[..., Any]]
-
-
-class Intervention(Protocol):
-    """What ``summarise``, ``reference_nll``, ``probe_pass`` and the benches need of an edit."""
-
-    def hooks(
-        self,
-        model: Any,
-        *,
-        prompt_lengths: Sequence[int] | int | None = None,
-        prompts: Sequence[Prompt] | None = None,
-    ) -> list[HookPair]: ...
-
-    def applied(
-        self,
-        model: Any,
-        *,
-        prompt_lengths: Sequence[int] | int | None = None,
-        prompts: Sequence[Prompt] | None = None,
-    ) -> AbstractContextManager[Any]: ...
-
-    def last_report(self) -> Any: ...
 
 
 def lengths_of(
