@@ -4,6 +4,9 @@
   scheduled layers (and SRA) vs the same forward without it;
 * alternatives: the same forward with ``EmphasisSteering``, ``PositionCalibration`` and
   ``AttentionTemperature`` (``alternatives``) vs without;
+* decode steps: the forward time of a KV-cache decode step (after that document as the prompt)
+  with each transition and each alternative active vs none, timed inside ``generate`` from the
+  embedding's input to the unembedding's output (``--decode-steps`` steps per call);
 * probe: the same forward with a ``FlowProbe`` attached (with and without rollout) vs without;
 * memory: on the CPU, peak RSS of ``analyses/flow.py`` on that document (probe passes;
   knockout off, its passes are plain forwards with a band of edited layers), and of the same
@@ -89,6 +92,50 @@ def paired_ratio(plain: Callable[[], Any], treated: Callable[[], Any], repeats: 
         ratios.append(times[1] / times[0])
     return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "plain_seconds_median": statistics.median(base_times)}
+
+
+def decode_step_seconds(model: Any, tokens: torch.Tensor, steps: int, applied: Callable[[], Any],
+                        device: torch.device) -> float:
+    """Median forward time (seconds) of the ``steps`` KV-cache decode steps of one greedy
+    ``generate`` call on ``tokens`` (``[1, T]``) inside ``applied()``; the prefill pass is not
+    counted. Timed from ``embed.hook_in`` to ``unembed.hook_out``, so the generate loop's
+    sampling and bookkeeping, the same with or without an edit, stay out."""
+    starts: list[float] = []
+    ends: list[float] = []
+
+    def mark(times: list[float]) -> Callable[..., None]:
+        def hook(x: torch.Tensor, hook: Any) -> None:
+            _sync(device)
+            times.append(time.perf_counter())
+        return hook
+
+    timer = [("embed.hook_in", mark(starts)), ("unembed.hook_out", mark(ends))]
+    with applied(), model.hooks(fwd_hooks=timer), torch.inference_mode():
+        model.generate(tokens, max_new_tokens=steps + 1, do_sample=False, stop_at_eos=False, verbose=False,
+                       use_past_kv_cache=True)
+    if len(starts) != steps + 1 or len(ends) != steps + 1:
+        raise RuntimeError(f"expected {steps + 1} passes, timed {len(starts)} starts and {len(ends)} ends")
+    return statistics.median(e - s for s, e in zip(starts[1:], ends[1:]))
+
+
+def decode_step_ratios(model: Any, tokens: torch.Tensor, edits: dict[str, Callable[[], Any]], steps: int,
+                       repeats: int, device: torch.device) -> dict[str, dict[str, float]]:
+    """Per edit: the median over ``repeats`` rounds of (its decode-step time / the plain one),
+    each round timing the plain model and then every edit in turn (one warm-up round first)."""
+    plain = contextlib.nullcontext
+    ratios: dict[str, list[float]] = {key: [] for key in edits}
+    base: list[float] = []
+    for round_ in range(repeats + 1):
+        t_plain = decode_step_seconds(model, tokens, steps, plain, device)
+        for key, applied in edits.items():
+            ratio = decode_step_seconds(model, tokens, steps, applied, device) / t_plain
+            if round_:
+                ratios[key].append(ratio)
+        if round_:
+            base.append(t_plain)
+    return {key: {"ratio_median": statistics.median(r), "ratio_min": min(r), "ratio_max": max(r),
+                  "plain_step_seconds_median": statistics.median(base), "steps": steps}
+            for key, r in ratios.items()}
 
 
 def document_tokens(model: Any, n_tokens: int, xsum: Path) -> tuple[torch.Tensor, str]:
@@ -271,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=1900)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--xsum", type=Path, default=DEFAULT_XSUM)
+    p.add_argument("--decode-steps", type=int, default=16,
+                   help="KV-cache decode steps timed per generate call (0: skip the decode comparison)")
+    p.add_argument("--decode-only", action="store_true", help="run the decode-step comparison alone")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--throughput-docs", type=int, default=16,
                    help="held-out 800-bucket documents for the batch-8 vs batch-1 throughput (0 skips)")
@@ -308,18 +358,24 @@ def main(argv: list[str] | None = None) -> int:
                                "source": source}
     paper = PaperTransition(alpha=1.0, beta=0.5, intervals_per_layer=2)
     sra = SRATransition()
+    # the document spans all but the last 16 tokens, which stand for the instruction
+    layout = [Prompt(tuple(tokens[0].tolist()), "plain", (1, tokens.shape[1] - 16))]
+    if args.decode_only:
+        results["decode_step"] = decode_comparison(model, tokens, paper, sra, layout, args, device)
+        return finish(results, args.json)
     results["paper_transition"] = paired_ratio(plain, hooked(lambda: paper.hooks(model)), args.repeats, device)
     results["sra_transition"] = paired_ratio(plain, hooked(lambda: sra.hooks(model)), args.repeats, device)
     results["probe"] = paired_ratio(plain, probed(False), args.repeats, device)
     results["probe_with_rollout"] = paired_ratio(plain, probed(True), args.repeats, device)
     for key, edit in alternatives(model).items():
-        layout = [Prompt(tuple(tokens[0].tolist()), "plain", (1, tokens.shape[1] - 16))]
         results[key] = paired_ratio(plain, hooked(lambda e=edit: e.hooks(model, prompts=layout)), args.repeats,
                                     device)
     for key in ("paper_transition", "sra_transition", *ALTERNATIVE_KEYS, "probe", "probe_with_rollout"):
         r = results[key]
         print(f"{key:<20} {r['ratio_median']:.3f}x  (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}; "
               f"plain forward {r['plain_seconds_median'] * 1000:.0f} ms)")
+    if args.decode_steps > 0:
+        results["decode_step"] = decode_comparison(model, tokens, paper, sra, layout, args, device)
     if not args.skip_memory and device.type == "cuda":
         results["gpu_memory_probe"] = m = cuda_memory_ratio(plain, probed(False))
         print(f"{'probe peak memory':<20} {m['ratio']:.3f}x  ({m['treated_peak_mib']:.0f} MiB vs "
@@ -350,8 +406,25 @@ def main(argv: list[str] | None = None) -> int:
         results["xsum_throughput"] = t = xsum_throughput(model, docs, 8, 50)
         print(f"{'xsum batch 8 vs 1':<20} {t['ratio']:.2f}x  ({t['docs_per_s_batch_8']:.2f} vs "
               f"{t['docs_per_s_batch_1']:.2f} documents/s, {t['documents']} documents, 50 new tokens)")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    return finish(results, args.json)
+
+
+def decode_comparison(model: Any, tokens: torch.Tensor, paper: Any, sra: Any, layout: list[Prompt],
+                      args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, float]]:
+    """Decode-step time ratios of both transitions and every alternative, printed."""
+    edits = {"paper_transition": lambda: paper.applied(model), "sra_transition": lambda: sra.applied(model),
+             **{key: (lambda e=edit: e.applied(model, prompts=layout))
+                for key, edit in alternatives(model).items()}}
+    out = decode_step_ratios(model, tokens, edits, args.decode_steps, args.repeats, device)
+    for key, r in out.items():
+        print(f"{'decode ' + key:<28} {r['ratio_median']:.3f}x  (min {r['ratio_min']:.3f}, max "
+              f"{r['ratio_max']:.3f}; plain step {r['plain_step_seconds_median'] * 1000:.1f} ms)")
+    return out
+
+
+def finish(results: dict[str, Any], path: Path | None) -> int:
+    if path:
+        path.write_text(json.dumps(results, indent=1))
     return 0
 
 

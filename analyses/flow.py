@@ -146,7 +146,7 @@ def make_prompt(model: Any, document: str, reference: str | None,
 
 def selection_conditions(path: Path, model: str) -> dict[str, Any]:
     """Condition name -> intervention from an alternatives selection: ``baseline`` and each
-    role's setting (``emphasis``, ``emphasis_placebo``, ``calibration``, ...)."""
+    role's setting (``emphasis``, ``emphasis_placebo``, ``calibration``, ...), each setting once."""
     try:
         selection = json.loads(path.read_text())
         roles, profiles = setting_roles(selection), selection.get("profiles")
@@ -159,7 +159,9 @@ def selection_conditions(path: Path, model: str) -> dict[str, Any]:
     if manifest.get("split") != "development" or manifest.get("model") != model:
         raise UsageError(f"{path} was not chosen on development documents for --model {model} "
                          f"(its manifest: split {manifest.get('split')!r}, model {manifest.get('model')!r})")
-    return {role.removesuffix("_selected"): parse_setting(name, profiles)[1] for role, name in roles.items()}
+    first_roles = {name: role for role, name in reversed(roles.items())}  # a setting in two roles runs once
+    return {role.removesuffix("_selected"): parse_setting(name, profiles)[1]
+            for role, name in roles.items() if first_roles[name] == role}
 
 
 def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
@@ -335,7 +337,7 @@ def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[
     contrasts = [(c, "baseline") for c in names if c != "baseline"]
     if "paper" in names and "placebo" in names:
         contrasts.append(("paper", "placebo"))
-    contrasts += [(c.removesuffix("_placebo"), c) for c in names if c.endswith("_placebo")]
+    contrasts += [(c.split("_")[0], c) for c in names if c.endswith("_placebo")]  # emphasis_span_placebo too
     headline = [corpus.paired_contrast(frame, f"{corpus.EARLY_DEEP}:{m}", a, b)
                 for m in corpus.PROFILES for a, b in contrasts]
     words = corpus.plain_words(summary)

@@ -30,6 +30,7 @@ CONTRASTS = (  # (report comparison, method, against)
     ("sra_selected - baseline", "SRA transition", "baseline"),
     ("emphasis_selected - baseline", "emphasis (PASTA)", "baseline"),
     ("emphasis_selected - emphasis_placebo", "emphasis (PASTA)", "placebo"),
+    ("emphasis_selected - emphasis_span_placebo", "emphasis (PASTA)", "span placebo"),
     ("calibration_selected - baseline", "calibration (FitM)", "baseline"),
     ("calibration_selected - calibration_placebo", "calibration (FitM)", "placebo"),
     ("temperature_selected - baseline", "temperature", "baseline"),

@@ -21,7 +21,9 @@ settings a development sweep of ``xsum_select.py`` chose):
 
 The run directory holds ``manifest.json`` (model, prompt style, data file hash, settings, version) and
 ``records.jsonl`` (one line per document and setting). Killed at any moment and re-run with
-the same arguments, it continues where it stopped; a different configuration is refused.
+the same arguments, it continues where it stopped; a different configuration is refused, except
+that a run may gain settings (a newer selection of the same choices with one more role): the
+records already there are kept and only the new settings run.
 Work goes in units of (``--batch-size`` documents, setting), planned the same way on every run;
 ``--workers N`` spreads them over N Ray actors (a local Ray), ``--ray-address ADDR`` over a
 cluster's; only this process writes the run directory (``at_probe.sweep``).
@@ -149,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     factory = SummaryWorkerFactory(args.model, args.device, ";".join(settings), args.max_new_tokens, profiles)
     with tqdm(total=sum(len(u.docs) for u in units), desc="xsum", unit="summary") as bar:
         try:  # the manifest is written once the model is loaded: a bad --model writes nothing
-            run_units(units, factory, sink.write, start=lambda described: ensure_manifest(args.out, {
-                **config, **described}), progress=lambda unit: bar.update(len(unit.docs)), **options)
+            run_units(units, factory, sink.write, start=lambda described: ensure_manifest(
+                args.out, {**config, **described}, growable=("settings", "roles"),
+                follows_growth=("selection_sha256",)),
+                progress=lambda unit: bar.update(len(unit.docs)), **options)
         except (ValueError, OSError) as err:  # a different run in --out, a reference that does not fit
             print(f"xsum_eval.py: error: {err}", file=sys.stderr)
             return 2

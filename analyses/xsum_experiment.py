@@ -52,11 +52,13 @@ COMPARISONS = (PRIMARY_COMPARISON, ("paper_example", "placebo_example"), ("paper
                ("paper_example", "baseline"), ("sra_selected", "baseline"), ("placebo_selected", "baseline"),
                ("placebo_example", "baseline"))
 ALTERNATIVE_COMPARISONS = (("emphasis_selected", "baseline"), ("emphasis_selected", "emphasis_placebo"),
+                           ("emphasis_selected", "emphasis_span_placebo"),
                            ("calibration_selected", "baseline"), ("calibration_selected", "calibration_placebo"),
                            ("temperature_selected", "baseline"), ("emphasis_placebo", "baseline"),
-                           ("calibration_placebo", "baseline"))
+                           ("emphasis_span_placebo", "baseline"), ("calibration_placebo", "baseline"))
 """Runs of an ``alternatives_select.py`` selection: each method against the baseline and its
-placebo, on the same primary metric; no single comparison was declared primary for them."""
+placebos, on the same primary metric; no single comparison was declared primary for them. A
+comparison whose roles some run lacks (a run made before ``emphasis_span_placebo``) is left out."""
 
 
 def comparisons_for(roles: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -140,8 +142,9 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
     families = {comparisons_for(m["roles"]) for m, _ in runs}
     if len(families) != 1:
         raise ReportError("the runs mix a transitions selection and an alternatives selection: report them apart")
-    comparisons = families.pop()
-    primary = PRIMARY_COMPARISON if comparisons is COMPARISONS else None
+    family = families.pop()
+    comparisons = [c for c in family if all(set(c) <= set(m["roles"]) for m, _ in runs)]
+    primary = PRIMARY_COMPARISON if family is COMPARISONS else None
     out: dict[str, Any] = {
         "primary": {"metric": PRIMARY_METRIC, "comparison": " - ".join(primary) if primary else None},
         "buckets": {m["bucket"]: {"n_documents": int(r.doc_id.nunique()), "roles": m["roles"]}

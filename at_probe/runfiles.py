@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,10 +49,15 @@ def append_jsonl(fh: IO[str], records: Iterable[dict[str, Any]]) -> None:
     os.fsync(fh.fileno())
 
 
-def ensure_manifest(run: Path, manifest: dict[str, Any]) -> None:
+def ensure_manifest(run: Path, manifest: dict[str, Any], *, growable: Collection[str] = (),
+                    follows_growth: Collection[str] = ()) -> None:
     """Write ``run/manifest.json``, or check that the one there describes the same run.
 
-    Keys the existing manifest does not have (a newer format) are not compared.
+    Keys the existing manifest does not have (a newer format) are not compared. A key in
+    ``growable`` may grow (a list gains items, a dict gains keys; what was there stays the
+    same): the run gains, say, a setting, the records already written stay valid, and the
+    manifest is rewritten. A key in ``follows_growth`` (a hash of the file the new items came
+    from) may change only along with such growth.
 
     Raises:
         ValueError: the directory holds a run with a different configuration (names the keys).
@@ -62,12 +67,24 @@ def ensure_manifest(run: Path, manifest: dict[str, Any]) -> None:
         old = json.loads(path.read_text())
         # a key the old manifest lacks was added to the format later: nothing to compare it with
         diff = sorted(k for k in manifest if k in old and old[k] != manifest[k])
-        if diff:
-            raise ValueError(f"{run} holds a run with a different configuration ({', '.join(diff)}); "
+        grown = {k for k in diff if k in growable and _grows(old[k], manifest[k])}
+        refused = [k for k in diff if k not in grown and not (grown and k in follows_growth)]
+        if refused:
+            raise ValueError(f"{run} holds a run with a different configuration ({', '.join(refused)}); "
                              "use another output directory")
-        return
+        if not grown:
+            return
     run.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=1))
+
+
+def _grows(old: Any, new: Any) -> bool:
+    """``new`` holds everything ``old`` does, and more: list items, or dict items."""
+    if isinstance(old, list) and isinstance(new, list):
+        return len(new) > len(old) and all(item in new for item in old)
+    if isinstance(old, dict) and isinstance(new, dict):
+        return len(new) > len(old) and all(k in new and new[k] == v for k, v in old.items())
+    return False
 
 
 def file_sha256(path: Path) -> str:

@@ -293,16 +293,23 @@ def development_sweep_settings() -> dict[str, Any]:
 _PLACEBO_KIND = {"paper": "placebo", "emphasis": "emphasis_placebo", "calibration": "calibration_placebo"}
 
 
-def placebo_of(setting: str, seed: int = PLACEBO_SEED, profiles: dict[str, Any] | None = None) -> str:
+def placebo_of(setting: str, seed: int = PLACEBO_SEED, profiles: dict[str, Any] | None = None,
+               emphasis_placebo: str | None = None) -> str:
     """The placebo twin of a paper, emphasis or calibration setting string (canonical name).
 
-    Paper: the same rows and mass, random targets; emphasis: a random span of the same length;
-    calibration: the same weights shuffled across regions.
+    Paper: the same rows and mass, random targets; emphasis: random heads in the same layers
+    (the document's default) or a random span of the same length (the instruction's default;
+    ``emphasis_placebo="heads"`` or ``"span"`` picks one); calibration: the same weights
+    shuffled across regions.
     """
     name, _ = parse_setting(setting, profiles)
     kind, _, body = name.partition(":")
     if kind not in _PLACEBO_KIND:
         raise SettingError(f"{setting!r} has no placebo (only {', '.join(_PLACEBO_KIND)} settings do)")
+    if emphasis_placebo is not None:
+        if kind != "emphasis":
+            raise SettingError(f"emphasis_placebo applies to emphasis settings, not {setting!r}")
+        body += f",placebo={emphasis_placebo}"
     return parse_setting(f"{_PLACEBO_KIND[kind]}:{body},seed={seed}", profiles)[0]
 
 
@@ -363,7 +370,9 @@ def setting_roles(selection: dict[str, Any]) -> dict[str, str]:
     ``paper_selected``, ``placebo_example``, ``placebo_selected``, ``sra_selected``.
     An alternatives' selection (``{"selected": {method: setting}, "profiles"}``):
     ``baseline``, then ``<method>_selected`` for each method and ``<method>_placebo`` for the
-    methods with a placebo (emphasis, calibration).
+    methods with a placebo (emphasis, calibration); emphasis also has ``emphasis_span_placebo``,
+    a random span of the emphasised part's length (the same setting as ``emphasis_placebo``
+    when the instruction is emphasised; random heads are the document's default placebo).
     """
     if "selected" in selection:
         profiles = selection.get("profiles")
@@ -372,6 +381,9 @@ def setting_roles(selection: dict[str, Any]) -> dict[str, str]:
             roles[f"{method}_selected"] = setting
             if method in _PLACEBO_KIND:
                 roles[f"{method}_placebo"] = placebo_of(setting, profiles=profiles)
+            if method == "emphasis":
+                span = placebo_of(setting, profiles=profiles, emphasis_placebo="span")
+                roles["emphasis_span_placebo"] = span
         return roles
     example = parse_setting(PAPER_EXAMPLE)[0]
     return {"baseline": "baseline", "paper_example": example, "paper_selected": selection["paper"],

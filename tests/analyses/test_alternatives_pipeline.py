@@ -59,10 +59,12 @@ def test_selection_profiles_and_roles(selection_run):
     for method, setting in sel["selected"].items():  # the lowest development NLL of its method
         ours = {n: v for n, v in sel["mean_nll"].items() if n.split(":")[0] == method}
         assert sel["mean_nll"][setting] == min(ours.values())
+    assert sel["roles"]["emphasis_span_placebo"] == sel["roles"]["emphasis_placebo"]
     assert list(sel["roles"]) == [
         "baseline",
         "emphasis_selected",
         "emphasis_placebo",
+        "emphasis_span_placebo",  # the same setting as emphasis_placebo for the instruction
         "calibration_selected",
         "calibration_placebo",
         "temperature_selected",
@@ -160,3 +162,19 @@ def test_reused_head_ranking_is_checked_and_recorded(selection_run, tmp_path):
     assert profiles["head_ranking"] == first["head_ranking"] and not (tmp_path / "reuse" / "profile.jsonl").exists()
     other = [*reuse[:1], "smollm2", *reuse[2:-1], str(tmp_path / "other")]  # another model: refused
     assert alternatives_select.main(other) == 2
+
+
+def test_flow_runs_each_placebo_of_a_document_emphasis_once(selection_run, tmp_path):
+    out, _ = selection_run
+    sel = json.loads((out / "selection.json").read_text())
+    sel["profiles"]["head_ranking"]["document"] = sel["profiles"]["head_ranking"]["instruction"]
+    sel["selected"]["emphasis"] = "emphasis:target=document,top=2"
+    (tmp_path / "selection.json").write_text(json.dumps(sel))
+    (tmp_path / "manifest.json").write_text((out / "manifest.json").read_text())
+    conditions = flow.selection_conditions(tmp_path / "selection.json", "tiny")
+    assert list(conditions) == ["baseline", "emphasis", "emphasis_placebo", "emphasis_span_placebo",
+                                "calibration", "calibration_placebo", "temperature"]
+    assert conditions["emphasis_placebo"].placebo == "heads"
+    assert conditions["emphasis_span_placebo"].placebo == "span"
+    instruction = flow.selection_conditions(out / "selection.json", "tiny")
+    assert "emphasis_span_placebo" not in instruction and instruction["emphasis_placebo"].placebo == "span"

@@ -388,3 +388,16 @@ def test_experiment_report_pools_role_differences_over_buckets():
     assert block["800"]["mean"] == pytest.approx(5) and block["1900"]["mean"] == pytest.approx(1.5)
     assert result["comparisons"]["sra_selected - baseline"]["rougeL"]["all"]["mean"] == pytest.approx(6 / 5)
     assert result["means"]["1900"]["paper_selected"]["summary_nll"] == pytest.approx(3)
+
+
+def test_alternatives_report_keeps_the_comparisons_every_run_has():
+    roles = {"baseline": "baseline", "emphasis_selected": "E", "emphasis_placebo": "H",
+             "calibration_selected": "C", "calibration_placebo": "D", "temperature_selected": "T"}
+    values = {"baseline": [0, 0], "E": [1, 2], "H": [0, 1], "C": [0, 0], "D": [0, 0], "T": [0, 0]}
+    old = _synthetic_run("800", values, roles)  # made before the span placebo existed
+    new = _synthetic_run("1900", {**values, "S": [3, 3]}, {**roles, "emphasis_span_placebo": "S"})
+    alone = xsum_experiment.experiment_report([new])["comparisons"]
+    assert alone["emphasis_selected - emphasis_span_placebo"]["rougeL"]["1900"]["mean"] == pytest.approx(-1.5)
+    both = xsum_experiment.experiment_report([old, new])["comparisons"]
+    assert "emphasis_selected - emphasis_span_placebo" not in both
+    assert both["emphasis_selected - emphasis_placebo"]["rougeL"]["all"]["mean"] == pytest.approx(1)

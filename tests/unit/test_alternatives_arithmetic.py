@@ -109,8 +109,14 @@ def test_alternative_settings_parse_to_canonical_names_and_objects():
     assert (
         placebo_of("calibration:strength=0.5", profiles=PROFILES) == "calibration_placebo:seed=0,strength=0.5"
     )
+    assert (
+        placebo_of("emphasis:top=2", profiles=PROFILES, emphasis_placebo="span")
+        == "emphasis_placebo:alpha=0.01,placebo=span,seed=0,target=document,top=2"
+    )
     with pytest.raises(SettingError, match="no placebo"):
         placebo_of("temperature:tau=2")
+    with pytest.raises(SettingError, match="emphasis_placebo applies"):
+        placebo_of("calibration:strength=0.5", profiles=PROFILES, emphasis_placebo="span")
 
 
 @pytest.mark.parametrize(
@@ -154,6 +160,7 @@ def test_alternatives_selection_roles_and_test_settings():
         "baseline": "baseline",
         "emphasis_selected": "emphasis:alpha=0.01,target=document,top=1",
         "emphasis_placebo": "emphasis_placebo:alpha=0.01,placebo=heads,seed=0,target=document,top=1",
+        "emphasis_span_placebo": "emphasis_placebo:alpha=0.01,placebo=span,seed=0,target=document,top=1",
         "calibration_selected": "calibration:strength=1.0",
         "calibration_placebo": "calibration_placebo:seed=0,strength=1.0",
         "temperature_selected": "temperature:tau=0.8",

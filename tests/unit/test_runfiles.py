@@ -36,3 +36,25 @@ def test_manifest_is_written_once_and_guards_the_run(tmp_path):
     assert json.loads((run / "manifest.json").read_text()) == {"model": "tiny", "limit": 4}
     with pytest.raises(ValueError, match="limit"):
         ensure_manifest(run, {"model": "tiny", "limit": 8})
+
+
+def test_manifest_may_grow_only_where_allowed(tmp_path):
+    run = tmp_path / "run"
+    first = {"model": "tiny", "settings": ["a", "b"], "roles": {"x": "a"}, "selection_sha256": "1"}
+    ensure_manifest(run, first)
+    grown = {**first, "settings": ["a", "c", "b"], "roles": {"x": "a", "y": "c"}, "selection_sha256": "2"}
+    kw = {"growable": ("settings", "roles"), "follows_growth": ("selection_sha256",)}
+    with pytest.raises(ValueError, match="roles, selection_sha256, settings"):
+        ensure_manifest(run, grown)  # growth refused unless allowed
+    with pytest.raises(ValueError, match="selection_sha256"):
+        ensure_manifest(run, {**first, "selection_sha256": "2"}, **kw)  # a new hash alone is not growth
+    with pytest.raises(ValueError, match="settings"):
+        ensure_manifest(run, {**grown, "settings": ["a", "c"]}, **kw)  # "b" lost: not growth
+    with pytest.raises(ValueError, match="roles"):
+        ensure_manifest(run, {**grown, "roles": {"x": "c", "y": "c"}}, **kw)  # role "x" changed
+    with pytest.raises(ValueError, match="model"):
+        ensure_manifest(run, {**grown, "model": "smollm2"}, **kw)
+    assert json.loads((run / "manifest.json").read_text()) == first, "a refused run leaves the manifest alone"
+    ensure_manifest(run, grown, **kw)
+    assert json.loads((run / "manifest.json").read_text()) == grown
+    ensure_manifest(run, grown, **kw)  # the grown run resumes as itself

@@ -1,0 +1,48 @@
+"""The decode-step timer of analyses/bench.py times decode steps only, and sees a slower edit."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from conftest import load_script
+
+bench = load_script("bench")
+
+DELAY_S = 0.05
+
+
+def sleeping(model, *, first_pass_only: bool):
+    """An "edit" that sleeps in block 0 on every pass, or (20x longer) on the prefill pass only."""
+    passes = []
+
+    def hook(x, hook):
+        passes.append(x.shape[1])
+        if not first_pass_only:
+            time.sleep(DELAY_S)
+        elif len(passes) == 1:
+            time.sleep(20 * DELAY_S)
+
+    return lambda: model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", hook)])
+
+
+def test_decode_step_seconds_counts_every_decode_step_and_not_the_prefill(tiny_model):
+    tokens = torch.arange(1, 41).unsqueeze(0)
+    slow = bench.decode_step_seconds(tiny_model, tokens, 4, sleeping(tiny_model, first_pass_only=False),
+                                     torch.device("cpu"))
+    plain = bench.decode_step_seconds(tiny_model, tokens, 4, contextlib.nullcontext, torch.device("cpu"))
+    prefill_only = bench.decode_step_seconds(
+        tiny_model, tokens, 1, sleeping(tiny_model, first_pass_only=True), torch.device("cpu"))
+    assert slow >= DELAY_S > plain
+    assert prefill_only < 4 * DELAY_S, "a delay in the prefill pass must not count as decode time"
+
+
+def test_decode_step_ratios_pairs_each_edit_with_the_plain_model(tiny_model):
+    tokens = torch.arange(1, 41).unsqueeze(0)
+    edits = {"slow": sleeping(tiny_model, first_pass_only=False), "none": contextlib.nullcontext}
+    out = bench.decode_step_ratios(tiny_model, tokens, edits, 3, 2, torch.device("cpu"))
+    assert set(out) == {"slow", "none"}
+    assert out["slow"]["ratio_median"] > 2 * out["none"]["ratio_median"]
+    assert out["slow"]["steps"] == 3
