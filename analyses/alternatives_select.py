@@ -19,8 +19,9 @@ Everything here uses development documents only (``int(id) % 4 != 0``); the test
 ``selection.json`` holds the choices (``selected``), every setting's mean NLL and paired
 difference from the baseline (bootstrap 95% interval over documents), the profiles, and the
 test run's settings and roles: baseline, each method's choice, and the placebos of emphasis
-(random heads in the same layers when the document is emphasised, a random span of the same
-length for the instruction) and calibration (the weights shuffled across regions).
+(``emphasis_placebo``: random heads in the same layers when the document is emphasised, a
+random span of the same length for the instruction; ``emphasis_span_placebo``: the span, for
+either target) and calibration (the weights shuffled across regions).
 
 Usage:
     python analyses/alternatives_select.py --bucket 800 --out runs/alt-800

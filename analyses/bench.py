@@ -6,7 +6,9 @@
   ``AttentionTemperature`` (``alternatives``) vs without;
 * decode steps: the forward time of a KV-cache decode step (after that document as the prompt)
   with each transition and each alternative active vs none, timed inside ``generate`` from the
-  embedding's input to the unembedding's output (``--decode-steps`` steps per call);
+  embedding's input to the unembedding's output (``--decode-steps`` steps per call). The
+  alternatives edit every decode step; the transitions edit the prompt's rows at prefill and
+  leave decode steps alone, so theirs is the cost of hooks that do nothing;
 * probe: the same forward with a ``FlowProbe`` attached (with and without rollout) vs without;
 * memory: on the CPU, peak RSS of ``analyses/flow.py`` on that document (probe passes;
   knockout off, its passes are plain forwards with a band of edited layers), and of the same
@@ -100,39 +102,44 @@ def decode_step_seconds(model: Any, tokens: torch.Tensor, steps: int, applied: C
     ``generate`` call on ``tokens`` (``[1, T]``) inside ``applied()``; the prefill pass is not
     counted. Timed from ``embed.hook_in`` to ``unembed.hook_out``, so the generate loop's
     sampling and bookkeeping, the same with or without an edit, stay out."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     starts: list[float] = []
     ends: list[float] = []
+    lengths: list[int] = []
 
-    def mark(times: list[float]) -> Callable[..., None]:
-        def hook(x: torch.Tensor, hook: Any) -> None:
-            _sync(device)
-            times.append(time.perf_counter())
-        return hook
+    def start(ids: torch.Tensor, hook: Any) -> None:
+        lengths.append(int(ids.shape[-1]))
+        _sync(device)
+        starts.append(time.perf_counter())
 
-    timer = [("embed.hook_in", mark(starts)), ("unembed.hook_out", mark(ends))]
-    with applied(), model.hooks(fwd_hooks=timer), torch.inference_mode():
+    def end(logits: torch.Tensor, hook: Any) -> None:
+        _sync(device)
+        ends.append(time.perf_counter())
+
+    with applied(), model.hooks(fwd_hooks=[("embed.hook_in", start), ("unembed.hook_out", end)]), \
+            torch.inference_mode():
         model.generate(tokens, max_new_tokens=steps + 1, do_sample=False, stop_at_eos=False, verbose=False,
                        use_past_kv_cache=True)
-    if len(starts) != steps + 1 or len(ends) != steps + 1:
-        raise RuntimeError(f"expected {steps + 1} passes, timed {len(starts)} starts and {len(ends)} ends")
+    if len(starts) != steps + 1 or len(ends) != steps + 1 or lengths[1:] != [1] * steps:
+        raise RuntimeError(f"expected a prefill then {steps} one-token KV-cache steps, timed passes of "
+                           f"{lengths} tokens ({len(ends)} ends)")
     return statistics.median(e - s for s, e in zip(starts[1:], ends[1:]))
 
 
 def decode_step_ratios(model: Any, tokens: torch.Tensor, edits: dict[str, Callable[[], Any]], steps: int,
                        repeats: int, device: torch.device) -> dict[str, dict[str, float]]:
-    """Per edit: the median over ``repeats`` rounds of (its decode-step time / the plain one),
-    each round timing the plain model and then every edit in turn (one warm-up round first)."""
-    plain = contextlib.nullcontext
+    """Per edit: the median over ``repeats`` rounds of (its decode-step time / the plain model's,
+    timed just before it), after one warm-up round."""
     ratios: dict[str, list[float]] = {key: [] for key in edits}
     base: list[float] = []
     for round_ in range(repeats + 1):
-        t_plain = decode_step_seconds(model, tokens, steps, plain, device)
         for key, applied in edits.items():
-            ratio = decode_step_seconds(model, tokens, steps, applied, device) / t_plain
+            t_plain = decode_step_seconds(model, tokens, steps, contextlib.nullcontext, device)
+            t_edit = decode_step_seconds(model, tokens, steps, applied, device)
             if round_:
-                ratios[key].append(ratio)
-        if round_:
-            base.append(t_plain)
+                ratios[key].append(t_edit / t_plain)
+                base.append(t_plain)
     return {key: {"ratio_median": statistics.median(r), "ratio_min": min(r), "ratio_max": max(r),
                   "plain_step_seconds_median": statistics.median(base), "steps": steps}
             for key, r in ratios.items()}
@@ -329,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, default=None, help="write a cProfile of bridge generation here")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.decode_steps < 0 or (args.decode_only and args.decode_steps < 1):
+        p.error("--decode-steps must be >= 0, and >= 1 with --decode-only")
 
     torch.manual_seed(0)
     model = build_model(args.model, args.device)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -337,7 +338,7 @@ def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[
     contrasts = [(c, "baseline") for c in names if c != "baseline"]
     if "paper" in names and "placebo" in names:
         contrasts.append(("paper", "placebo"))
-    contrasts += [(c.split("_")[0], c) for c in names if c.endswith("_placebo")]  # emphasis_span_placebo too
+    contrasts += [(re.sub(r"(_span)?_placebo$", "", c), c) for c in names if c.endswith("_placebo")]
     headline = [corpus.paired_contrast(frame, f"{corpus.EARLY_DEEP}:{m}", a, b)
                 for m in corpus.PROFILES for a, b in contrasts]
     words = corpus.plain_words(summary)

@@ -30,7 +30,7 @@ CONTRASTS = (  # (report comparison, method, against)
     ("sra_selected - baseline", "SRA transition", "baseline"),
     ("emphasis_selected - baseline", "emphasis (PASTA)", "baseline"),
     ("emphasis_selected - emphasis_placebo", "emphasis (PASTA)", "placebo"),
-    ("emphasis_selected - emphasis_span_placebo", "emphasis (PASTA)", "span placebo"),
+    ("emphasis_selected - emphasis_span_placebo", "emphasis (PASTA)", "placebo"),
     ("calibration_selected - baseline", "calibration (FitM)", "baseline"),
     ("calibration_selected - calibration_placebo", "calibration (FitM)", "placebo"),
     ("temperature_selected - baseline", "temperature", "baseline"),
@@ -52,15 +52,19 @@ def method_rows(reports: list[dict[str, Any]]) -> pd.DataFrame:
         report = next((r for r in reports if comparison in r["comparisons"]), None)
         if report is None:
             continue
-        role = comparison.split(" - ")[0]
+        role, other = comparison.split(" - ")
         for metric in METRICS:
             for bucket in buckets:
                 e = report["comparisons"][comparison][metric][bucket]
+                label = against + placebo_kind(report["buckets"][bucket]["roles"].get(other, ""))
+                key = (f"{method} - {label}", bucket, metric)
+                if any((r["comparison"], r["bucket"], r["metric"]) == key for r in rows):
+                    continue  # both placebo roles name the same setting in this bucket
                 rows.append(
                     {
-                        "comparison": f"{method} - {against}",
+                        "comparison": f"{method} - {label}",
                         "method": method,
-                        "against": against,
+                        "against": label,
                         "metric": metric,
                         "bucket": bucket,
                         "mean": e["mean"],
@@ -71,6 +75,14 @@ def method_rows(reports: list[dict[str, Any]]) -> pd.DataFrame:
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def placebo_kind(setting: str) -> str:
+    """" (random heads)" or " (random span)" for an emphasis placebo setting, else ""."""
+    for kind, words in (("placebo=heads", " (random heads)"), ("placebo=span", " (random span)")):
+        if kind in setting.split(":", 1)[-1].split(","):
+            return words
+    return ""
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

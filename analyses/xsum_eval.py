@@ -22,8 +22,9 @@ settings a development sweep of ``xsum_select.py`` chose):
 The run directory holds ``manifest.json`` (model, prompt style, data file hash, settings, version) and
 ``records.jsonl`` (one line per document and setting). Killed at any moment and re-run with
 the same arguments, it continues where it stopped; a different configuration is refused, except
-that a run may gain settings (a newer selection of the same choices with one more role): the
-records already there are kept and only the new settings run.
+that a ``--selection`` run may gain settings (a newer selection file of the same choices and
+profiles, ``choices_sha256``, with one more role): the records already there are kept and only
+the new settings run.
 Work goes in units of (``--batch-size`` documents, setting), planned the same way on every run;
 ``--workers N`` spreads them over N Ray actors (a local Ray), ``--ray-address ADDR`` over a
 cluster's; only this process writes the run directory (``at_probe.sweep``).
@@ -37,6 +38,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -111,8 +113,19 @@ def read_selection(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
         raise RunError(f"{path} was chosen for another {', '.join(differs)} "
                        f"({', '.join(f'{k}={manifest.get(k)!r}' for k in differs)})")
     if tested != implied:
+        if set(tested) < set(implied):  # written before a role was added (emphasis_span_placebo)
+            new = sorted(set(implied) - set(tested))
+            raise RunError(f"{path} was written by an older at_probe (no {new}): re-run its development "
+                           f"script on {path.parent} to refresh it (nothing is recomputed)")
         raise RunError(f"{path}: test_settings {tested} are not those of its choices {implied}")
     return selection
+
+
+def choices_sha256(selection: dict[str, Any]) -> str:
+    """Hash of what a selection's settings do: the chosen settings and the development profiles
+    (an emphasis setting's name does not say which heads it steers)."""
+    canonical = json.dumps(canonical_selection(selection), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         docs = docs[: args.limit]
         config = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
                   "bucket": args.bucket, "split": args.split,
-                  **({"selection_sha256": file_sha256(args.selection), "roles": setting_roles(selection)}
+                  **({"selection_sha256": file_sha256(args.selection),
+                      "choices_sha256": choices_sha256(selection), "roles": setting_roles(selection)}
                      if selection else {}),
                   "limit": args.limit, "settings": list(settings), "max_new_tokens": args.max_new_tokens,
                   "batch_size": args.batch_size,
@@ -144,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xsum_eval.py: error: {err}", file=sys.stderr)
         return 2
 
+    # a test run gains the roles a newer selection of the same choices adds (same choices_sha256)
+    growth = {"growable": ("settings", "roles"), "follows_growth": ("selection_sha256",)} if selection else {}
     sink = RecordSink(args.out / "records.jsonl")
     units = sink.pending(plan_units(list(settings), docs, args.batch_size))
     print(f"{len(docs)} documents x {len(settings)} settings: {len(sink.done)} done, "
@@ -152,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=sum(len(u.docs) for u in units), desc="xsum", unit="summary") as bar:
         try:  # the manifest is written once the model is loaded: a bad --model writes nothing
             run_units(units, factory, sink.write, start=lambda described: ensure_manifest(
-                args.out, {**config, **described}, growable=("settings", "roles"),
-                follows_growth=("selection_sha256",)),
+                args.out, {**config, **described}, **growth),
                 progress=lambda unit: bar.update(len(unit.docs)), **options)
         except (ValueError, OSError) as err:  # a different run in --out, a reference that does not fit
             print(f"xsum_eval.py: error: {err}", file=sys.stderr)

@@ -57,8 +57,9 @@ ALTERNATIVE_COMPARISONS = (("emphasis_selected", "baseline"), ("emphasis_selecte
                            ("temperature_selected", "baseline"), ("emphasis_placebo", "baseline"),
                            ("emphasis_span_placebo", "baseline"), ("calibration_placebo", "baseline"))
 """Runs of an ``alternatives_select.py`` selection: each method against the baseline and its
-placebos, on the same primary metric; no single comparison was declared primary for them. A
-comparison whose roles some run lacks (a run made before ``emphasis_span_placebo``) is left out."""
+placebos, on the same primary metric; no single comparison was declared primary for them."""
+OPTIONAL_ROLES = frozenset({"emphasis_span_placebo"})
+"""Roles a run made before they existed lacks: their comparisons are left out (and listed)."""
 
 
 def comparisons_for(roles: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -143,9 +144,10 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
     if len(families) != 1:
         raise ReportError("the runs mix a transitions selection and an alternatives selection: report them apart")
     family = families.pop()
-    comparisons = [c for c in family if all(set(c) <= set(m["roles"]) for m, _ in runs)]
+    comparisons, left_out = usable_comparisons(family, [m["roles"] for m, _ in runs])
     primary = PRIMARY_COMPARISON if family is COMPARISONS else None
     out: dict[str, Any] = {
+        "left_out": [" - ".join(c) for c in left_out],
         "primary": {"metric": PRIMARY_METRIC, "comparison": " - ".join(primary) if primary else None},
         "buckets": {m["bucket"]: {"n_documents": int(r.doc_id.nunique()), "roles": m["roles"]}
                     for m, r in runs},
@@ -164,6 +166,31 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
     if primary:
         out["primary"]["estimate"] = out["comparisons"][out["primary"]["comparison"]][PRIMARY_METRIC]["all"]
     return out
+
+
+def usable_comparisons(family: tuple[tuple[str, str], ...], roles: list[dict[str, str]]
+                       ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(comparisons to report, comparisons left out) for runs with these roles.
+
+    A comparison of an ``OPTIONAL_ROLES`` role some run lacks is left out, and so is one that
+    repeats an earlier comparison's settings in every run (the span placebo is the placebo
+    when the instruction is emphasised).
+
+    Raises:
+        ReportError: a run lacks a role that is not optional.
+    """
+    missing = {r for c in family for r in c for run in roles if r not in run}
+    if missing - OPTIONAL_ROLES:
+        raise ReportError(f"a run lacks the roles {sorted(missing - OPTIONAL_ROLES)}")
+    kept, left_out, seen = [], [], set()
+    for a, b in family:
+        pairs = tuple((run[a], run[b]) for run in roles) if {a, b}.isdisjoint(missing) else None
+        if pairs is None or pairs in seen:
+            left_out.append((a, b))
+        else:
+            kept.append((a, b))
+            seen.add(pairs)
+    return kept, left_out
 
 
 def comparisons_frame(result: dict[str, Any]) -> pd.DataFrame:
@@ -236,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{block[m]['all']['ci95'][1]:+.4f}]"
                           for m in ("semantic_similarity", "rougeL", "summary_nll"))
         print(f"{c:<36} {cells}")
+    if result["left_out"]:
+        print("left out (a run lacks a role, or the same settings as above): " + ", ".join(result["left_out"]))
     print(f"wrote {args.out / 'report.json'}")
     return 0
 

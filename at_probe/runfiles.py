@@ -56,8 +56,9 @@ def ensure_manifest(run: Path, manifest: dict[str, Any], *, growable: Collection
     Keys the existing manifest does not have (a newer format) are not compared. A key in
     ``growable`` may grow (a list gains items, a dict gains keys; what was there stays the
     same): the run gains, say, a setting, the records already written stay valid, and the
-    manifest is rewritten. A key in ``follows_growth`` (a hash of the file the new items came
-    from) may change only along with such growth.
+    manifest is replaced. A key in ``follows_growth`` (the hash of the file the new items came
+    from) may change only along with such growth. A run grows only when both manifests have the
+    same keys, so every key that guards the records is compared.
 
     Raises:
         ValueError: the directory holds a run with a different configuration (names the keys).
@@ -74,14 +75,22 @@ def ensure_manifest(run: Path, manifest: dict[str, Any], *, growable: Collection
                              "use another output directory")
         if not grown:
             return
+        if set(old) != set(manifest):
+            keys = ", ".join(sorted(set(old) ^ set(manifest)))
+            raise ValueError(f"{run} cannot gain {', '.join(sorted(grown))}: its manifest and this run's "
+                             f"differ in keys ({keys}), so not all of the configuration can be compared; "
+                             "use another output directory")
     run.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=1))
+    partial = path.with_name(path.name + ".partial")  # replaced whole: a kill never leaves half a manifest
+    partial.write_text(json.dumps(manifest, indent=1))
+    os.replace(partial, path)
 
 
 def _grows(old: Any, new: Any) -> bool:
-    """``new`` holds everything ``old`` does, and more: list items, or dict items."""
+    """``new`` holds everything ``old`` does, and more: list items (each once), or dict items."""
     if isinstance(old, list) and isinstance(new, list):
-        return len(new) > len(old) and all(item in new for item in old)
+        unique = len(set(map(json.dumps, new))) == len(new)
+        return unique and len(new) > len(old) and all(item in new for item in old)
     if isinstance(old, dict) and isinstance(new, dict):
         return len(new) > len(old) and all(k in new and new[k] == v for k, v in old.items())
     return False

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from at_probe.prompts import build_prompts, continuation_ids
 
@@ -294,7 +294,7 @@ _PLACEBO_KIND = {"paper": "placebo", "emphasis": "emphasis_placebo", "calibratio
 
 
 def placebo_of(setting: str, seed: int = PLACEBO_SEED, profiles: dict[str, Any] | None = None,
-               emphasis_placebo: str | None = None) -> str:
+               emphasis_placebo: Literal["heads", "span"] | None = None) -> str:
     """The placebo twin of a paper, emphasis or calibration setting string (canonical name).
 
     Paper: the same rows and mass, random targets; emphasis: random heads in the same layers

@@ -150,6 +150,24 @@ def test_methods_report_puts_both_families_on_one_table(tmp_path):
     assert (tmp_path / "methods_compared.png").is_file()
 
 
+def test_methods_report_names_each_emphasis_placebo_by_kind(tmp_path):
+    heads = "emphasis_placebo:alpha=0.01,placebo=heads,seed=0,target=document,top=2"
+    span = "emphasis_placebo:alpha=0.01,placebo=span,seed=0,target=document,top=2"
+    roles = {"emphasis_selected": "emphasis:alpha=0.01,target=document,top=2", "emphasis_placebo": heads,
+             "emphasis_span_placebo": span}
+    comparisons = {"emphasis_selected - emphasis_placebo": 0.1,
+                   "emphasis_selected - emphasis_span_placebo": 0.2}
+    (tmp_path / "a.json").write_text(json.dumps(_report(comparisons, roles)))
+    (tmp_path / "same.json").write_text(json.dumps(_report(comparisons, {**roles, "emphasis_placebo": span})))
+    assert methods_report.main([str(tmp_path / "a.json"), "--out", str(tmp_path / "a")]) == 0
+    table = (tmp_path / "a" / "methods_table.md").read_text()
+    assert "| emphasis (PASTA) | placebo (random heads) | 800 | 5 | +0.100" in table
+    assert "| emphasis (PASTA) | placebo (random span) | 800 | 5 | +0.200" in table
+    assert methods_report.main([str(tmp_path / "same.json"), "--out", str(tmp_path / "same")]) == 0
+    rows = (tmp_path / "same" / "methods_table.md").read_text().splitlines()[2:]
+    assert len(rows) == 1 and "placebo (random span)" in rows[0], "two roles of one setting: one row"
+
+
 def test_reused_head_ranking_is_checked_and_recorded(selection_run, tmp_path):
     out, args = selection_run
     reuse = [*args[: args.index("--out")], "--docs", "1", "--head-ranking-from", str(out / "selection.json"),
@@ -178,3 +196,54 @@ def test_flow_runs_each_placebo_of_a_document_emphasis_once(selection_run, tmp_p
     assert conditions["emphasis_span_placebo"].placebo == "span"
     instruction = flow.selection_conditions(out / "selection.json", "tiny")
     assert "emphasis_span_placebo" not in instruction and instruction["emphasis_placebo"].placebo == "span"
+
+
+def _document_selection(selection_run, directory):
+    """The selection run's choices with the document emphasised (its ranking reused), consistent."""
+    from at_probe.xsum import run_settings, setting_roles
+
+    out, _ = selection_run
+    sel = json.loads((out / "selection.json").read_text())
+    sel["profiles"]["head_ranking"]["document"] = sel["profiles"]["head_ranking"]["instruction"]
+    sel["selected"]["emphasis"] = "emphasis:alpha=0.01,target=document,top=2"
+    sel["test_settings"], sel["roles"] = run_settings(sel), setting_roles(sel)
+    directory.mkdir()
+    (directory / "selection.json").write_text(json.dumps(sel, indent=1))
+    (directory / "manifest.json").write_text((out / "manifest.json").read_text())
+    return directory / "selection.json"
+
+
+def test_a_test_run_gains_the_span_placebo_and_keeps_its_records(selection_run, tmp_path, capsys):
+    selection = _document_selection(selection_run, tmp_path / "dev")
+    test = tmp_path / "test"
+    run = ["--model", "tiny", "--data", str(XSUM_DIR), "--bucket", "800", "--limit", "2",
+           "--max-new-tokens", "12", "--batch-size", "2", "--out", str(test)]
+    assert xsum_eval.main([*run, "--selection", str(selection)]) == 0
+    manifest = json.loads((test / "manifest.json").read_text())
+    span = manifest["roles"].pop("emphasis_span_placebo")
+    manifest["settings"].remove(span)
+    manifest["selection_sha256"] = "a selection file without the span placebo"
+    (test / "manifest.json").write_text(json.dumps(manifest))  # the run as an older at_probe left it
+    lines = (test / "records.jsonl").read_text().splitlines(keepends=True)
+    old = "".join(l for l in lines if json.loads(l)["setting"] != span)
+    (test / "records.jsonl").write_text(old)
+
+    other = _document_selection(selection_run, tmp_path / "other")  # the same setting names, other heads
+    sel = json.loads(other.read_text())
+    sel["profiles"]["head_ranking"]["document"] = sel["profiles"]["head_ranking"]["document"][::-1]
+    other.write_text(json.dumps(sel, indent=1))
+    capsys.readouterr()
+    assert xsum_eval.main([*run, "--selection", str(other)]) == 2
+    assert "choices_sha256" in capsys.readouterr().err
+    assert (test / "records.jsonl").read_text() == old
+    assert json.loads((test / "manifest.json").read_text()) == manifest
+
+    assert xsum_eval.main([*run, "--selection", str(selection)]) == 0
+    now = (test / "records.jsonl").read_text()
+    assert now.startswith(old), "the records already there are kept as they were"
+    assert [json.loads(l)["setting"] for l in now[len(old):].splitlines()] == [span, span]
+    grown = json.loads((test / "manifest.json").read_text())
+    assert grown["roles"]["emphasis_span_placebo"] == span
+    assert grown["choices_sha256"] == manifest["choices_sha256"]
+    assert xsum_eval.main([*run, "--settings", ";".join([*grown["settings"], "temperature:tau=2"])]) == 2
+    assert json.loads((test / "manifest.json").read_text()) == grown

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+import pytest
 import torch
 
 from conftest import load_script
@@ -14,9 +15,10 @@ bench = load_script("bench")
 DELAY_S = 0.05
 
 
-def sleeping(model, *, first_pass_only: bool):
-    """An "edit" that sleeps in block 0 on every pass, or (20x longer) on the prefill pass only."""
-    passes = []
+def sleeping(model, *, first_pass_only: bool, passes: list | None = None):
+    """An "edit" that sleeps in block 0 on every pass, or (20x longer) on the prefill pass only;
+    ``passes`` collects each pass's length."""
+    passes = [] if passes is None else passes
 
     def hook(x, hook):
         passes.append(x.shape[1])
@@ -30,11 +32,15 @@ def sleeping(model, *, first_pass_only: bool):
 
 def test_decode_step_seconds_counts_every_decode_step_and_not_the_prefill(tiny_model):
     tokens = torch.arange(1, 41).unsqueeze(0)
-    slow = bench.decode_step_seconds(tiny_model, tokens, 4, sleeping(tiny_model, first_pass_only=False),
-                                     torch.device("cpu"))
+    passes = []
+    slow = bench.decode_step_seconds(tiny_model, tokens, 4, sleeping(tiny_model, first_pass_only=False,
+                                                                     passes=passes), torch.device("cpu"))
+    assert passes == [40, 1, 1, 1, 1], "a prefill, then one-token KV-cache steps"
     plain = bench.decode_step_seconds(tiny_model, tokens, 4, contextlib.nullcontext, torch.device("cpu"))
     prefill_only = bench.decode_step_seconds(
         tiny_model, tokens, 1, sleeping(tiny_model, first_pass_only=True), torch.device("cpu"))
+    assert not any(tiny_model.hook_dict[name]._forward_hooks for name in ("embed.hook_in", "unembed.hook_out",
+                                                                           "blocks.0.hook_resid_pre"))
     assert slow >= DELAY_S > plain
     assert prefill_only < 4 * DELAY_S, "a delay in the prefill pass must not count as decode time"
 
@@ -46,3 +52,22 @@ def test_decode_step_ratios_pairs_each_edit_with_the_plain_model(tiny_model):
     assert set(out) == {"slow", "none"}
     assert out["slow"]["ratio_median"] > 2 * out["none"]["ratio_median"]
     assert out["slow"]["steps"] == 3
+
+
+def test_decode_step_seconds_refuses_cacheless_passes(tiny_model):
+    def without_cache():
+        return tiny_model.hooks(fwd_hooks=[])
+
+    original = tiny_model.generate
+
+    def cacheless(*args, **kw):
+        return original(*args, **{**kw, "use_past_kv_cache": False})
+
+    tiny_model.generate = cacheless  # what an adapter without KV-cache support does silently
+    try:
+        with pytest.raises(RuntimeError, match="one-token KV-cache steps"):
+            bench.decode_step_seconds(tiny_model, torch.arange(1, 41).unsqueeze(0), 2, without_cache,
+                                      torch.device("cpu"))
+    finally:
+        del tiny_model.generate
+    assert tiny_model.generate == original

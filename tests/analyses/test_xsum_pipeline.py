@@ -398,6 +398,14 @@ def test_alternatives_report_keeps_the_comparisons_every_run_has():
     new = _synthetic_run("1900", {**values, "S": [3, 3]}, {**roles, "emphasis_span_placebo": "S"})
     alone = xsum_experiment.experiment_report([new])["comparisons"]
     assert alone["emphasis_selected - emphasis_span_placebo"]["rougeL"]["1900"]["mean"] == pytest.approx(-1.5)
-    both = xsum_experiment.experiment_report([old, new])["comparisons"]
-    assert "emphasis_selected - emphasis_span_placebo" not in both
-    assert both["emphasis_selected - emphasis_placebo"]["rougeL"]["all"]["mean"] == pytest.approx(1)
+    both = xsum_experiment.experiment_report([old, new])
+    assert "emphasis_selected - emphasis_span_placebo" not in both["comparisons"]
+    assert "emphasis_selected - emphasis_span_placebo" in both["left_out"]
+    kept = both["comparisons"]["emphasis_selected - emphasis_placebo"]
+    assert kept["rougeL"]["all"]["mean"] == pytest.approx(1)
+    same = _synthetic_run("1900", values, {**roles, "emphasis_span_placebo": "H"})  # the instruction's case
+    left_out = xsum_experiment.experiment_report([same])["left_out"]
+    assert "emphasis_selected - emphasis_span_placebo" in left_out
+    broken = _synthetic_run("800", values, {k: v for k, v in roles.items() if k != "calibration_placebo"})
+    with pytest.raises(xsum_experiment.ReportError, match="calibration_placebo"):
+        xsum_experiment.experiment_report([broken])

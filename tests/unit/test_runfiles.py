@@ -54,6 +54,12 @@ def test_manifest_may_grow_only_where_allowed(tmp_path):
         ensure_manifest(run, {**grown, "roles": {"x": "c", "y": "c"}}, **kw)  # role "x" changed
     with pytest.raises(ValueError, match="model"):
         ensure_manifest(run, {**grown, "model": "smollm2"}, **kw)
+    with pytest.raises(ValueError, match="differ in keys"):
+        ensure_manifest(run, {**grown, "choices_sha256": "9"}, **kw)  # a guard the old run lacks
+    with pytest.raises(ValueError, match="differ in keys"):
+        ensure_manifest(run, {k: v for k, v in grown.items() if k != "selection_sha256"}, **kw)  # key lost
+    with pytest.raises(ValueError, match="settings"):
+        ensure_manifest(run, {**grown, "settings": ["a", "b", "a"]}, **kw)  # a repeat is not growth
     assert json.loads((run / "manifest.json").read_text()) == first, "a refused run leaves the manifest alone"
     ensure_manifest(run, grown, **kw)
     assert json.loads((run / "manifest.json").read_text()) == grown
