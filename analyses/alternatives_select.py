@@ -33,6 +33,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -191,6 +192,11 @@ def reused_ranking(path: Path, model: str, targets: list[str]) -> tuple[dict[str
     return {t: ranking[t] for t in targets}, source
 
 
+def ranking_sha256(ranking: dict[str, Any]) -> str:
+    """Hash of a head ranking (target -> ranked heads), independent of the file it sits in."""
+    return hashlib.sha256(json.dumps(ranking, sort_keys=True).encode()).hexdigest()
+
+
 def sweep_settings(targets: list[str]) -> list[str]:
     """Baseline and the grid, emphasis restricted to the profiled targets."""
     grid = [
@@ -236,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
             "metric": "summary_nll",
-            "head_ranking_from": (file_sha256(args.head_ranking_from) if args.head_ranking_from else None),
+            # the reused ranking itself, not its file's bytes: a refreshed file of the same ranking resumes
+            "head_ranking_from": (
+                ranking_sha256(reused_ranking(args.head_ranking_from, args.model, targets)[0])
+                if args.head_ranking_from else None
+            ),
             "at_probe_version": at_probe.__version__,
         }
         ensure_manifest(args.out, config)

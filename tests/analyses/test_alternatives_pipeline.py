@@ -170,9 +170,19 @@ def test_methods_report_names_each_emphasis_placebo_by_kind(tmp_path):
 
 def test_reused_head_ranking_is_checked_and_recorded(selection_run, tmp_path):
     out, args = selection_run
-    reuse = [*args[: args.index("--out")], "--docs", "1", "--head-ranking-from", str(out / "selection.json"),
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("selection.json", "manifest.json"):
+        (source / name).write_bytes((out / name).read_bytes())
+    reuse = [*args[: args.index("--out")], "--docs", "1", "--head-ranking-from", str(source / "selection.json"),
              "--out", str(tmp_path / "reuse")]
     assert alternatives_select.main(reuse) == 0
+    sel = json.loads((source / "selection.json").read_text())
+    (source / "selection.json").write_text(json.dumps({**sel, "roles": {}}, indent=2))  # refreshed, same ranking
+    assert alternatives_select.main(reuse) == 0
+    sel["profiles"]["head_ranking"]["instruction"] = sel["profiles"]["head_ranking"]["instruction"][::-1]
+    (source / "selection.json").write_text(json.dumps(sel))
+    assert alternatives_select.main(reuse) == 2, "another ranking: the run is refused"
     profiles = json.loads((tmp_path / "reuse" / "profiles.json").read_text())
     source = profiles["head_ranking_source"]
     first = json.loads((out / "selection.json").read_text())["profiles"]
