@@ -172,9 +172,9 @@ def usable_comparisons(family: tuple[tuple[str, str], ...], roles: list[dict[str
                        ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(comparisons to report, comparisons left out) for runs with these roles.
 
-    A comparison of an ``OPTIONAL_ROLES`` role some run lacks is left out, and so is one that
-    repeats an earlier comparison's settings in every run (the span placebo is the placebo
-    when the instruction is emphasised).
+    A comparison of an ``OPTIONAL_ROLES`` role is left out when some run lacks the role, or when
+    it repeats an earlier comparison's settings in every run (the span placebo is the placebo
+    when the instruction is emphasised). Every other comparison is always reported.
 
     Raises:
         ReportError: a run lacks a role that is not optional.
@@ -185,7 +185,7 @@ def usable_comparisons(family: tuple[tuple[str, str], ...], roles: list[dict[str
     kept, left_out, seen = [], [], set()
     for a, b in family:
         pairs = tuple((run[a], run[b]) for run in roles) if {a, b}.isdisjoint(missing) else None
-        if pairs is None or pairs in seen:
+        if pairs is None or (pairs in seen and not OPTIONAL_ROLES.isdisjoint((a, b))):
             left_out.append((a, b))
         else:
             kept.append((a, b))

@@ -388,6 +388,9 @@ def test_experiment_report_pools_role_differences_over_buckets():
     assert block["800"]["mean"] == pytest.approx(5) and block["1900"]["mean"] == pytest.approx(1.5)
     assert result["comparisons"]["sra_selected - baseline"]["rougeL"]["all"]["mean"] == pytest.approx(6 / 5)
     assert result["means"]["1900"]["paper_selected"]["summary_nll"] == pytest.approx(3)
+    alone = xsum_experiment.experiment_report([b])  # selected == example: both comparisons stay
+    assert {" - ".join(c) for c in xsum_experiment.COMPARISONS} == set(alone["comparisons"])
+    assert alone["left_out"] == []
 
 
 def test_alternatives_report_keeps_the_comparisons_every_run_has():
