@@ -33,7 +33,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -45,7 +44,7 @@ from tqdm.auto import tqdm
 import at_probe
 from at_probe.emphasis import TARGETS, profile_heads, rank_heads
 from at_probe.loading import DEFAULT_MODEL
-from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, read_jsonl
+from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, json_sha256, read_jsonl
 from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.xsum import (
     ALTERNATIVES,
@@ -192,11 +191,6 @@ def reused_ranking(path: Path, model: str, targets: list[str]) -> tuple[dict[str
     return {t: ranking[t] for t in targets}, source
 
 
-def ranking_sha256(ranking: dict[str, Any]) -> str:
-    """Hash of a head ranking (target -> ranked heads), independent of the file it sits in."""
-    return hashlib.sha256(json.dumps(ranking, sort_keys=True).encode()).hexdigest()
-
-
 def sweep_settings(targets: list[str]) -> list[str]:
     """Baseline and the grid, emphasis restricted to the profiled targets."""
     grid = [
@@ -244,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             "metric": "summary_nll",
             # the reused ranking itself, not its file's bytes: a refreshed file of the same ranking resumes
             "head_ranking_from": (
-                ranking_sha256(reused_ranking(args.head_ranking_from, args.model, targets)[0])
+                json_sha256(reused_ranking(args.head_ranking_from, args.model, targets)[0])
                 if args.head_ranking_from else None
             ),
             "at_probe_version": at_probe.__version__,

@@ -38,7 +38,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -48,7 +47,7 @@ from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.loading import DEFAULT_MODEL
-from at_probe.runfiles import ensure_manifest, file_sha256
+from at_probe.runfiles import ensure_manifest, file_sha256, json_sha256
 from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.xsum import (
     BUCKETS,
@@ -124,8 +123,7 @@ def read_selection(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
 def choices_sha256(selection: dict[str, Any]) -> str:
     """Hash of what a selection's settings do: the chosen settings and the development profiles
     (an emphasis setting's name does not say which heads it steers)."""
-    canonical = json.dumps(canonical_selection(selection), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return json_sha256(canonical_selection(selection))
 
 
 def main(argv: list[str] | None = None) -> int:

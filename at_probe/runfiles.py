@@ -96,6 +96,12 @@ def _grows(old: Any, new: Any) -> bool:
     return False
 
 
+def json_sha256(value: Any) -> str:
+    """Hex sha256 of a JSON value's canonical text (keys sorted): the same content, the same hash,
+    however a file holding it is laid out."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file (streamed)."""
     with open(path, "rb") as fh:
