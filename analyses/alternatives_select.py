@@ -23,6 +23,9 @@ test run's settings and roles: baseline, each method's choice, and the placebos 
 random span of the same length for the instruction; ``emphasis_span_placebo``: the span, for
 either target) and calibration (the weights shuffled across regions).
 
+``--fix-text`` repairs the release's mojibake (ftfy) in documents and references, prints how many
+documents it changed and is recorded in the manifest (off by default; the test run must match).
+
 Usage:
     python analyses/alternatives_select.py --bucket 800 --out runs/alt-800
     python analyses/alternatives_select.py --bucket 1900 --head-ranking-from runs/alt-800/selection.json \\
@@ -42,9 +45,25 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import at_probe
+from at_probe.cliargs import (
+    ArgumentParser,
+    existing_dir,
+    existing_file,
+    output_dir,
+    positive_int,
+    torch_device,
+)
 from at_probe.emphasis import TARGETS, profile_heads, rank_heads
-from at_probe.loading import DEFAULT_MODEL
-from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, json_sha256, read_jsonl
+from at_probe.loading import DEFAULT_MODEL, model_shape
+from at_probe.runfiles import (
+    append_jsonl,
+    ensure_manifest,
+    file_sha256,
+    json_sha256,
+    owned_run,
+    read_jsonl,
+    write_json_atomic,
+)
 from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.xsum import (
     ALTERNATIVES,
@@ -52,57 +71,75 @@ from at_probe.xsum import (
     BUCKETS,
     NLLWorkerFactory,
     bucket_file,
+    check_settings,
     is_development,
     load_records,
     minus_baseline,
     parse_settings,
     prompt_limit,
+    repair_note,
     run_settings,
     select_alternatives,
     setting_roles,
+    text_repair_manifest,
 )
 
 
+def emphasis_targets(text: str) -> list[str]:
+    """An argparse type: a comma-separated list of emphasis targets (``at_probe.emphasis.TARGETS``)."""
+    targets = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not targets or any(t not in TARGETS for t in targets):
+        raise argparse.ArgumentTypeError(f"must name some of {', '.join(TARGETS)}, got {text!r}")
+    return targets
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="alternatives_select.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id",
     )
-    p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"))
+    p.add_argument("--data", type=existing_dir, default=Path("../shared/data/xsum-at-release"))
     p.add_argument("--bucket", choices=BUCKETS, default="800")
     p.add_argument(
-        "--docs", type=int, default=40, help="first N development documents: the sweep (default 40)"
+        "--docs", type=positive_int, default=40, help="first N development documents: the sweep (default 40)"
     )
     p.add_argument(
         "--profile-docs",
-        type=int,
+        type=positive_int,
         default=4,
         help="the next N development documents: the profiling (default 4)",
     )
-    p.add_argument("--regions", type=int, default=8, help="document regions of the position bias (default 8)")
+    p.add_argument(
+        "--regions", type=positive_int, default=8, help="document regions of the position bias (default 8)"
+    )
     p.add_argument(
         "--targets",
+        type=emphasis_targets,
         default=",".join(TARGETS),
         help="emphasis targets to profile and sweep (default: document,instruction)",
     )
     p.add_argument(
         "--head-ranking-from",
-        type=Path,
+        type=existing_file,
         default=None,
         metavar="SELECTION",
         help="reuse the head ranking of another run's selection.json instead of profiling heads",
     )
     p.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=positive_int,
         default=50,
         help="room kept after the prompt, as in the test run (prompts are cut the same way)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--fix-text", action="store_true",
+                   help="repair the release's mojibake (ftfy) in documents and references (recorded; "
+                        "the test run must use it too)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--device", type=torch_device, default=None)
+    p.add_argument("--out", type=output_dir, required=True, help="run directory")
     add_sweep_arguments(p)
     return p.parse_args(argv)
 
@@ -205,23 +242,21 @@ def sweep_settings(targets: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if min(args.docs, args.profile_docs, args.batch_size, args.max_new_tokens, args.regions) < 1:
-            raise ValueError(
-                "--docs, --profile-docs, --batch-size, --max-new-tokens and --regions must be >= 1"
-            )
-        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-        if not targets or any(t not in TARGETS for t in targets):
-            raise ValueError(f"--targets must name some of {', '.join(TARGETS)}, got {args.targets!r}")
+        targets = args.targets
         options = sweep_options(args)
         data_file = bucket_file(args.data, args.bucket)
-        development = [d for d in load_records(data_file) if is_development(d["id"])]
+        records = load_records(data_file, fix_text=args.fix_text)
+        development = [d for d in records if is_development(d["id"])]
         docs, profile_docs = development[: args.docs], development[args.docs : args.docs + args.profile_docs]
+        if args.fix_text:
+            print(repair_note(records, docs + profile_docs))
         if len(profile_docs) < args.profile_docs:
             raise ValueError(
                 f"the bucket has {len(development)} development documents, fewer than "
                 f"--docs + --profile-docs = {args.docs + args.profile_docs}"
             )
         settings = sweep_settings(targets)
+        shape = model_shape(args.model)  # a bad --model: exit 2 before the directory exists
         config = {
             "model": args.model,
             "data_file": data_file.name,
@@ -236,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
             "metric": "summary_nll",
+            **text_repair_manifest(args.fix_text),
             # the reused ranking itself, not its file's bytes: a refreshed file of the same ranking resumes
             "head_ranking_from": (
                 json_sha256(reused_ranking(args.head_ranking_from, args.model, targets)[0])
@@ -243,30 +279,36 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "at_probe_version": at_probe.__version__,
         }
-        ensure_manifest(args.out, config)
-        profiles_path = args.out / "profiles.json"
-        if profiles_path.is_file():
-            profiles = json.loads(profiles_path.read_text())
-        else:
-            profiles = build_profiles(args, profile_docs, targets)
-            profiles_path.write_text(json.dumps(profiles, indent=1))
-        settings = list(parse_settings(";".join(settings), profiles))  # canonical; all build before any work
-        sink = RecordSink(args.out / "sweep.jsonl")
-        units = sink.pending(plan_units(settings, docs, args.batch_size))
-        factory = NLLWorkerFactory(args.model, args.device, args.max_new_tokens, ";".join(settings), profiles)
-        with tqdm(
-            total=len(docs) * len(settings), initial=len(sink.done), desc="dev sweep", unit="score"
-        ) as bar:
-            run_units(units, factory, sink.write, progress=lambda unit: bar.update(len(unit.docs)), **options)
-        selection = select_alternatives(sink.records, ALTERNATIVES)
-        selection["minus_baseline"] = minus_baseline(sink.records, [str(d["id"]) for d in docs])
+        # one driver; the manifest (which profile.jsonl and profiles.json belong to) checked first
+        with owned_run(args.out):
+            ensure_manifest(args.out, config)
+            profiles_path = args.out / "profiles.json"
+            if profiles_path.is_file():
+                profiles = json.loads(profiles_path.read_text())
+            else:
+                profiles = build_profiles(args, profile_docs, targets)
+                write_json_atomic(profiles_path, profiles)
+            built = parse_settings(";".join(settings), profiles)  # canonical; all build before any work
+            check_settings(built, shape)
+            settings = list(built)
+            sink = RecordSink(args.out / "sweep.jsonl")
+            units = sink.pending(plan_units(settings, docs, args.batch_size))
+            factory = NLLWorkerFactory(args.model, args.device, args.max_new_tokens, ";".join(settings),
+                                       profiles)
+            with tqdm(
+                total=len(docs) * len(settings), initial=len(sink.done), desc="dev sweep", unit="score"
+            ) as bar:
+                run_units(units, factory, sink.write, progress=lambda unit: bar.update(len(unit.docs)),
+                          **options)
+            selection = select_alternatives(sink.records, ALTERNATIVES)
+            selection["minus_baseline"] = minus_baseline(sink.records, [str(d["id"]) for d in docs])
+            selection["profiles"] = profiles
+            selection["test_settings"] = run_settings(selection)
+            selection["roles"] = setting_roles(selection)
+            write_json_atomic(args.out / "selection.json", selection)
     except (FileNotFoundError, ValueError, OSError, KeyError) as err:
         print(f"alternatives_select.py: error: {err}", file=sys.stderr)
         return 2
-    selection["profiles"] = profiles
-    selection["test_settings"] = run_settings(selection)
-    selection["roles"] = setting_roles(selection)
-    (args.out / "selection.json").write_text(json.dumps(selection, indent=1))
     for method, name in selection["selected"].items():
         est = selection["minus_baseline"][name]
         low, high = est["ci95"]

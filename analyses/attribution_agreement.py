@@ -11,7 +11,8 @@ the error, the sign agreement and the ratio estimate/exact over documents say wh
 Writes into ``--out``: ``docs.jsonl`` (one line per document, resumable), ``agreement.json``
 (per-document Spearman, its mean with a bootstrap 95% interval, and the cells ranked by how
 badly the estimate does), ``attribution_agreement.csv`` + ``.png`` (every cell of every
-document, estimate against exact).
+document, estimate against exact). ``--fix-text`` repairs the release's mojibake (ftfy) in
+documents and references and prints how many documents it changed (recorded in the manifest).
 
 Usage:
     python analyses/attribution_agreement.py --xsum ../shared/data/xsum-at-release/token_800_evaluation.json.gz \\
@@ -21,10 +22,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,13 +33,21 @@ from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.attribution import attribution_sweep
+from at_probe.cliargs import ArgumentParser, existing_file, output_dir, positive_int, torch_device
 from at_probe.knockout import knockout_sweep
 from at_probe.loading import DEFAULT_MODEL, load_model
 from at_probe.ops import prompt_regions
 from at_probe.prompts import build_prompt, continuation_ids
-from at_probe.runfiles import append_jsonl, ensure_manifest, file_sha256, read_jsonl
+from at_probe.runfiles import (
+    append_jsonl,
+    ensure_manifest,
+    file_sha256,
+    owned_run,
+    read_jsonl,
+    write_json_atomic,
+)
 from at_probe.stats import bootstrap_mean
-from at_probe.xsum import is_heldout, load_records
+from at_probe.xsum import is_heldout, load_records, repair_note, text_repair_manifest
 
 
 def document_cells(model: Any, record: dict[str, Any], regions: int, band: int) -> dict[str, Any]:
@@ -80,46 +87,66 @@ def failures(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="attribution_agreement.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--xsum", type=Path, required=True, help="an XSum release file (.json or .json.gz)")
-    p.add_argument("--docs", type=int, default=8, help="first N held-out documents (default 8)")
-    p.add_argument("--regions", type=int, default=8, help="document regions (default 8)")
-    p.add_argument("--band", type=int, default=None, help="layers per band (default: a third of the model)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--xsum", type=existing_file, required=True,
+                   help="an XSum release file (.json or .json.gz)")
+    p.add_argument("--docs", type=positive_int, default=8, help="first N held-out documents (default 8)")
+    p.add_argument("--regions", type=positive_int, default=8, help="document regions (default 8)")
+    p.add_argument("--fix-text", action="store_true",
+                   help="repair the release's mojibake (ftfy) in documents and references "
+                        "(recorded; off by default)")
+    p.add_argument("--band", type=positive_int, default=None,
+                   help="layers per band, at most the model's layers (default: a third of them)")
+    p.add_argument("--device", type=torch_device, default=None)
+    p.add_argument("--out", type=output_dir, required=True)
     args = p.parse_args(argv)
     try:
-        if args.docs < 1 or args.regions < 1 or (args.band is not None and args.band < 1):
-            raise ValueError("--docs, --regions and --band must be >= 1")
-        records = [r for r in load_records(args.xsum) if is_heldout(r["id"])][: args.docs]
+        release = load_records(args.xsum, fix_text=args.fix_text)
+        records = [r for r in release if is_heldout(r["id"])][: args.docs]
+        if args.fix_text:
+            print(repair_note(release, records))
         model = load_model(args.model, device=args.device)
-        band = args.band or -(-int(model.cfg.n_layers) // 3)
-        ensure_manifest(args.out, {"model": args.model, "xsum": args.xsum.name,
-                                   "xsum_sha256": file_sha256(args.xsum), "regions": args.regions,
-                                   "band": band, "at_probe_version": at_probe.__version__})
+        n_layers = int(model.cfg.n_layers)
+        if args.band is not None and args.band > n_layers:
+            raise ValueError(f"argument --band: bands of {args.band} layers, but {args.model} has "
+                             f"{n_layers} layers")
+        band = args.band or -(-n_layers // 3)
+        manifest = {"model": args.model, "xsum": args.xsum.name, "xsum_sha256": file_sha256(args.xsum),
+                    "regions": args.regions, "band": band, "at_probe_version": at_probe.__version__,
+                    **text_repair_manifest(args.fix_text)}
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"attribution_agreement.py: error: {err}", file=sys.stderr)
         return 2
-    path = args.out / "docs.jsonl"
-    done = {r["doc_id"]: r for r in read_jsonl(path, repair=True)}
-    started = time.time()
-    with open(path, "a", encoding="utf-8") as fh:
-        for record in tqdm([r for r in records if str(r["id"]) not in done], desc="documents", unit="doc"):
-            row = document_cells(model, record, args.regions, band)
-            append_jsonl(fh, [row])
-            done[row["doc_id"]] = row
-    rows = [done[str(r["id"])] for r in records]
-    frame = pd.DataFrame([{"doc_id": r["doc_id"], **c} for r in rows for c in r["cells"]])
-    rho = np.array([r["spearman"] for r in rows])
-    result = {"documents": len(rows), "band": band, "regions": args.regions,
-              "spearman_per_document": {r["doc_id"]: r["spearman"] for r in rows},
-              "spearman_mean": bootstrap_mean(rho).to_dict(), "spearman_median": float(np.median(rho)),
-              "cells_worst_first": failures(frame), "seconds": round(time.time() - started, 1)}
-    (args.out / "agreement.json").write_text(json.dumps(result, indent=1))
     from at_probe.plotting import attribution_agreement, save_figure
 
-    save_figure(attribution_agreement(frame), args.out, "attribution_agreement", frame)
+    try:
+        with owned_run(args.out):  # one driver; the manifest checked before docs.jsonl is repaired
+            ensure_manifest(args.out, manifest)
+            path = args.out / "docs.jsonl"
+            done = {r["doc_id"]: r for r in read_jsonl(path, repair=True)}
+            started = time.time()
+            with open(path, "a", encoding="utf-8") as fh:
+                todo = [r for r in records if str(r["id"]) not in done]
+                for record in tqdm(todo, desc="documents", unit="doc"):
+                    row = document_cells(model, record, args.regions, band)
+                    append_jsonl(fh, [row])
+                    done[row["doc_id"]] = row
+            rows = [done[str(r["id"])] for r in records]
+            frame = pd.DataFrame([{"doc_id": r["doc_id"], **c} for r in rows for c in r["cells"]])
+            rho = np.array([r["spearman"] for r in rows])
+            result = {"documents": len(rows), "band": band, "regions": args.regions,
+                      "spearman_per_document": {r["doc_id"]: r["spearman"] for r in rows},
+                      # a document whose ranking is constant has no Spearman (NaN): left out, counted
+                      "spearman_mean": bootstrap_mean(rho, missing="drop").to_dict(),
+                      "spearman_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
+                      "cells_worst_first": failures(frame), "seconds": round(time.time() - started, 1)}
+            write_json_atomic(args.out / "agreement.json", result)
+            save_figure(attribution_agreement(frame), args.out, "attribution_agreement", frame)
+    except (ValueError, OSError) as err:  # another driver or run in --out
+        print(f"attribution_agreement.py: error: {err}", file=sys.stderr)
+        return 2
     m = result["spearman_mean"]
     print(f"Spearman(estimate, exact) over {len(rows)} documents: mean {m['mean']:+.2f} "
           f"[{m['ci95'][0]:+.2f}, {m['ci95'][1]:+.2f}], median {result['spearman_median']:+.2f}")

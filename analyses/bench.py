@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import statistics
 import subprocess
@@ -46,10 +45,19 @@ from typing import Any, Callable
 import torch
 
 from at_probe.calibration import PositionBias, PositionCalibration
+from at_probe.cliargs import (
+    ArgumentParser,
+    existing_file,
+    nonnegative_int,
+    output_file,
+    positive_int,
+    torch_device,
+)
 from at_probe.emphasis import EmphasisSteering
 from at_probe.loading import DEFAULT_MODEL, load_model, random_llama
 from at_probe.probe import FlowProbe
 from at_probe.prompts import Prompt
+from at_probe.runfiles import write_json_atomic
 from at_probe.temperature import AttentionTemperature
 from at_probe.transition import PaperTransition, SRATransition
 from at_probe.xsum import bucket_file, load_records
@@ -308,6 +316,7 @@ def write_profile(fn: Callable[[], Any], path: Path, top: int = 40) -> None:
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(buf.getvalue())
 
 
@@ -319,28 +328,47 @@ def build_model(name: str, device: str | None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="bench.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--device", default=None)
-    p.add_argument("--tokens", type=int, default=1900)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--xsum", type=Path, default=DEFAULT_XSUM)
-    p.add_argument("--decode-steps", type=int, default=16,
+    p.add_argument("--device", type=torch_device, default=None)
+    p.add_argument("--tokens", type=positive_int, default=1900,
+                   help="prompt tokens, at most the model's context (default 1900)")
+    p.add_argument("--repeats", type=positive_int, default=7)
+    p.add_argument("--xsum", type=existing_file, default=DEFAULT_XSUM,
+                   help="XSum release file for the document (default: the 1900 bucket, if present; else the "
+                        "sample document repeated)")
+    p.add_argument("--decode-steps", type=nonnegative_int, default=16,
                    help="KV-cache decode steps timed per generate call (0: skip the decode comparison)")
     p.add_argument("--decode-only", action="store_true", help="run the decode-step comparison alone")
     p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--throughput-docs", type=int, default=16,
+    p.add_argument("--throughput-docs", type=nonnegative_int, default=16,
                    help="held-out 800-bucket documents for the batch-8 vs batch-1 throughput (0 skips)")
-    p.add_argument("--generation-batch", type=int, default=8,
+    p.add_argument("--generation-batch", type=nonnegative_int, default=8,
                    help="held-out 800-bucket documents in the bridge vs HF generation batch (0 skips)")
-    p.add_argument("--profile", type=Path, default=None, help="write a cProfile of bridge generation here")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--profile", type=output_file, default=None,
+                   help="write a cProfile of bridge generation here")
+    p.add_argument("--json", type=output_file, default=None)
     args = p.parse_args(argv)
-    if args.decode_steps < 0 or (args.decode_only and args.decode_steps < 1):
-        p.error("--decode-steps must be >= 0, and >= 1 with --decode-only")
+    given = p.given(argv)
+    if args.decode_only:
+        if args.decode_steps < 1:
+            p.error("argument --decode-steps: must be >= 1 with --decode-only")
+        p.refuse(given, ("--skip-memory", "--throughput-docs", "--generation-batch", "--profile"),
+                 "is not used with --decode-only")
+    if args.generation_batch == 0:
+        p.refuse(given, ("--profile",), "profiles the generation, which --generation-batch 0 skips")
 
     torch.manual_seed(0)
-    model = build_model(args.model, args.device)
+    try:
+        model = build_model(args.model, args.device)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"bench.py: error: {err}", file=sys.stderr)
+        return 2
+    if args.tokens > int(model.cfg.n_ctx):
+        print(f"bench.py: error: argument --tokens: {args.tokens} tokens, but {args.model}'s context is "
+              f"{model.cfg.n_ctx}", file=sys.stderr)
+        return 2
     device = torch.device(model.cfg.device)
     tokens, source = document_tokens(model, args.tokens, args.xsum)
     print(f"model {args.model} on {device}, {tokens.shape[1]} tokens from {source}")
@@ -433,7 +461,8 @@ def decode_comparison(model: Any, tokens: torch.Tensor, paper: Any, sra: Any, la
 
 def finish(results: dict[str, Any], path: Path | None) -> int:
     if path:
-        path.write_text(json.dumps(results, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, results)
     return 0
 
 

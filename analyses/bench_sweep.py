@@ -14,11 +14,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from at_probe.cliargs import ArgumentParser, existing_dir, int_at_least, output_dir, output_file, positive_int
+from at_probe.runfiles import owned_run, write_json_atomic
 from at_probe.sweep import FunctionWorker, RecordSink, Unit, plan_units, run_units
 from at_probe.xsum import SummaryWorkerFactory, bucket_file, is_heldout, load_records, parse_settings
 
@@ -36,27 +38,34 @@ class EchoFactory:
 
 def timed_sweep(units: list[Unit], factory: Any, workers: int, out: Path) -> dict[str, float]:
     """Wall seconds of one sweep, and of its units after the first one was written."""
-    sink = RecordSink(out)
-    first: list[float] = []
-    t0 = time.perf_counter()
-    run_units(units, factory, sink.write, workers=workers,
-              progress=lambda unit: first.append(time.perf_counter()) if not first else None)
-    end = time.perf_counter()
+    with owned_run(out.parent):  # the scratch folder's records are this process's alone
+        sink = RecordSink(out)
+        first: list[float] = []
+        t0 = time.perf_counter()
+        run_units(units, factory, sink.write, workers=workers,
+                  progress=lambda unit: first.append(time.perf_counter()) if not first else None)
+        end = time.perf_counter()
     return {"seconds": end - t0, "after_first_unit_seconds": end - first[0], "records": len(sink.records)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="bench_sweep.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "xsum-at-release")
-    p.add_argument("--docs", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--echo-units", type=int, default=200)
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--scratch", type=Path, default=Path("/tmp/at_probe_bench_sweep"))
+    p.add_argument("--data", type=existing_dir, default=REPO.parent / "shared" / "data" / "xsum-at-release")
+    p.add_argument("--docs", type=positive_int, default=8)
+    p.add_argument("--workers", type=int_at_least(2), default=2, help="actors compared with 1 (default 2)")
+    p.add_argument("--echo-units", type=int_at_least(2), default=200,
+                   help="empty units timed after the first one (default 200)")
+    p.add_argument("--json", type=output_file, default=None)
+    p.add_argument("--scratch", type=output_dir, default=Path("/tmp/at_probe_bench_sweep"))
     args = p.parse_args(argv)
 
-    docs = [d for d in load_records(bucket_file(args.data, "800")) if is_heldout(d["id"])][: args.docs]
+    try:
+        docs = [d for d in load_records(bucket_file(args.data, "800")) if is_heldout(d["id"])][: args.docs]
+    except (FileNotFoundError, ValueError) as err:
+        print(f"bench_sweep.py: error: argument --data: {err}", file=sys.stderr)
+        return 2
     settings = ";".join(parse_settings(SETTINGS))
     units = plan_units(settings.split(";"), docs, 2)
     factory = SummaryWorkerFactory(args.model, "cpu", settings, max_new_tokens=20)
@@ -84,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Ray adds {per_unit * 1000:.1f} ms per unit ({args.echo_units} empty units, one actor, "
           f"after the first; the records are written and fsynced by the driver in both)")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.json, results)
     return 0
 
 

@@ -15,15 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from at_probe.cliargs import ArgumentParser, existing_dir
 from at_probe.plotting import redraw
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1] / "figures")
+    p = ArgumentParser(prog="figures.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=existing_dir, default=Path(__file__).resolve().parents[1] / "figures")
     args = p.parse_args(argv)
-    if not args.root.is_dir():
-        print(f"figures.py: error: no such directory: {args.root}", file=sys.stderr)
+    if not args.root.is_dir():  # the default (an explicit --root is checked by its type)
+        print(f"figures.py: error: argument --root: no such directory: {args.root}", file=sys.stderr)
         return 2
     written = [path for folder in sorted({c.parent for c in args.root.rglob("*.csv")}) for path in redraw(folder)]
     for path in written:

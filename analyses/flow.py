@@ -20,7 +20,8 @@ differentiates one block at a time (``at_probe.attribution``).
 Corpus mode (``--xsum FILE --docs N``) runs every condition on N documents, one unit of work
 per document (``at_probe.sweep``: resumable ``docs.jsonl``; ``--workers`` / ``--ray-address``
 spread the documents over Ray actors), then reports means and paired differences with
-bootstrap intervals.
+bootstrap intervals. ``--fix-text`` repairs the mojibake of ``--xsum``'s release (ftfy) in
+documents and references and prints how many documents it changed (recorded in the manifest).
 
 With ``--selection RUN/selection.json`` (of ``alternatives_select.py``), corpus mode runs the
 alternatives that selection chose instead of the transition: emphasis, calibration and
@@ -32,6 +33,7 @@ Usage:
     python analyses/flow.py --model tiny --knockout 0    # the embedded tiny model, no knockout (seconds)
     python analyses/flow.py --model huggyllama/llama-7b --text doc.txt --transition both --out out/llama
     python analyses/flow.py --xsum ../shared/data/xsum-at-release/token_800_evaluation.json.gz --docs 20 --workers 2
+    python analyses/flow.py --report-only --out figures/flow-smollm2/800-causal   # the report again, no model
 """
 
 from __future__ import annotations
@@ -50,81 +52,136 @@ from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.attribution import attribution_sweep
+from at_probe.cliargs import (
+    ArgumentParser,
+    UsageError,
+    existing_file,
+    nonnegative_float,
+    nonnegative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+    torch_device,
+)
 from at_probe.knockout import KnockoutResult, knockout_sweep
-from at_probe.loading import DEFAULT_MODEL, SAMPLE_DOCUMENT, load_model
+from at_probe.loading import DEFAULT_MODEL, SAMPLE_DOCUMENT, load_model, model_shape
 from at_probe.probe import FlowResult, probe_pass
 from at_probe.prompts import Prompt, build_prompt, continuation_ids
-from at_probe.runfiles import ensure_manifest, file_sha256
+from at_probe.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run, write_json_atomic
+from at_probe.selection import read_selection
 from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
-from at_probe.xsum import SettingError, is_heldout, load_records, parse_setting, setting_roles
+from at_probe.xsum import (
+    check_settings,
+    is_heldout,
+    load_records,
+    parse_setting,
+    repair_note,
+    setting_roles,
+    text_repair_manifest,
+)
 
 SAMPLE_SUMMARY = SAMPLE_DOCUMENT.with_name("sample_summary.txt")
-
-
-class UsageError(Exception):
-    """A problem with the command line or the input files (exit code 2, one line)."""
+PAPER_FLAGS = ("--alpha", "--beta", "--k", "--no-placebo", "--seed")
+SRA_FLAGS = ("--sra-begin-length", "--sra-threshold-len", "--sra-elimi-inter", "--sra-elimi-outer",
+             "--sra-strengthen-inter", "--sra-strengthen-outer")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="flow.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--text", type=Path, help="a UTF-8 text file with the document")
-    src.add_argument("--xsum", type=Path, help="an XSum release file (.json or .json.gz)")
-    p.add_argument("--index", type=int, default=0, help="record index in --xsum (default 0)")
-    p.add_argument("--docs", type=int, default=None, metavar="N",
+    src.add_argument("--text", type=existing_file, help="a UTF-8 text file with the document")
+    src.add_argument("--xsum", type=existing_file, help="an XSum release file (.json or .json.gz)")
+    p.add_argument("--index", type=nonnegative_int, default=0, help="record index in --xsum (default 0)")
+    p.add_argument("--fix-text", action="store_true",
+                   help="repair the mojibake of --xsum's release (ftfy) in documents and references "
+                        "(recorded; off by default)")
+    p.add_argument("--docs", type=positive_int, default=None, metavar="N",
                    help="corpus mode: the first N documents of --xsum's split, means and paired differences "
                         "with bootstrap intervals (resumable; no knockout)")
     p.add_argument("--split", choices=("heldout", "all"), default="heldout",
                    help="corpus mode: held-out documents (int(id) %% 4 == 0, default) or all")
-    p.add_argument("--regions", type=int, default=8, help="document regions (default 8)")
+    p.add_argument("--report-only", action="store_true",
+                   help="corpus mode: rewrite the report (corpus_summary.csv, figures, corpus.json) of the "
+                        "run in --out from its docs.jsonl and manifest, without a model; takes no other flag")
+    p.add_argument("--regions", type=positive_int, default=8, help="document regions (default 8)")
     p.add_argument("--transition", choices=("none", "paper", "sra", "both"), default="paper")
-    p.add_argument("--selection", type=Path, default=None, metavar="SELECTION",
+    p.add_argument("--selection", type=existing_file, default=None, metavar="SELECTION",
                    help="corpus mode: instead of --transition, the baseline and the settings an "
                         "alternatives_select.py selection.json chose (emphasis, calibration, temperature and "
-                        "their placebos)")
-    p.add_argument("--alpha", type=float, default=1.0, help="paper: threshold factor (default 1.0)")
-    p.add_argument("--beta", type=float, default=0.5, help="paper: share of freed mass moved (default 0.5)")
-    p.add_argument("--k", type=int, default=2, help="paper: intervals per layer (default 2)")
+                        "their placebos; the selection must be made for --model and --xsum's file)")
+    p.add_argument("--alpha", type=positive_float, default=1.0, help="paper: threshold factor (default 1.0)")
+    p.add_argument("--beta", type=nonnegative_float, default=0.5,
+                   help="paper: share of freed mass moved (default 0.5)")
+    p.add_argument("--k", type=positive_int, default=2, help="paper: intervals per layer (default 2)")
     p.add_argument("--no-placebo", action="store_true", help="skip the placebo control of the paper version")
-    p.add_argument("--sra-begin-length", type=int, default=100)
-    p.add_argument("--sra-threshold-len", type=int, default=200)
-    p.add_argument("--sra-elimi-inter", type=float, default=0.5)
-    p.add_argument("--sra-elimi-outer", type=float, default=0.3)
-    p.add_argument("--sra-strengthen-inter", type=float, default=4.0)
-    p.add_argument("--sra-strengthen-outer", type=float, default=4.0)
-    p.add_argument("--knockout", type=int, default=None, metavar="BAND",
-                   help="knock out each region in bands of BAND layers (default: three bands; 0 disables)")
+    p.add_argument("--sra-begin-length", type=nonnegative_int, default=100)
+    p.add_argument("--sra-threshold-len", type=nonnegative_int, default=200)
+    p.add_argument("--sra-elimi-inter", type=positive_float, default=0.5)
+    p.add_argument("--sra-elimi-outer", type=positive_float, default=0.3)
+    p.add_argument("--sra-strengthen-inter", type=nonnegative_float, default=4.0)
+    p.add_argument("--sra-strengthen-outer", type=nonnegative_float, default=4.0)
+    p.add_argument("--knockout", type=nonnegative_int, default=None, metavar="BAND",
+                   help="knock out each region in bands of BAND layers, at most the model's layers "
+                        "(default: three bands; 0 disables)")
     p.add_argument("--attribution", action="store_true",
                    help="also estimate every knockout's change of the reference NLL from one forward and one "
                         "backward pass (attribution patching), in the same bands; compared with exact knockout")
     p.add_argument("--rollout", action="store_true",
                    help="also compute attention rollout (keeps [layer, T, T] head-averaged maps)")
-    p.add_argument("--max-tokens", type=int, default=None,
+    p.add_argument("--max-tokens", type=positive_int, default=None,
                    help="truncate the prompt to this many tokens (default: the model's context)")
-    p.add_argument("--out", type=Path, default=Path("out/flow"))
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0, help="placebo seed (default 0)")
+    p.add_argument("--out", type=output_dir, default=Path("out/flow"))
+    p.add_argument("--device", type=torch_device, default=None)
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="placebo seed (default 0)")
     add_sweep_arguments(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_flags(p, args, p.given(argv))
+    return args
+
+
+def check_flags(p: ArgumentParser, args: argparse.Namespace, given: frozenset[str]) -> None:
+    """Refuse (exit 2, naming the flag) a flag that the other flags would silently ignore."""
+    if args.report_only:  # the run's manifest holds its configuration
+        p.refuse(given, sorted(given - {"--report-only", "--out"}), "is not used with --report-only")
+    if args.xsum is None or args.docs is not None:
+        p.refuse(given, ("--index",), "picks one record of --xsum: give --xsum FILE without --docs")
+    if args.xsum is None:
+        p.refuse(given, ("--fix-text",), "repairs the text of an XSum release: add --xsum FILE")
+    if args.docs is None:
+        p.refuse(given, ("--split",), "chooses the documents of corpus mode: add --xsum FILE --docs N")
+    else:
+        p.refuse(given, ("--rollout",), "runs in single-document mode only: drop --docs")
+    if args.no_placebo:
+        p.refuse(given, ("--seed",), "seeds the placebo, which --no-placebo skips")
+    if args.selection is not None:
+        p.refuse(given, ("--transition", *PAPER_FLAGS, *SRA_FLAGS),
+                 "sets up a transition; with --selection the selection's settings run instead")
+    else:
+        unused = f"is not used with --transition {args.transition}"
+        if args.transition not in ("paper", "both"):
+            p.refuse(given, PAPER_FLAGS, f"sets up the paper version, which {unused}")
+        if args.transition not in ("sra", "both"):
+            p.refuse(given, SRA_FLAGS, f"sets up the SRA version, which {unused}")
 
 
 def read_document(args: argparse.Namespace) -> tuple[str, str | None, str]:
     """(document, reference summary or None, description)."""
     if args.text is not None:
-        if not args.text.is_file():
-            raise UsageError(f"no such text file: {args.text}")
         return args.text.read_text(encoding="utf-8"), None, str(args.text)
     if args.xsum is not None:
         try:
-            records = load_records(args.xsum)
+            records = load_records(args.xsum, fix_text=args.fix_text)
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from None
         if not 0 <= args.index < len(records):
             raise UsageError(f"--index {args.index} is outside 0..{len(records) - 1} for {args.xsum}")
         rec = records[args.index]
+        if args.fix_text:
+            print(repair_note(records, [rec]))
         return rec["document"], rec.get("summary"), f"{args.xsum}#{args.index} (id {rec['id']})"
     return SAMPLE_DOCUMENT.read_text(), SAMPLE_SUMMARY.read_text().strip(), "built-in sample document"
 
@@ -137,7 +194,8 @@ def make_prompt(model: Any, document: str, reference: str | None,
     try:
         prompt = build_prompt(model.tokenizer, document, max_tokens=limit)
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        flag = "argument --max-tokens: " if max_tokens == limit else ""
+        raise UsageError(f"{flag}{err}") from None
     if prompt.dropped:
         print(f"notice: the document was truncated by {prompt.dropped} tokens so the prompt fits in {limit} "
               f"tokens (model context {model.cfg.n_ctx}; instruction, template and reference kept)")
@@ -145,21 +203,18 @@ def make_prompt(model: Any, document: str, reference: str | None,
     return prompt, ref_tokens
 
 
-def selection_conditions(path: Path, model: str) -> dict[str, Any]:
+def selection_conditions(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     """Condition name -> intervention from an alternatives selection: ``baseline`` and each
-    role's setting (``emphasis``, ``emphasis_placebo``, ``calibration``, ...), each setting once."""
-    try:
-        selection = json.loads(path.read_text())
-        roles, profiles = setting_roles(selection), selection.get("profiles")
-    except (OSError, json.JSONDecodeError, KeyError, SettingError) as err:
-        raise UsageError(f"{path} is not the selection.json of a development sweep: {err!r}") from None
+    role's setting (``emphasis``, ``emphasis_placebo``, ``calibration``, ...), each setting once.
+
+    Raises:
+        UsageError: not an alternatives selection, or one made for another value of a key of
+            ``expected`` (``at_probe.selection.read_selection``).
+    """
+    selection = read_selection(path, expected)
     if "selected" not in selection:
         raise UsageError(f"{path} selects transitions: use --transition and --alpha/--beta/--k for those")
-    manifest_path = path.parent / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if manifest.get("split") != "development" or manifest.get("model") != model:
-        raise UsageError(f"{path} was not chosen on development documents for --model {model} "
-                         f"(its manifest: split {manifest.get('split')!r}, model {manifest.get('model')!r})")
+    roles, profiles = setting_roles(selection), selection.get("profiles")
     first_roles = {name: role for role, name in reversed(roles.items())}  # a setting in two roles runs once
     return {role.removesuffix("_selected"): parse_setting(name, profiles)[1]
             for role, name in roles.items() if first_roles[name] == role}
@@ -167,8 +222,9 @@ def selection_conditions(path: Path, model: str) -> dict[str, Any]:
 
 def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
     """Condition name -> intervention (None for the baseline)."""
-    if args.selection is not None:
-        return selection_conditions(args.selection, args.model)
+    if args.selection is not None:  # chosen for this model on development documents of this file
+        expected = {"model": args.model, "data_sha256": file_sha256(args.xsum), "fix_text": args.fix_text}
+        return selection_conditions(args.selection, expected)
     conds: dict[str, Any] = {"baseline": None}
     if args.transition in ("paper", "both"):
         conds["paper"] = PaperTransition(alpha=args.alpha, beta=args.beta, intervals_per_layer=args.k)
@@ -260,8 +316,6 @@ def corpus_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The first ``--docs`` records of ``--xsum``'s split."""
     if args.xsum is None:
         raise UsageError("--docs needs --xsum FILE")
-    if args.docs < 1:
-        raise UsageError("--docs must be >= 1")
     if args.knockout:
         raise UsageError("corpus mode runs no knockout (one pass per region and band per document); "
                          "drop --knockout or use --index for one document")
@@ -271,54 +325,68 @@ def corpus_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.selection is not None and args.attribution:
         raise UsageError("--attribution (the causal map) runs for the transitions only: drop it with --selection")
     try:
-        records = load_records(args.xsum)
+        release = records = load_records(args.xsum, fix_text=args.fix_text)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from None
     if args.split == "heldout":
         records = [r for r in records if is_heldout(r["id"])]
     if len(records) < args.docs:
         print(f"notice: {args.xsum} has {len(records)} {args.split} documents, fewer than --docs {args.docs}")
+    if args.fix_text:
+        print(repair_note(release, records[: args.docs]))
     return records[: args.docs]
 
 
 def attribution_band(args: argparse.Namespace, model_name: str) -> int:
     """Layers per band of the corpus causal map: a third of the model's layers (as the
     single-document default), read from its config without loading the weights."""
-    from transformers import AutoConfig
-
-    from at_probe.loading import resolve_source
-
-    n_layers = int(AutoConfig.from_pretrained(resolve_source(model_name)).num_hidden_layers)
-    return -(-n_layers // 3)
+    return -(-model_shape(model_name).n_layers // 3)
 
 
 def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[dict[str, Any]],
                options: dict[str, Any]) -> int:
     """Corpus mode: per-document measures appended to ``docs.jsonl`` (resumable), then means,
     paired differences with intervals, figures and the headline contrasts."""
-    import pandas as pd
-
     from at_probe import corpus
-    from at_probe.plotting import PLOTS, save_figure
 
     started = time.time()
     manifest = {"model": args.model, "xsum": args.xsum.name, "xsum_sha256": file_sha256(args.xsum),
                 "split": args.split, "regions": args.regions, "max_tokens": args.max_tokens,
                 "conditions": {name: repr(tr) for name, tr in conditions.items()},
-                "attribution": bool(args.attribution), "at_probe_version": at_probe.__version__}
-    sink = RecordSink(args.out / "docs.jsonl", key=lambda r: (r["doc_id"], ""))
-    units = sink.pending(plan_units([""], docs, 1))
-    print(f"{len(docs)} documents x {len(conditions)} conditions: {len(docs) - len(units)} done, {len(units)} to go")
+                "attribution": bool(args.attribution), "at_probe_version": at_probe.__version__,
+                **text_repair_manifest(args.fix_text),
+                **({"selection": str(args.selection), "selection_sha256": file_sha256(args.selection)}
+                   if args.selection is not None else {})}
     band = attribution_band(args, args.model) if args.attribution else 0
-    factory = corpus.FlowWorkerFactory(args.model, args.device, conditions, args.regions, args.max_tokens, band)
-    with tqdm(total=len(units), desc="documents", unit="doc") as bar:
-        try:
+    # one driver; the manifest checked before docs.jsonl is repaired (errors: main's exit 2)
+    with owned_run(args.out):
+        check_manifest(args.out, manifest)
+        sink = RecordSink(args.out / "docs.jsonl", key=lambda r: (r["doc_id"], ""))
+        units = sink.pending(plan_units([""], docs, 1))
+        print(f"{len(docs)} documents x {len(conditions)} conditions: {len(docs) - len(units)} done, "
+              f"{len(units)} to go")
+        factory = corpus.FlowWorkerFactory(args.model, args.device, conditions, args.regions, args.max_tokens,
+                                           band)
+        with tqdm(total=len(units), desc="documents", unit="doc") as bar:
             run_units(units, factory, sink.write, start=lambda described: ensure_manifest(args.out, {
-                **manifest, "prompt_style": described["prompt_style"]}), progress=lambda unit: bar.update(), **options)
-        except (ValueError, OSError) as err:  # another run in --out, a document that cannot be prompted
-            print(f"flow.py: error: {err}", file=sys.stderr)
-            return 2
-    done = {r["doc_id"]: r for r in sink.records}
+                **manifest, "prompt_style": described["prompt_style"]}), progress=lambda unit: bar.update(),
+                **options)
+        report_corpus(args, conditions, docs, sink.records, started)
+    return 0
+
+
+def report_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[dict[str, Any]],
+                  records: list[dict[str, Any]], started: float, seconds: float | None = None) -> None:
+    """Corpus mode's outputs from the per-document records: means, paired differences with
+    intervals, figures, ``corpus.json`` and the headline contrasts (with ``--attribution``, also
+    the causal map's: ``causal_map``). ``seconds``: the run's time to record instead of this
+    call's (``--report-only`` keeps the run's)."""
+    import pandas as pd
+
+    from at_probe import corpus
+    from at_probe.plotting import PLOTS, save_figure
+
+    done = {r["doc_id"]: r for r in records}
     cut = [d for d, r in done.items() if r.get("dropped_tokens")]
     if cut:
         print(f"notice: {len(cut)} documents were truncated to fit the prompt limit "
@@ -341,34 +409,69 @@ def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[
     contrasts += [(re.sub(r"(_span)?_placebo$", "", c), c) for c in names if c.endswith("_placebo")]
     headline = [corpus.paired_contrast(frame, f"{corpus.EARLY_DEEP}:{m}", a, b)
                 for m in corpus.PROFILES for a, b in contrasts]
+    manifest = json.loads((args.out / "manifest.json").read_text())
+    n_layers = model_shape(manifest["model"]).n_layers
+    causal = corpus.early_document_attribution(frame, contrasts, n_layers=n_layers)
     words = corpus.plain_words(summary)
-    (args.out / "corpus.json").write_text(json.dumps({
-        "manifest": json.loads((args.out / "manifest.json").read_text()), "documents": sorted(wanted & set(done)),
-        "headline": headline,
-        "findings": words, "seconds": round(time.time() - started, 1)}, indent=1))
+    write_json_atomic(args.out / "corpus.json", {
+        "manifest": manifest, "documents": sorted(wanted & set(done)),
+        "headline": headline, **({"causal_map": causal} if causal else {}),
+        "findings": words, "seconds": round(time.time() - started if seconds is None else seconds, 1)})
     print("Final-token mass on the first half of the document, deep layers (paired, 95% CI):")
     for h in headline:
         print(f"  {h['measure'].split(':')[1]:<26} {h['contrast']:<20} {corpus.interval_words(h)}")
+    if causal:
+        print(f"Causal map: estimated change of the reference NLL (nats/token) if {causal['regions'][0]} .. "
+              f"{causal['regions'][-1]} were knocked out, summed over those regions (paired, 95% CI):")
+        for band in causal["bands"]:
+            layers = "layers {}-{}".format(*band["layers"])
+            for name, est in [*band["means"].items(), *((e["contrast"], e) for e in band["contrasts"])]:
+                print(f"  {layers:<14} {name:<20} {corpus.interval_words(est)}")
     print("\n".join(words))
     print(f"wrote {args.out}/corpus.json, corpus_summary.csv and figures ({time.time() - started:.0f} s)")
+
+
+def report_only(args: argparse.Namespace) -> int:
+    """``--report-only``: the corpus run in ``--out`` reported again from its files (every
+    document of ``docs.jsonl``, the conditions of ``manifest.json``), no model loaded, so that
+    numbers added to the report later come from the committed per-document measures. The run's
+    recorded time (``seconds`` of its ``corpus.json``) is kept."""
+    started = time.time()
+    if not ((args.out / "manifest.json").is_file() and (args.out / "docs.jsonl").is_file()):
+        print(f"flow.py: error: argument --out: {args.out} holds no corpus run (manifest.json and "
+              "docs.jsonl)", file=sys.stderr)
+        return 2
+    try:
+        with owned_run(args.out):  # no driver may append to docs.jsonl meanwhile
+            manifest = json.loads((args.out / "manifest.json").read_text())
+            records = RecordSink(args.out / "docs.jsonl", key=lambda r: (r["doc_id"], "")).records
+            previous = args.out / "corpus.json"
+            seconds = json.loads(previous.read_text()).get("seconds") if previous.is_file() else None
+            report_corpus(args, dict.fromkeys(manifest["conditions"]), [{"id": r["doc_id"]} for r in records],
+                          records, started, seconds)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"flow.py: error: argument --out: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        return report_only(args)
     try:
-        if args.regions < 1:
-            raise UsageError("--regions must be >= 1")
         if args.selection is not None and args.docs is None:
             raise UsageError("--selection runs in corpus mode: add --xsum FILE --docs N")
         docs = corpus_documents(args) if args.docs is not None else None
         document, reference, source = read_document(args) if docs is None else ("", None, "")
         conditions = build_conditions(args)
+        check_settings(conditions, model_shape(args.model))  # a bad --model or setting: nothing written
         options = sweep_options(args)
         if docs is not None:  # corpus mode: the model is loaded by the sweep's worker(s)
             return run_corpus(args, conditions, docs, options)
-        if options["workers"] or options["ray_address"]:
-            raise UsageError("--workers and --ray-address spread corpus mode (--docs) only")
+        if options["workers"] or options["ray_address"] or args.gpus_per_worker is not None:
+            raise UsageError("--workers, --ray-address and --gpus-per-worker spread corpus mode (--docs) "
+                             "only")
         model = load_model(args.model, device=args.device)
     except (UsageError, FileNotFoundError, ValueError, OSError) as err:
         print(f"flow.py: error: {err}", file=sys.stderr)
@@ -386,10 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{source}: {t} prompt tokens ({prompt.style} prompt, {doc_tokens} document tokens), "
           f"{len(conditions)} conditions, model {args.model}")
     if doc_tokens < args.regions:
-        print(f"flow.py: error: {doc_tokens} document tokens are too few for {args.regions} regions",
-              file=sys.stderr)
+        print(f"flow.py: error: argument --regions: {doc_tokens} document tokens are too few for "
+              f"{args.regions} regions", file=sys.stderr)
         return 2
     n_layers = int(model.cfg.n_layers)
+    if args.knockout is not None and args.knockout > n_layers:
+        print(f"flow.py: error: argument --knockout: bands of {args.knockout} layers, but {args.model} has "
+              f"{n_layers} layers", file=sys.stderr)
+        return 2
     band = -(-n_layers // 3) if args.knockout is None else args.knockout
     if args.attribution and ref_tokens is None:
         print("flow.py: error: --attribution needs a reference summary (--xsum, or the built-in sample)",
@@ -406,7 +513,6 @@ def main(argv: list[str] | None = None) -> int:
             knock[name] = knockout_sweep(model, prompt.tensor(model.cfg.device), **causal)
         if args.attribution:
             estimates[name] = attribution_sweep(model, prompt.tensor(model.cfg.device), **causal)
-    args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "versions": {"at_probe": at_probe.__version__, "torch": torch.__version__,
@@ -430,12 +536,17 @@ def main(argv: list[str] | None = None) -> int:
         },
         "seconds": round(time.time() - started, 1),
     }
-    (args.out / "flow.json").write_text(json.dumps(record, indent=1, default=str))
-    (args.out / "args.json").write_text(json.dumps({"argv": sys.argv[1:] if argv is None else argv,
-                                                    **record["args"], **record["versions"]}, indent=1))
-    causal_maps = {**knock, **{f"{name} (linear estimate)": est for name, est in estimates.items()}}
-    for name, frame in tidy_frames(results, causal_maps).items():
-        save_figure(PLOTS[name](frame), args.out, name, frame)
+    try:
+        with owned_run(args.out):  # one writer: another run's files are never mixed with these
+            write_json_atomic(args.out / "flow.json", record, default=str)
+            write_json_atomic(args.out / "args.json", {"argv": sys.argv[1:] if argv is None else argv,
+                                                       **record["args"], **record["versions"]})
+            causal_maps = {**knock, **{f"{name} (linear estimate)": est for name, est in estimates.items()}}
+            for name, frame in tidy_frames(results, causal_maps).items():
+                save_figure(PLOTS[name](frame), args.out, name, frame)
+    except OSError as err:  # another run writing to --out
+        print(f"flow.py: error: {err}", file=sys.stderr)
+        return 2
     print(summary_table(results, knock))
     for name in estimates:
         rho = record["conditions"][name]["attribution_vs_knockout_spearman"]

@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from at_probe.cliargs import ArgumentParser, existing_file, output_dir
 
 METRICS = ("semantic_similarity", "rougeL", "summary_nll")
 SAME = ("model", "data_sha256", "split", "limit", "max_new_tokens")
@@ -103,9 +104,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("reports", type=Path, nargs="+", help="report.json files of xsum_experiment.py")
-    p.add_argument("--out", type=Path, required=True)
+    p = ArgumentParser(prog="methods_report.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("reports", type=existing_file, nargs="+", help="report.json files of xsum_experiment.py")
+    p.add_argument("--out", type=output_dir, required=True)
     args = p.parse_args(argv)
     try:
         frame = method_rows([json.loads(path.read_text()) for path in args.reports])

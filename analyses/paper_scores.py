@@ -16,25 +16,34 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from at_probe.cliargs import (
+    ArgumentParser,
+    existing_dir,
+    nonnegative_int,
+    output_dir,
+    output_file,
+    positive_int,
+)
 from at_probe.judgements import analyse_bucket, best_setting
+from at_probe.runfiles import write_json_atomic
 from at_probe.xsum import load_records, release_files
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"),
+    p = ArgumentParser(prog="paper_scores.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=existing_dir, default=Path("../shared/data/xsum-at-release"),
                    help="folder with token_<B>_evaluation.json.gz")
-    p.add_argument("--json", type=Path, default=None, help="write every number here")
-    p.add_argument("--figures", type=Path, default=None, help="write the figure (PNG + CSV) here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for intervals")
-    p.add_argument("--repeats", type=int, default=1000, help="repeats of the held-out selection")
+    p.add_argument("--json", type=output_file, default=None, help="write every number here")
+    p.add_argument("--figures", type=output_dir, default=None, help="write the figure (PNG + CSV) here")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples for intervals")
+    p.add_argument("--repeats", type=positive_int, default=1000, help="repeats of the held-out selection")
     return p.parse_args(argv)
 
 
@@ -84,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(result)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     if args.figures is not None:
         from at_probe.plotting import save_figure, setting_gains
 
         frame = figure_frame(result)
         save_figure(setting_gains(frame), args.figures, "setting_gains", frame)
-        (args.figures / "paper_scores.json").write_text(json.dumps(result, indent=1))
+        write_json_atomic(args.figures / "paper_scores.json", result)
         print(f"wrote {args.figures}/setting_gains.png")
     return 0
 

@@ -28,7 +28,17 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from at_probe.cliargs import (  # noqa: E402
+    ArgumentParser,
+    existing_dir,
+    int_at_least,
+    nonnegative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+)
 from at_probe.prompts import INSTRUCTION  # noqa: E402
+from at_probe.runfiles import write_json_atomic  # noqa: E402
 from at_probe.xsum import is_heldout, load_all_documents  # noqa: E402
 
 SPECIALS = ["<s>", "</s>", "<pad>"]
@@ -130,27 +140,38 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/xsum-at-release")
-    p.add_argument("--out", default="at_probe/assets/tiny-xsum")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--d-mlp", type=int, default=704)
-    p.add_argument("--n-layers", type=int, default=8)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--n-kv-heads", type=int, default=2)
-    p.add_argument("--context", type=int, default=4096)
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--attn", default="sdpa", help="attention kernel used for training only")
+    p = ArgumentParser(prog="train_tiny.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=existing_dir, default="../shared/data/xsum-at-release")
+    p.add_argument("--out", type=output_dir, default="at_probe/assets/tiny-xsum")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--vocab", type=int_at_least(len(SPECIALS) + 256), default=8192,
+                   help="BPE vocabulary, at least the 256 bytes and the special tokens")
+    p.add_argument("--d-model", type=positive_int, default=256)
+    p.add_argument("--d-mlp", type=positive_int, default=704)
+    p.add_argument("--n-layers", type=positive_int, default=8)
+    p.add_argument("--n-heads", type=positive_int, default=4, help="query heads; must divide --d-model")
+    p.add_argument("--n-kv-heads", type=positive_int, default=2,
+                   help="key-value heads; must divide --n-heads")
+    p.add_argument("--context", type=positive_int, default=4096)
+    p.add_argument("--seq-len", type=positive_int, default=2048,
+                   help="training sequence length, at most --context")
+    p.add_argument("--batch", type=positive_int, default=4)
+    p.add_argument("--steps", type=positive_int, default=500)
+    p.add_argument("--warmup", type=nonnegative_int, default=30)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--eval-every", type=positive_int, default=100)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa",
+                   help="attention kernel used for training only")
     p.add_argument("--speed-test", action="store_true", help="time 5 steps and exit")
     args = p.parse_args(argv)
+    if args.d_model % args.n_heads:
+        p.error(f"argument --n-heads: {args.n_heads} does not divide --d-model {args.d_model}")
+    if args.n_heads % args.n_kv_heads:
+        p.error(f"argument --n-kv-heads: {args.n_kv_heads} does not divide --n-heads {args.n_heads}")
+    if args.seq_len > args.context:
+        p.error(f"argument --seq-len: {args.seq_len} is longer than --context {args.context}")
 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -238,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "curve": curve,
     }
-    (out / "training.json").write_text(json.dumps(stats, indent=1))
+    write_json_atomic(out / "training.json", stats)
     write_card(out, stats)
     print(json.dumps({k: v for k, v in stats.items() if k != "curve"}, indent=1))
     return 0

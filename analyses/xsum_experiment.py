@@ -9,11 +9,20 @@ Each run directory is a test run of ``xsum_eval.py --selection`` (its manifest m
 baseline and their placebos). Documents
 scored under every setting of their run are used; each comparison is a paired difference per
 document, pooled over the buckets with a bootstrap that resamples documents within their
-bucket (95% interval), and given per bucket too.
+bucket (95% interval), and given per bucket too. A metric that is undefined for some outputs
+(``source_position_mean``, ``at_probe.xsum.OPTIONAL_METRICS``) is estimated on the documents
+where it is defined, and its estimates count the others (``n_missing``); a NaN in any other
+metric is an error.
 
 Primary (declared in the README before the results were seen): semantic similarity of the
 summary to the reference (all-MiniLM-L6-v2 cosine, ``at_probe.semantic``), selected paper
 setting minus its placebo. Everything else is secondary.
+
+Placebo draws: a run made with ``xsum_eval.py --placebo-seeds N`` holds N draws of each placebo
+role (``placebo_draws`` in its manifest; every draw is per document). Its comparisons count a
+placebo role as the mean over the draws of each document, so the interval includes the
+variation between draws; ``single_draw`` in ``report.json`` repeats them with seed 0 alone.
+A run of chosen roles (``--roles``) reports only the comparisons of the roles it has.
 
 Semantic similarity needs the references: they are read from the release file named in each
 manifest (its sha256 is checked) under ``--data``, and the scores are cached in
@@ -40,9 +49,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from at_probe.runfiles import append_jsonl, file_sha256, read_jsonl
+from at_probe.cliargs import ArgumentParser, existing_dir, nonnegative_int, output_dir
+from at_probe.runfiles import (
+    append_jsonl,
+    file_sha256,
+    owned_run,
+    read_jsonl,
+    write_json_atomic,
+    write_text_atomic,
+)
 from at_probe.stats import bootstrap_mean, stratified_bootstrap_mean
-from at_probe.xsum import load_records
+from at_probe.xsum import OPTIONAL_METRICS, load_records
 
 PRIMARY_METRIC = "semantic_similarity"
 PRIMARY_COMPARISON = ("paper_selected", "placebo_selected")
@@ -79,7 +96,8 @@ def load_test_run(run: Path, data_dir: Path) -> tuple[dict[str, Any], pd.DataFra
     manifest = json.loads(manifest_path.read_text())
     if "roles" not in manifest or manifest.get("split") != "heldout":
         raise ReportError(f"{run} is not a test run: run xsum_eval.py --selection on the held-out documents")
-    missing = sorted(set(manifest["roles"].values()) - set(manifest["settings"]))
+    named = {*manifest["roles"].values(), *(s for draws in manifest.get("placebo_draws", {}).values() for s in draws)}
+    missing = sorted(named - set(manifest["settings"]))
     if missing:
         raise ReportError(f"{run}: roles name settings the run does not have: {missing}")
     records = pd.DataFrame(read_jsonl(records_path))
@@ -95,11 +113,12 @@ def load_test_run(run: Path, data_dir: Path) -> tuple[dict[str, Any], pd.DataFra
 
 
 def release_records(run: Path, manifest: dict[str, Any], data_dir: Path) -> list[dict[str, Any]]:
-    """The release file a run was made from (its sha256 checked), in release order."""
+    """The release file a run was made from (its sha256 checked), in release order, its text
+    repaired when the run's was (``fix_text`` in the manifest)."""
     data_file = data_dir / manifest["data_file"]
     if not data_file.is_file() or file_sha256(data_file) != manifest["data_sha256"]:
         raise ReportError(f"{data_file} is missing or differs from the file {run} was run on")
-    return load_records(data_file)
+    return load_records(data_file, fix_text=manifest.get("fix_text", False))
 
 
 def semantic_scores(run: Path, records: pd.DataFrame, release: list[dict[str, Any]]) -> list[float]:
@@ -111,41 +130,62 @@ def semantic_scores(run: Path, records: pd.DataFrame, release: list[dict[str, An
         return doc_id, setting, hashlib.sha256(output.encode()).hexdigest()
 
     cache_path = run / "semantic.jsonl"
-    cache = {(r["doc_id"], r["setting"], r["output_sha256"]): r["semantic_similarity"]
-             for r in read_jsonl(cache_path, repair=True) if r.get("embedder") == EMBEDDER}
-    keys = [key(d, s, o) for d, s, o in zip(records.doc_id, records.setting, records.output)]
-    todo = [(k, o) for k, o in zip(keys, records.output) if k not in cache]
-    if todo:
-        references = {str(r["id"]): r["summary"] for r in release}
-        sims = similarity([o for _, o in todo], [references[k[0]] for k, _ in todo])
-        new = [{"doc_id": k[0], "setting": k[1], "output_sha256": k[2], "embedder": EMBEDDER,
-                "semantic_similarity": v} for (k, _), v in zip(todo, sims)]
-        with open(cache_path, "a", encoding="utf-8") as fh:
-            append_jsonl(fh, new)
-        cache.update({(r["doc_id"], r["setting"], r["output_sha256"]): r["semantic_similarity"] for r in new})
+    with owned_run(run, role="semantic"):  # one writer of the cache; xsum_eval.py may still run there
+        cache = {(r["doc_id"], r["setting"], r["output_sha256"]): r["semantic_similarity"]
+                 for r in read_jsonl(cache_path, repair=True, role="semantic") if r.get("embedder") == EMBEDDER}
+        keys = [key(d, s, o) for d, s, o in zip(records.doc_id, records.setting, records.output)]
+        todo = [(k, o) for k, o in zip(keys, records.output) if k not in cache]
+        if todo:
+            references = {str(r["id"]): r["summary"] for r in release}
+            sims = similarity([o for _, o in todo], [references[k[0]] for k, _ in todo])
+            new = [{"doc_id": k[0], "setting": k[1], "output_sha256": k[2], "embedder": EMBEDDER,
+                    "semantic_similarity": v} for (k, _), v in zip(todo, sims)]
+            with open(cache_path, "a", encoding="utf-8") as fh:
+                append_jsonl(fh, new)
+            cache.update({(r["doc_id"], r["setting"], r["output_sha256"]): r["semantic_similarity"]
+                          for r in new})
     return [cache[k] for k in keys]
 
 
+def role_settings(manifest: dict[str, Any], role: str, *, pooled: bool = True) -> list[str]:
+    """The settings whose records make up ``role``: its placebo draws (``xsum_eval.py
+    --placebo-seeds``, seed 0 first) when ``pooled``, else its own setting alone."""
+    draws = manifest.get("placebo_draws", {}).get(role) if pooled else None
+    return list(draws) if draws else [manifest["roles"][role]]
+
+
 def role_differences(manifest: dict[str, Any], records: pd.DataFrame, a: str, b: str,
-                     metric: str) -> np.ndarray:
-    """Per-document ``role a - role b`` of ``metric`` (NaN where the metric is undefined)."""
+                     metric: str, *, pooled: bool = True) -> np.ndarray:
+    """Per-document ``role a - role b`` of ``metric`` (NaN where the metric is undefined).
+
+    A role with several placebo draws counts as the mean over its draws of each document, so
+    the spread between draws enters every document's difference and hence the bootstrap
+    interval over documents; ``pooled=False`` uses the seed-0 draw alone (the single-draw
+    comparison). A document where some draw leaves the metric undefined is NaN.
+    """
     wide = records.pivot_table(index="doc_id", columns="setting", values=metric, aggfunc="first",
                                dropna=False)
-    return (wide[manifest["roles"][a]].astype(float) - wide[manifest["roles"][b]].astype(float)).to_numpy()
+
+    def value(role: str) -> pd.Series:
+        return wide[role_settings(manifest, role, pooled=pooled)].astype(float).mean(axis=1, skipna=False)
+
+    return (value(a) - value(b)).to_numpy()
 
 
 def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: int = 0) -> dict[str, Any]:
     """Every comparison x metric, pooled over buckets (stratified bootstrap) and per bucket.
 
     Raises:
-        ReportError: runs of different families (transitions and alternatives) mixed.
+        ReportError: runs of different families (transitions and alternatives) mixed, or a
+            NaN or infinite value of a metric that is always defined (not ``OPTIONAL_METRICS``).
     """
     families = {comparisons_for(m["roles"]) for m, _ in runs}
     if len(families) != 1:
         raise ReportError("the runs mix a transitions selection and an alternatives selection: report them apart")
     family = families.pop()
-    comparisons, left_out = usable_comparisons(family, [m["roles"] for m, _ in runs])
-    primary = PRIMARY_COMPARISON if family is COMPARISONS else None
+    comparisons, left_out = usable_comparisons(family, [m["roles"] for m, _ in runs],
+                                               subset=any(m.get("roles_subset") for m, _ in runs))
+    primary = PRIMARY_COMPARISON if family is COMPARISONS and PRIMARY_COMPARISON in comparisons else None
     out: dict[str, Any] = {
         "left_out": [" - ".join(c) for c in left_out],
         "primary": {"metric": PRIMARY_METRIC, "comparison": " - ".join(primary) if primary else None},
@@ -153,34 +193,57 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
                     for m, r in runs},
         "comparisons": {}, "means": {},
     }
-    for a, b in comparisons:
+    def estimates(a: str, b: str, pooled: bool) -> dict[str, Any]:
         block = {}
         for metric in METRICS:
-            per_bucket = {m["bucket"]: role_differences(m, r, a, b, metric) for m, r in runs}
-            block[metric] = {"all": stratified_bootstrap_mean(list(per_bucket.values()), seed=seed).to_dict(),
-                             **{k: bootstrap_mean(v, seed=seed).to_dict() for k, v in per_bucket.items()}}
-        out["comparisons"][f"{a} - {b}"] = block
+            per_bucket = {m["bucket"]: role_differences(m, r, a, b, metric, pooled=pooled) for m, r in runs}
+            # an undefined source position is left out and counted (n_missing); any other NaN is a bug
+            missing = "drop" if metric in OPTIONAL_METRICS else "raise"
+            try:
+                block[metric] = {"all": stratified_bootstrap_mean(list(per_bucket.values()), missing=missing,
+                                                                  seed=seed).to_dict(),
+                                 **{k: bootstrap_mean(v, missing=missing, seed=seed).to_dict()
+                                    for k, v in per_bucket.items()}}
+            except ValueError as err:
+                raise ReportError(f"{metric} of {a} - {b}: {err}") from None
+        return block
+
+    drawn = {role for m, _ in runs for role in m.get("placebo_draws", {})}
+    out["placebo_draws"] = {m["bucket"]: m.get("placebo_draws", {}) for m, _ in runs}
+    out["single_draw"] = {}  # the same comparisons with seed 0 alone, beside the pooled ones
+    for a, b in comparisons:
+        out["comparisons"][f"{a} - {b}"] = estimates(a, b, pooled=True)
+        if drawn & {a, b}:
+            out["single_draw"][f"{a} - {b}"] = estimates(a, b, pooled=False)
     for m, r in runs:
-        out["means"][m["bucket"]] = {role: {metric: float(r[r.setting == name][metric].astype(float).mean())
-                                            for metric in METRICS} for role, name in m["roles"].items()}
+        out["means"][m["bucket"]] = {
+            role: {metric: float(r[r.setting.isin(role_settings(m, role))][metric].astype(float)
+                                 .mean(skipna=metric in OPTIONAL_METRICS))
+                   for metric in METRICS} for role in m["roles"]}
     if primary:
-        out["primary"]["estimate"] = out["comparisons"][out["primary"]["comparison"]][PRIMARY_METRIC]["all"]
+        name = out["primary"]["comparison"]
+        out["primary"]["estimate"] = out["comparisons"][name][PRIMARY_METRIC]["all"]
+        if name in out["single_draw"]:
+            out["primary"]["single_draw_estimate"] = out["single_draw"][name][PRIMARY_METRIC]["all"]
     return out
 
 
-def usable_comparisons(family: tuple[tuple[str, str], ...], roles: list[dict[str, str]]
-                       ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def usable_comparisons(family: tuple[tuple[str, str], ...], roles: list[dict[str, str]], *,
+                       subset: bool = False) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(comparisons to report, comparisons left out) for runs with these roles.
 
     A comparison of an ``OPTIONAL_ROLES`` role is left out when some run lacks the role, or when
     it repeats an earlier comparison's settings in every run (the span placebo is the placebo
-    when the instruction is emphasised). Every other comparison is always reported.
+    when the instruction is emphasised). Every other comparison is always reported, except in
+    runs of chosen roles (``xsum_eval.py --roles``, ``subset``): there a comparison of a role
+    the runs lack is left out.
 
     Raises:
-        ReportError: a run lacks a role that is not optional.
+        ReportError: a run lacks a role that is not optional (in a run of every role), or no
+            comparison is left to report.
     """
     missing = {r for c in family for r in c for run in roles if r not in run}
-    if missing - OPTIONAL_ROLES:
+    if missing - OPTIONAL_ROLES and not subset:
         raise ReportError(f"a run lacks the roles {sorted(missing - OPTIONAL_ROLES)}")
     kept, left_out, seen = [], [], set()
     for a, b in family:
@@ -190,6 +253,8 @@ def usable_comparisons(family: tuple[tuple[str, str], ...], roles: list[dict[str
         else:
             kept.append((a, b))
             seen.add(pairs)
+    if not kept:
+        raise ReportError("the runs share no comparison of their roles")
     return kept, left_out
 
 
@@ -226,11 +291,13 @@ def examples_markdown(runs: list[tuple[dict[str, Any], pd.DataFrame]], releases:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", type=Path, nargs="+", help="test run directories (xsum_eval.py --selection)")
-    p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"))
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p = ArgumentParser(prog="xsum_experiment.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", type=existing_dir, nargs="+",
+                   help="test run directories (xsum_eval.py --selection)")
+    p.add_argument("--data", type=existing_dir, default=Path("../shared/data/xsum-at-release"))
+    p.add_argument("--out", type=output_dir, required=True)
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="bootstrap seed (default 0)")
     args = p.parse_args(argv)
     try:
         runs = [load_test_run(run, args.data) for run in args.runs]
@@ -238,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(set(buckets)) < len(buckets):
             raise ReportError(f"two runs of the same bucket ({buckets}): give one test run per bucket")
         releases = [release_records(run, m, args.data) for run, (m, _) in zip(args.runs, runs)]
-    except (ReportError, FileNotFoundError, ValueError) as err:
+    except (ReportError, FileNotFoundError, ValueError, OSError) as err:  # OSError: a busy semantic cache
         print(f"xsum_experiment.py: error: {err}", file=sys.stderr)
         return 2
     try:
@@ -248,16 +315,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result["manifests"] = {m["bucket"]: m for m, _ in runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(result, indent=1))
-    (args.out / "examples.md").write_text(examples_markdown(runs, releases))
+    write_json_atomic(args.out / "report.json", result)
+    write_text_atomic(args.out / "examples.md", examples_markdown(runs, releases))
     from at_probe.plotting import save_figure, xsum_roles
 
     frame = comparisons_frame(result)
     save_figure(xsum_roles(frame), args.out, "xsum_roles", frame)
     if result["primary"]["comparison"]:
         e = result["primary"]["estimate"]
+        seeds = max((len(d) for draws in result["placebo_draws"].values() for d in draws.values()), default=1)
         print(f"primary: {result['primary']['metric']}, {result['primary']['comparison']}: {e['mean']:+.4f} "
-              f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] over {e['n']} documents")
+              f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] over {e['n']} documents"
+              + (f" ({seeds} placebo draws per document)" if seeds > 1 else ""))
+        if "single_draw_estimate" in result["primary"]:
+            e = result["primary"]["single_draw_estimate"]
+            print(f"primary, placebo seed 0 alone: {e['mean']:+.4f} [{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}]")
     for c, block in result["comparisons"].items():
         cells = "  ".join(f"{m} {block[m]['all']['mean']:+.4f} [{block[m]['all']['ci95'][0]:+.4f},"
                           f"{block[m]['all']['ci95'][1]:+.4f}]"

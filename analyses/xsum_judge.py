@@ -29,8 +29,9 @@ from pathlib import Path
 import httpx
 from tqdm.auto import tqdm
 
+from at_probe.cliargs import ArgumentParser, existing_dir, positive_int
 from at_probe.judgements import parse_scores
-from at_probe.runfiles import append_jsonl, file_sha256, read_jsonl
+from at_probe.runfiles import RunDirectoryBusy, append_jsonl, file_sha256, owned_run, read_jsonl
 from at_probe.xsum import load_records
 
 # The authors' instructions (evaluation.ipynb, "with reason" variant), kept verbatim for fidelity.
@@ -113,13 +114,15 @@ def ask(client: httpx.Client, endpoint: str, model: str, prompt: str, *, attempt
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path)
-    p.add_argument("--endpoint", required=True, help="base URL of an OpenAI-compatible API (…/v1)")
+    p = ArgumentParser(prog="xsum_judge.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=existing_dir)
+    p.add_argument("--endpoint", required=True,
+                   help="base URL of an OpenAI-compatible API (…/v1): https, or plain http on loopback")
     p.add_argument("--model", required=True, help="judge model name")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY")
-    p.add_argument("--data", type=Path, default=Path("../shared/data/xsum-at-release"))
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--data", type=existing_dir, default=Path("../shared/data/xsum-at-release"))
+    p.add_argument("--limit", type=positive_int, default=None, help="judge at most N documents")
     args = p.parse_args(argv)
 
     api_key = os.environ.get(args.api_key_env)
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         data_file = args.data / manifest["data_file"]
         if file_sha256(data_file) != manifest["data_sha256"]:
             raise ValueError(f"{data_file} is not the file the run used (sha256 differs from the manifest)")
-        docs = {str(r["id"]): r for r in load_records(data_file)}
+        docs = {str(r["id"]): r for r in load_records(data_file, fix_text=manifest.get("fix_text", False))}
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"xsum_judge.py: error: {err}", file=sys.stderr)
         return 2
@@ -142,14 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     for r in records:
         by_doc.setdefault(r["doc_id"], {})[keys[r["setting"]]] = r["output"]
     out_path = args.run / "judgements.jsonl"
-    done = {r["doc_id"] for r in read_jsonl(out_path, repair=True)}  # a partial last line from a kill is cut
-    todo = [d for d in by_doc if d not in done and len(by_doc[d]) == len(keys)][: args.limit]
-    names = {v: k for k, v in keys.items()}
-    with judge_client(api_key) as client, open(out_path, "a", encoding="utf-8") as out:
-        for doc_id in tqdm(todo, desc="judge"):
-            reply = ask(client, endpoint, args.model, build_prompt(docs[doc_id]["document"], by_doc[doc_id]))
-            scores = {names[k]: v for k, v in parse_scores(reply).items() if k in names}
-            append_jsonl(out, [{"doc_id": doc_id, "scores": scores, "reply": reply}])
+    try:
+        with owned_run(args.run, role="judge"):  # one judge per run (xsum_eval.py may still be running)
+            # a partial last line from a kill is cut
+            done = {r["doc_id"] for r in read_jsonl(out_path, repair=True, role="judge")}
+            todo = [d for d in by_doc if d not in done and len(by_doc[d]) == len(keys)][: args.limit]
+            names = {v: k for k, v in keys.items()}
+            with judge_client(api_key) as client, open(out_path, "a", encoding="utf-8") as out:
+                for doc_id in tqdm(todo, desc="judge"):
+                    prompt = build_prompt(docs[doc_id]["document"], by_doc[doc_id])
+                    reply = ask(client, endpoint, args.model, prompt)
+                    scores = {names[k]: v for k, v in parse_scores(reply).items() if k in names}
+                    append_jsonl(out, [{"doc_id": doc_id, "scores": scores, "reply": reply}])
+    except RunDirectoryBusy as err:
+        print(f"xsum_judge.py: error: {err}", file=sys.stderr)
+        return 2
     print(f"judged {len(todo)} documents; wrote {out_path}")
     return 0
 

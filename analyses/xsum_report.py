@@ -4,8 +4,9 @@ Only documents scored under every setting are used (``n_documents``; the others 
 in ``n_documents_incomplete``), so every mean and difference is over the same documents; a
 setting of the manifest with no records is reported in ``missing_settings``. Per-document
 metrics that can be undefined (``source_position_mean`` when an output copies nothing from the
-document) are averaged over the documents where they are defined; each estimate's ``n`` says
-how many.
+document; ``at_probe.xsum.OPTIONAL_METRICS``) are averaged over the documents where they are
+defined; each estimate's ``n`` says how many and ``n_missing`` how many were left out. A NaN in
+any other metric is an error.
 For every setting and metric: the mean paired difference against the baseline on the same
 documents with a 95% bootstrap interval. Across the transition settings: the gain of the
 setting chosen on one half of the documents and scored on the other (never the in-sample
@@ -26,7 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from at_probe.cliargs import ArgumentParser, existing_dir, nonnegative_int, output_dir, output_file
+from at_probe.runfiles import read_jsonl, write_json_atomic
 from at_probe.stats import bootstrap_mean, heldout_selected_gain
+from at_probe.xsum import OPTIONAL_METRICS
 
 METRICS = ("rouge1", "rouge2", "rougeL", "summary_nll", "repetition_4gram", "novel_bigrams",
            "source_position_mean")
@@ -39,7 +43,7 @@ def load_run(run: Path):
     path = run / "records.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no records.jsonl in {run}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)  # complete lines only: a live or killed run may end in a partial one
     return pd.DataFrame(rows)
 
 
@@ -49,9 +53,16 @@ def differences(frame, metric: str, a: str, b: str):
     return wide[a].astype(float) - wide[b].astype(float)
 
 
-def paired(frame, metric: str, a: str, b: str) -> np.ndarray:
-    """``differences`` on the documents scored under both settings."""
-    return differences(frame, metric, a, b).dropna().to_numpy(dtype=float)
+def paired(frame, metric: str, a: str, b: str, *, seed: int = 0) -> dict[str, Any]:
+    """Bootstrap estimate (``Estimate.to_dict()``) of the mean ``differences`` over ``frame``'s
+    documents (all scored under both settings): the documents where an optional metric is
+    undefined are left out and counted (``n_missing``); a NaN in any other metric raises."""
+    missing = "drop" if metric in OPTIONAL_METRICS else "raise"
+    try:
+        return bootstrap_mean(differences(frame, metric, a, b).to_numpy(dtype=float), missing=missing,
+                              seed=seed).to_dict()
+    except ValueError as err:
+        raise ValueError(f"{metric} of {a} - {b}: {err}") from None
 
 
 def placebo_twins(name: str, settings: list[str]) -> list[str]:
@@ -86,22 +97,24 @@ def report(frame, *, seed: int = 0, planned: list[str] | None = None) -> dict[st
                            "vs_baseline": {}, "vs_placebo": {}, "heldout_selected": {}, "means": {}}
     for s in settings:
         part = frame[frame.setting == s]
-        out["means"][s] = {m: float(part[m].astype(float).mean()) for m in METRICS}
+        out["means"][s] = {m: float(part[m].astype(float).mean(skipna=m in OPTIONAL_METRICS))
+                           for m in METRICS}
         if s == "baseline" or "baseline" not in settings:
             continue
-        out["vs_baseline"][s] = {m: bootstrap_mean(paired(frame, m, s, "baseline"), seed=seed).to_dict()
-                                 for m in METRICS}
+        out["vs_baseline"][s] = {m: paired(frame, m, s, "baseline", seed=seed) for m in METRICS}
     for s in treated:
         for p in placebo_twins(s, settings):
-            out["vs_placebo"][f"{s} vs {p}"] = {m: bootstrap_mean(paired(frame, m, s, p), seed=seed).to_dict()
-                                                for m in METRICS}
+            out["vs_placebo"][f"{s} vs {p}"] = {m: paired(frame, m, s, p, seed=seed) for m in METRICS}
     if treated and "baseline" in settings:
         for m in ("rougeL", "summary_nll"):
+            # complete documents only, and these metrics are always defined: a NaN is refused
             gains = np.column_stack([differences(frame, m, s, "baseline").to_numpy() for s in treated])
-            gains = gains[~np.isnan(gains).any(axis=1)]
             if m in LOWER_IS_BETTER:
                 gains = -gains  # select the largest improvement
-            est = heldout_selected_gain(gains, seed=seed).to_dict()
+            try:
+                est = heldout_selected_gain(gains, seed=seed).to_dict()
+            except ValueError as err:
+                raise ValueError(f"{m} of the held-out selection: {err}") from None
             out["heldout_selected"][m] = {**est, "sign": "improvement (baseline - setting)"
                                           if m in LOWER_IS_BETTER else "setting - baseline"}
     return out
@@ -120,20 +133,25 @@ def figure_frame(result: dict[str, Any]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path)
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--figures", type=Path, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p = ArgumentParser(prog="xsum_report.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=existing_dir)
+    p.add_argument("--json", type=output_file, default=None)
+    p.add_argument("--figures", type=output_dir, default=None)
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="bootstrap seed (default 0)")
     args = p.parse_args(argv)
     try:
         frame = load_run(args.run)
-    except (FileNotFoundError, json.JSONDecodeError) as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"xsum_report.py: error: {err}", file=sys.stderr)
         return 2
     manifest_path = args.run / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    result = report(frame, seed=args.seed, planned=None if manifest is None else manifest["settings"])
+    try:
+        result = report(frame, seed=args.seed, planned=None if manifest is None else manifest["settings"])
+    except ValueError as err:  # e.g. a NaN score where the metric is always defined
+        print(f"xsum_report.py: error: {err}", file=sys.stderr)
+        return 2
     if manifest is not None:  # what produced the records: model, prompt style, data, settings
         result["manifest"] = manifest
     if result["missing_settings"]:
@@ -151,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({e['sign']})")
     out_json = args.json or args.run / "report.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=1))
+    write_json_atomic(out_json, result)
     print(f"wrote {out_json}")
     if args.figures is not None:
         from at_probe.plotting import save_figure, xsum_paired

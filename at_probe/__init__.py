@@ -15,7 +15,7 @@ from at_probe.transition import (
     sra_layer,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -106,6 +108,22 @@ class PositionBias:
     density: tuple[tuple[float, ...], ...]
     n_documents: int
 
+    def __post_init__(self) -> None:
+        """Raises ValueError naming ``density`` for an empty or ragged table, or a value that is
+        not a finite number ``>= 0`` (a NaN or infinite density would make every calibrated logit
+        NaN); zero is a valid measurement, refused only by ``PositionCalibration``."""
+        rows = self.density
+        if not rows or not all(len(r) for r in rows) or len({len(r) for r in rows}) != 1:
+            raise ValueError("density must be a non-empty [layer][region] table with the same regions "
+                             "in every layer")
+        for layer, row in enumerate(rows):
+            for region, value in enumerate(row):
+                if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+                    math.isfinite(value) and value >= 0
+                ):
+                    raise ValueError(f"density[{layer}][{region}] must be a finite number >= 0, "
+                                     f"got {value!r}")
+
     @property
     def regions(self) -> int:
         return len(self.density[0])
@@ -165,7 +183,8 @@ class PositionCalibration(AttentionEdit):
     Args:
         bias: the ``PositionBias`` of the model (from development documents).
         strength: exponent ``s`` of the weights ``bias ** -s`` (0 changes nothing, 1 divides by
-            the bias).
+            the bias); finite, ``>= 0``, and small enough that every weight of every layer and
+            region is in float32's normal range (``_check_weights``).
         layers: layers to calibrate; ``None``: the last half (``L // 2 .. L - 1``).
         heads: heads to calibrate; ``None``: all.
         placebo_seed: if set, the weights are shuffled across regions per document and layer
@@ -182,22 +201,52 @@ class PositionCalibration(AttentionEdit):
     needs_prompts: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        """Raises ValueError naming ``bias`` or ``strength`` (see the arguments)."""
         if not isinstance(self.bias, PositionBias):
             raise ValueError(f"bias must be a PositionBias, got {type(self.bias).__name__}")
-        if min(min(r) for r in self.bias.density) <= 0:
-            raise ValueError("the position bias must be positive in every region")
+        zero = [(l, r) for l, row in enumerate(self.bias.density) for r, v in enumerate(row) if v <= 0]
+        if zero:
+            raise ValueError(f"bias must be positive in every region (bias ** -strength divides by it); "
+                             f"it is 0 at [layer, region] {zero[:4]}")
         if (
             isinstance(self.strength, bool)
             or not isinstance(self.strength, (int, float))
+            or not math.isfinite(self.strength)
             or self.strength < 0
         ):
-            raise ValueError(f"strength must be a number >= 0, got {self.strength!r}")
+            raise ValueError(f"strength must be a finite number >= 0, got {self.strength!r}")
         object.__setattr__(self, "strength", float(self.strength))
+        self._check_weights()
         for name in ("layers", "heads"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, int_tuple(name, getattr(self, name)))
         if self.placebo_seed is not None:
             object.__setattr__(self, "placebo_seed", int_tuple("placebo_seed", [self.placebo_seed])[0])
+
+    def _check_weights(self) -> None:
+        """Refuse a ``strength`` whose weights ``bias ** -strength`` leave float32's normal range
+        ``[tiny, max]`` in any layer and region (e.g. strength 200 at density 0.6:
+        ``0.6 ** -200 = 2e44``, ``inf`` in float32).
+
+        This range is what ``calibrate_rows_`` needs to stay finite: a row's weighted document
+        mass ``sum a_k w_k`` is at most ``max w`` (the row's mass is at most 1), and the rescaling
+        factor ``D / sum a_k w_k`` at most ``1 / min w``, finite when ``min w >= tiny``; an
+        ``inf`` weight gives ``inf / inf = NaN`` instead.
+
+        Raises:
+            ValueError: naming ``strength``, the layer, region and density that overflow.
+        """
+        limits = torch.finfo(torch.float32)
+        density = torch.tensor(self.bias.density, dtype=torch.float64)
+        w = density ** -self.strength
+        bad = ~((w >= limits.tiny) & (w <= limits.max))
+        if bad.any():
+            layer, region = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"strength {self.strength:g} makes the weight bias ** -strength of layer {layer}, region "
+                f"{region} (density {float(density[layer, region]):.3g}) {float(w[layer, region]):.3g}, "
+                "outside float32's range: lower strength"
+            )
 
     def weights(self, layer: int, prompt_ids: Sequence[int] = ()) -> Tensor:
         """``[R]`` weights of ``layer``: ``bias ** -strength``; for the placebo, shuffled by a

@@ -10,7 +10,9 @@ same documents) with its interval. Documents are the unit of resampling.
 The headline measure (``EARLY_DEEP``, one number per document) answers the question the paper
 raises: the final token's mass on the first half of the document in the deep layers (the
 second half of the stack), raw and value-weighted; ``paired_contrast`` compares it between two
-conditions, e.g. paper minus placebo.
+conditions, e.g. paper minus placebo. ``early_document_attribution`` is the causal map's
+counterpart: per band of layers, the estimated change of the reference's NLL if that first half
+of the document were knocked out, with the same contrasts.
 
 Example:
     >>> rows = document_rows(result, doc_id="37131104", condition="paper")
@@ -26,6 +28,8 @@ from at_probe.probe import FlowResult
 from at_probe.stats import bootstrap_mean
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
 
     from at_probe.sweep import FunctionWorker
@@ -39,6 +43,10 @@ LAYER_MEASURES = ("sink_mass", "entropy", "distance")
 EARLY_DEEP = "early_document_deep"
 """Headline measure: final-token mass on the first half of the document regions, averaged over
 the deep layers (``L // 2 .. L - 1``) and heads (for each profile)."""
+
+ATTRIBUTION = "attribution_nll"
+"""Measure of the causal map's rows (``attribution_rows``): first-order change of the
+reference summary's NLL (nats/token) if a region were knocked out in a band of layers."""
 
 
 def document_rows(result: FlowResult, *, doc_id: str, condition: str) -> list[dict[str, Any]]:
@@ -71,7 +79,7 @@ def attribution_rows(estimate: Any, *, doc_id: str, condition: str) -> list[dict
     """An ``attribution_sweep`` result as tidy rows: measure ``attribution_nll`` (first-order
     change of the reference's NLL, nats/token, if the region were knocked out in the band),
     ``layer`` the band's first layer, ``region`` the region's label."""
-    base = {"doc_id": doc_id, "condition": condition, "measure": "attribution_nll"}
+    base = {"doc_id": doc_id, "condition": condition, "measure": ATTRIBUTION}
     return [{**base, "layer": start, "region": label, "value": float(estimate.nll_delta[i, j])}
             for i, (start, _) in enumerate(estimate.bands)
             for j, label in enumerate(estimate.region_labels)]
@@ -89,12 +97,13 @@ def summarise(frame: pd.DataFrame, *, baseline: str = "baseline", n_boot: int = 
               seed: int = 0) -> pd.DataFrame:
     """Means over documents and paired differences from ``baseline``, each with a 95% interval.
 
-    Only documents measured under every condition are used. Returns rows with ``kind``
+    Only documents measured under every condition are used (every measure is defined for every
+    document, so a NaN value is an error, never left out). Returns rows with ``kind``
     (``"mean"`` or ``"difference"``), ``condition`` (for differences ``"<c> - <baseline>"``),
     ``measure, layer, region, mean, lo, hi, n`` and ``excludes_zero`` (differences only).
 
     Raises:
-        ValueError: ``baseline`` is not among the conditions.
+        ValueError: ``baseline`` is not among the conditions, or a NaN or infinite value.
     """
     import pandas as pd
 
@@ -108,12 +117,13 @@ def summarise(frame: pd.DataFrame, *, baseline: str = "baseline", n_boot: int = 
     out = []
     for (measure, layer, region), cell in wide.groupby(level=[0, 1, 2], sort=False):
         for cond in conditions:
-            est = bootstrap_mean(cell[cond].to_numpy(), n_boot=n_boot, seed=seed)
+            est = bootstrap_mean(cell[cond].to_numpy(), missing="raise", n_boot=n_boot, seed=seed)
             out.append({"kind": "mean", "condition": cond, "measure": measure, "layer": layer, "region": region,
                         "mean": est.mean, "lo": est.ci95[0], "hi": est.ci95[1], "n": est.n})
             if cond == baseline:
                 continue
-            est = bootstrap_mean((cell[cond] - cell[baseline]).to_numpy(), n_boot=n_boot, seed=seed)
+            est = bootstrap_mean((cell[cond] - cell[baseline]).to_numpy(), missing="raise", n_boot=n_boot,
+                                 seed=seed)
             out.append({"kind": "difference", "condition": f"{cond} - {baseline}", "measure": measure,
                         "layer": layer, "region": region, "mean": est.mean, "lo": est.ci95[0],
                         "hi": est.ci95[1], "n": est.n, "excludes_zero": est.ci95[0] > 0 or est.ci95[1] < 0})
@@ -123,12 +133,73 @@ def summarise(frame: pd.DataFrame, *, baseline: str = "baseline", n_boot: int = 
 def paired_contrast(frame: pd.DataFrame, measure: str, a: str, b: str, *, n_boot: int = 2000,
                     seed: int = 0) -> dict[str, Any]:
     """Mean over documents of ``a - b`` for one scalar ``measure`` (e.g. the headline), with its
-    95% bootstrap interval, on the documents measured under both."""
+    95% bootstrap interval, on the documents measured under both; ``n_missing`` counts the
+    documents measured under only one of them (left out)."""
     part = frame[frame.measure == measure].pivot_table(index="doc_id", columns="condition", values="value",
                                                        aggfunc="first")
-    diff = (part[a] - part[b]).dropna().to_numpy(dtype=float)
+    diff = (part[a] - part[b]).to_numpy(dtype=float)
     return {"contrast": f"{a} - {b}", "measure": measure,
-            **bootstrap_mean(diff, n_boot=n_boot, seed=seed).to_dict()}
+            **bootstrap_mean(diff, missing="drop", n_boot=n_boot, seed=seed).to_dict()}
+
+
+def early_document_attribution(frame: pd.DataFrame, contrasts: Sequence[tuple[str, str]], *, n_layers: int,
+                               n_boot: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+    """The causal map's headline: what knocking out the early document would do, per band.
+
+    Per document, condition and band of layers, the sum of the ``ATTRIBUTION`` estimates of the
+    early-document regions (the first half of the ``doc NN`` regions, as in ``EARLY_DEEP``), in
+    nats/token of the reference summary's NLL. Each region's first-order estimate rescales the
+    other keys on its own, so the sum approximates the estimate of knocking the regions out
+    together; it is not that estimate.
+
+    Args:
+        frame: tidy rows (``document_rows``, ``attribution_rows``) of any measures.
+        contrasts: ``(a, b)`` condition pairs, each reported as the paired ``a - b``; pairs with
+            a condition that has no causal-map rows are left out.
+        n_layers: the model's layers (the last band ends at ``n_layers - 1``).
+
+    Returns:
+        None without ``ATTRIBUTION`` rows; else ``{"measure", "unit", "regions", "bands"}``, each
+        band (in layer order) with ``layers`` (``[first, last]``), ``means`` (per condition: the
+        mean over its documents with a 95% bootstrap interval) and ``contrasts`` (per pair: the
+        paired mean of ``a - b`` over the documents measured under both, with its interval;
+        ``n_missing`` counts the documents left out).
+
+    Raises:
+        ValueError: a (document, condition, band) without exactly one row per early region, a
+            band starting at or past ``n_layers``, or an infinite value.
+    """
+    part = frame[frame.measure == ATTRIBUTION]
+    if part.empty:
+        return None
+    labels = list(dict.fromkeys(part.region))
+    early = [labels[i] for i in _early_document(labels)]
+    rows = part[part.region.isin(early)]
+    keys = ["layer", "doc_id", "condition"]
+    per_cell = rows.groupby(keys).region.agg(["size", "nunique"])
+    wrong = per_cell[(per_cell["size"] != len(early)) | (per_cell["nunique"] != len(early))]
+    if len(wrong):  # a missing or repeated region would shift the sum silently
+        layer, doc_id, condition = wrong.index[0]
+        raise ValueError(f"document {doc_id} under {condition}, band from layer {layer}: expected one row "
+                         f"for each of {early}, got {int(wrong['size'].iloc[0])}")
+    sums = rows.pivot_table(index=["layer", "doc_id"], columns="condition", values="value", aggfunc="sum")
+    starts = sorted(int(layer) for layer in sums.index.get_level_values("layer").unique())
+    if starts[-1] >= n_layers:
+        raise ValueError(f"a band starts at layer {starts[-1]}, but the model has {n_layers} layers")
+    conditions = list(dict.fromkeys(rows.condition))
+    pairs = [(a, b) for a, b in contrasts if a in conditions and b in conditions]
+
+    def estimate(values: pd.Series) -> dict[str, Any]:
+        values = values.to_numpy(dtype=float)
+        return bootstrap_mean(values, missing="drop", n_boot=n_boot, seed=seed).to_dict()
+
+    bands = []
+    for start, end in zip(starts, [*(s - 1 for s in starts[1:]), n_layers - 1]):
+        band = sums.loc[start]  # [document, condition]; NaN where a document lacks the condition
+        bands.append({"layers": [start, end], "means": {c: estimate(band[c]) for c in conditions},
+                      "contrasts": [{"contrast": f"{a} - {b}", **estimate(band[a] - band[b])}
+                                    for a, b in pairs]})
+    return {"measure": ATTRIBUTION, "unit": "nats/token", "regions": early, "bands": bands}
 
 
 def plain_words(summary: pd.DataFrame, *, limit: int = 4) -> list[str]:

@@ -8,10 +8,10 @@ scaled, and the edit applies at every forward pass (prefill and each decode step
 
 The span is a part of each prompt (``"document"`` or ``"instruction"``, from
 ``at_probe.prompts.Prompt.parts``). Two placebos (``placebo_seed``): a random span of the same
-length (drawn per prompt from its token ids, so a document gets the same span in any batch),
-the control for a short target such as the instruction; and random heads in the same layers,
-the control for the document, which fills most of the prompt so that any span of its length
-overlaps it almost entirely.
+length, the control for a short target such as the instruction; and random heads in the same
+layers (never a steered one), the control for the document, which fills most of the prompt so
+that any span of its length overlaps it almost entirely. Both are drawn per document from its
+prompt's token ids (``at_probe.seeding``), so a document gets the same draw in any batch.
 
 Heads are chosen as PASTA does, by profiling: steer one head at a time on development
 documents (``profile_heads``), rank the heads by the mean change of the reference summary's
@@ -97,13 +97,30 @@ def placebo_span(prompt_ids: Sequence[int], length: int, seed: int) -> Span:
     return start, start + length
 
 
-def placebo_heads(head_config: Mapping[int, Sequence[int]], n_heads: int, seed: int) -> dict[int, tuple[int, ...]]:
-    """Random heads in the same layers: as many in each layer as ``head_config`` has there,
-    drawn uniformly among that layer's ``n_heads`` heads (seeded per ``(seed, layer)``)."""
+def placebo_heads(head_config: Mapping[int, Sequence[int]], n_heads: int, seed: int,
+                  prompt_ids: Sequence[int]) -> dict[int, tuple[int, ...]]:
+    """Random heads in the same layers, drawn for one document: in each layer as many heads as
+    ``head_config`` steers there, uniformly among that layer's heads that it does *not* steer
+    (a control that shares a steered head is partly the treatment).
+
+    Drawn per ``(seed, layer, document)`` (``at_probe.seeding``), so every document of a run
+    gets its own draw and the same document the same draw in any batch.
+
+    Raises:
+        ValueError: a layer steers more than half of its ``n_heads`` heads (too few others).
+    """
+    from at_probe.seeding import draw_generator, prompt_digest
+
+    digest = prompt_digest(prompt_ids)
     out = {}
     for layer, heads in head_config.items():
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + layer)
-        out[layer] = tuple(sorted(torch.randperm(n_heads, generator=gen)[: len(heads)].tolist()))
+        others = [h for h in range(n_heads) if h not in heads]
+        if len(others) < len(heads):
+            raise ValueError(f"layer {layer} steers {len(heads)} of {n_heads} heads: too few other heads "
+                             "for a random-heads placebo")
+        gen = draw_generator(seed, "emphasis-heads", layer, digest)
+        picked = torch.randperm(len(others), generator=gen)[: len(heads)].tolist()
+        out[layer] = tuple(sorted(others[i] for i in picked))
     return out
 
 
@@ -119,7 +136,8 @@ class EmphasisSteering(AttentionEdit):
         placebo_seed: if set, run the control ``placebo`` instead of the steering.
         placebo: ``"span"``: emphasise a random span of the target's length (``placebo_span``);
             ``"heads"``: emphasise the target on random heads, as many in each layer as
-            ``head_config`` steers there (``placebo_heads``). The span placebo suits a short
+            ``head_config`` steers there, none of them steered, drawn per document
+            (``placebo_heads``). The span placebo suits a short
             target (the instruction); for the document, which fills most of the prompt, a
             span of its length overlaps it almost entirely, so its control is the heads one.
     """
@@ -146,9 +164,12 @@ class EmphasisSteering(AttentionEdit):
         if (
             isinstance(self.alpha, bool)
             or not isinstance(self.alpha, (int, float))
-            or not 0 < self.alpha <= 1
+            or not 0 < self.alpha <= 1  # also refuses NaN and inf
         ):
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}")
+            # No lower bound beyond 0: the edit adds log(alpha) >= -745 (the log of the smallest
+            # positive double) to every key outside the span alike, so no row can become all
+            # -inf (NaN after the softmax); at worst a masked entry reaches -inf in float16.
+            raise ValueError(f"alpha must be a number in (0, 1], got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
@@ -173,10 +194,25 @@ class EmphasisSteering(AttentionEdit):
         bad = [l for l in self.head_config if not 0 <= l < n_layers]
         if bad:
             raise ValueError(f"head_config layers {bad} are outside the model's layers (0..{n_layers - 1})")
-        config = self.head_config
-        if self.placebo_seed is not None and self.placebo == "heads":
-            config = placebo_heads(config, n_heads, self.placebo_seed)
-        return {l: resolve_heads(h, n_heads) for l, h in config.items()}
+        resolved = {l: resolve_heads(h, n_heads) for l, h in self.head_config.items()}
+        if self._heads_placebo:  # fail at hook time, not at the first pass
+            crowded = [l for l, h in self.head_config.items() if 2 * len(h) > n_heads]
+            if crowded:
+                raise ValueError(f"head_config layers {crowded} steer more than half of their {n_heads} heads: "
+                                 "too few other heads for the random-heads placebo")
+        return resolved
+
+    @property
+    def _heads_placebo(self) -> bool:
+        return self.placebo_seed is not None and self.placebo == "heads"
+
+    def heads_for(self, prompt: Prompt, n_heads: int) -> dict[int, tuple[int, ...]]:
+        """``{layer: heads}`` this steering acts on for ``prompt``: ``head_config``, or for the
+        random-heads placebo that document's own draw (``placebo_heads``)."""
+        if not self._heads_placebo:
+            return dict(self.head_config)
+        assert self.placebo_seed is not None
+        return placebo_heads(self.head_config, n_heads, self.placebo_seed, prompt.ids)
 
     def span(self, prompt: Prompt) -> Span:
         """The key span this steering emphasises in ``prompt`` (the span placebo's random one)."""
@@ -187,6 +223,8 @@ class EmphasisSteering(AttentionEdit):
 
     def _edit_(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> tuple[int, None]:
         assert view.prompt is not None  # needs_prompts: hooks() refuses to build without them
+        if self._heads_placebo:  # this document's own random heads (seq is [1, head, q, k])
+            heads = torch.tensor(self.heads_for(view.prompt, seq.shape[1])[layer])
         steer_scores_(seq, self.span(view.prompt), view.prompt_length, self.alpha, heads)
         return seq.shape[-2], None
 

@@ -20,6 +20,25 @@ heads, applied at every forward pass (prefill, KV-cache decode steps and cache-l
 continuations alike), each sequence of a left-padded batch in its own coordinates. Subclasses
 supply one per-sequence tensor edit; the pure arithmetic lives beside each method.
 
+Which passes are one prompt (the same rule for every intervention, ``PromptTracker``): a set of
+hooks acts on one prompt at a time, and a pass either starts a new prompt (its rows and lengths
+are read afresh, its report starts empty) or continues the current one. A pass **continues**
+the current prompt only when it is a decode step:
+
+* it runs on a KV cache (its attention has fewer query rows than keys): a cached step of
+  ``generate``, or of any loop that feeds ``past_key_values``; or
+* it is a full pass inside the same generation as the prompt's first pass and its tokens
+  extend that pass's tokens: a step of ``generate(..., use_past_kv_cache=False)``.
+
+Every other pass is a **new prompt**: each ``model(...)``, ``run_with_hooks`` and
+``run_with_cache`` call (also one whose tokens happen to extend the previous pass's, or a fresh
+one-token pass), and the first pass of each ``generate`` call (also one that starts with an
+earlier call's output). A *generation* is one call of the model's ``generate``,
+``generate_stream`` or ``hf_generate`` inside ``.applied(model)`` (which marks each call), or a
+``generating(model)`` block. Hooks registered by hand (``model.hooks(fwd_hooks=edit.hooks(model))``)
+need ``generating(model)`` around ``generate(..., use_past_kv_cache=False)`` only: without it
+each of its steps would be a new prompt (a warning says so); cached generation needs nothing.
+
 Example:
     >>> from at_probe.temperature import AttentionTemperature
     >>> edit = AttentionTemperature(tau=0.8, layers=range(15, 30))
@@ -30,7 +49,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -130,40 +152,160 @@ class _LayerTally:
     shift_count: int = 0
 
 
-class PromptTracker:
-    """Tells a new prompt from the continuation of the current one, from the token ids at
-    ``embed.hook_in`` (``see_tokens``). A full pass whose tokens extend the current prompt
-    (``generate`` without a KV cache) and a one-token pass (a KV-cache decode step) continue
-    it; any other full pass starts a new prompt and calls ``new_prompt``."""
+_GENERATIONS: dict[int, list[object]] = {}
+"""Per model (``id``), the generations in progress (a fresh marker each, innermost last). An
+entry lives only while a ``generating`` block, which holds the model, is open."""
 
-    def __init__(self) -> None:
+GENERATION_METHODS = ("generate", "generate_stream", "hf_generate")
+"""The ``TransformerBridge`` methods that ``applied`` marks as one generation per call."""
+
+
+@contextmanager
+def generating(model: Any) -> Iterator[None]:
+    """Context manager: the passes on ``model`` inside the block are one generation.
+
+    Inside it, a full pass whose tokens extend the tokens of the generation's first pass
+    continues that prompt (a step of ``generate(..., use_past_kv_cache=False)``). ``applied``
+    puts every call of the model's generation methods in such a block; call it yourself only
+    around cache-less ``generate`` with hooks registered by hand. Blocks may nest (the
+    innermost is the current generation) and need not end in order.
+
+    Example:
+        >>> with model.hooks(fwd_hooks=edit.hooks(model)), generating(model):
+        ...     out = model.generate(tokens, use_past_kv_cache=False, max_new_tokens=20)
+    """
+    marker = object()
+    stack = _GENERATIONS.setdefault(id(model), [])
+    stack.append(marker)
+    try:
+        yield
+    finally:
+        stack.remove(marker)
+        if not stack:
+            del _GENERATIONS[id(model)]
+
+
+def _in_generation(model: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (a generation method of ``model``) with each call in ``generating(model)``."""
+    if inspect.isgeneratorfunction(method):  # generate_stream: the generation lasts while it yields
+
+        @functools.wraps(method)
+        def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with generating(model):
+                yield from method(*args, **kwargs)
+
+        return stream
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with generating(model):
+            return method(*args, **kwargs)
+
+    return call
+
+
+_ABSENT = object()
+
+
+@contextmanager
+def generations_marked(model: Any) -> Iterator[None]:
+    """Context manager: inside the block each call of ``model``'s generation methods
+    (``GENERATION_METHODS``) is one generation (``generating``). The methods are shadowed by
+    instance attributes, restored to what was there before on exit."""
+    own = vars(model)
+    saved: dict[str, Any] = {}
+    for name in GENERATION_METHODS:
+        method = getattr(model, name, None)
+        if callable(method):
+            saved[name] = own.get(name, _ABSENT)
+            setattr(model, name, _in_generation(model, method))
+    try:
+        yield
+    finally:
+        for name, before in saved.items():
+            if before is _ABSENT:
+                delattr(model, name)
+            else:
+                setattr(model, name, before)
+
+
+def _extends(tokens: Tensor | None, prompt: Tensor | None) -> bool:
+    """Whether a pass's tokens are the prompt's tokens followed by at least one more. Passes
+    fed embeddings (no ids on either side) cannot be compared and count as extending."""
+    if tokens is None or prompt is None:
+        return tokens is None and prompt is None
+    return (
+        tokens.shape[0] == prompt.shape[0]
+        and tokens.shape[1] > prompt.shape[1]
+        and torch.equal(tokens[:, : prompt.shape[1]], prompt)
+    )
+
+
+class PromptTracker:
+    """Tells a new prompt from the continuation of the current one (the rule in the module
+    docstring), for one set of hooks on ``model``.
+
+    Hooks call ``see_tokens`` at ``embed.hook_in`` (where every pass starts) and
+    ``see_attention`` first thing in every attention hook: the first attention hook of a pass
+    decides (it knows whether the pass runs on a KV cache) and calls ``new_prompt`` for a new
+    prompt. A pass that never reaches ``embed.hook_in`` (a replay of some blocks,
+    ``at_probe.blocks``) belongs to the current prompt.
+
+    Attributes:
+        prompt: token ids ``[batch, T]`` of the current prompt's first pass (padding
+            included), or None (no pass yet, or a pass fed embeddings).
+        generation: the marker of the innermost ``generating`` block that pass ran in, or None.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._model_id = id(model)  # not the model: the run (``last_report``) must not keep it alive
         self.prompt: Tensor | None = None
+        self.generation: object | None = None
+        self._pass_tokens: Tensor | None = None
+        self._undecided = False  # a pass started and no attention hook has seen it yet
+        self._warned = False
 
     def new_prompt(self) -> None:
         """Reset what belongs to one prompt (subclasses)."""
 
     def see_tokens(self, tokens: Tensor, *, hook: Any = None) -> None:
-        if tokens.ndim != 2 or tokens.is_floating_point():
+        """``embed.hook_in``: a pass starts; keep its token ids (None when fed embeddings)."""
+        ids = tokens.ndim == 2 and not tokens.is_floating_point()
+        self._pass_tokens = tokens if ids else None
+        self._undecided = True
+
+    def see_attention(self, shape: torch.Size) -> None:
+        """First thing in every attention hook (``shape`` ``[batch, head, query, key]``): the
+        first one of a pass decides whether the pass starts a new prompt."""
+        if not self._undecided:
             return
-        old = self.prompt
-        if old is not None and tokens.shape[1] == 1:
-            return  # a KV-cache decode step
-        continues = (
-            old is not None
-            and old.shape[0] == tokens.shape[0]
-            and tokens.shape[1] >= old.shape[1]
-            and torch.equal(tokens[:, : old.shape[1]], old)
-        )
-        if not continues:
-            self.prompt = tokens.detach().clone()
-            self.new_prompt()
+        self._undecided = False
+        tokens, self._pass_tokens = self._pass_tokens, None
+        if shape[-2] < shape[-1]:
+            return  # runs on a KV cache: a decode step of the current prompt
+        stack = _GENERATIONS.get(self._model_id)
+        generation = stack[-1] if stack else None
+        if generation is not None and generation is self.generation and _extends(tokens, self.prompt):
+            return  # a cache-less decode step of this generation
+        if (generation is None and not self._warned and tokens is not None and self.prompt is not None
+                and tokens.shape[1] == self.prompt.shape[1] + 1 and _extends(tokens, self.prompt)):
+            self._warned = True
+            warnings.warn(
+                "a full pass one token longer than the previous one and starting with it, outside a "
+                "generation, is a new prompt; if it is a step of generate(..., use_past_kv_cache=False) "
+                "with hooks registered by hand, run it inside at_probe.intervention.generating(model)",
+                stacklevel=3,
+            )
+        self.prompt = None if tokens is None else tokens.detach().clone()
+        self.generation = generation
+        self.new_prompt()
 
 
 class _EditRun(PromptTracker):
     """State of one set of edit hooks: the current prompt, its lengths, the tallies."""
 
-    def __init__(self, lengths: list[int] | None, prompts: Sequence[Prompt] | None):
-        super().__init__()
+    def __init__(self, model: Any, lengths: list[int] | None, prompts: Sequence[Prompt] | None):
+        super().__init__(model)
         self.fixed_lengths = lengths
         self.prompts = list(prompts) if prompts is not None else None
         self.lengths: list[int] | None = lengths
@@ -267,8 +409,12 @@ class HookLifetime:
         """Context manager: the intervention is active on ``model`` inside the block. Hooks are
         registered through ``model.hooks(...)`` and always removed on exit, also when the body
         raises. Works with ``model(...)``, ``run_with_cache`` and ``generate`` with or without
-        the KV cache (the class docstring says which passes it edits). Yields the model."""
-        with model.hooks(fwd_hooks=self.hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)):
+        the KV cache (the class docstring says which passes it edits). Each pass and each
+        ``generate`` call is a prompt of its own (the module docstring's rule): every call of
+        the model's generation methods is marked as one generation (``generations_marked``)
+        for the block's duration. Yields the model."""
+        pairs = self.hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)
+        with model.hooks(fwd_hooks=pairs), generations_marked(model):
             yield model
 
     def last_report(self) -> Any:
@@ -316,11 +462,13 @@ class AttentionEdit(HookLifetime):
 
         Pairs concatenate with other hooks; on a shared hook point hooks run in list order.
         An earlier hook on the same point keeps what it saw (``at_probe.hooked.editable``).
+        Which passes form one prompt: the module docstring (registered by hand, wrap
+        ``generate(..., use_past_kv_cache=False)`` in ``generating(model)``).
 
         Args:
             model: a ``TransformerBridge``.
             prompt_lengths: real prompt tokens per sequence, when a pass holds more than the
-                prompt (teacher forcing). ``None``: the first full pass is the prompt.
+                prompt (teacher forcing). ``None``: each prompt's first pass is all prompt.
             prompts: the batch's ``Prompt`` objects (required by edits of a prompt part).
 
         Raises:
@@ -333,13 +481,15 @@ class AttentionEdit(HookLifetime):
                 "to find each prompt's parts"
             )
         layer_heads = self._layer_heads(int(model.cfg.n_layers), int(model.cfg.n_heads))
-        run = _EditRun(lengths_of(prompt_lengths, prompts), prompts)
+        run = _EditRun(model, lengths_of(prompt_lengths, prompts), prompts)
         object.__setattr__(self, "_last_run", run)
 
         def read_padding(scores: Tensor, *, hook: Any) -> None:
+            run.see_attention(scores.shape)
             run.offsets = left_padding(scores)
 
         def edit(tensor: Tensor, *, hook: Any) -> Tensor:
+            run.see_attention(tensor.shape)
             layer = layer_of(hook.name)
             if self.stage == "scores":
                 run.offsets = left_padding(tensor)

@@ -103,8 +103,10 @@ def analyse_bucket(records: list[dict[str, Any]], *, seed: int = 0, n_boot: int 
     released = np.array(table.released)
     settings = {}
     for j, name in enumerate(table.settings):
-        est = bootstrap_mean(gains[:, j], n_boot=n_boot, seed=seed + j)
+        # a document the judge gave no parseable score for this setting is left out and counted
+        est = bootstrap_mean(gains[:, j], missing="drop", n_boot=n_boot, seed=seed + j)
         settings[name] = {"mean_gain": est.mean, "ci95": list(est.ci95), "n": est.n,
+                          "n_missing": est.n_missing,
                           "identical_to_baseline": float(table.identical[:, j].mean())}
     complete = gains[table.complete]
     scored = ~np.isnan(gains).all(axis=1)
@@ -120,9 +122,9 @@ def analyse_bucket(records: list[dict[str, Any]], *, seed: int = 0, n_boot: int 
         "n_settings": len(table.settings),
         "settings": settings,
         "heldout_selected_gain": heldout_selected_gain(complete, repeats=repeats, seed=seed).to_dict(),
-        "oracle_gain": bootstrap_mean(oracle, n_boot=n_boot, seed=seed).to_dict(),
+        "oracle_gain": bootstrap_mean(oracle, missing="raise", n_boot=n_boot, seed=seed).to_dict(),
         "oracle_control_identical_text": {
-            **bootstrap_mean(noise_oracle, n_boot=n_boot, seed=seed).to_dict(),
+            **bootstrap_mean(noise_oracle, missing="raise", n_boot=n_boot, seed=seed).to_dict(),
             "docs_with_identical_setting": int(has_copy.sum()),
         },
         "judge_agreement_identical_text": float(
@@ -132,6 +134,14 @@ def analyse_bucket(records: list[dict[str, Any]], *, seed: int = 0, n_boot: int 
 
 
 def best_setting(result: dict[str, Any]) -> tuple[str, Estimate]:
-    """The setting with the highest mean gain in an ``analyse_bucket`` result (in-sample)."""
+    """The setting with the highest mean gain in an ``analyse_bucket`` result (in-sample).
+
+    Raises:
+        ValueError: a setting without a mean gain (no document scored): a NaN would make ``max``
+            depend on the settings' order.
+    """
+    unscored = [name for name, s in result["settings"].items() if not np.isfinite(s["mean_gain"])]
+    if unscored:
+        raise ValueError(f"settings {unscored} have no finite mean gain (no judged document)")
     name, s = max(result["settings"].items(), key=lambda kv: kv[1]["mean_gain"])
-    return name, Estimate(s["mean_gain"], tuple(s["ci95"]), s["n"])
+    return name, Estimate(s["mean_gain"], tuple(s["ci95"]), s["n"], s.get("n_missing"))

@@ -130,9 +130,12 @@ def knockout_sweep(
         return logp[0], nll
 
     def run(extra: list, start: int) -> tuple[Tensor, Tensor | None]:
-        """One pass from the residual stream kept at block ``start``, with the transition."""
-        pairs = ([] if transition is None else transition.hooks(model, prompt_lengths=t)) + extra
-        with model.hooks(fwd_hooks=pairs), torch.inference_mode():
+        """One pass from the residual stream kept at block ``start``, with the transition.
+
+        The replay reuses the hooks of the full pass: it never reaches ``embed.hook_in``, so
+        they keep that pass's prompt (its token ids, from which the placebo draws its targets).
+        """
+        with model.hooks(fwd_hooks=edits + extra), torch.inference_mode():
             return read(run_blocks(model, inputs[start], start, block_kwargs)[0])
 
     base_logp, base_nll = read(base_logits[0])

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,21 +66,10 @@ def load_model(
         ValueError: a config that is not Llama-family, or a checkpoint without a tokenizer.
         OSError: a hub id that is neither cached nor reachable.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
-    source = resolve_source(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
-    except OSError as err:
-        raise OSError(f"cannot load a config for {name_or_path!r} (offline and not cached?): {err}") from err
-    if config.model_type not in LLAMA_FAMILY:
-        raise ValueError(
-            f"{name_or_path!r} is a {config.model_type!r} model; at_probe supports Llama-family "
-            f"checkpoints ({', '.join(sorted(LLAMA_FAMILY))})"
-        )
-    if isinstance(source, str) and Path(source).is_dir():
-        _require_tokenizer(Path(source))
+    source, config = _llama_config(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or _default_dtype(config, device)
 
@@ -94,6 +84,65 @@ def load_model(
         str(source), hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=dtype
     )
     return bridge.eval()
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A Llama's shape, read from its config without loading the weights (``model_shape``).
+
+    ``cfg`` is the shape itself, so an intervention's ``hooks(shape)`` reads ``cfg.n_layers`` /
+    ``cfg.n_heads`` as it would from a loaded model: a run's settings are checked against the
+    model before anything is loaded or written (``at_probe.xsum.check_settings``).
+    """
+
+    n_layers: int
+    n_heads: int
+
+    @property
+    def cfg(self) -> ModelShape:
+        return self
+
+
+SMOLLM2_SHAPE = ModelShape(n_layers=30, n_heads=9)
+"""SmolLM2-135M-Instruct's shape (the converted checkpoint of the pinned GGUF, ``GGUF_SHA256``)."""
+
+
+def model_shape(name_or_path: str | Path = DEFAULT_MODEL) -> ModelShape:
+    """The shape of the model ``load_model(name_or_path)`` would load, from its config alone.
+
+    Seconds, no weights: ``"tiny"`` and local directories read their ``config.json``, a hub id
+    its (cached or downloaded) config; ``"smollm2"`` is known without converting the GGUF. The
+    same checks as ``load_model``'s come first, so a bad ``--model`` fails here, before a run
+    directory is touched.
+
+    Raises:
+        FileNotFoundError: a directory that does not exist or lacks ``config.json``.
+        ValueError: a config that is not Llama-family, or a checkpoint without a tokenizer.
+        OSError: a hub id that is neither cached nor reachable.
+    """
+    if str(name_or_path) == "smollm2":
+        return SMOLLM2_SHAPE
+    _, config = _llama_config(name_or_path)
+    return ModelShape(n_layers=int(config.num_hidden_layers), n_heads=int(config.num_attention_heads))
+
+
+def _llama_config(name_or_path: str | Path) -> tuple[str, Any]:
+    """``(from_pretrained source, HF config)`` of a Llama-family checkpoint (``load_model``'s checks)."""
+    from transformers import AutoConfig
+
+    source = resolve_source(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except OSError as err:
+        raise OSError(f"cannot load a config for {name_or_path!r} (offline and not cached?): {err}") from err
+    if config.model_type not in LLAMA_FAMILY:
+        raise ValueError(
+            f"{name_or_path!r} is a {config.model_type!r} model; at_probe supports Llama-family "
+            f"checkpoints ({', '.join(sorted(LLAMA_FAMILY))})"
+        )
+    if Path(source).is_dir():
+        _require_tokenizer(Path(source))
+    return source, config
 
 
 def model_description(model: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from at_probe import ops
 from at_probe.names import layer_of, pattern_hook, value_hook
+from at_probe.runfiles import write_json_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -126,8 +127,8 @@ class FlowResult:
         return out
 
     def save(self, path: str | Path) -> None:
-        """Write ``to_dict()`` as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict()))
+        """Write ``to_dict()`` as JSON, replacing the file whole (a kill never leaves half of it)."""
+        write_json_atomic(Path(path), self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path: str | Path) -> FlowResult:

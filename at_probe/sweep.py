@@ -1,7 +1,8 @@
 """Sweeps of (batch of documents, setting) units: in this process, or fanned out on Ray.
 
-The run directory is the contract. The driver alone appends records (``records.jsonl``,
-fsynced after each unit) and writes the manifest; workers only compute. A unit is done when
+The run directory is the contract. The driver alone (one per directory, holding
+``at_probe.runfiles.owned_run``) appends records (``records.jsonl``, fsynced after each unit)
+and writes the manifest; workers only compute. A unit is done when
 all its records are on disk, so a driver killed at any moment resumes from the file: units
 are planned the same way every time (setting-major, the full document list cut into
 consecutive batches), so a resumed or distributed run computes exactly the batches a
@@ -9,14 +10,19 @@ single-process run computes, and records already on disk are never written twice
 
 With ``workers=0`` and no address everything runs here and Ray is never imported. Otherwise
 each Ray actor loads the model once (``factory()``) and takes one unit at a time; a unit
-whose actor died is retried on a fresh actor (``max_attempts`` in all), and an error raised by
-the work itself (a bad document, say) stops the sweep with that error.
+whose actor died is retried on a fresh actor (``max_attempts`` in all), an actor that died
+while loading the model is replaced the same way (``max_attempts`` starts per actor slot), and
+an error raised by the work itself or by the loading (a bad document, a bad model name) stops
+the sweep with that error. ``KillWorker`` and ``KillStart`` inject the deaths, for tests and
+for checking a deployment.
 
 Example:
     >>> units = plan_units(["baseline", "paper:alpha=1.0,beta=0.5,k=2"], docs, batch_size=8)
-    >>> sink = RecordSink(run / "records.jsonl")
-    >>> run_units(sink.pending(units), SummaryWorkerFactory(...), sink.write, start=check_manifest,
-    ...           workers=4)
+    >>> with owned_run(run):                      # one driver per run directory
+    ...     check_manifest(run, config)             # before anything is repaired or written
+    ...     sink = RecordSink(run / "records.jsonl")
+    ...     run_units(sink.pending(units), SummaryWorkerFactory(...), sink.write,
+    ...               start=lambda described: ensure_manifest(run, {**config, **described}), workers=4)
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from at_probe.cliargs import nonnegative_float, nonnegative_int
 from at_probe.runfiles import append_jsonl, read_jsonl
 
 
@@ -90,7 +97,12 @@ class RecordSink:
     """The driver's side of ``records.jsonl``: what is done, and appending a unit's records.
 
     Records are keyed by ``(doc_id, setting)`` (``key``); a record whose key is already on disk
-    (from a unit half-written when the driver was killed) is dropped, never duplicated.
+    (from a unit half-written when the driver was killed) is dropped, never duplicated. Opening
+    it cuts a partial last line, so only the directory's owner opens it
+    (``at_probe.runfiles.owned_run``), after checking the manifest.
+
+    Raises:
+        RuntimeError: opened outside ``owned_run`` of the file's directory.
     """
 
     def __init__(self, path: Path, key: Callable[[dict[str, Any]], tuple[str, str]] | None = None) -> None:
@@ -148,11 +160,13 @@ def run_units(
             (a local Ray with N CPUs unless ``ray_address`` joins a cluster).
         ray_address: a Ray cluster to join (``ray start --head`` prints it), or None.
         gpus_per_worker: GPUs each actor asks Ray for (1 on a GPU cluster).
-        max_attempts: attempts per unit when actors die.
+        max_attempts: attempts per unit when actors die, and starts per actor when an actor
+            dies while loading the model.
         progress: called after each unit is written.
 
     Raises:
-        SweepError: a unit's worker died ``max_attempts`` times.
+        SweepError: a unit's worker died ``max_attempts`` times, or an actor died while loading
+            the model ``max_attempts`` times in a row.
     """
     if workers < 0 or max_attempts < 1:
         raise ValueError("workers must be >= 0 and max_attempts >= 1")
@@ -206,21 +220,54 @@ def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, star
             raise ValueError(f"{n_actors} workers x {gpus_per_worker} GPU need more than the cluster's "
                              f"{gpus:g} GPUs")
         actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_ActorBody)
-        actors = [actor_class.remote(factory) for _ in range(n_actors)]
-        try:
-            descriptions = ray.get([a.describe.remote() for a in actors])
-        except RayTaskError as err:  # the factory failed (bad model name, say): its own error
-            raise err.as_instanceof_cause() from None
+        starting: dict[Any, tuple[Any, int]] = {}  # describe() ref -> (actor, its start attempt)
+
+        def launch(attempt: int) -> None:
+            actor = actor_class.remote(factory)
+            actors.append(actor)
+            starting[actor.describe.remote()] = (actor, attempt)
+
+        def started(ref: Any) -> tuple[Any, dict[str, Any]] | None:
+            """A finished start: the actor and its description, or None when the actor died while
+            loading (its replacement is launched, ``max_attempts`` starts in all)."""
+            actor, attempt = starting.pop(ref)
+            try:
+                return actor, ray.get(ref)
+            except RayTaskError as err:  # the factory failed (bad model name, say): its own error
+                raise err.as_instanceof_cause() from None
+            except RayError:  # the process died while loading (out of memory, lost node): start another
+                ray.kill(actor)
+                actors.remove(actor)
+                if attempt >= max_attempts:
+                    raise SweepError(f"a worker died while starting {attempt} times") from None
+                launch(attempt + 1)
+                return None
+
+        for _ in range(n_actors):
+            launch(1)
+        idle, descriptions = [], []
+        while starting:  # every actor loaded (or replaced) before the first unit
+            (ref,), _ = ray.wait(list(starting), num_returns=1)
+            if (ready := started(ref)) is not None:
+                idle.append(ready[0])
+                descriptions.append(ready[1])
         if any(d != descriptions[0] for d in descriptions):
             raise RuntimeError(f"Ray workers loaded different models: {descriptions}")
         start(descriptions[0])
         queue, attempts = collections.deque(units), collections.Counter()
-        idle, in_flight = list(actors), {}
+        in_flight: dict[Any, tuple[Any, Unit]] = {}
         while queue or in_flight:
             while idle and queue:
                 actor, unit = idle.pop(), queue.popleft()
                 in_flight[actor.run.remote(unit)] = (actor, unit)
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            (ref,), _ = ray.wait([*in_flight, *starting], num_returns=1)
+            if ref in starting:  # a replacement actor finished loading
+                if (ready := started(ref)) is not None:
+                    if ready[1] != descriptions[0]:
+                        raise RuntimeError(f"a replacement Ray worker loaded another model: {ready[1]}, "
+                                           f"not {descriptions[0]}")
+                    idle.append(ready[0])
+                continue
             actor, unit = in_flight.pop(ref)
             try:
                 records = ray.get(ref)
@@ -233,8 +280,7 @@ def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, star
                 queue.appendleft(unit)
                 ray.kill(actor)
                 actors.remove(actor)
-                actors.append(actor_class.remote(factory))
-                idle.append(actors[-1])
+                launch(1)
                 continue
             write(unit, records)
             progress(unit)
@@ -261,6 +307,26 @@ class KillWorker:
         return _KillingWorker(self.factory(), self)
 
 
+@dataclass(frozen=True)
+class KillStart:
+    """Fault injection for checking a deployment: a factory whose process exits abruptly
+    (``os._exit``, as an out-of-memory kill while loading would) after ``factory()`` loaded the
+    model and before the worker is ready, on the first ``times`` starts across all processes
+    (counted in the file ``marker``)."""
+
+    factory: WorkerFactory
+    marker: Path
+    times: int = 1
+
+    def __call__(self) -> Worker:
+        worker = self.factory()
+        if not self.marker.exists() or self.marker.stat().st_size < self.times:
+            with open(self.marker, "ab") as fh:
+                fh.write(b"x")
+            os._exit(1)
+        return worker
+
+
 class _KillingWorker:
     def __init__(self, inner: Worker, fault: KillWorker) -> None:
         self.inner, self.fault = inner, fault
@@ -278,12 +344,12 @@ class _KillingWorker:
 
 def add_sweep_arguments(parser: Any) -> None:
     """``--workers``, ``--ray-address`` and ``--gpus-per-worker`` for a sweep command's parser."""
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--workers", type=nonnegative_int, default=0,
                         help="Ray actors, each loading the model once (0, the default: this process, no Ray)")
     parser.add_argument("--ray-address", default=None,
                         help="join a Ray cluster (e.g. 'auto' on a node of it, or HOST:6379) instead of "
                              "starting a local one; --workers then defaults to 1 actor")
-    parser.add_argument("--gpus-per-worker", type=float, default=None,
+    parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=None,
                         help="GPUs each actor asks Ray for (default: 1 with --device cuda, else 0)")
 
 
@@ -294,8 +360,6 @@ def sweep_options(args: Any) -> dict[str, Any]:
     this machine has one): GPU actors must ask Ray for their GPU, or they would all share the
     first one. On a cluster whose head has no GPU, pass ``--device cuda``.
     """
-    if args.workers < 0:
-        raise ValueError("--workers must be >= 0")
     uses_ray = bool(args.workers or args.ray_address)
     gpus = args.gpus_per_worker
     if gpus is None:

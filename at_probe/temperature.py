@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,6 +25,20 @@ from at_probe.intervention import AttentionEdit, SequenceView, int_tuple, last_h
 from at_probe.names import resolve_layers
 
 Scores = Float[Tensor, "batch head query_pos key_pos"]
+
+MIN_TAU = 1e-3
+"""Smallest temperature accepted.
+
+The edit multiplies every unmasked score by ``1 / tau``, so a tiny ``tau`` overflows: at
+``tau = 1e-38`` any score above 3.4 becomes ``inf`` in float32 and bfloat16, and the softmax of
+a row holding ``inf`` is NaN, so every logit is NaN. At ``1e-3`` the softmax is already a hard
+argmax (scores 0.01 apart end e^10 apart), so smaller values add nothing but overflow, and the
+scores are scaled by at most 1e3: scores of any trained model (a few hundred at most) stay
+finite in float32 and bfloat16 with over 30 orders of magnitude to spare. (In float16, whose
+range ends at 65504, scores above 65 would still overflow at this ``tau``.)
+"""
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def temper_scores_(scores: Scores, tau: float, heads: Tensor | None = None) -> Scores:
@@ -52,7 +67,7 @@ class AttentionTemperature(AttentionEdit):
     """Scores of chosen layers and heads divided by ``tau`` (pre-softmax, every pass).
 
     Args:
-        tau: temperature, ``> 0`` (1 changes nothing).
+        tau: temperature, finite, in ``[MIN_TAU, float32 max]`` (1 changes nothing).
         layers: layers to edit; ``None``: the last half (``L // 2 .. L - 1``).
         heads: heads to edit in each of them; ``None``: all.
     """
@@ -64,9 +79,15 @@ class AttentionTemperature(AttentionEdit):
     stage: ClassVar[str] = "scores"
 
     def __post_init__(self) -> None:
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
-            raise ValueError(f"tau must be a number > 0, got {self.tau!r}")
-        object.__setattr__(self, "tau", float(self.tau))
+        """Raises ValueError naming ``tau`` for a non-number, NaN, infinity, or a value outside
+        ``[MIN_TAU, float32 max]`` (above it ``tau`` itself is ``inf`` in float32)."""
+        tau = self.tau
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+            raise ValueError(f"tau must be a finite number, got {tau!r}")
+        if not MIN_TAU <= tau <= _FLOAT32_MAX:
+            raise ValueError(f"tau must be in [{MIN_TAU:g}, {_FLOAT32_MAX:.3g}] (MIN_TAU: below it the "
+                             f"scores overflow to inf, hence NaN logits), got {tau!r}")
+        object.__setattr__(self, "tau", float(tau))
         for name in ("layers", "heads"):
             value = getattr(self, name)
             if value is not None:

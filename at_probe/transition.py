@@ -13,6 +13,15 @@ and return tensors and never touch a model. The hook classes below them (``Paper
 ``SRATransition``, ``PlaceboTransition``) find the prompt rows of each sequence, call the same
 arithmetic in place on the touched rows only, and record a report.
 
+Each prompt's rows are edited with the schedule of its own length wherever a pass computes
+them: at the prefill, and again at each growing full pass of ``generate(...,
+use_past_kv_cache=False)``, which recomputes them (KV-cache decode steps compute only the new
+row). Rows past the prompt (generated tokens) are never edited: the decode steps of a generation
+continue its prompt, with the prompt's length (``at_probe.intervention``). Every other
+pass is a new prompt: two ``model(...)`` calls in one ``applied`` block are two prompts even
+when the second's tokens extend the first's, and so are two ``generate`` calls. The rule is
+the same for every intervention (``at_probe.intervention``, "Which passes are one prompt").
+
 Example:
     >>> import torch, at_probe as ap
     >>> from at_probe.transition import PaperTransition
@@ -39,6 +48,7 @@ from torch import Tensor
 from at_probe.hooked import editable, left_padding
 from at_probe.intervention import HookLifetime, PromptTracker, lengths_of, resolve_heads
 from at_probe.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, resolve_layers, scores_hook
+from at_probe.seeding import draw_generator, prompt_digest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,6 +67,19 @@ _RECENT_WEIGHT, _OLDER_WEIGHT, _FIRST_WEIGHT = 7.0, 3.0, 10.0
 _SMALL_FILL, _FIRST_SMALL_FILL = 0.01, 0.001
 # SRA's mask weights for kept (>= tau) and small entries of the target window.
 _SRA_KEPT, _SRA_SMALL = 100, 5
+
+MAX_ROW_MASS = 1e3
+"""Most attention mass an edited row may end with; it bounds ``beta`` and SRA's strengthen factors.
+
+The transitions add mass without renormalising: a paper row ends with at most ``10 beta`` (the
+first-interval weight 10 times the freed mass, at most 1), an SRA row with at most its
+strengthen factor. The pattern then multiplies the value vectors in the model's dtype, and the
+residual stream is squared by the next RMSNorm: a large enough factor overflows to ``inf`` and
+every logit becomes NaN (``beta = 1e38`` does in float32). ``1e3`` keeps the attention output of
+value entries up to 65 inside float16's range (65504) and leaves float32/bfloat16 over 30
+orders of magnitude, while the paper's grid (``beta <= 1.5``) and SRA's factors (4-5) are far
+below it.
+"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,8 +152,8 @@ def dispense(
     Args:
         pattern: post-softmax causal pattern ``[batch, head, q, k]`` of one prompt (no padding).
         spans: ``[start, end)`` query-row spans (e.g. ``paper_schedule(T, L, K)[layer]``).
-        alpha: threshold factor, ``> 0``.
-        beta: share of the freed mass moved to the history, ``>= 0``.
+        alpha: threshold factor, finite, ``> 0``.
+        beta: share of the freed mass moved to the history, ``0 <= beta <= MAX_ROW_MASS / 10``.
         conserve_mass: renormalise touched rows to their original sums.
 
     Returns:
@@ -138,7 +161,8 @@ def dispense(
 
     Raises:
         ValueError: pattern not 4-d, a span outside it or without ``2n`` keys of history
-            (other than ``s == n``), overlapping spans, ``alpha <= 0`` or ``beta < 0``.
+            (other than ``s == n``), overlapping spans, ``alpha`` or ``beta`` not finite,
+            ``alpha <= 0``, or ``beta`` outside ``[0, MAX_ROW_MASS / 10]``.
     """
     _check_pattern(pattern)
     _check_paper_params(alpha, beta, conserve_mass)
@@ -182,7 +206,8 @@ def sra_layer(
         layer: 0-based layer index; ``n_layers``: model depth ``L``.
         begin_length, threshold_len: ``B0`` and ``TL`` in tokens.
         elimi_factor_inter, elimi_factor_outer: threshold factors ``ei``, ``eo``.
-        strengthen_factor_inter, strengthen_factor_outer: factors ``si``, ``so``.
+        strengthen_factor_inter, strengthen_factor_outer: factors ``si``, ``so``, in
+            ``[0, MAX_ROW_MASS]``.
         dyna_div: if given, ``TL = floor(V / dyna_div)`` per sequence (dynamic threshold).
 
     Returns:
@@ -209,7 +234,11 @@ def sra_layer(
 
 @dataclass(frozen=True)
 class SRAParams:
-    """Parameters of the SRA version (public defaults of the authors' code)."""
+    """Parameters of the SRA version (public defaults of the authors' code).
+
+    Raises ValueError naming the field: integers below their minimum, non-finite factors,
+    ``elimi_factor_* <= 0``, or ``strengthen_factor_*`` outside ``[0, MAX_ROW_MASS]``.
+    """
 
     begin_length: int = 100
     threshold_len: int = 200
@@ -224,8 +253,8 @@ class SRAParams:
                   "threshold_len": _check_int("threshold_len", self.threshold_len, minimum=0)}
         for name in ("elimi_factor_inter", "elimi_factor_outer"):
             fields[name] = _check_positive(name, getattr(self, name))
-        for name in ("strengthen_factor_inter", "strengthen_factor_outer"):
-            fields[name] = _check_nonnegative(name, getattr(self, name))
+        for name in ("strengthen_factor_inter", "strengthen_factor_outer"):  # a row ends with <= factor
+            fields[name] = _check_real(name, getattr(self, name), positive=False, maximum=MAX_ROW_MASS)
         if self.dyna_div is not None:
             fields["dyna_div"] = _check_int("dyna_div", self.dyna_div, minimum=1)
         for name, value in fields.items():  # plain Python numbers (numpy scalars accepted)
@@ -395,12 +424,16 @@ def _check_int(name: str, value: object, *, minimum: int) -> int:
     return int(value)  # type: ignore[call-overload]
 
 
-def _check_real(name: str, value: object, *, positive: bool) -> float:
-    """``value`` as a float, if it is a finite number ``> 0`` (``positive``) or ``>= 0``."""
+def _check_real(name: str, value: object, *, positive: bool, maximum: float | None = None) -> float:
+    """``value`` as a float, if it is a finite number ``> 0`` (``positive``) or ``>= 0``, and at
+    most ``maximum`` (None: no bound beyond finite)."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g} (edited rows would end with more than "
+                         f"MAX_ROW_MASS = {MAX_ROW_MASS:g} of attention mass and overflow), got {value!r}")
     return float(value)
 
 
@@ -408,13 +441,10 @@ def _check_positive(name: str, value: object) -> float:
     return _check_real(name, value, positive=True)
 
 
-def _check_nonnegative(name: str, value: object) -> float:
-    return _check_real(name, value, positive=False)
-
-
 def _check_paper_params(alpha: object, beta: object, conserve_mass: bool = False) -> None:
-    _check_positive("alpha", alpha)
-    _check_nonnegative("beta", beta)
+    _check_positive("alpha", alpha)  # any finite alpha > 0 is safe: it only sets the threshold
+    # a row ends with at most 10 beta (the first-interval weight times the freed mass)
+    _check_real("beta", beta, positive=False, maximum=MAX_ROW_MASS / _FIRST_WEIGHT)
     if conserve_mass and beta == 0:
         raise ValueError("conserve_mass=True needs beta > 0: with beta = 0 a row whose entries all fall "
                          "below the threshold keeps no mass to rescale (0 / 0)")
@@ -503,12 +533,13 @@ class TransitionReport:
 class _Run(PromptTracker):
     """State of one set of hooks: the current prompt (``PromptTracker``), reports, warnings.
 
-    A continuation of the prompt (``generate`` without a KV cache) keeps the prompt lengths,
-    so generated rows are never edited.
+    A continuation of the prompt (a decode step of one generation, with or without the KV
+    cache) keeps the prompt lengths, so generated rows are never edited; a new prompt gets its
+    own lengths, schedule and report.
     """
 
-    def __init__(self, prompt_lengths: Sequence[int] | None):
-        super().__init__()
+    def __init__(self, model: Any, prompt_lengths: Sequence[int] | None):
+        super().__init__(model)
         self.fixed_lengths = list(prompt_lengths) if prompt_lengths is not None else None
         self.lengths: list[int] | None = None
         self.stats: dict[int, tuple[list[list[Span]], RowStats]] = {}
@@ -578,20 +609,27 @@ class _Transition(HookLifetime):
         if heads is not None:
             object.__setattr__(self, "heads", tuple(int(h) if _is_int(h) else h for h in heads))
 
-    def _edit_(self, seq: Tensor, layer: int, n_layers: int, heads: Tensor | None,
+    def _edit_(self, seq: Tensor, ids: Tensor | None, layer: int, n_layers: int, heads: Tensor | None,
                stats: RowStats, run: _Run) -> list[Span]:
-        """Edit one sequence ``[1, head, T, T]`` in place; return the row spans edited."""
+        """Edit one sequence ``[1, head, T, T]`` in place; return the row spans edited.
+
+        ``ids`` are the sequence's ``T`` prompt token ids (None when the pass had no token
+        ids, e.g. embeddings fed directly); only the placebo's per-document draws use them.
+        """
         raise NotImplementedError
 
     def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
               prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
         """Plain TransformerLens ``(hook_name, fn)`` pairs applying the transition.
 
-        Each call starts fresh state (prompt lengths, report). Pairs can be concatenated with
-        other hooks; on a shared hook point hooks run in list order, so ``tr.hooks(m) +
-        probe.hooks()`` lets the probe see the edited pattern. A hook that ran earlier on the
-        same point keeps what it saw: the pattern is edited in place only when nothing else
-        holds it, and copied otherwise (``at_probe.hooked.editable``). Left padding is read
+        Each call starts fresh state (prompt lengths, report); each pass and each ``generate``
+        call is then a prompt of its own unless it continues one generation (the rule of
+        ``at_probe.intervention``; registered by hand, wrap ``generate(...,
+        use_past_kv_cache=False)`` in ``at_probe.intervention.generating(model)``). Pairs can
+        be concatenated with other hooks; on a shared hook point hooks run in list order, so
+        ``tr.hooks(m) + probe.hooks()`` lets the probe see the edited pattern. A hook that ran
+        earlier on the same point keeps what it saw: the pattern is edited in place only when
+        nothing else holds it, and copied otherwise (``at_probe.hooked.editable``). Left padding is read
         from the attention mask as applied to the pre-softmax scores (a pair on
         ``hook_attn_scores`` per edited layer, read-only); right padding is refused.
 
@@ -599,7 +637,7 @@ class _Transition(HookLifetime):
             model: a ``TransformerBridge`` (its ``cfg.n_layers`` / ``cfg.n_heads`` are used).
             prompt_lengths: real (non-padding) prompt tokens per sequence, when a pass holds
                 more than the prompt (e.g. prompt + reference for teacher forcing); rows past
-                it are never edited. ``None``: the first full pass is the prompt.
+                it are never edited. ``None``: each prompt's first pass is all prompt.
             prompts: the batch's ``Prompt`` objects (the shared interface of
                 ``at_probe.intervention``); only their lengths are used.
 
@@ -609,14 +647,16 @@ class _Transition(HookLifetime):
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
         layers = self._layers(n_layers)
         heads = resolve_heads(self.heads, n_heads)  # type: ignore[attr-defined]
-        run = _Run(lengths_of(prompt_lengths, prompts))
+        run = _Run(model, lengths_of(prompt_lengths, prompts))
         object.__setattr__(self, "_last_run", run)
 
         def scores_fn(scores: Tensor, *, hook: Any) -> None:
+            run.see_attention(scores.shape)
             if scores.shape[-2] == scores.shape[-1]:  # full pass: read the padding off the mask
                 run.offsets = left_padding(scores)
 
         def hook_fn(pattern: Tensor, *, hook: Any) -> Tensor | None:
+            run.see_attention(pattern.shape)
             layer = layer_of(hook.name)
             if pattern.shape[-2] != pattern.shape[-1]:
                 return None  # a KV-cache decode step: prompt rows were edited at prefill
@@ -630,7 +670,8 @@ class _Transition(HookLifetime):
             spans = []
             for b, (off, length) in enumerate(zip(offsets, lengths)):
                 seq = pattern[b : b + 1, :, off : off + length, off : off + length]
-                spans.append(self._edit_(seq, layer, n_layers, heads, stats, run))
+                ids = None if run.prompt is None else run.prompt[b, off : off + length]
+                spans.append(self._edit_(seq, ids, layer, n_layers, heads, stats, run))
             run.stats[layer] = (spans, stats)
             return pattern
 
@@ -656,8 +697,9 @@ class PaperTransition(_Transition):
     (see ``dispense``); ``conserve_mass=True`` is the named variant that renormalises.
 
     Args:
-        alpha: threshold factor (``tau = alpha / end``), ``> 0``.
-        beta: share of the freed mass moved to the history, ``>= 0``.
+        alpha: threshold factor (``tau = alpha / end``), finite, ``> 0``.
+        beta: share of the freed mass moved to the history, ``0 <= beta <= MAX_ROW_MASS / 10``
+            (larger values overflow; see ``MAX_ROW_MASS``).
         intervals_per_layer: ``K``, spans per layer.
         layers: layers to edit; ``None`` means the paper's layers ``1 .. L-3``.
             Explicit layers must lie in ``1 .. L-3`` (the schedule defines no spans elsewhere).
@@ -699,7 +741,7 @@ class PaperTransition(_Transition):
             )
         return schedule.get(layer, [])
 
-    def _edit_(self, seq, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
+    def _edit_(self, seq, ids, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
         spans = self._spans(seq.shape[-1], layer, n_layers, run)
         for span in spans:
             _dispense_span_(seq, span, self.alpha, self.beta, conserve_mass=self.conserve_mass,
@@ -713,28 +755,34 @@ class PlaceboTransition(PaperTransition):
 
     Every scheduled span is edited exactly like ``PaperTransition`` (threshold, halved sink,
     the same added mass per row), but the mass goes to a random window of ``2n`` keys
-    (drawn uniformly among the causal windows that end by the span's start, seeded per
-    ``(seed, layer, span)``) instead of the two intervals just before the span. A difference
+    (drawn uniformly among the causal windows that end by the span's start, per ``(seed,
+    layer, span)`` and per document: each document gets its own draw, the same in any batch)
+    instead of the two intervals just before the span. A difference
     between the paper version and this placebo is the effect of *where* the mass goes.
     """
 
     seed: int = 0
 
-    def target_start(self, layer: int, index: int, span: Span) -> int:
+    def target_start(self, layer: int, index: int, span: Span, prompt_ids: Sequence[int] | Tensor) -> int:
         """First key of the ``2n``-key window that span number ``index`` of ``layer`` feeds.
 
         Uniform over ``0 .. s - 2n`` (every causal window that ends by the span's start ``s``;
-        the paper's own window starts at ``s - 2n``), seeded per ``(seed, layer, index)``.
+        the paper's own window starts at ``s - 2n``), drawn per ``(seed, layer, index,
+        document)``: ``prompt_ids`` are the prompt's token ids (``at_probe.seeding``).
         """
         s, e = span
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + layer * 1_009 + index)
+        gen = draw_generator(self.seed, "transition-window", layer, index, prompt_digest(prompt_ids))
         return int(torch.randint(0, s - 2 * (e - s) + 1, (1,), generator=gen))
 
-    def _edit_(self, seq, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
+    def _edit_(self, seq, ids, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
         spans = self._spans(seq.shape[-1], layer, n_layers, run)
+        if spans and ids is None:
+            raise ValueError("PlaceboTransition draws its targets per document from the prompt's token ids: "
+                             "run the model on token ids, not embeddings")
         for j, span in enumerate(spans):
+            start = self.target_start(layer, j, span, ids)
             _dispense_span_(seq, span, self.alpha, self.beta, conserve_mass=self.conserve_mass,
-                            heads=heads, stats=stats, target_start=self.target_start(layer, j, span))
+                            heads=heads, stats=stats, target_start=start)
         return spans
 
 
@@ -757,5 +805,5 @@ class SRATransition(SRAParams, _Transition):
     def _layers(self, n_layers: int) -> tuple[int, ...]:
         return resolve_layers(self.layers, range(0, n_layers - 1), what="the layers where SRA acts")
 
-    def _edit_(self, seq, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
+    def _edit_(self, seq, ids, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
         return _sra_sequence_(seq, layer, n_layers, seq.shape[-1], self, heads=heads, stats=stats)

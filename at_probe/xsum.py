@@ -8,6 +8,7 @@ Example:
     >>> from at_probe.xsum import load_records, is_heldout
     >>> recs = load_records("../shared/data/xsum-at-release/token_800_evaluation.json.gz")
     >>> held = [r for r in recs if is_heldout(r["id"])]
+    >>> fixed = load_records(path, fix_text=True)   # mojibake repaired (ftfy); fixed.repaired: ids
 """
 
 from __future__ import annotations
@@ -44,8 +45,51 @@ def is_development(doc_id: str | int) -> bool:
     return not is_heldout(doc_id)
 
 
-def load_records(path: str | Path) -> list[dict[str, Any]]:
+TEXT_FIELDS: tuple[str, ...] = ("document", "summary")
+"""The fields of a release record that the text repair (``fix_text``) rewrites."""
+
+
+class ReleaseRecords(list[dict[str, Any]]):
+    """The records of a release file (a list of dicts) and ``repaired``: the ids of the records
+    whose text ``load_records(..., fix_text=True)`` changed (empty without the repair)."""
+
+    repaired: tuple[str, ...] = ()
+
+
+def repair_text(text: str) -> str:
+    """``text`` with its mojibake repaired by ftfy's encoding fixes alone (``ftfy.fix_encoding``):
+    UTF-8 that was read as Windows-1252 or Latin-1, once or more, becomes the intended characters
+    (``Â£`` -> ``£``, ``â€¦`` -> ``…``, ``Ã©`` -> ``é``). Quotes, character widths, line breaks
+    and HTML entities stay as they are; text without mojibake is returned unchanged."""
+    import ftfy
+
+    return ftfy.fix_encoding(text)
+
+
+def text_repair_manifest(fix_text: bool) -> dict[str, Any]:
+    """The manifest entries of a run's text repair: ``fix_text``, and ftfy's version when on
+    (another version may repair differently, so a resumed run must use the same)."""
+    if not fix_text:
+        return {"fix_text": False}
+    from importlib.metadata import version
+
+    return {"fix_text": True, "ftfy_version": version("ftfy")}
+
+
+def repair_note(records: ReleaseRecords, used: Sequence[dict[str, Any]]) -> str:
+    """One line for a command's output: how many of the documents it ``used`` the repair changed."""
+    ids = {str(d["id"]) for d in used}
+    return (f"--fix-text: repaired the text of {len(ids & set(records.repaired))} of the {len(ids)} "
+            f"documents used ({len(records.repaired)} of the {len(records)} records in the file)")
+
+
+def load_records(path: str | Path, *, fix_text: bool = False) -> ReleaseRecords:
     """Read a release file (``.json`` or ``.json.gz``) into a list of records.
+
+    The release as published has mojibake (double-encoded UTF-8) in 28-38 of the 200 records of
+    each bucket. ``fix_text=True`` repairs the ``TEXT_FIELDS`` of every record (``repair_text``)
+    and lists the records it changed in ``repaired``; off by default, so that runs made without
+    it stay reproducible.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -64,6 +108,15 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
         isinstance(r, dict) and "document" in r and "id" in r for r in records
     ):
         raise ValueError(f"{path}: expected a JSON list of records with 'document' and 'id'")
+    records = ReleaseRecords(records)
+    if fix_text:
+        repaired = []
+        for record in records:
+            fixed = {k: repair_text(record[k]) for k in TEXT_FIELDS if isinstance(record.get(k), str)}
+            if any(record[k] != v for k, v in fixed.items()):
+                record.update(fixed)
+                repaired.append(str(record["id"]))
+        records.repaired = tuple(repaired)
     return records
 
 
@@ -262,6 +315,33 @@ def parse_settings(text: str, profiles: dict[str, Any] | None = None) -> dict[st
     return out
 
 
+def check_settings(settings: dict[str, Any], model: Any) -> None:
+    """Check every setting against the model before a run starts: layers, heads and profiles.
+
+    Each intervention builds its hooks for ``model`` (a loaded model, or the
+    ``at_probe.loading.ModelShape`` that ``model_shape`` reads from the config without the
+    weights), which validates its layers and heads against ``model.cfg`` and its profiles
+    (a position bias's layers, an emphasis ranking's heads) against the model; the hooks are
+    thrown away. A run calls this before its manifest names the settings, so a setting that
+    cannot run fails at once instead of after the others' units.
+
+    Args:
+        settings: ``{canonical name: intervention or None}`` (``parse_settings``).
+        model: anything with ``cfg.n_layers`` and ``cfg.n_heads``.
+
+    Raises:
+        SettingError: a setting that does not fit the model (names it and the reason).
+    """
+    for name, intervention in settings.items():
+        if intervention is None:
+            continue
+        try:
+            intervention.hooks(model, prompts=[])  # no prompts: the hooks are built, never run
+        except ValueError as err:
+            raise SettingError(f"{name!r} does not fit the model ({model.cfg.n_layers} layers, "
+                               f"{model.cfg.n_heads} heads): {err}") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Choosing settings on development documents (the experiment's only selection step)
 # ---------------------------------------------------------------------------------------------
@@ -314,12 +394,25 @@ def placebo_of(setting: str, seed: int = PLACEBO_SEED, profiles: dict[str, Any] 
 
 
 def _mean_nll(rows: list[dict[str, Any]]) -> tuple[dict[str, float], int]:
-    """Mean ``summary_nll`` per setting over the documents scored under every setting."""
+    """Mean ``summary_nll`` per setting over the documents scored under every setting.
+
+    Raises:
+        ValueError: a ``summary_nll`` that is not a finite number (named with its setting and
+            document: a NaN mean would otherwise win every ``min``), or no document scored
+            under every setting.
+    """
+    import math
+    import numbers
+
     import numpy as np
 
     by_setting: dict[str, dict[str, float]] = {}
     for r in rows:
-        by_setting.setdefault(r["setting"], {})[r["doc_id"]] = float(r["summary_nll"])
+        nll = r["summary_nll"]
+        if isinstance(nll, bool) or not isinstance(nll, numbers.Real) or not math.isfinite(nll):
+            raise ValueError(f"setting {r['setting']!r} has summary_nll {nll!r} on document {r['doc_id']}: "
+                             "selection needs a finite score for every document")
+        by_setting.setdefault(r["setting"], {})[r["doc_id"]] = float(nll)
     docs = set.intersection(*(set(v) for v in by_setting.values())) if by_setting else set()
     if not docs:
         raise ValueError("no document is scored under every development setting")
@@ -328,7 +421,11 @@ def _mean_nll(rows: list[dict[str, Any]]) -> tuple[dict[str, float], int]:
 
 def minus_baseline(rows: list[dict[str, Any]], docs: list[str]) -> dict[str, dict[str, Any]]:
     """Each setting's paired ``summary_nll`` difference from the baseline on ``docs``: mean and
-    bootstrap 95% interval over documents (``Estimate.to_dict()``)."""
+    bootstrap 95% interval over documents (``Estimate.to_dict()``).
+
+    Raises:
+        ValueError: a NaN or infinite score (named with its setting; never left out).
+    """
     import numpy as np
 
     from at_probe.stats import bootstrap_mean
@@ -336,8 +433,15 @@ def minus_baseline(rows: list[dict[str, Any]], docs: list[str]) -> dict[str, dic
     table: dict[str, dict[str, float]] = {}
     for r in rows:
         table.setdefault(r["setting"], {})[r["doc_id"]] = r["summary_nll"]
-    base = np.array([table["baseline"][d] for d in docs])
-    return {name: bootstrap_mean(np.array([v[d] for d in docs]) - base).to_dict() for name, v in table.items()}
+    base = np.array([table["baseline"][d] for d in docs], dtype=float)
+    out = {}
+    for name, v in table.items():
+        try:
+            diff = np.array([v[d] for d in docs], dtype=float) - base
+            out[name] = bootstrap_mean(diff, missing="raise").to_dict()
+        except ValueError as err:
+            raise ValueError(f"summary_nll of {name!r} minus the baseline: {err}") from None
+    return out
 
 
 def select_settings(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -351,6 +455,10 @@ def select_settings(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     Returns:
         ``{"paper": name, "sra": name, "n_documents": int, "mean_nll": {setting: float}}``.
+
+    Raises:
+        ValueError: a ``summary_nll`` that is not finite (the message names the setting), no
+            document scored under every setting, or no paper or SRA setting.
     """
     mean, n_docs = _mean_nll(rows)
 
@@ -391,6 +499,36 @@ def setting_roles(selection: dict[str, Any]) -> dict[str, str]:
             "sra_selected": selection["sra"]}
 
 
+PLACEBO_ROLES: frozenset[str] = frozenset({"placebo_example", "placebo_selected", "emphasis_placebo",
+                                           "emphasis_span_placebo", "calibration_placebo"})
+"""The roles of ``setting_roles`` that are controls drawn at random (a ``seed``)."""
+
+
+def placebo_draws(roles: dict[str, str], seeds: int, profiles: dict[str, Any] | None = None
+                  ) -> dict[str, list[str]]:
+    """Each placebo role's settings for seeds ``0 .. seeds - 1`` (canonical names; seed 0 first,
+    the role's own setting), so a report can pool independent draws of the control.
+
+    Raises:
+        SettingError: ``seeds < 1``, or a placebo role whose setting has no seed.
+    """
+    if seeds < 1:
+        raise SettingError(f"seeds must be >= 1, got {seeds}")
+    out = {}
+    for role, setting in roles.items():
+        if role not in PLACEBO_ROLES:
+            continue
+        kind, _, body = setting.partition(":")
+        params = [p for p in body.split(",") if p and not p.startswith("seed=")]
+        if len(params) == len(body.split(",")):
+            raise SettingError(f"the placebo role {role} has no seed in {setting!r}")
+        out[role] = [parse_setting(f"{kind}:{','.join([*params, f'seed={s}'])}", profiles)[0]
+                     for s in range(seeds)]
+        if out[role][0] != setting:
+            raise SettingError(f"the placebo role {role} is {setting!r}, not seed 0 ({out[role][0]!r})")
+    return out
+
+
 def canonical_selection(selection: dict[str, Any]) -> dict[str, Any]:
     """A selection with its chosen settings rewritten as canonical names (profiles kept)."""
     profiles = selection.get("profiles")
@@ -416,7 +554,12 @@ ALTERNATIVES_GRID: dict[str, tuple[str, ...]] = {
 
 def select_alternatives(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
     """Per method, the setting with the lowest mean ``summary_nll`` over documents scored under
-    every setting (ties: the first listed). Returns ``{"selected", "n_documents", "mean_nll"}``."""
+    every setting (ties: the first listed). Returns ``{"selected", "n_documents", "mean_nll"}``.
+
+    Raises:
+        ValueError: as ``select_settings`` (a non-finite ``summary_nll`` names its setting), or
+            a method without a setting.
+    """
     means, n_docs = _mean_nll(rows)
     selected = {}
     for method in methods:
@@ -433,21 +576,51 @@ def select_alternatives(rows: list[dict[str, Any]], methods: Sequence[str]) -> d
 
 
 def left_pad(model: Any, rows: list[list[int]]) -> tuple[Any, Any]:
-    """Left-padded ``(input_ids, attention_mask)`` tensors on the model's device."""
+    """Left-padded ``(input_ids, attention_mask)`` long tensors ``[len(rows), longest row]`` on
+    the model's device; no rows give two ``[0, 0]`` tensors.
+
+    Raises:
+        ValueError: an empty row (it would attend to nothing).
+    """
     import torch
 
-    width = max(map(len, rows))
+    empty = [i for i, row in enumerate(rows) if not row]
+    if empty:
+        raise ValueError(f"rows {empty} are empty: every sequence needs at least one token")
+    width = max(map(len, rows), default=0)
     pad = model.tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(x)) + x for x in rows], device=model.cfg.device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows], device=model.cfg.device)
-    return ids, mask
+    shape = (len(rows), width)  # kept for no rows, where torch.tensor([]) would be 1-d
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in rows], dtype=torch.long, device=model.cfg.device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows], dtype=torch.long,
+                        device=model.cfg.device)
+    return ids.reshape(shape), mask.reshape(shape)
 
 
 def prompt_limit(model: Any, max_prompt_tokens: int | None, room: int) -> int:
     """Most prompt tokens allowed: ``max_prompt_tokens`` (default the model's context) minus the
     ``room`` kept for what follows the prompt. ``summarise`` and ``reference_nll`` both use it
-    with the same ``room``, so a document is cut the same way in both."""
-    return (max_prompt_tokens or int(model.cfg.n_ctx)) - room
+    with the same ``room``, so a document is cut the same way in both.
+
+    Raises:
+        ValueError: ``max_prompt_tokens`` below 1 (None, not 0, means the model's context).
+    """
+    return _context(model, max_prompt_tokens) - room
+
+
+def _context(model: Any, max_prompt_tokens: int | None) -> int:
+    """``max_prompt_tokens``, or the model's context when None."""
+    if max_prompt_tokens is None:
+        return int(model.cfg.n_ctx)
+    if max_prompt_tokens < 1:
+        raise ValueError(f"max_prompt_tokens must be at least 1 (None for the model's context), "
+                         f"got {max_prompt_tokens}")
+    return max_prompt_tokens
+
+
+def _same_length(documents: Sequence[str], references: Sequence[str]) -> None:
+    if len(documents) != len(references):
+        raise ValueError(f"{len(documents)} documents but {len(references)} references: "
+                         "one reference per document")
 
 
 def summarise(model: Any, documents: list[str], transition: Any, *, max_new_tokens: int = 50,
@@ -459,10 +632,12 @@ def summarise(model: Any, documents: list[str], transition: Any, *, max_new_toke
 
     The intervention (a transition, an alternative of ``at_probe.intervention``, or None) gets
     the batch's prompts and acts on each prompt's own rows. Rows of a batch get what they would
-    get alone (left padding with an attention mask).
+    get alone (left padding with an attention mask). No documents give ``[]``.
     """
     import torch
 
+    if not documents:
+        return []
     prompts = build_prompts(model.tokenizer, documents, max_tokens=prompt_limit(model, max_prompt_tokens,
                                                                                max_new_tokens))
     input_ids, mask = left_pad(model, [list(p.ids) for p in prompts])
@@ -486,19 +661,27 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
     Prompts are cut exactly as ``summarise`` cuts them with the same ``max_new_tokens`` and
     ``max_prompt_tokens`` (``prompt_limit``), whatever the other references of the batch.
     A transition edits prompt rows only, never the reference's; the alternatives treat the
-    reference rows as they treat generated tokens.
+    reference rows as they treat generated tokens. No documents give ``[]``.
 
     Raises:
-        ValueError: a prompt and its reference do not fit in ``max_prompt_tokens`` (the context).
+        ValueError: ``documents`` and ``references`` differ in length, a reference without
+            tokens (empty or whitespace: its NLL is undefined), or a prompt and its reference
+            that do not fit in ``max_prompt_tokens`` (the context).
     """
     import torch
 
+    _same_length(documents, references)
+    if not documents:
+        return []
     tok = model.tokenizer
     refs = [continuation_ids(tok, r) for r in references]
+    empty = [i for i, r in enumerate(refs) if not r]
+    if empty:
+        raise ValueError(f"references {empty} have no tokens: a teacher-forced NLL needs at least one")
     limit = prompt_limit(model, max_prompt_tokens, max_new_tokens)
     prompts = build_prompts(model.tokenizer, documents, max_tokens=limit)
     prompts_ids = [list(p.ids) for p in prompts]
-    total = max_prompt_tokens or int(model.cfg.n_ctx)
+    total = _context(model, max_prompt_tokens)
     too_long = [i for i, (p, r) in enumerate(zip(prompts_ids, refs)) if len(p) + len(r) > total]
     if too_long:
         raise ValueError(f"references {too_long} do not fit after their prompts in {total} tokens; "
@@ -521,13 +704,21 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
 # ---------------------------------------------------------------------------------------------
 
 
-def score_summary(output: str, record: dict[str, Any]) -> dict[str, Any]:
-    """Judge-free measures of a summary against its release record (reference and document)."""
+OPTIONAL_METRICS: tuple[str, ...] = ("source_position_mean",)
+"""Metrics of ``score_summary`` that are undefined (None) for some outputs: the mean source
+position when the output copies no n-gram of the document. Reports leave those documents out of
+these metrics' estimates and count them (``missing="drop"``, ``n_missing``); every other metric
+must be defined for every document."""
+
+
+def score_summary(output: str, record: dict[str, Any], *, rouge_tokenizer: str = "default") -> dict[str, Any]:
+    """Judge-free measures of a summary against its release record (reference and document);
+    ``rouge_tokenizer`` as ``text_metrics.rouge``'s ``tokenizer`` (``"default"``: ASCII only)."""
     from at_probe import text_metrics
 
     positions = text_metrics.source_positions(output, record["document"])
     return {
-        **text_metrics.rouge(output, record["summary"]),
+        **text_metrics.rouge(output, record["summary"], tokenizer=rouge_tokenizer),
         "repetition_4gram": text_metrics.repetition_rate(output),
         "novel_bigrams": text_metrics.novel_bigram_share(output, record["document"]),
         "source_position_mean": sum(positions) / len(positions) if positions else None,
@@ -540,7 +731,7 @@ class SummaryWorkerFactory:
     """Worker of ``xsum_eval.py``: greedy summary, its scores and ``summary_nll`` per document.
 
     ``settings`` is the run's settings string (parsed again in each worker process, with the
-    development ``profiles`` the alternatives need).
+    development ``profiles`` the alternatives need); ``rouge_tokenizer`` as ``score_summary``'s.
     """
 
     model: str
@@ -548,6 +739,7 @@ class SummaryWorkerFactory:
     settings: str
     max_new_tokens: int
     profiles: dict[str, Any] | None = None
+    rouge_tokenizer: str = "default"
 
     def __call__(self) -> FunctionWorker:
         from at_probe.loading import load_model, model_description
@@ -564,7 +756,8 @@ class SummaryWorkerFactory:
             nlls = reference_nll(model, documents, [d["summary"] for d in unit.docs], transition,
                                  max_new_tokens=self.max_new_tokens)
             seconds = (time.perf_counter() - t0) / len(unit.docs)
-            return [{"doc_id": str(d["id"]), "setting": unit.setting, "output": o, **score_summary(o, d),
+            return [{"doc_id": str(d["id"]), "setting": unit.setting, "output": o,
+                     **score_summary(o, d, rouge_tokenizer=self.rouge_tokenizer),
                      "summary_nll": nll, "wall_seconds": seconds} for d, o, nll in zip(unit.docs, outputs, nlls)]
 
         return FunctionWorker(model_description(model), run)

@@ -193,18 +193,21 @@ def test_reused_head_ranking_is_checked_and_recorded(selection_run, tmp_path):
 
 
 def test_flow_runs_each_placebo_of_a_document_emphasis_once(selection_run, tmp_path):
+    from at_probe.xsum import canonical_selection, run_settings
+
     out, _ = selection_run
     sel = json.loads((out / "selection.json").read_text())
     sel["profiles"]["head_ranking"]["document"] = sel["profiles"]["head_ranking"]["instruction"]
     sel["selected"]["emphasis"] = "emphasis:target=document,top=2"
+    sel["test_settings"] = run_settings(canonical_selection(sel))
     (tmp_path / "selection.json").write_text(json.dumps(sel))
     (tmp_path / "manifest.json").write_text((out / "manifest.json").read_text())
-    conditions = flow.selection_conditions(tmp_path / "selection.json", "tiny")
+    conditions = flow.selection_conditions(tmp_path / "selection.json", {"model": "tiny"})
     assert list(conditions) == ["baseline", "emphasis", "emphasis_placebo", "emphasis_span_placebo",
                                 "calibration", "calibration_placebo", "temperature"]
     assert conditions["emphasis_placebo"].placebo == "heads"
     assert conditions["emphasis_span_placebo"].placebo == "span"
-    instruction = flow.selection_conditions(out / "selection.json", "tiny")
+    instruction = flow.selection_conditions(out / "selection.json", {"model": "tiny"})
     assert "emphasis_span_placebo" not in instruction and instruction["emphasis_placebo"].placebo == "span"
 
 

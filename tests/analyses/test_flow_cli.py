@@ -49,10 +49,11 @@ def test_default_run_writes_numbers_and_figures(tmp_path, capsys):
 
 
 def test_bad_path_is_a_one_line_error(tmp_path, capsys):
-    assert flow.main(["--text", str(tmp_path / "missing.txt"), "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("flow.py: error:") and "\n" not in err
-    assert flow.main(["--xsum", str(tmp_path / "x.json.gz"), "--out", str(tmp_path)]) == 2
+    for flag in ("--text", "--xsum"):  # refused by the flag's type (argparse exits 2)
+        with pytest.raises(SystemExit) as stop:
+            flow.main([flag, str(tmp_path / "missing.txt"), "--out", str(tmp_path)])
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and err.startswith(f"flow.py: error: argument {flag}:") and "\n" not in err
 
 
 def test_long_text_is_truncated_with_notice(tmp_path, capsys, sample_text):
@@ -137,3 +138,85 @@ def test_corpus_causal_map_is_each_documents_attribution_estimate(tmp_path, tiny
     summary = pd.read_csv(out / "corpus_summary.csv")
     assert (summary[summary.measure == "attribution_nll"].kind == "difference").any()
     assert (out / "corpus_attribution_diff.png").is_file()
+
+
+def _causal_run(out, rng) -> dict[tuple[str, str, int], float]:
+    """A corpus run directory as ``flow.py --docs --attribution`` leaves it (tiny model: bands
+    from layers 0, 3, 6), with random per-document rows; returns each (document, condition,
+    band) sum over the early document (doc 01, doc 02 of four regions)."""
+    import numpy as np
+
+    regions = ["sink", "template", "doc 01", "doc 02", "doc 03", "doc 04", "instruction"]
+    conditions = ("baseline", "paper", "placebo")
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"model": "tiny", "conditions": dict.fromkeys(conditions),
+                                                   "attribution": True}))
+    sums, lines = {}, []
+    for doc_id in ("4", "8", "12", "16"):
+        rows = []
+        for cond in conditions:
+            rows += [{"doc_id": doc_id, "condition": cond, "measure": f"early_document_deep:{m}", "layer": -1,
+                      "region": "", "value": float(rng.normal())}
+                     for m in ("final_token_profile", "final_token_value_profile")]
+            for layer in (0, 3, 6):
+                values = rng.normal(0, 0.05, len(regions))
+                sums[(doc_id, cond, layer)] = float(values[2] + values[3])
+                rows += [{"doc_id": doc_id, "condition": cond, "measure": "attribution_nll", "layer": layer,
+                          "region": region, "value": float(v)} for region, v in zip(regions, values)]
+        lines.append(json.dumps({"doc_id": doc_id, "prompt_tokens": 100, "dropped_tokens": 0, "rows": rows}))
+    (out / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    (out / "corpus.json").write_text(json.dumps({"seconds": 123.4}))
+    return sums
+
+
+def test_report_only_adds_the_causal_maps_early_document_contrasts_from_the_run_files(tmp_path, capsys):
+    """--report-only rewrites a corpus run's report from docs.jsonl and its manifest, without a
+    model (the README's causal-map numbers come from it): per band, the early document's summed
+    estimate per condition and paper - placebo, paired over documents; the run's time is kept."""
+    import numpy as np
+
+    out = tmp_path / "run"
+    sums = _causal_run(out, np.random.default_rng(0))
+    assert flow.main(["--report-only", "--out", str(out)]) == 0
+    assert "layers 3-5" in capsys.readouterr().out
+    record = json.loads((out / "corpus.json").read_text())
+    assert record["seconds"] == 123.4 and record["documents"] == ["12", "16", "4", "8"]
+    causal = record["causal_map"]
+    assert causal["regions"] == ["doc 01", "doc 02"]
+    assert [b["layers"] for b in causal["bands"]] == [[0, 2], [3, 5], [6, 7]]
+    docs = ("4", "8", "12", "16")
+    for band, layer in zip(causal["bands"], (0, 3, 6)):
+        baseline = sum(sums[(d, "baseline", layer)] for d in docs) / 4
+        assert band["means"]["baseline"]["mean"] == pytest.approx(baseline)
+        contrast = {c["contrast"]: c for c in band["contrasts"]}["paper - placebo"]
+        assert contrast["n"] == 4 and contrast["mean"] == pytest.approx(
+            sum(sums[(d, "paper", layer)] - sums[(d, "placebo", layer)] for d in docs) / 4)
+    assert {h["contrast"] for h in record["headline"]} == {"paper - baseline", "placebo - baseline",
+                                                           "paper - placebo"}
+    assert (out / "corpus_summary.csv").is_file() and (out / "corpus_attribution_diff.png").is_file()
+
+
+def test_report_only_takes_a_corpus_run_and_no_other_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        flow.main(["--report-only", "--docs", "2", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --docs: is not used with --report-only" in err
+    assert flow.main(["--report-only", "--out", str(tmp_path / "none")]) == 2
+    assert "argument --out" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("bucket", ["800", "1900"])
+def test_committed_causal_map_is_computed_from_the_committed_documents(bucket):
+    """The README's causal-map numbers (figures/flow-smollm2/<B>-causal/corpus.json, causal_map)
+    are what early_document_attribution gives on the committed docs.jsonl: no stale copy."""
+    from pathlib import Path
+
+    from at_probe import corpus
+
+    run = Path(__file__).resolve().parents[2] / "figures" / "flow-smollm2" / f"{bucket}-causal"
+    committed = json.loads((run / "corpus.json").read_text())["causal_map"]
+    frame = pd.DataFrame([row for line in (run / "docs.jsonl").read_text().splitlines()
+                          for row in json.loads(line)["rows"] if row["measure"] == "attribution_nll"])
+    contrasts = [("paper", "baseline"), ("placebo", "baseline"), ("paper", "placebo")]
+    recomputed = corpus.early_document_attribution(frame, contrasts, n_layers=30)
+    assert json.loads(json.dumps(recomputed)) == committed  # floats survive JSON exactly

@@ -320,6 +320,41 @@ def test_selection_for_another_run_is_refused(development_run, small_release, tm
     assert not any((tmp_path / x).exists() for x in "abcde")  # nothing written for a refused run
 
 
+def test_test_run_of_chosen_roles_with_placebo_draws(development_run, small_release, tmp_path, capsys):
+    """``--roles`` runs only the chosen roles; ``--placebo-seeds`` adds each placebo role's draws
+    (recorded in the manifest); the experiment report pools them; bad uses exit 2."""
+    dev, _ = development_run
+    sel = json.loads((dev / "selection.json").read_text())
+    run = tmp_path / "draws"
+    chosen = ("--selection", str(dev / "selection.json"), "--roles", "paper_selected,placebo_selected")
+    assert xsum_eval.main(_eval_args(small_release, run, *chosen, "--placebo-seeds", "3", "--batch-size", "1")) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["roles"]) == {"paper_selected", "placebo_selected"} and manifest["roles_subset"]
+    draws = manifest["placebo_draws"]["placebo_selected"]
+    assert len(draws) == 3 and draws[0] == manifest["roles"]["placebo_selected"]
+    assert [d.rsplit("seed=", 1)[1] for d in draws] == ["0", "1", "2"]
+    records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    assert {(r["doc_id"], r["setting"]) for r in records} == {(d, s) for d in ("4", "8")
+                                                             for s in [sel["paper"], *draws]}
+    assert [r["doc_id"] for r in records[:4]] == ["4"] * 4  # document-major: whole documents first
+    out = tmp_path / "report"
+    assert xsum_experiment.main([str(run), "--data", str(small_release), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["primary"]["estimate"]["n"] == 2 and "single_draw_estimate" in report["primary"]
+    assert "3 placebo draws per document" in capsys.readouterr().out
+    for bad in (("--roles", "paper_selected,nonsense"), ("--roles", "paper_selected", "--placebo-seeds", "2")):
+        assert xsum_eval.main(_eval_args(small_release, tmp_path / "bad", "--selection",
+                                         str(dev / "selection.json"), *bad)) == 2
+    assert xsum_eval.main(_eval_args(small_release, tmp_path / "bad", "--placebo-seeds", "2")) == 2
+    assert "argument --placebo-seeds: needs --selection" in capsys.readouterr().err
+    for empty in (",", "", "paper_selected,paper_selected"):
+        with pytest.raises(SystemExit) as stop:
+            xsum_eval.main(_eval_args(small_release, tmp_path / "bad", "--selection", str(dev / "selection.json"),
+                                      "--roles", empty))
+        assert stop.value.code == 2 and "argument --roles" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 xsum_experiment = load_script("xsum_experiment")
 
 
@@ -412,3 +447,26 @@ def test_alternatives_report_keeps_the_comparisons_every_run_has():
     broken = _synthetic_run("800", values, {k: v for k, v in roles.items() if k != "calibration_placebo"})
     with pytest.raises(xsum_experiment.ReportError, match="calibration_placebo"):
         xsum_experiment.experiment_report([broken])
+
+
+def test_experiment_report_pools_placebo_draws_per_document():
+    """A run with several placebo draws (``--placebo-seeds``) counts the placebo as each
+    document's mean over its draws, reports seed 0 alone beside it, and a run of chosen roles
+    (``--roles``) keeps only the comparisons it can make."""
+    roles = {"paper_selected": "P", "placebo_selected": "Q0"}
+    values = {"P": [5, 5, 5], "Q0": [4, 1, 1], "Q1": [2, 3, 1], "Q2": [0, 2, 4]}
+    manifest, frame = _synthetic_run("800", values, roles)
+    manifest.update(placebo_draws={"placebo_selected": ["Q0", "Q1", "Q2"]}, roles_subset=True)
+    result = xsum_experiment.experiment_report([(manifest, frame)])
+    # per document: placebo means 2, 2, 2 -> paper - placebo = 3, 3, 3; seed 0 alone: 1, 4, 4
+    assert list(result["comparisons"]) == ["paper_selected - placebo_selected"]
+    assert result["primary"]["estimate"]["mean"] == pytest.approx(3)
+    assert result["primary"]["estimate"]["ci95"] == pytest.approx([3, 3])
+    assert result["primary"]["single_draw_estimate"]["mean"] == pytest.approx(3)
+    assert result["primary"]["single_draw_estimate"]["ci95"][0] < 3 - 0.5
+    assert result["means"]["800"]["placebo_selected"]["rougeL"] == pytest.approx(2)
+    assert "paper_selected - baseline" in result["left_out"]
+    full = {**roles, "baseline": "P", "paper_example": "P", "placebo_example": "Q0", "sra_selected": "P"}
+    with pytest.raises(xsum_experiment.ReportError, match="a run lacks the roles"):
+        xsum_experiment.experiment_report([({**manifest, "roles_subset": False}, frame)])
+    assert xsum_experiment.experiment_report([({**manifest, "roles": full}, frame)])["primary"]["estimate"]["n"] == 3

@@ -209,6 +209,26 @@ def test_emphasis_placebo_changes_output_differently(tiny_model, prompt):
     assert (b - base).abs().max() > 1e-3 and (a - b).abs().max() > 1e-3
 
 
+def test_emphasis_heads_placebo_is_steering_on_its_own_random_heads(tiny_model, prompt, short_prompt):
+    """The random-heads placebo equals ``EmphasisSteering`` of the same target and alpha on the
+    heads it drew for that document: it keeps the emphasised span (the document) and changes
+    only the heads. A left-padded batch of two documents gets each document's own draw."""
+    config = {5: (0, 2), 6: (1,)}
+    fake = EmphasisSteering(config, alpha=0.05, target="document", placebo_seed=1, placebo="heads")
+    n_heads = int(tiny_model.cfg.n_heads)
+    for p in (prompt, short_prompt):
+        drawn = fake.heads_for(p, n_heads)
+        assert drawn.keys() == config.keys() and drawn != config
+        own = EmphasisSteering(drawn, alpha=0.05, target="document")
+        torch.testing.assert_close(_logits(tiny_model, p, fake), _logits(tiny_model, p, own), atol=1e-5, rtol=1e-5)
+    ids, mask = left_pad(tiny_model, [list(prompt.ids), list(short_prompt.ids)])
+    with torch.inference_mode():
+        batch = tiny_model.run_with_hooks(ids, attention_mask=mask,
+                                          fwd_hooks=fake.hooks(tiny_model, prompts=[prompt, short_prompt]))
+    alone = _logits(tiny_model, short_prompt, fake)
+    torch.testing.assert_close(batch[1, -1], alone[0, -1], atol=1e-4, rtol=1e-4)
+
+
 def test_calibration_placebo_shuffles_each_layers_weights():
     real, fake = PositionCalibration(_bias(8)), PositionCalibration(_bias(8), placebo_seed=1)
     ids = (0, 17, 23)

@@ -121,13 +121,15 @@ def test_value_weighted_profile_matches_an_oracle(tiny_model, tokens):
     assert res.final_token_value_profile.shape == res.final_token_profile.shape
 
 
-def test_knockout_resumed_from_the_cached_residual_equals_a_full_recompute(tiny_model, tokens):
+@pytest.mark.parametrize("kind", ["paper", "placebo"])
+def test_knockout_resumed_from_the_cached_residual_equals_a_full_recompute(tiny_model, tokens, kind):
     """Each knockout pass resumes from the residual entering its band; the KL and NLL changes
-    equal those of passes recomputed from the tokens, with a transition active and a reference."""
+    equal those of passes recomputed from the tokens, with a transition active and a reference
+    (the placebo too, whose per-document draws need the prompt's ids in the replayed passes)."""
     from at_probe.knockout import knockout_hooks, knockout_sweep
-    from at_probe.transition import PaperTransition
+    from at_probe.transition import PaperTransition, PlaceboTransition
 
-    tr = PaperTransition(alpha=1.0, beta=0.5)
+    tr = (PaperTransition if kind == "paper" else PlaceboTransition)(alpha=1.0, beta=0.5)
     prompt, reference = tokens[:, :440], tokens[:, 440:460]
     bounds = ops.region_bounds(prompt.shape[1], 3)
     res = knockout_sweep(tiny_model, prompt, bounds, band_size=3, reference=reference, transition=tr,

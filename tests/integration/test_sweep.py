@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from at_probe.sweep import KillWorker, RecordSink, SweepError, Unit, plan_units, run_units
+from at_probe.runfiles import owned_run
+from at_probe.sweep import KillStart, KillWorker, RecordSink, SweepError, Unit, plan_units, run_units
 from at_probe.xsum import SummaryWorkerFactory, bucket_file, is_heldout, load_records, parse_settings
 from tests.conftest import XSUM_DIR, require_shared
 
@@ -49,12 +50,19 @@ def _assert_same_records(got: list[dict], want: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory) -> list[dict]:
     """The reference: every unit in this process, Ray not used."""
-    sink = RecordSink(tmp_path_factory.mktemp("single") / "records.jsonl")
-    run_units(plan_units(SETTINGS.split(";"), _docs(), 2), _factory(), sink.write)
+    run = tmp_path_factory.mktemp("single")
+    with owned_run(run):
+        sink = RecordSink(run / "records.jsonl")
+        run_units(plan_units(SETTINGS.split(";"), _docs(), 2), _factory(), sink.write)
     return sink.records
 
 
 def test_plan_is_the_same_whatever_is_done(tmp_path):
+    with owned_run(tmp_path):
+        _check_plan(tmp_path)
+
+
+def _check_plan(tmp_path):
     docs = [{"id": str(i)} for i in range(5)]
     units = plan_units(["a", "b"], docs, 2)
     assert [(u.setting, u.doc_ids) for u in units] == [
@@ -88,7 +96,8 @@ def test_single_process_starts_once_before_any_unit():
 
 @needs_ray
 def test_two_ray_workers_give_the_single_process_records(single_process, tmp_path):
-    sink = RecordSink(tmp_path / "records.jsonl")
+    with owned_run(tmp_path):
+        sink = RecordSink(tmp_path / "records.jsonl")
     described = []
     run_units(plan_units(SETTINGS.split(";"), _docs(), 2), _factory(), sink.write, start=described.append,
               workers=2)
@@ -102,7 +111,8 @@ def test_two_ray_workers_give_the_single_process_records(single_process, tmp_pat
 def test_a_killed_worker_loses_and_duplicates_nothing(single_process, tmp_path):
     units = plan_units(SETTINGS.split(";"), _docs(), 2)
     marker = tmp_path / "killed"
-    sink = RecordSink(tmp_path / "records.jsonl")
+    with owned_run(tmp_path):
+        sink = RecordSink(tmp_path / "records.jsonl")
     run_units(units, KillWorker(_factory(), units[2].key, marker), sink.write, workers=2)
     assert marker.read_bytes() == b"x", "the fault was injected once"
     _assert_same_records(sink.records, single_process)
@@ -110,6 +120,22 @@ def test_a_killed_worker_loses_and_duplicates_nothing(single_process, tmp_path):
     always = tmp_path / "always"
     with pytest.raises(SweepError, match="3 times"):
         run_units(units[:1], KillWorker(_factory(), units[0].key, always, times=99), lambda u, r: None, workers=2)
+    assert always.read_bytes() == b"xxx"
+
+
+@needs_ray
+def test_an_actor_that_dies_while_loading_the_model_is_replaced(single_process, tmp_path):
+    """A worker process killed while it loads the model (out of memory, say) is started again,
+    like a unit whose worker died; a start that always dies fails after max_attempts."""
+    units = plan_units(SETTINGS.split(";"), _docs(), 2)[:2]
+    want = [r for r in single_process if r["setting"] == units[0].setting]
+    marker, records = tmp_path / "died", []
+    run_units(units, KillStart(_factory(), marker), lambda unit, recs: records.extend(recs), workers=1)
+    assert marker.read_bytes() == b"x", "the fault was injected once"
+    _assert_same_records(records, want)
+    always = tmp_path / "always"
+    with pytest.raises(SweepError, match="while starting 3 times"):
+        run_units(units, KillStart(_factory(), always, times=99), lambda unit, recs: None, workers=1)
     assert always.read_bytes() == b"xxx"
 
 
@@ -137,7 +163,8 @@ def test_a_killed_driver_resumes_from_its_records(single_process, tmp_path):
 
 
 def test_a_worker_returning_the_wrong_records_is_an_error(tmp_path):
-    sink = RecordSink(tmp_path / "r.jsonl")
+    with owned_run(tmp_path):
+        sink = RecordSink(tmp_path / "r.jsonl")
     unit = Unit("a", ({"id": "1"}, {"id": "2"}))
     with pytest.raises(ValueError, match="expected"):
         sink.write(unit, [{"doc_id": "1", "setting": "a"}])  # one record short

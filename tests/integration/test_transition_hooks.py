@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+from at_probe.intervention import generating
 from at_probe.names import pattern_hook
 from at_probe.transition import (
     PaperTransition,
@@ -113,7 +114,7 @@ def test_placebo_targets_are_causal_windows_other_than_the_papers():
         placebo = PlaceboTransition(seed=seed)
         for layer, spans in schedule.items():
             for j, (s, e) in enumerate(spans):
-                start = placebo.target_start(layer, j, (s, e))
+                start = placebo.target_start(layer, j, (s, e), prompt_ids=(seed, 1, 2))
                 assert 0 <= start and start + 2 * (e - s) <= s
                 starts.append(start)
                 papers.append(s - 2 * (e - s))
@@ -143,7 +144,7 @@ def test_placebo_rows_get_the_papers_freed_and_added_mass(tiny_model, tokens, co
     for j, (s, e) in enumerate(spans):
         paper_rows, placebo_rows = out["paper"]["after"][..., s:e, :], out["placebo"]["after"][..., s:e, :]
         torch.testing.assert_close(placebo_rows.sum(-1), paper_rows.sum(-1), atol=1e-5, rtol=1e-5)
-        start = PlaceboTransition(seed=seed).target_start(layer, j, (s, e))
+        start = PlaceboTransition(seed=seed).target_start(layer, j, (s, e), tokens[0])
         kept = torch.where(before[..., s:e, :] < 1.0 / e, 0.0, before[..., s:e, :])
         kept[..., 0] /= 2
         extra = placebo_rows - kept
@@ -153,6 +154,36 @@ def test_placebo_rows_get_the_papers_freed_and_added_mass(tiny_model, tokens, co
             assert extra[..., outside].abs().max() < 1e-6, "placebo mass outside its window"
             assert extra[..., ~outside].sum() > 0
         assert not torch.allclose(placebo_rows, paper_rows)
+
+
+def test_placebo_draws_per_document_the_same_in_any_batch(tiny_model, tokens):
+    """Each document gets its own random windows (seeded by its token ids): two documents'
+    draws differ, and a document's draw is the same alone and inside a left-padded batch
+    (issue #20: one draw for every document is a single sample of the control)."""
+    schedule = paper_schedule(1900, 32, 2)
+    placebo = PlaceboTransition(seed=4)
+    draws = {tuple(placebo.target_start(l, j, span, (doc, 3, 3)) for l, spans in schedule.items()
+                   for j, span in enumerate(spans)) for doc in range(4)}
+    assert len(draws) == 4
+    layer = 3
+    doc_a, doc_b = tokens[:, :600], tokens[:, 40:560]
+    tr = PlaceboTransition(alpha=1.0, beta=0.5, layers=(layer,), seed=4)
+    seen: dict = {}
+    alone = {}
+    for key, doc in (("a", doc_a), ("b", doc_b)):
+        with torch.inference_mode():
+            tiny_model.run_with_hooks(doc, fwd_hooks=tr.hooks(tiny_model) + [(pattern_hook(layer), _capture(seen, key))])
+        alone[key] = seen[key]
+    pad = tiny_model.tokenizer.pad_token_id
+    width = doc_a.shape[1]
+    ids = torch.cat([doc_a, torch.cat([torch.full((1, width - doc_b.shape[1]), pad), doc_b], 1)])
+    mask = (torch.arange(width)[None, :] >= torch.tensor([[0], [width - doc_b.shape[1]]])).long()
+    with torch.inference_mode():
+        tiny_model.run_with_hooks(ids, attention_mask=mask,
+                                  fwd_hooks=tr.hooks(tiny_model) + [(pattern_hook(layer), _capture(seen, "batch"))])
+    off = width - doc_b.shape[1]
+    torch.testing.assert_close(seen["batch"][0], alone["a"][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(seen["batch"][1, :, off:, off:], alone["b"][0], atol=1e-5, rtol=1e-4)
 
 
 def _keep_without_copy(store: dict, key: str, detach: bool):
@@ -388,11 +419,12 @@ def test_uncached_generation_never_edits_generated_rows(tiny_model, tokens, tr):
     """Without the KV cache each step re-runs prompt + generated tokens: in the last step the
     generated tokens' rows leave every hook unedited, and the prompt's rows are edited. (SRA's
     "outer" part edits the last rows of what it takes for the prompt, so a pass mistaken for a
-    new prompt would edit generated rows.)"""
+    new prompt would edit generated rows.) Hooks registered by hand mark the generation with
+    ``generating`` (``applied`` does it for every generate call)."""
     prompt_len = 535
 
     def run(pairs):
-        with tiny_model.hooks(fwd_hooks=pairs), torch.inference_mode():
+        with tiny_model.hooks(fwd_hooks=pairs), generating(tiny_model), torch.inference_mode():
             tiny_model.generate(tokens[:, :prompt_len], max_new_tokens=6, use_past_kv_cache=False,
                                 do_sample=False, verbose=False, stop_at_eos=False)
 

@@ -182,10 +182,35 @@ def test_heads_placebo_keeps_the_layers_and_head_counts():
     from at_probe.emphasis import placebo_heads
 
     config = {3: (0, 1, 2), 7: (4,)}
-    fake = placebo_heads(config, 9, seed=0)
+    doc = (1, 5, 9, 12)
+    fake = placebo_heads(config, 9, seed=0, prompt_ids=doc)
     assert {l: len(h) for l, h in fake.items()} == {3: 3, 7: 1}
-    assert fake == placebo_heads(config, 9, seed=0) and fake != config
-    assert len({tuple(placebo_heads(config, 9, seed=s)[3]) for s in range(10)}) > 5
+    assert fake == placebo_heads(config, 9, seed=0, prompt_ids=doc) and fake != config
+    assert len({tuple(placebo_heads(config, 9, seed=s, prompt_ids=doc)[3]) for s in range(10)}) > 5
+
+
+def test_heads_placebo_never_draws_a_steered_head():
+    """The control must not share heads with the treatment (issue #20: seed 1, top 2 drew a
+    steered head), whatever the seed and document."""
+    from at_probe.emphasis import placebo_heads
+
+    config = {16: (2, 6), 20: (0, 1, 3, 8)}
+    for seed in range(30):
+        for doc in range(10):
+            fake = placebo_heads(config, 9, seed=seed, prompt_ids=(doc, 7, 7))
+            for layer, heads in config.items():
+                assert not set(fake[layer]) & set(heads)
+    with pytest.raises(ValueError, match="too few other heads"):
+        placebo_heads({4: (0, 1, 2, 3, 4)}, 9, seed=0, prompt_ids=(1,))
+
+
+def test_heads_placebo_draws_per_document():
+    """Each document gets its own draw (seeded by its ids), not one draw for the whole run."""
+    from at_probe.emphasis import placebo_heads
+
+    config = {3: (0, 1)}
+    draws = {placebo_heads(config, 9, seed=2, prompt_ids=(doc, 11, 12))[3] for doc in range(20)}
+    assert len(draws) > 5
 
 
 def test_calibration_placebo_draws_a_permutation_per_document():

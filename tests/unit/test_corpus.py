@@ -72,3 +72,71 @@ def test_value_norms_follow_grouped_query_heads():
     norms = ops.value_norms(values, w_o)
     expected = torch.stack([(values[:, h // 2, :] @ w_o[h]).norm(dim=-1) for h in range(4)])
     torch.testing.assert_close(norms, expected)
+
+
+def _causal_rows(early_sums: dict[tuple[str, str, int], float]) -> pd.DataFrame:
+    """``attribution_nll`` rows whose early regions (doc 01, doc 02 of four) sum to ``early_sums``
+    per (document, condition, band start), split 1 : 3 between them; every other region holds
+    10, which a sum over the wrong regions would pick up."""
+    rows = []
+    for (doc_id, condition, layer), total in early_sums.items():
+        values = {"sink": 10.0, "template": 10.0, "doc 01": 0.25 * total, "doc 02": 0.75 * total,
+                  "doc 03": 10.0, "doc 04": 10.0, "instruction": 10.0}
+        rows += [{"doc_id": doc_id, "condition": condition, "measure": "attribution_nll", "layer": layer,
+                  "region": region, "value": value} for region, value in values.items()]
+    rows.append({"doc_id": "a", "condition": "baseline", "measure": "sink_mass", "layer": 0, "region": "",
+                 "value": 5.0})  # another measure: ignored
+    return pd.DataFrame(rows)
+
+
+CAUSAL_SUMS = {  # (document, condition, band start) -> early-document sum, nats/token
+    **{(d, "baseline", 0): v for d, v in zip("abc", (0.1, 0.2, 0.3))},
+    **{(d, "paper", 0): v for d, v in zip("abc", (0.15, 0.27, 0.33))},
+    **{(d, "placebo", 0): v for d, v in zip("abc", (0.11, 0.21, 0.31))},
+    **{(d, c, 2): v for c in ("baseline", "paper") for d, v in zip("abc", (-0.3, -0.1, -0.2))},
+    **{(d, "placebo", 2): v for d, v in zip("abc", (-0.24, -0.04, -0.14))},
+}
+
+
+def test_early_document_attribution_sums_the_first_half_of_the_document_per_band():
+    """The causal map's headline (README: the early document's estimated effect per band and
+    paper - placebo): per document the sum of the first half's estimates, then means and paired
+    contrasts over documents, band by band, with the bands' layer ranges."""
+    contrasts = [("paper", "baseline"), ("paper", "placebo"), ("paper", "absent")]
+    out = corpus.early_document_attribution(_causal_rows(CAUSAL_SUMS), contrasts, n_layers=5, n_boot=500)
+    assert out["measure"] == "attribution_nll" and out["unit"] == "nats/token"
+    assert out["regions"] == ["doc 01", "doc 02"]
+    first, second = out["bands"]
+    assert first["layers"] == [0, 1] and second["layers"] == [2, 4]
+    assert list(first["means"]) == ["baseline", "paper", "placebo"]
+    assert first["means"]["baseline"]["mean"] == pytest.approx(0.2)
+    assert second["means"]["placebo"]["mean"] == pytest.approx(-0.14)
+    by_name = {c["contrast"]: c for c in first["contrasts"]}
+    assert set(by_name) == {"paper - baseline", "paper - placebo"}, "a pair without rows is left out"
+    assert by_name["paper - placebo"]["mean"] == pytest.approx((0.04 + 0.06 + 0.02) / 3)
+    assert by_name["paper - baseline"]["mean"] == pytest.approx((0.05 + 0.07 + 0.03) / 3)
+    later = {c["contrast"]: c for c in second["contrasts"]}
+    assert later["paper - placebo"]["mean"] == pytest.approx(-0.06)
+    assert later["paper - baseline"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    for est in (*first["means"].values(), *first["contrasts"], *second["contrasts"]):
+        assert est["ci95"][0] <= est["mean"] + 1e-12 <= est["ci95"][1] + 2e-12 and est["n"] == 3
+    assert first["means"]["paper"]["ci95"][0] < first["means"]["paper"]["ci95"][1], "documents vary"
+
+
+def test_early_document_attribution_counts_missing_documents_and_refuses_partial_ones():
+    rows = _causal_rows(CAUSAL_SUMS)
+    lacking = rows[~((rows.doc_id == "c") & (rows.condition == "placebo"))]
+    out = corpus.early_document_attribution(lacking, [("paper", "placebo")], n_layers=5, n_boot=200)
+    contrast = out["bands"][0]["contrasts"][0]
+    assert (contrast["n"], contrast["n_missing"]) == (2, 1)
+    assert contrast["mean"] == pytest.approx((0.04 + 0.06) / 2)
+    assert out["bands"][0]["means"]["baseline"]["n"] == 3
+    one_region_short = rows.drop(rows[(rows.doc_id == "a") & (rows.condition == "paper") & (rows.layer == 0)
+                                      & (rows.region == "doc 02")].index)
+    with pytest.raises(ValueError, match="document a under paper, band from layer 0"):
+        corpus.early_document_attribution(one_region_short, [], n_layers=5)
+    with pytest.raises(ValueError, match="expected one row"):
+        corpus.early_document_attribution(pd.concat([rows, rows.iloc[[2]]]), [], n_layers=5)
+    with pytest.raises(ValueError, match="5 layers"):
+        corpus.early_document_attribution(rows.assign(layer=rows.layer * 3), [], n_layers=5)
+    assert corpus.early_document_attribution(rows[rows.measure != "attribution_nll"], [], n_layers=5) is None

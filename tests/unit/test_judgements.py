@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from at_probe.judgements import analyse_bucket, parse_scores
+from at_probe.judgements import analyse_bucket, best_setting, parse_scores
 from at_probe.stats import bootstrap_mean, heldout_selected_gain
 
 
@@ -82,3 +82,15 @@ def test_analyse_bucket_on_synthetic_records():
     assert r["settings"]["decode_al_15_be_1_lay_3"]["ci95"] == [0, 0]
     assert r["best_of_n_mean_released"] - r["baseline_mean_released"] == 5
     assert r["heldout_selected_gain"]["mean"] == pytest.approx(5)
+
+
+def test_documents_the_judge_did_not_score_are_counted_not_silently_dropped():
+    records = [{"id": str(i), "document": "d", "summary": "s", "decode_or": "a", "decode_al_x": "b",
+                "gpt4_eva": f"'decode_or': 50\n'decode_al_x': {60 if i else 'unreadable'}",
+                "eval_scores": "[50, 60]"} for i in range(6)]
+    r = analyse_bucket(records, n_boot=50, repeats=10)
+    assert r["settings"]["decode_al_x"]["n"] == 5 and r["settings"]["decode_al_x"]["n_missing"] == 1
+    assert best_setting(r)[1].n_missing == 1
+    r["settings"]["decode_al_x"]["mean_gain"] = float("nan")  # a setting no document was judged under
+    with pytest.raises(ValueError, match="decode_al_x"):
+        best_setting(r)

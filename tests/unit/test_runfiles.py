@@ -1,12 +1,29 @@
-"""Run files: a kill leaves at most a partial last line, which only the file's owner cuts off."""
+"""Run files: a kill leaves at most a partial last line, which only the directory's owner cuts
+off; one owner per directory; JSON files replaced whole."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from at_probe.runfiles import append_jsonl, ensure_manifest, read_jsonl
+from at_probe import runfiles
+from at_probe.runfiles import (
+    RunDirectoryBusy,
+    append_jsonl,
+    check_manifest,
+    ensure_manifest,
+    owned_run,
+    read_jsonl,
+    write_json_atomic,
+)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_partial_last_line_is_left_out_and_only_cut_by_the_owner(tmp_path):
@@ -17,16 +34,73 @@ def test_partial_last_line_is_left_out_and_only_cut_by_the_owner(tmp_path):
     before = path.read_bytes()
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
     assert path.read_bytes() == before, "a reader that does not own the file must not change it"
-    assert read_jsonl(path, repair=True) == [{"a": 1}, {"a": 2}]
+    with pytest.raises(RuntimeError, match="owner"):
+        read_jsonl(path, repair=True)  # repairing needs the directory: another driver may be writing
+    assert path.read_bytes() == before
+    with owned_run(tmp_path, role="semantic"), pytest.raises(RuntimeError, match="owner"):
+        read_jsonl(path, repair=True)  # a report's cache lock does not own the driver's records
+    assert path.read_bytes() == before
+    with owned_run(tmp_path):
+        assert read_jsonl(path, repair=True) == [{"a": 1}, {"a": 2}]
     assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
 
 
 def test_a_corrupt_complete_line_is_an_error_not_a_truncation(tmp_path):
     path = tmp_path / "records.jsonl"
     path.write_text('{"a": 1}\n{"a": 2\n{"a": 3}\n')
-    with pytest.raises(ValueError, match="line 2"):
+    with owned_run(tmp_path), pytest.raises(ValueError, match="line 2"):
         read_jsonl(path, repair=True)
     assert path.read_text().count("\n") == 3, "nothing was deleted"
+
+
+def test_a_second_owner_is_refused_naming_the_holder(tmp_path):
+    """A driver holding the directory in another process: refused at once with its pid and
+    command line; once that process is killed (-9), the kernel's lock is gone with it."""
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from at_probe.runfiles import owned_run\nwith owned_run(Path(sys.argv[1])):\n"
+         "    print('held', flush=True)\n    time.sleep(120)\n", str(run), "--marker-arg"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirectoryBusy) as refused:
+            with owned_run(run):
+                pass
+        message = str(refused.value)
+        assert f"pid {holder.pid} on " in message and "--marker-arg" in message and "in use" in message
+        assert "\n" not in message
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    with owned_run(run):  # a killed holder leaves nothing locked
+        with pytest.raises(RunDirectoryBusy, match=f"pid {os.getpid()} "):  # nor may this process enter twice
+            with owned_run(run):
+                pass
+    assert not (run / ".run.holder.json").exists()
+
+
+def test_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A write interrupted before it is on disk (a kill, a full disk) leaves the old file as it was
+    and no stray temporary file; a value that cannot be serialised changes nothing either."""
+    path = tmp_path / "selection.json"
+    write_json_atomic(path, {"chosen": "old"})
+    assert json.loads(path.read_text()) == {"chosen": "old"}
+
+    def killed(fd):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runfiles.os, "fsync", killed)
+        with pytest.raises(KeyboardInterrupt):
+            write_json_atomic(path, {"chosen": "new", "padding": "x" * 100_000})
+    assert json.loads(path.read_text()) == {"chosen": "old"}
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"chosen": object()})
+    assert json.loads(path.read_text()) == {"chosen": "old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["selection.json"]
+    write_json_atomic(path, {"chosen": float("nan")}, default=str)
+    assert path.read_text() == '{\n "chosen": NaN\n}'
 
 
 def test_manifest_is_written_once_and_guards_the_run(tmp_path):
@@ -64,3 +138,41 @@ def test_manifest_may_grow_only_where_allowed(tmp_path):
     ensure_manifest(run, grown, **kw)
     assert json.loads((run / "manifest.json").read_text()) == grown
     ensure_manifest(run, grown, **kw)  # the grown run resumes as itself
+
+
+def test_an_option_added_later_compares_as_its_default(tmp_path):
+    """A committed run's manifest predates ``fix_text`` and ``rouge_tokenizer``: it resumes and
+    grows with the defaults, and is refused with any other value, either way round."""
+    run = tmp_path / "run"
+    committed = {"model": "tiny", "settings": ["a"]}
+    ensure_manifest(run, committed)
+    kw = {"growable": ("settings",)}
+    ensure_manifest(run, {**committed, "fix_text": False, "rouge_tokenizer": "default"}, **kw)  # resumes
+    with pytest.raises(ValueError, match="fix_text"):
+        ensure_manifest(run, {**committed, "fix_text": True})
+    with pytest.raises(ValueError, match="rouge_tokenizer"):
+        ensure_manifest(run, {**committed, "rouge_tokenizer": "unicode"})
+    grown = {**committed, "settings": ["a", "b"], "fix_text": False, "rouge_tokenizer": "default"}
+    ensure_manifest(run, grown, **kw)
+    assert json.loads((run / "manifest.json").read_text()) == grown
+    repaired = tmp_path / "repaired"
+    ensure_manifest(repaired, {**committed, "fix_text": True})
+    with pytest.raises(ValueError, match="fix_text"):
+        ensure_manifest(repaired, committed)  # a repaired run resumed without the repair
+
+
+def test_a_manifest_is_checked_before_the_model_is_loaded(tmp_path):
+    """The driver's first check has no model facts yet: those keys are left to ensure_manifest,
+    every other key is compared, and nothing is written."""
+    run = tmp_path / "run"
+    ensure_manifest(run, {"model": "tiny", "settings": ["a"], "device": "cpu"})
+    before = (run / "manifest.json").read_bytes()
+    kw = {"growable": ("settings",)}
+    assert check_manifest(run, {"model": "tiny", "settings": ["a"]}) is False
+    assert check_manifest(run, {"model": "tiny", "settings": ["a", "b"]}, **kw) is True  # it will grow
+    with pytest.raises(ValueError, match="model"):
+        check_manifest(run, {"model": "smollm2", "settings": ["a"]})
+    with pytest.raises(ValueError, match="differ in keys"):
+        check_manifest(run, {"model": "tiny", "settings": ["a", "b"]}, partial=False, **kw)
+    assert (run / "manifest.json").read_bytes() == before
+    assert check_manifest(tmp_path / "new", {"model": "tiny"}) is True and not (tmp_path / "new").exists()

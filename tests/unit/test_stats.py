@@ -5,14 +5,52 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from at_probe.stats import bootstrap_mean, stratified_bootstrap_mean
+from at_probe.stats import bootstrap_mean, heldout_selected_gain, stratified_bootstrap_mean
 
 
-def test_pooled_mean_and_nans_dropped():
-    est = stratified_bootstrap_mean([np.array([1.0, 2.0, np.nan]), np.array([10.0])])
-    assert est.mean == pytest.approx(13 / 3) and est.n == 3
+def test_pooled_mean_and_nans_dropped_only_when_asked_and_counted():
+    groups = [np.array([1.0, 2.0, np.nan]), np.array([10.0])]
+    with pytest.raises(ValueError, match="1 of the 3 values of group 0 are NaN"):
+        stratified_bootstrap_mean(groups)
+    est = stratified_bootstrap_mean(groups, missing="drop")
+    assert est.mean == pytest.approx(13 / 3) and est.n == 3 and est.n_missing == 1
     assert est.ci95[0] <= est.mean <= est.ci95[1]
+    assert est.to_dict()["n_missing"] == 1
     assert np.isnan(stratified_bootstrap_mean([np.array([])]).mean)
+
+
+def test_bootstrap_mean_never_drops_a_nan_silently():
+    values = np.array([1.0, np.nan, 3.0])
+    with pytest.raises(ValueError, match="NaN.*missing='drop'"):
+        bootstrap_mean(values)
+    est = bootstrap_mean(values, missing="drop")
+    assert (est.mean, est.n, est.n_missing) == (pytest.approx(2.0), 2, 1)
+    assert est.to_dict() == {"mean": est.mean, "ci95": list(est.ci95), "n": 2, "n_missing": 1}
+    clean = bootstrap_mean(np.array([1.0, 3.0]))  # nothing could be left out: the keys of old
+    assert set(clean.to_dict()) == {"mean", "ci95", "n"} and clean.n_missing is None
+    all_missing = bootstrap_mean(np.array([np.nan, np.nan]), missing="drop")
+    assert all_missing.n == 0 and all_missing.n_missing == 2 and np.isnan(all_missing.mean)
+
+
+@pytest.mark.parametrize("missing", ["raise", "drop"])
+def test_infinite_values_are_refused_whatever_missing_says(missing):
+    with pytest.raises(ValueError, match="infinite"):
+        bootstrap_mean(np.array([1.0, np.inf]), missing=missing)
+    with pytest.raises(ValueError, match="infinite"):
+        stratified_bootstrap_mean([np.array([1.0]), np.array([-np.inf])], missing=missing)
+
+
+def test_missing_takes_raise_or_drop_only():
+    with pytest.raises(ValueError, match="missing must be"):
+        bootstrap_mean(np.array([1.0]), missing="ignore")
+
+
+def test_heldout_selection_refuses_a_nan_gain():
+    """A NaN gain would win ``argmax`` (NumPy returns the first NaN's index)."""
+    gains = np.tile([0.0, 1.0], (8, 1))
+    gains[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        heldout_selected_gain(gains, repeats=10)
 
 
 def test_coverage_of_the_pooled_mean_over_seeds():

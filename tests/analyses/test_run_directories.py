@@ -1,0 +1,93 @@
+"""Run directories of the analyses: one driver each, the manifest checked before anything is
+repaired or written, every setting checked against the model before the directory exists."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from at_probe.runfiles import owned_run
+from tests.analyses.conftest import load_script
+from tests.conftest import XSUM_DIR, require_shared
+
+xsum_eval = load_script("xsum_eval")
+
+
+def _data() -> str:
+    return str(require_shared(XSUM_DIR))
+
+
+def _release() -> str:
+    return str(require_shared(XSUM_DIR / "token_800_evaluation.json.gz"))
+
+
+def _eval_args(out, *extra) -> list[str]:
+    return ["--model", "tiny", "--data", _data(), "--bucket", "800", "--limit", "4", "--batch-size", "1",
+            "--max-new-tokens", "6", "--device", "cpu", "--settings", "baseline", "--out", str(out), *extra]
+
+
+def _interrupted_run(out) -> bytes:
+    """A run directory whose driver is mid-write: manifest, two records and a partial third line."""
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps({"model": "tiny", "bucket": "800", "split": "heldout",
+                                                   "limit": 4, "settings": ["baseline"], "max_new_tokens": 6,
+                                                   "batch_size": 1}))
+    lines = [json.dumps({"doc_id": d, "setting": "baseline", "summary_nll": 1.0}) + "\n" for d in ("0", "4")]
+    (out / "records.jsonl").write_text("".join(lines) + '{"doc_id": "8", "setting": "base')
+    return (out / "records.jsonl").read_bytes()
+
+
+def test_a_second_driver_exits_2_naming_the_first_and_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    before = _interrupted_run(out)
+    with owned_run(out):  # the first driver, alive and writing its third line
+        assert xsum_eval.main(_eval_args(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("xsum_eval.py: error:") and "\n" not in err
+    assert "in use by another process" in err and f"pid {os.getpid()} on " in err
+    assert (out / "records.jsonl").read_bytes() == before, "the refused driver neither repaired nor appended"
+
+
+def test_a_refused_configuration_does_not_cut_a_partial_line(tmp_path, capsys):
+    """Another configuration is refused before records.jsonl is opened: the partial last line of
+    a driver that may still be writing stays as it is."""
+    out = tmp_path / "run"
+    before = _interrupted_run(out)
+    args = _eval_args(out)
+    args[args.index("--max-new-tokens") + 1] = "7"
+    assert xsum_eval.main(args) == 2
+    assert "different configuration (max_new_tokens)" in capsys.readouterr().err
+    assert (out / "records.jsonl").read_bytes() == before
+
+
+def test_a_setting_that_does_not_fit_the_model_fails_before_anything_is_written(tmp_path, capsys):
+    """layers 5-9 on the tiny model's 8 layers: exit 2 at once, naming the setting; no directory,
+    so the corrected run is not refused by a manifest that names the bad setting."""
+    out = tmp_path / "run"
+    args = _eval_args(out)
+    args[args.index("--settings") + 1] = "baseline;temperature:tau=0.8,layers=5-9"
+    assert xsum_eval.main(args) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("xsum_eval.py: error:") and "\n" not in err
+    assert "temperature:layers=5-9,tau=0.8" in err and "8 layers" in err
+
+
+@pytest.mark.parametrize("script, args", [
+    ("xsum_select", ["--model", "tiny", "--bucket", "800", "--docs", "1", "--max-new-tokens", "4", "--device",
+                     "cpu", "--data", "{data}"]),
+    ("alternatives_select", ["--model", "tiny", "--bucket", "800", "--docs", "1", "--profile-docs", "1",
+                             "--max-new-tokens", "4", "--device", "cpu", "--data", "{data}"]),
+    ("flow", ["--model", "tiny", "--xsum", "{release}", "--docs", "1", "--device", "cpu"]),
+    ("attribution_agreement", ["--model", "tiny", "--xsum", "{release}", "--docs", "1", "--device", "cpu"]),
+])
+def test_every_analysis_with_a_run_directory_has_one_driver(script, args, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [a.format(data=_data(), release=_release()) for a in args] + ["--out", str(out)]
+    with owned_run(out):
+        assert load_script(script).main(args) == 2
+        assert sorted(p.name for p in out.iterdir()) == [".run.holder.json", ".run.lock"], "nothing written"
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after a model-loading progress bar
+    assert line.startswith(f"{script}.py: error:") and f"pid {os.getpid()} on " in line
