@@ -176,3 +176,16 @@ def test_a_manifest_is_checked_before_the_model_is_loaded(tmp_path):
         check_manifest(run, {"model": "tiny", "settings": ["a", "b"]}, partial=False, **kw)
     assert (run / "manifest.json").read_bytes() == before
     assert check_manifest(tmp_path / "new", {"model": "tiny"}) is True and not (tmp_path / "new").exists()
+
+
+def test_an_atomic_write_has_the_permissions_of_a_plain_one(tmp_path):
+    """A replaced file is as readable as ``write_text`` would leave it (not mkstemp's 0600)."""
+    import stat
+
+    from at_probe.runfiles import write_json_atomic
+
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    write_json_atomic(tmp_path / "atomic.json", {})
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "atomic.json") == mode(plain)
