@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.cliargs import (
+    add_fix_text_argument,
     ArgumentParser,
     existing_dir,
     existing_file,
@@ -134,9 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=50,
         help="room kept after the prompt, as in the test run (prompts are cut the same way)",
     )
-    p.add_argument("--fix-text", action="store_true",
-                   help="repair the release's mojibake (ftfy) in documents and references (recorded; "
-                        "the test run must use it too)")
+    add_fix_text_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", type=torch_device, default=None)
     p.add_argument("--out", type=output_dir, required=True, help="run directory")

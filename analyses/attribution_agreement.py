@@ -33,7 +33,14 @@ from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.attribution import attribution_sweep
-from at_probe.cliargs import ArgumentParser, existing_file, output_dir, positive_int, torch_device
+from at_probe.cliargs import (
+    ArgumentParser,
+    add_fix_text_argument,
+    existing_file,
+    output_dir,
+    positive_int,
+    torch_device,
+)
 from at_probe.knockout import knockout_sweep
 from at_probe.loading import DEFAULT_MODEL, load_model
 from at_probe.ops import prompt_regions
@@ -94,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="an XSum release file (.json or .json.gz)")
     p.add_argument("--docs", type=positive_int, default=8, help="first N held-out documents (default 8)")
     p.add_argument("--regions", type=positive_int, default=8, help="document regions (default 8)")
-    p.add_argument("--fix-text", action="store_true",
-                   help="repair the release's mojibake (ftfy) in documents and references "
-                        "(recorded; off by default)")
+    add_fix_text_argument(p)
     p.add_argument("--band", type=positive_int, default=None,
                    help="layers per band, at most the model's layers (default: a third of them)")
     p.add_argument("--device", type=torch_device, default=None)

@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 import at_probe
 from at_probe.attribution import attribution_sweep
 from at_probe.cliargs import (
+    add_fix_text_argument,
     ArgumentParser,
     UsageError,
     existing_file,
@@ -96,9 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--text", type=existing_file, help="a UTF-8 text file with the document")
     src.add_argument("--xsum", type=existing_file, help="an XSum release file (.json or .json.gz)")
     p.add_argument("--index", type=nonnegative_int, default=0, help="record index in --xsum (default 0)")
-    p.add_argument("--fix-text", action="store_true",
-                   help="repair the mojibake of --xsum's release (ftfy) in documents and references "
-                        "(recorded; off by default)")
+    add_fix_text_argument(p)
     p.add_argument("--docs", type=positive_int, default=None, metavar="N",
                    help="corpus mode: the first N documents of --xsum's split, means and paired differences "
                         "with bootstrap intervals (resumable; no knockout)")

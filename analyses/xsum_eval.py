@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.cliargs import (
+    add_fix_text_argument,
     ArgumentParser,
     UsageError,
     existing_dir,
@@ -110,9 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rouge-tokenizer", choices=ROUGE_TOKENIZERS, default="default",
                    help="'default': rouge-score's (ASCII only, comparable with the literature); 'unicode': "
                         "every script (at_probe.text_metrics)")
-    p.add_argument("--fix-text", action="store_true",
-                   help="repair the release's mojibake (ftfy) in documents and references; off by default "
-                        "so that runs made without it stay reproducible")
+    add_fix_text_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", type=torch_device, default=None)
     p.add_argument("--out", type=output_dir, required=True, help="run directory")

@@ -32,7 +32,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 import at_probe
-from at_probe.cliargs import ArgumentParser, existing_dir, output_dir, positive_int, torch_device
+from at_probe.cliargs import (
+    ArgumentParser,
+    add_fix_text_argument,
+    existing_dir,
+    output_dir,
+    positive_int,
+    torch_device,
+)
 from at_probe.loading import DEFAULT_MODEL, model_shape
 from at_probe.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run, write_json_atomic
 from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
@@ -63,8 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="first N development documents of the bucket")
     p.add_argument("--max-new-tokens", type=positive_int, default=50,
                    help="room kept after the prompt, as in the test run (prompts are cut the same way)")
-    p.add_argument("--fix-text", action="store_true",
-                   help="repair the release's mojibake (ftfy) in documents and references (recorded)")
+    add_fix_text_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", type=torch_device, default=None)
     p.add_argument("--out", type=output_dir, required=True, help="run directory")

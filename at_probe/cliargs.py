@@ -151,3 +151,12 @@ def torch_device(text: str) -> str:
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
     return text
+
+
+def add_fix_text_argument(parser: argparse.ArgumentParser) -> None:
+    """``--fix-text``, shared by every command that reads the XSum release: repair its mojibake
+    (``at_probe.xsum.load_records(fix_text=True)``), recorded in the run's manifest, off by
+    default so that runs made without it stay reproducible."""
+    parser.add_argument("--fix-text", action="store_true",
+                        help="repair the release's mojibake (ftfy) in documents and references; recorded, "
+                             "off by default so that runs made without it stay reproducible")
