@@ -50,12 +50,14 @@ from at_probe.cliargs import (
     ArgumentParser,
     existing_dir,
     existing_file,
+    model_name,
     output_dir,
     positive_int,
     torch_device,
 )
 from at_probe.emphasis import TARGETS, profile_heads, rank_heads
 from at_probe.loading import DEFAULT_MODEL, model_shape
+from at_probe.probe import DEFAULT_REGIONS
 from at_probe.runfiles import (
     append_jsonl,
     ensure_manifest,
@@ -65,6 +67,7 @@ from at_probe.runfiles import (
     read_jsonl,
     write_json_atomic,
 )
+from at_probe.stats import describe
 from at_probe.sweep import RecordSink, add_sweep_arguments, plan_units, run_units, sweep_options
 from at_probe.xsum import (
     ALTERNATIVES,
@@ -99,6 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--model",
+        type=model_name,
         default=DEFAULT_MODEL,
         help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id",
     )
@@ -114,7 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the next N development documents: the profiling (default 4)",
     )
     p.add_argument(
-        "--regions", type=positive_int, default=8, help="document regions of the position bias (default 8)"
+        "--regions", type=positive_int, default=DEFAULT_REGIONS,
+        help=f"document regions of the position bias (default {DEFAULT_REGIONS})"
     )
     p.add_argument(
         "--targets",
@@ -309,9 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alternatives_select.py: error: {err}", file=sys.stderr)
         return 2
     for method, name in selection["selected"].items():
-        est = selection["minus_baseline"][name]
-        low, high = est["ci95"]
-        print(f"{method}: {name}  {est['mean']:+.4f} [{low:+.4f}, {high:+.4f}] nats vs baseline")
+        print(f"{method}: {name}  {describe(selection['minus_baseline'][name])} nats vs baseline")
     print(f"wrote {args.out / 'selection.json'}")
     return 0
 

@@ -37,6 +37,7 @@ from at_probe.cliargs import (
     ArgumentParser,
     add_fix_text_argument,
     existing_file,
+    model_name,
     output_dir,
     positive_int,
     torch_device,
@@ -44,6 +45,7 @@ from at_probe.cliargs import (
 from at_probe.knockout import knockout_sweep
 from at_probe.loading import DEFAULT_MODEL, load_model
 from at_probe.ops import prompt_regions
+from at_probe.probe import DEFAULT_REGIONS
 from at_probe.prompts import build_prompt, continuation_ids
 from at_probe.runfiles import (
     append_jsonl,
@@ -53,7 +55,7 @@ from at_probe.runfiles import (
     read_jsonl,
     write_json_atomic,
 )
-from at_probe.stats import bootstrap_mean
+from at_probe.stats import bootstrap_mean, describe
 from at_probe.xsum import is_heldout, load_records, repair_note, text_repair_manifest
 
 
@@ -96,11 +98,13 @@ def failures(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="attribution_agreement.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", type=model_name, default=DEFAULT_MODEL,
+                   help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
     p.add_argument("--xsum", type=existing_file, required=True,
                    help="an XSum release file (.json or .json.gz)")
     p.add_argument("--docs", type=positive_int, default=8, help="first N held-out documents (default 8)")
-    p.add_argument("--regions", type=positive_int, default=8, help="document regions (default 8)")
+    p.add_argument("--regions", type=positive_int, default=DEFAULT_REGIONS,
+                   help=f"document regions (default {DEFAULT_REGIONS})")
     add_fix_text_argument(p)
     p.add_argument("--band", type=positive_int, default=None,
                    help="layers per band, at most the model's layers (default: a third of them)")
@@ -153,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attribution_agreement.py: error: {err}", file=sys.stderr)
         return 2
     m = result["spearman_mean"]
-    print(f"Spearman(estimate, exact) over {len(rows)} documents: mean {m['mean']:+.2f} "
-          f"[{m['ci95'][0]:+.2f}, {m['ci95'][1]:+.2f}], median {result['spearman_median']:+.2f}")
+    print(f"Spearman(estimate, exact) over {len(rows)} documents: mean {describe(m, digits=2)}, "
+          f"median {result['spearman_median']:+.2f}")
     for c in result["cells_worst_first"][:5]:
         print(f"  {c['band']:>6} {c['region']:<12} exact {c['mean_exact']:+.3f}  estimate {c['mean_estimate']:+.3f}"
               f"  signs agree {c['sign_agreement']:.0%}")

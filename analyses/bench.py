@@ -48,6 +48,7 @@ from at_probe.calibration import PositionBias, PositionCalibration
 from at_probe.cliargs import (
     ArgumentParser,
     existing_file,
+    model_name,
     nonnegative_int,
     output_file,
     positive_int,
@@ -191,6 +192,23 @@ def memory_ratio(args: argparse.Namespace, source: str, *extra: str) -> dict[str
     return {"plain_forward_peak_rss_mib": a, "flow_py_peak_rss_mib": b, "ratio": b / a}
 
 
+def conditions_memory(args: argparse.Namespace, source: str) -> dict[str, Any]:
+    """Peak RSS of ``flow.py --transition both --rollout`` (four conditions, knockout on) vs the
+    largest of its conditions run alone with the same flags, each in a fresh process: the
+    conditions run in a row must not pile up (issue #24)."""
+    def flow_peak(*flags: str) -> float:
+        return peak_rss_mb("import sys\nsys.path.insert(0, 'analyses')\nimport flow\n"
+                           f"assert flow.main(['--model', {args.model!r}, '--xsum', {str(args.xsum)!r}, '--index', "
+                           f"{source.split('#')[-1]!r}, '--max-tokens', '{args.memory_tokens}', '--out', "
+                           f"'/tmp/at_probe_bench_conditions', *{list(flags)!r}]) == 0\n")
+
+    alone = {name: flow_peak("--transition", name, *(("--no-placebo",) if name == "paper" else ()), "--rollout")
+             for name in ("none", "paper", "sra")}
+    together = flow_peak("--transition", "both", "--rollout")
+    return {"tokens": args.memory_tokens, "alone_peak_rss_mib": alone, "both_peak_rss_mib": together,
+            "ratio": together / max(alone.values())}
+
+
 def xsum_throughput(model: Any, docs: list[dict], batch_size: int, max_new_tokens: int) -> dict[str, float]:
     """Documents per second of greedy summarisation, batch ``batch_size`` vs batch 1 (same docs)."""
     from at_probe.xsum import summarise
@@ -330,7 +348,10 @@ def build_model(name: str, device: str | None) -> Any:
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="bench.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   type=lambda text: text if text == "random-llama-7b" else model_name(text),
+                   help="'smollm2' (default), 'tiny', a local HF Llama directory, a hub id, or "
+                        "'random-llama-7b' (llama-7b's shape, random weights)")
     p.add_argument("--device", type=torch_device, default=None)
     p.add_argument("--tokens", type=positive_int, default=1900,
                    help="prompt tokens, at most the model's context (default 1900)")
@@ -342,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="KV-cache decode steps timed per generate call (0: skip the decode comparison)")
     p.add_argument("--decode-only", action="store_true", help="run the decode-step comparison alone")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--memory-only", action="store_true",
+                   help="on the CPU, only the memory of flow.py's conditions run together vs alone")
+    p.add_argument("--memory-tokens", type=positive_int, default=800,
+                   help="prompt tokens of the conditions' memory comparison (default 800)")
     p.add_argument("--throughput-docs", type=nonnegative_int, default=16,
                    help="held-out 800-bucket documents for the batch-8 vs batch-1 throughput (0 skips)")
     p.add_argument("--generation-batch", type=nonnegative_int, default=8,
@@ -371,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device(model.cfg.device)
     tokens, source = document_tokens(model, args.tokens, args.xsum)
+    if args.memory_only:
+        if device.type != "cpu" or "#" not in source:
+            p.error("argument --memory-only: needs the CPU and an XSum file (--xsum)")
+        results = {"model": args.model, "source": source, "conditions_memory": conditions_memory(args, source)}
+        m = results["conditions_memory"]
+        print(f"{'conditions together':<20} {m['ratio']:.3f}x  ({m['both_peak_rss_mib']:.0f} MiB vs "
+              f"{max(m['alone_peak_rss_mib'].values()):.0f} MiB for the largest alone)")
+        return finish(results, args.json)
     print(f"model {args.model} on {device}, {tokens.shape[1]} tokens from {source}")
 
     def plain() -> None:

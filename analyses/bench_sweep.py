@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from at_probe.cliargs import ArgumentParser, existing_dir, int_at_least, output_dir, output_file, positive_int
+from at_probe.cliargs import (ArgumentParser, existing_dir, int_at_least, model_name, output_dir, output_file,
+                             positive_int)
 from at_probe.runfiles import owned_run, write_json_atomic
 from at_probe.sweep import FunctionWorker, RecordSink, Unit, plan_units, run_units
 from at_probe.xsum import SummaryWorkerFactory, bucket_file, is_heldout, load_records, parse_settings
@@ -51,7 +52,7 @@ def timed_sweep(units: list[Unit], factory: Any, workers: int, out: Path) -> dic
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="bench_sweep.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", type=model_name, default="tiny")
     p.add_argument("--data", type=existing_dir, default=REPO.parent / "shared" / "data" / "xsum-at-release")
     p.add_argument("--docs", type=positive_int, default=8)
     p.add_argument("--workers", type=int_at_least(2), default=2, help="actors compared with 1 (default 2)")

@@ -57,6 +57,7 @@ from at_probe.cliargs import (
     ArgumentParser,
     UsageError,
     existing_file,
+    model_name,
     nonnegative_float,
     nonnegative_int,
     output_dir,
@@ -66,7 +67,8 @@ from at_probe.cliargs import (
 )
 from at_probe.knockout import KnockoutResult, knockout_sweep
 from at_probe.loading import DEFAULT_MODEL, SAMPLE_DOCUMENT, load_model, model_shape
-from at_probe.probe import FlowResult, probe_pass
+from at_probe.memory import release_freed_memory
+from at_probe.probe import DEFAULT_REGIONS, FlowResult, probe_pass
 from at_probe.prompts import Prompt, build_prompt, continuation_ids
 from at_probe.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run, write_json_atomic
 from at_probe.selection import read_selection
@@ -91,7 +93,7 @@ SRA_FLAGS = ("--sra-begin-length", "--sra-threshold-len", "--sra-elimi-inter", "
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="flow.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", type=model_name, default=DEFAULT_MODEL,
                    help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", type=existing_file, help="a UTF-8 text file with the document")
@@ -106,23 +108,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true",
                    help="corpus mode: rewrite the report (corpus_summary.csv, figures, corpus.json) of the "
                         "run in --out from its docs.jsonl and manifest, without a model; takes no other flag")
-    p.add_argument("--regions", type=positive_int, default=8, help="document regions (default 8)")
+    p.add_argument("--regions", type=positive_int, default=DEFAULT_REGIONS,
+                   help=f"document regions (default {DEFAULT_REGIONS})")
     p.add_argument("--transition", choices=("none", "paper", "sra", "both"), default="paper")
     p.add_argument("--selection", type=existing_file, default=None, metavar="SELECTION",
                    help="corpus mode: instead of --transition, the baseline and the settings an "
                         "alternatives_select.py selection.json chose (emphasis, calibration, temperature and "
                         "their placebos; the selection must be made for --model and --xsum's file)")
-    p.add_argument("--alpha", type=positive_float, default=1.0, help="paper: threshold factor (default 1.0)")
-    p.add_argument("--beta", type=nonnegative_float, default=0.5,
-                   help="paper: share of freed mass moved (default 0.5)")
-    p.add_argument("--k", type=positive_int, default=2, help="paper: intervals per layer (default 2)")
+    # defaults are the classes' own (PaperTransition, SRAParams): stated once, with their sources
+    p.add_argument("--alpha", type=positive_float, default=PaperTransition.alpha,
+                   help="paper: threshold factor (default %(default)s)")
+    p.add_argument("--beta", type=nonnegative_float, default=PaperTransition.beta,
+                   help="paper: share of freed mass moved (default %(default)s)")
+    p.add_argument("--k", type=positive_int, default=PaperTransition.intervals_per_layer,
+                   help="paper: intervals per layer (default %(default)s)")
     p.add_argument("--no-placebo", action="store_true", help="skip the placebo control of the paper version")
-    p.add_argument("--sra-begin-length", type=nonnegative_int, default=100)
-    p.add_argument("--sra-threshold-len", type=nonnegative_int, default=200)
-    p.add_argument("--sra-elimi-inter", type=positive_float, default=0.5)
-    p.add_argument("--sra-elimi-outer", type=positive_float, default=0.3)
-    p.add_argument("--sra-strengthen-inter", type=nonnegative_float, default=4.0)
-    p.add_argument("--sra-strengthen-outer", type=nonnegative_float, default=4.0)
+    for flag, field, kind in (("begin-length", "begin_length", nonnegative_int),
+                              ("threshold-len", "threshold_len", nonnegative_int),
+                              ("elimi-inter", "elimi_factor_inter", positive_float),
+                              ("elimi-outer", "elimi_factor_outer", positive_float),
+                              ("strengthen-inter", "strengthen_factor_inter", nonnegative_float),
+                              ("strengthen-outer", "strengthen_factor_outer", nonnegative_float)):
+        p.add_argument(f"--sra-{flag}", type=kind, default=getattr(SRATransition, field),
+                       help=f"SRA: {field} (default %(default)s, the authors' code)")
     p.add_argument("--knockout", type=nonnegative_int, default=None, metavar="BAND",
                    help="knock out each region in bands of BAND layers, at most the model's layers "
                         "(default: three bands; 0 disables)")
@@ -505,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, tr in conditions.items():
         results[name], reports[name] = probe_pass(model, prompt, tr, args.regions, args.rollout)
         if name == "placebo":
+            release_freed_memory()
             continue
         causal = dict(bounds=results[name].region_bounds, band_size=band or -(-n_layers // 3),
                       labels=results[name].region_labels, reference=ref_tokens, transition=tr)
@@ -512,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             knock[name] = knockout_sweep(model, prompt.tensor(model.cfg.device), **causal)
         if args.attribution:
             estimates[name] = attribution_sweep(model, prompt.tensor(model.cfg.device), **causal)
+        release_freed_memory()  # the next condition must not sit on top of this one's freed heap
     record = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "versions": {"at_probe": at_probe.__version__, "torch": torch.__version__,

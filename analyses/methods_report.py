@@ -22,8 +22,11 @@ from typing import Any
 import pandas as pd
 
 from at_probe.cliargs import ArgumentParser, existing_file, output_dir
+from at_probe.stats import MIN_DOCS_FOR_INTERVAL, comparison_label, describe
+from at_probe.xsum import PRIMARY_METRIC
 
-METRICS = ("semantic_similarity", "rougeL", "summary_nll")
+METRICS = (PRIMARY_METRIC, "rougeL", "summary_nll")
+"""The metrics of the table, the primary first (its column is marked)."""
 SAME = ("model", "data_sha256", "split", "limit", "max_new_tokens")
 CONTRASTS = (  # (report comparison, method, against)
     ("paper_selected - baseline", "paper transition", "baseline"),
@@ -58,12 +61,12 @@ def method_rows(reports: list[dict[str, Any]]) -> pd.DataFrame:
             for bucket in buckets:
                 e = report["comparisons"][comparison][metric][bucket]
                 label = against + placebo_kind(report["buckets"][bucket]["roles"].get(other, ""))
-                key = (f"{method} - {label}", bucket, metric)
+                key = (comparison_label(method, label), bucket, metric)
                 if any((r["comparison"], r["bucket"], r["metric"]) == key for r in rows):
                     continue  # both placebo roles name the same setting in this bucket
                 rows.append(
                     {
-                        "comparison": f"{method} - {label}",
+                        "comparison": key[0],
                         "method": method,
                         "against": label,
                         "metric": metric,
@@ -75,7 +78,8 @@ def method_rows(reports: list[dict[str, Any]]) -> pd.DataFrame:
                         "setting": report["buckets"][bucket]["roles"][role],
                     }
                 )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)  # null (an undefined estimate, reason in the report) as NaN
+    return frame.astype({"mean": float, "lo": float, "hi": float}) if len(frame) else frame
 
 
 def placebo_kind(setting: str) -> str:
@@ -87,19 +91,25 @@ def placebo_kind(setting: str) -> str:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """One line per method and contrast: each metric's mean [95% CI], per bucket."""
+    """One line per method and contrast: each metric's mean [95% CI], per bucket, with
+    ``at_probe.stats.describe``'s reason or warning (fewer than ``MIN_DOCS_FOR_INTERVAL``
+    documents) in words, never a bare ``nan``."""
     lines = [
         "| method | against | bucket | documents | semantic similarity (primary) | ROUGE-L | summary NLL |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (comparison, bucket), part in frame.groupby(["comparison", "bucket"], sort=False):
-        cells = {r.metric: f"{r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for r in part.itertuples()}
+        cells = {r.metric: describe({"mean": r.mean, "ci95": [r.lo, r.hi], "n": r.n}, digits=3)
+                 for r in part.itertuples()}
         first = part.iloc[0]
         lines.append(
             f"| {first.method} | {first.against} | {bucket} | {first.n} | "
             + " | ".join(cells[m] for m in METRICS)
             + " |"
         )
+    if len(frame) and frame["n"].min() < MIN_DOCS_FOR_INTERVAL:
+        lines += ["", f"Warning: the marked intervals are over fewer than {MIN_DOCS_FOR_INTERVAL} documents: "
+                      "unreliable."]
     return "\n".join(lines) + "\n"
 
 

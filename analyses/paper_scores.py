@@ -31,6 +31,7 @@ from at_probe.cliargs import (
 )
 from at_probe.judgements import analyse_bucket, best_setting
 from at_probe.runfiles import write_json_atomic
+from at_probe.stats import describe
 from at_probe.xsum import load_records, release_files
 
 
@@ -61,18 +62,19 @@ def figure_frame(result: dict):
                            ("oracle control: identical texts", r["oracle_control_identical_text"])):
             rows.append({"panel": "headline", "bucket": bucket, "label": label, "mean_gain": est["mean"],
                          "lo": est["ci95"][0], "hi": est["ci95"][1]})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)  # null (an undefined estimate, reason in the JSON) as NaN
+    return frame.astype({"mean_gain": float, "lo": float, "hi": float}) if len(frame) else frame
 
 
 def print_summary(result: dict) -> None:
     print(f"{'bucket':>6} {'base':>6} {'best-of-N':>9} {'complete':>8} {'oracle gain':>18} "
           f"{'held-out selected':>22} {'identical-text control':>24} {'best in-sample setting'}")
     for bucket, r in result["buckets"].items():
-        o, h, c = r["oracle_gain"], r["heldout_selected_gain"], r["oracle_control_identical_text"]
-        fmt = lambda e: f"{e['mean']:+6.1f} [{e['ci95'][0]:+.1f},{e['ci95'][1]:+.1f}]"  # noqa: E731
+        o, h, c = (describe(r[k], digits=1) for k in ("oracle_gain", "heldout_selected_gain",
+                                                       "oracle_control_identical_text"))
         name, best = r["best_in_sample"]["setting"], r["best_in_sample"]
         print(f"{bucket:>6} {r['baseline_mean_released']:6.1f} {r['best_of_n_mean_released']:9.1f} "
-              f"{r['n_complete']:>4}/{r['n_records']:<3} {fmt(o):>18} {fmt(h):>22} {fmt(c):>24} "
+              f"{r['n_complete']:>4}/{r['n_records']:<3} {o:>18} {h:>22} {c:>24} "
               f"{name} {best['mean_gain']:+.1f}")
 
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for bucket, records in tqdm(buckets.items(), desc="buckets"):
         r = analyse_bucket(records, seed=args.seed, n_boot=args.bootstrap, repeats=args.repeats)
         name, est = best_setting(r)
-        r["best_in_sample"] = {"setting": name, "mean_gain": est.mean, "ci95": list(est.ci95)}
+        r["best_in_sample"] = {"setting": name, "mean_gain": est.mean, "ci95": est.to_dict()["ci95"]}
         result["buckets"][bucket] = r
     print_summary(result)
     if args.json is not None:

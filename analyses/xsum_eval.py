@@ -60,6 +60,7 @@ from at_probe.cliargs import (
     UsageError,
     existing_dir,
     existing_file,
+    model_name,
     name_list,
     output_dir,
     positive_int,
@@ -91,7 +92,7 @@ DEFAULT_SETTINGS = "baseline;paper:alpha=1,beta=0.5,k=2;placebo:alpha=1,beta=0.5
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="xsum_eval.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", type=model_name, default=DEFAULT_MODEL,
                    help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
     p.add_argument("--data", type=existing_dir, default=Path("../shared/data/xsum-at-release"))
     p.add_argument("--bucket", choices=BUCKETS, default="800")

@@ -12,7 +12,9 @@ document, pooled over the buckets with a bootstrap that resamples documents with
 bucket (95% interval), and given per bucket too. A metric that is undefined for some outputs
 (``source_position_mean``, ``at_probe.xsum.OPTIONAL_METRICS``) is estimated on the documents
 where it is defined, and its estimates count the others (``n_missing``); a NaN in any other
-metric is an error.
+metric is an error. An estimate that cannot be made (a bucket of one document) is printed as
+``n/a (reason)`` and written as null with its ``reason`` (a mean: ``means_reasons``); a bucket
+of fewer than 10 documents is named under ``warnings`` and its intervals are marked.
 
 Primary (declared in the README before the results were seen): semantic similarity of the
 summary to the reference (all-MiniLM-L6-v2 cosine, ``at_probe.semantic``), selected paper
@@ -40,7 +42,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -58,12 +59,18 @@ from at_probe.runfiles import (
     write_json_atomic,
     write_text_atomic,
 )
-from at_probe.stats import bootstrap_mean, stratified_bootstrap_mean
-from at_probe.xsum import OPTIONAL_METRICS, load_records
+from at_probe.stats import (
+    MIN_DOCS_FOR_INTERVAL,
+    bootstrap_mean,
+    comparison_label,
+    describe,
+    few_documents,
+    stratified_bootstrap_mean,
+)
+from at_probe.xsum import OPTIONAL_METRICS, PRIMARY_METRIC, load_records
 
-PRIMARY_METRIC = "semantic_similarity"
 PRIMARY_COMPARISON = ("paper_selected", "placebo_selected")
-METRICS = ("semantic_similarity", "rouge1", "rouge2", "rougeL", "summary_nll", "repetition_4gram",
+METRICS = (PRIMARY_METRIC, "rouge1", "rouge2", "rougeL", "summary_nll", "repetition_4gram",
            "novel_bigrams", "source_position_mean")
 COMPARISONS = (PRIMARY_COMPARISON, ("paper_example", "placebo_example"), ("paper_selected", "baseline"),
                ("paper_example", "baseline"), ("sra_selected", "baseline"), ("placebo_selected", "baseline"),
@@ -124,16 +131,12 @@ def release_records(run: Path, manifest: dict[str, Any], data_dir: Path) -> list
 def semantic_scores(run: Path, records: pd.DataFrame, release: list[dict[str, Any]]) -> list[float]:
     """Cosine similarity of each record's output to its reference, cached in ``semantic.jsonl``
     by (document, setting, sha256 of the output): a regenerated output is scored again."""
-    from at_probe.semantic import EMBEDDER, similarity
+    from at_probe.semantic import EMBEDDER, SCORES_FILE, read_scores, score_key, similarity
 
-    def key(doc_id: str, setting: str, output: str) -> tuple[str, str, str]:
-        return doc_id, setting, hashlib.sha256(output.encode()).hexdigest()
-
-    cache_path = run / "semantic.jsonl"
+    cache_path = run / SCORES_FILE
     with owned_run(run, role="semantic"):  # one writer of the cache; xsum_eval.py may still run there
-        cache = {(r["doc_id"], r["setting"], r["output_sha256"]): r["semantic_similarity"]
-                 for r in read_jsonl(cache_path, repair=True, role="semantic") if r.get("embedder") == EMBEDDER}
-        keys = [key(d, s, o) for d, s, o in zip(records.doc_id, records.setting, records.output)]
+        cache = read_scores(run, repair=True)
+        keys = [score_key(d, s, o) for d, s, o in zip(records.doc_id, records.setting, records.output)]
         todo = [(k, o) for k, o in zip(keys, records.output) if k not in cache]
         if todo:
             references = {str(r["id"]): r["summary"] for r in release}
@@ -187,8 +190,8 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
                                                subset=any(m.get("roles_subset") for m, _ in runs))
     primary = PRIMARY_COMPARISON if family is COMPARISONS and PRIMARY_COMPARISON in comparisons else None
     out: dict[str, Any] = {
-        "left_out": [" - ".join(c) for c in left_out],
-        "primary": {"metric": PRIMARY_METRIC, "comparison": " - ".join(primary) if primary else None},
+        "left_out": [comparison_label(*c) for c in left_out],
+        "primary": {"metric": PRIMARY_METRIC, "comparison": comparison_label(*primary) if primary else None},
         "buckets": {m["bucket"]: {"n_documents": int(r.doc_id.nunique()), "roles": m["roles"]}
                     for m, r in runs},
         "comparisons": {}, "means": {},
@@ -212,20 +215,40 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
     out["placebo_draws"] = {m["bucket"]: m.get("placebo_draws", {}) for m, _ in runs}
     out["single_draw"] = {}  # the same comparisons with seed 0 alone, beside the pooled ones
     for a, b in comparisons:
-        out["comparisons"][f"{a} - {b}"] = estimates(a, b, pooled=True)
+        out["comparisons"][comparison_label(a, b)] = estimates(a, b, pooled=True)
         if drawn & {a, b}:
-            out["single_draw"][f"{a} - {b}"] = estimates(a, b, pooled=False)
+            out["single_draw"][comparison_label(a, b)] = estimates(a, b, pooled=False)
     for m, r in runs:
         out["means"][m["bucket"]] = {
             role: {metric: float(r[r.setting.isin(role_settings(m, role))][metric].astype(float)
                                  .mean(skipna=metric in OPTIONAL_METRICS))
                    for metric in METRICS} for role in m["roles"]}
+    out.update(undefined_means(out["means"]))
+    few = {bucket: b["n_documents"] for bucket, b in out["buckets"].items()
+           if b["n_documents"] < MIN_DOCS_FOR_INTERVAL}
+    if few:  # every estimate is marked too; this says it once, per bucket
+        out["warnings"] = [f"bucket {bucket}: {few_documents(n)}" for bucket, n in few.items()]
     if primary:
         name = out["primary"]["comparison"]
         out["primary"]["estimate"] = out["comparisons"][name][PRIMARY_METRIC]["all"]
         if name in out["single_draw"]:
             out["primary"]["single_draw_estimate"] = out["single_draw"][name][PRIMARY_METRIC]["all"]
     return out
+
+
+def undefined_means(means: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """The NaN means of ``means[bucket][role][metric]`` set to None (JSON null), in place, and
+    ``{"means_reasons": {bucket: {role: {metric: reason}}}}`` saying why ({} if none is NaN):
+    an optional metric undefined for every document of the role."""
+    reasons: dict[str, Any] = {}
+    for bucket, roles in means.items():
+        for role, values in roles.items():
+            for metric, value in values.items():
+                if value is not None and np.isnan(value):
+                    values[metric] = None
+                    reasons.setdefault(bucket, {}).setdefault(role, {})[metric] = (
+                        f"{metric} is undefined for every document of {role}")
+    return {"means_reasons": reasons} if reasons else {}
 
 
 def usable_comparisons(family: tuple[tuple[str, str], ...], roles: list[dict[str, str]], *,
@@ -259,12 +282,13 @@ def usable_comparisons(family: tuple[tuple[str, str], ...], roles: list[dict[str
 
 
 def comparisons_frame(result: dict[str, Any]) -> pd.DataFrame:
-    """Tidy rows (comparison, metric, bucket or "all", mean, lo, hi, n) of every estimate."""
+    """Tidy rows (comparison, metric, bucket or "all", mean, lo, hi, n) of every estimate (NaN
+    where an estimate is undefined: its ``reason`` is in ``report.json``)."""
     rows = [{"comparison": c, "metric": metric, "bucket": bucket, "mean": e["mean"], "lo": e["ci95"][0],
              "hi": e["ci95"][1], "n": e["n"]}
             for c, block in result["comparisons"].items() for metric, by in block.items()
             for bucket, e in by.items()]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"mean": float, "lo": float, "hi": float})
 
 
 def examples_markdown(runs: list[tuple[dict[str, Any], pd.DataFrame]], releases: list[list[dict[str, Any]]],
@@ -321,19 +345,18 @@ def main(argv: list[str] | None = None) -> int:
 
     frame = comparisons_frame(result)
     save_figure(xsum_roles(frame), args.out, "xsum_roles", frame)
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning} (each such interval is marked)")
     if result["primary"]["comparison"]:
         e = result["primary"]["estimate"]
         seeds = max((len(d) for draws in result["placebo_draws"].values() for d in draws.values()), default=1)
-        print(f"primary: {result['primary']['metric']}, {result['primary']['comparison']}: {e['mean']:+.4f} "
-              f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] over {e['n']} documents"
-              + (f" ({seeds} placebo draws per document)" if seeds > 1 else ""))
+        print(f"primary: {result['primary']['metric']}, {result['primary']['comparison']}: {describe(e)} "
+              f"over {e['n']} documents" + (f" ({seeds} placebo draws per document)" if seeds > 1 else ""))
         if "single_draw_estimate" in result["primary"]:
-            e = result["primary"]["single_draw_estimate"]
-            print(f"primary, placebo seed 0 alone: {e['mean']:+.4f} [{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}]")
+            print(f"primary, placebo seed 0 alone: {describe(result['primary']['single_draw_estimate'])}")
     for c, block in result["comparisons"].items():
-        cells = "  ".join(f"{m} {block[m]['all']['mean']:+.4f} [{block[m]['all']['ci95'][0]:+.4f},"
-                          f"{block[m]['all']['ci95'][1]:+.4f}]"
-                          for m in ("semantic_similarity", "rougeL", "summary_nll"))
+        cells = "  ".join(f"{m}{' (primary)' * (m == PRIMARY_METRIC)} {describe(block[m]['all'])}"
+                          for m in (PRIMARY_METRIC, "rougeL", "summary_nll"))
         print(f"{c:<36} {cells}")
     if result["left_out"]:
         print("left out (a run lacks a role, or the same settings as above): " + ", ".join(result["left_out"]))

@@ -36,6 +36,7 @@ from at_probe.cliargs import (
     ArgumentParser,
     add_fix_text_argument,
     existing_dir,
+    model_name,
     output_dir,
     positive_int,
     torch_device,
@@ -62,7 +63,7 @@ from at_probe.xsum import (
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="xsum_select.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", type=model_name, default=DEFAULT_MODEL,
                    help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
     p.add_argument("--data", type=existing_dir, default=Path("../shared/data/xsum-at-release"))
     p.add_argument("--bucket", choices=BUCKETS, default="800")

@@ -16,7 +16,7 @@ the same set of weights, aimed at no position in particular.
 
 Example:
     >>> from at_probe.calibration import PositionCalibration, estimate_position_bias
-    >>> bias = estimate_position_bias(model, dev_prompts, regions=8)
+    >>> bias = estimate_position_bias(model, dev_prompts)   # 8 regions (DEFAULT_REGIONS)
     >>> calib = PositionCalibration(bias=bias, strength=1.0)      # the last half of the layers
     >>> with calib.applied(model, prompts=[prompt]), torch.inference_mode():
     ...     out = model.generate(prompt.tensor(), max_new_tokens=50, do_sample=False, verbose=False)
@@ -37,6 +37,7 @@ from torch import Tensor
 
 from at_probe.intervention import AttentionEdit, SequenceView, int_tuple, last_half, resolve_heads
 from at_probe.names import resolve_layers
+from at_probe.probe import DEFAULT_REGIONS
 
 if TYPE_CHECKING:
     from at_probe.prompts import Prompt
@@ -152,7 +153,7 @@ def position_bias_from_profiles(profiles: Sequence[Tensor]) -> PositionBias:
 
 
 def estimate_position_bias(
-    model: Any, prompts: Sequence[Prompt], *, regions: int = 8, progress: Callable[[int], None] | None = None
+    model: Any, prompts: Sequence[Prompt], *, regions: int = DEFAULT_REGIONS, progress: Callable[[int], None] | None = None
 ) -> PositionBias:
     """Estimate the position bias from development prompts (one unedited forward pass each).
 
@@ -182,11 +183,12 @@ class PositionCalibration(AttentionEdit):
 
     Args:
         bias: the ``PositionBias`` of the model (from development documents).
-        strength: exponent ``s`` of the weights ``bias ** -s`` (0 changes nothing, 1 divides by
-            the bias); finite, ``>= 0``, and small enough that every weight of every layer and
-            region is in float32's normal range (``_check_weights``).
-        layers: layers to calibrate; ``None``: the last half (``L // 2 .. L - 1``).
-        heads: heads to calibrate; ``None``: all.
+        strength: exponent ``s`` of the weights ``bias ** -s`` (0 changes nothing, 1, the
+            default (ours), divides by the bias); finite, ``>= 0``, and small
+            enough that every weight of every layer and region is in float32's normal range
+            (``_check_weights``).
+        layers: layers to calibrate; ``None`` (default, ours): the last half (``L // 2 .. L - 1``).
+        heads: query heads to calibrate (GQA: ``at_probe.intervention.resolve_heads``); ``None``: all.
         placebo_seed: if set, the weights are shuffled across regions per document and layer
             (control).
     """

@@ -141,6 +141,19 @@ def output_file(text: str) -> Path:
     return path
 
 
+def model_name(text: str) -> str:
+    """An argparse type: a model ``load_model`` can load, checked from its config alone
+    (``at_probe.loading.model_shape``): ``smollm2``, ``tiny``, a checkpoint directory, or a hub id
+    that is cached or reachable. An unknown name fails at once, listing these (and a near miss)."""
+    from at_probe.loading import model_shape
+
+    try:
+        model_shape(text)
+    except (OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(" ".join(str(err).split())) from None
+    return text
+
+
 def torch_device(text: str) -> str:
     """An argparse type: a torch device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``); whether the
     device exists here is left to loading (a Ray driver may pass ``cuda`` for its actors)."""

@@ -24,8 +24,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from at_probe.choices import check_choice
 from at_probe.probe import FlowResult
-from at_probe.stats import bootstrap_mean
+from at_probe.stats import (
+    MIN_DOCS_FOR_INTERVAL,
+    Estimate,
+    bootstrap_mean,
+    comparison_label,
+    describe,
+    few_documents,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -100,7 +110,8 @@ def summarise(frame: pd.DataFrame, *, baseline: str = "baseline", n_boot: int = 
     Only documents measured under every condition are used (every measure is defined for every
     document, so a NaN value is an error, never left out). Returns rows with ``kind``
     (``"mean"`` or ``"difference"``), ``condition`` (for differences ``"<c> - <baseline>"``),
-    ``measure, layer, region, mean, lo, hi, n`` and ``excludes_zero`` (differences only).
+    ``measure, layer, region, mean, lo, hi, n`` and ``excludes_zero`` (differences only); ``lo``
+    and ``hi`` are NaN over a single document (``at_probe.stats.bootstrap_mean``).
 
     Raises:
         ValueError: ``baseline`` is not among the conditions, or a NaN or infinite value.
@@ -108,8 +119,7 @@ def summarise(frame: pd.DataFrame, *, baseline: str = "baseline", n_boot: int = 
     import pandas as pd
 
     conditions = list(dict.fromkeys(frame["condition"]))
-    if baseline not in conditions:
-        raise ValueError(f"no {baseline!r} condition among {conditions}")
+    check_choice("baseline condition", baseline, conditions)
     complete = frame.groupby("doc_id")["condition"].nunique() == len(conditions)
     frame = frame[frame.doc_id.isin(complete[complete].index)]
     wide = frame.pivot_table(index=["measure", "layer", "region", "doc_id"], columns="condition",
@@ -124,9 +134,10 @@ def summarise(frame: pd.DataFrame, *, baseline: str = "baseline", n_boot: int = 
                 continue
             est = bootstrap_mean((cell[cond] - cell[baseline]).to_numpy(), missing="raise", n_boot=n_boot,
                                  seed=seed)
-            out.append({"kind": "difference", "condition": f"{cond} - {baseline}", "measure": measure,
-                        "layer": layer, "region": region, "mean": est.mean, "lo": est.ci95[0],
-                        "hi": est.ci95[1], "n": est.n, "excludes_zero": est.ci95[0] > 0 or est.ci95[1] < 0})
+            out.append({"kind": "difference", "condition": comparison_label(cond, baseline),
+                        "measure": measure, "layer": layer, "region": region, "mean": est.mean,
+                        "lo": est.ci95[0], "hi": est.ci95[1], "n": est.n,
+                        "excludes_zero": est.ci95[0] > 0 or est.ci95[1] < 0})
     return pd.DataFrame(out)
 
 
@@ -134,11 +145,18 @@ def paired_contrast(frame: pd.DataFrame, measure: str, a: str, b: str, *, n_boot
                     seed: int = 0) -> dict[str, Any]:
     """Mean over documents of ``a - b`` for one scalar ``measure`` (e.g. the headline), with its
     95% bootstrap interval, on the documents measured under both; ``n_missing`` counts the
-    documents measured under only one of them (left out)."""
-    part = frame[frame.measure == measure].pivot_table(index="doc_id", columns="condition", values="value",
-                                                       aggfunc="first")
+    documents measured under only one of them (left out).
+
+    Raises:
+        UnknownChoiceError: a ``measure`` not in ``frame``, or a condition without that measure.
+    """
+    check_choice("measure", measure, list(dict.fromkeys(frame["measure"])))
+    rows = frame[frame.measure == measure]
+    for condition in (a, b):
+        check_choice(f"condition (of {measure})", condition, list(dict.fromkeys(rows["condition"])))
+    part = rows.pivot_table(index="doc_id", columns="condition", values="value", aggfunc="first")
     diff = (part[a] - part[b]).to_numpy(dtype=float)
-    return {"contrast": f"{a} - {b}", "measure": measure,
+    return {"contrast": comparison_label(a, b), "measure": measure,
             **bootstrap_mean(diff, missing="drop", n_boot=n_boot, seed=seed).to_dict()}
 
 
@@ -197,13 +215,14 @@ def early_document_attribution(frame: pd.DataFrame, contrasts: Sequence[tuple[st
     for start, end in zip(starts, [*(s - 1 for s in starts[1:]), n_layers - 1]):
         band = sums.loc[start]  # [document, condition]; NaN where a document lacks the condition
         bands.append({"layers": [start, end], "means": {c: estimate(band[c]) for c in conditions},
-                      "contrasts": [{"contrast": f"{a} - {b}", **estimate(band[a] - band[b])}
+                      "contrasts": [{"contrast": comparison_label(a, b), **estimate(band[a] - band[b])}
                                     for a, b in pairs]})
     return {"measure": ATTRIBUTION, "unit": "nats/token", "regions": early, "bands": bands}
 
 
 def plain_words(summary: pd.DataFrame, *, limit: int = 4) -> list[str]:
-    """One sentence per condition and measure: where the paired difference's interval excludes 0."""
+    """One sentence per condition and measure: where the paired difference's interval excludes 0;
+    and a warning when the intervals are over fewer than ``MIN_DOCS_FOR_INTERVAL`` documents."""
     lines = []
     diffs = summary[summary.kind == "difference"]
     for (cond, measure), part in diffs.groupby(["condition", "measure"], sort=False):
@@ -220,14 +239,24 @@ def plain_words(summary: pd.DataFrame, *, limit: int = 4) -> list[str]:
     if lines:
         lines.append("Intervals are per cell (95%, bootstrap over documents), not corrected for the number of "
                      "cells: about 1 in 20 null cells excludes 0 by chance.")
+        n = int(diffs["n"].min())
+        if n < 2:
+            lines.append(f"Warning: only {n} document{'s' * (n != 1)}: these cells have no interval.")
+        elif n < MIN_DOCS_FOR_INTERVAL:
+            lines.append(f"Warning: {few_documents(n)}: these intervals are unreliable.")
     return lines
 
 
 def interval_words(estimate: dict[str, Any]) -> str:
-    """``+0.012 [+0.004, +0.020] (excludes 0)`` style text for one estimate."""
-    lo, hi = estimate["ci95"]
-    verdict = "excludes 0" if lo > 0 or hi < 0 else "includes 0"
-    return f"{estimate['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] ({verdict}, n={estimate['n']})"
+    """``+0.0120 [+0.0040, +0.0200] (excludes 0, n=20)`` style text for one estimate
+    (``Estimate.to_dict()``), with ``at_probe.stats.describe``'s warning (fewer than
+    ``MIN_DOCS_FOR_INTERVAL`` documents) or reason (``n/a (no documents)``) in words."""
+    e = Estimate.from_dict(estimate)
+    text = describe(e, warn=False)
+    if not (np.isfinite(e.ci95[0]) and np.isfinite(e.ci95[1])):
+        return text
+    verdict = "excludes 0" if e.ci95[0] > 0 or e.ci95[1] < 0 else "includes 0"
+    return f"{text} ({verdict}, n={e.n}" + (f"; {e.warning})" if e.warning else ")")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from at_probe.choices import check_choice
 from at_probe.intervention import AttentionEdit, SequenceView, int_tuple, resolve_heads
 
 if TYPE_CHECKING:
@@ -129,12 +130,14 @@ class EmphasisSteering(AttentionEdit):
     """PASTA-style emphasis of a prompt part on chosen heads (pre-softmax, every pass).
 
     Args:
-        head_config: ``{layer: heads}`` to steer (PASTA's head config), e.g.
-            ``top_heads(rank_heads(deltas), k)``.
-        alpha: weight factor of the non-emphasised prompt keys, ``0 < alpha <= 1`` (PASTA: 0.01).
-        target: the emphasised part of each prompt, ``"document"`` or ``"instruction"``.
+        head_config: ``{layer: heads}`` to steer (PASTA's head config; query heads, GQA:
+            ``at_probe.intervention.resolve_heads``), e.g. ``top_heads(rank_heads(deltas), k)``.
+        alpha: weight factor of the non-emphasised prompt keys, ``0 < alpha <= 1``; default
+            0.01, PASTA's (Zhang et al. 2024).
+        target: the emphasised part of each prompt, ``"document"`` (default, ours: the part the
+            transition also favours) or ``"instruction"``.
         placebo_seed: if set, run the control ``placebo`` instead of the steering.
-        placebo: ``"span"``: emphasise a random span of the target's length (``placebo_span``);
+        placebo: ``"span"`` (default): emphasise a random span of the target's length (``placebo_span``);
             ``"heads"``: emphasise the target on random heads, as many in each layer as
             ``head_config`` steers there, none of them steered, drawn per document
             (``placebo_heads``). The span placebo suits a short
@@ -171,13 +174,11 @@ class EmphasisSteering(AttentionEdit):
             # -inf (NaN after the softmax); at worst a masked entry reaches -inf in float16.
             raise ValueError(f"alpha must be a number in (0, 1], got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        check_choice("emphasis target", self.target, TARGETS)
         if self.placebo_seed is not None:
             (seed,) = int_tuple("placebo_seed", [self.placebo_seed])
             object.__setattr__(self, "placebo_seed", seed)
-        if self.placebo not in PLACEBOS:
-            raise ValueError(f"placebo must be one of {PLACEBOS}, got {self.placebo!r}")
+        check_choice("emphasis placebo", self.placebo, PLACEBOS)
 
     def __hash__(self) -> int:
         return hash(
@@ -260,6 +261,7 @@ def profile_heads(
     """
     from at_probe.blocks import block_inputs, run_blocks
 
+    check_choice("emphasis target", target, TARGETS)  # before the passes, not after the first
     t = len(prompt)
     tokens = torch.tensor([list(prompt.ids) + list(reference)], device=model.cfg.device)
     targets = tokens[0, t:, None]

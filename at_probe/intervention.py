@@ -364,6 +364,13 @@ class _EditRun(PromptTracker):
 def resolve_heads(heads: Sequence[int] | None, n_heads: int) -> Tensor | None:
     """Validated head indices as a sorted long tensor (``None``: every head).
 
+    Every intervention's ``heads=`` (and emphasis' ``head_config``) counts **query** heads,
+    ``0 .. cfg.n_heads - 1``, the head axis of ``hook_pattern`` / ``hook_attn_scores``. Under
+    grouped-query attention (GQA) query head ``h`` reads key-value head
+    ``h // (n_heads // n_key_value_heads)`` (SmolLM2: 9 query heads, 3 KV heads, so heads 0-2
+    share KV head 0); an edit changes only the listed query heads' attention, never the shared
+    keys and values, so the other query heads of the group are untouched.
+
     Raises:
         ValueError: an index outside ``0 .. n_heads - 1``, a duplicate, or an empty selection.
     """

@@ -97,16 +97,16 @@ def bucket_table(records: list[dict[str, Any]]) -> BucketTable:
 
 def analyse_bucket(records: list[dict[str, Any]], *, seed: int = 0, n_boot: int = 2000,
                    repeats: int = 1000) -> dict[str, Any]:
-    """Every number of the re-analysis for one bucket (JSON-ready)."""
+    """Every number of the re-analysis for one bucket (JSON-ready: an undefined estimate is null
+    with its ``reason``, ``at_probe.stats.Estimate.to_dict``)."""
     table = bucket_table(records)
     gains = table.scores - table.baseline[:, None]
     released = np.array(table.released)
     settings = {}
     for j, name in enumerate(table.settings):
         # a document the judge gave no parseable score for this setting is left out and counted
-        est = bootstrap_mean(gains[:, j], missing="drop", n_boot=n_boot, seed=seed + j)
-        settings[name] = {"mean_gain": est.mean, "ci95": list(est.ci95), "n": est.n,
-                          "n_missing": est.n_missing,
+        est = bootstrap_mean(gains[:, j], missing="drop", n_boot=n_boot, seed=seed + j).to_dict()
+        settings[name] = {"mean_gain": est.pop("mean"), **est,  # null and its reason when undefined
                           "identical_to_baseline": float(table.identical[:, j].mean())}
     complete = gains[table.complete]
     scored = ~np.isnan(gains).all(axis=1)
@@ -140,8 +140,9 @@ def best_setting(result: dict[str, Any]) -> tuple[str, Estimate]:
         ValueError: a setting without a mean gain (no document scored): a NaN would make ``max``
             depend on the settings' order.
     """
-    unscored = [name for name, s in result["settings"].items() if not np.isfinite(s["mean_gain"])]
+    unscored = [name for name, s in result["settings"].items()
+                if s["mean_gain"] is None or not np.isfinite(s["mean_gain"])]
     if unscored:
         raise ValueError(f"settings {unscored} have no finite mean gain (no judged document)")
     name, s = max(result["settings"].items(), key=lambda kv: kv[1]["mean_gain"])
-    return name, Estimate(s["mean_gain"], tuple(s["ci95"]), s["n"], s.get("n_missing"))
+    return name, Estimate.from_dict({**s, "mean": s["mean_gain"]})

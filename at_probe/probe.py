@@ -7,12 +7,17 @@ pattern is kept. Attention rollout (Abnar & Zuidema 2020) is an explicit opt-in
 (``rollout=True``): it keeps head-averaged ``[L, T, T]`` maps and computes the last token's
 rollout row by vector-matrix products at ``result()``.
 
+Passes: a probe describes the latest complete prefill pass. A new full pass after a complete
+capture replaces it; a pass that would mix with a partial capture (hooks firing out of order or
+over another length) raises, and so does ``result()`` until ``reset()``; decode steps of
+``generate`` (one query row against a longer key cache) are ignored.
+
 Hook order: on a shared hook point hooks run in registration order, so
 ``tr.hooks(model) + probe.hooks()`` lets the probe see the pattern *after* the transition,
 and ``probe.hooks() + tr.hooks(model)`` the pattern before it.
 
 Example:
-    >>> probe = FlowProbe.for_model(model, regions=16)
+    >>> probe = FlowProbe.for_model(model)          # 8 regions (DEFAULT_REGIONS)
     >>> model.run_with_hooks(tokens, fwd_hooks=tr.hooks(model) + probe.hooks())
     >>> flow = probe.result()
     >>> flow.final_token_profile.shape   # [layer, head, region]
@@ -21,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +45,10 @@ if TYPE_CHECKING:
 _PER_HEAD = ("sink_mass", "entropy", "distance")
 _SAVED = ("region_bounds", "region_mass", "final_token_profile", *_PER_HEAD, "rollout", "final_token_value_profile")
 _ENTROPY_BLOCK = 256  # rows per block: skips most of the causal zeros, keeps the temporary small
+
+DEFAULT_REGIONS = 8
+"""Document regions of a probe unless told otherwise (ours): ``FlowProbe``, ``flow.py --regions``
+and the position-bias estimate share it."""
 
 
 @dataclass
@@ -144,14 +152,25 @@ class FlowResult:
 class FlowProbe:
     """Accumulates flow measures from the attention patterns of one prefill pass.
 
-    Single-sequence (batch 1): run one document at a time. Decode steps of ``generate``
-    (query length != key length) are ignored; only the first full pass after ``reset()``
-    is captured.
+    Single-sequence (batch 1): run one document at a time. Passes:
+
+    * A full pass (query length == key length) is captured layer by layer, in layer order.
+      Once every layer is captured, the next full pass starts a new capture, so ``result()``
+      always describes the latest pass (a new prompt needs no ``reset()``).
+    * A pattern that would mix with a partial capture (a layer other than the next one, e.g. a
+      pass interrupted and run again, hooks registered twice, or a sequence of another length)
+      raises ``RuntimeError``; the probe then refuses every pass and ``result()`` until
+      ``reset()``.
+    * Decode steps of ``generate`` with the KV cache (query length 1 != key length) are ignored,
+      so the probe describes the prompt's prefill; ``generate`` without the KV cache runs full
+      passes, and the probe then describes the last of them.
+    * With ``w_o``, each layer's values (``hook_v``) are used only by the same layer's pattern of
+      the same pass (``hook_v`` runs just before it); a pattern without them raises.
 
     Args:
         n_layers, n_heads: model shape (``for_model`` reads them).
         regions: number of context regions ``R`` besides the sink (document regions when
-            ``document`` is given).
+            ``document`` is given); default ``DEFAULT_REGIONS`` (8).
         document: ``[start, end)`` token span of the document in the prompt (``Prompt.document``
             from ``at_probe.prompts``); the template head and the instruction then get regions of
             their own and only document tokens are split into ``R`` regions. ``None``: tokens
@@ -165,7 +184,7 @@ class FlowProbe:
             into the last token. Query head ``h`` reads key-value head ``h // (heads / kv_heads)``.
     """
 
-    def __init__(self, n_layers: int, n_heads: int, *, regions: int = 16,
+    def __init__(self, n_layers: int, n_heads: int, *, regions: int = DEFAULT_REGIONS,
                  document: tuple[int, int] | None = None, rollout: bool = False, keep_maps: bool = False,
                  w_o: list[Tensor] | None = None):
         if regions < 1:
@@ -189,13 +208,17 @@ class FlowProbe:
         return cls(int(model.cfg.n_layers), int(model.cfg.n_heads), w_o=w_o, **kwargs)
 
     def reset(self) -> None:
-        """Forget everything captured so far."""
+        """Forget everything captured so far, and a refused pass."""
+        self._values: dict[int, Tensor] = {}
+        self._refused: str | None = None
+        self._new_capture()
+
+    def _new_capture(self) -> None:
         self._bounds: Tensor | None = None
         self._labels: list[str] = []
+        self._length = 0
         self._layers: dict[int, dict[str, Tensor]] = {}
         self._maps: dict[int, Tensor] = {}
-        self._value_norms: dict[int, Tensor] = {}
-        self._warned = False
 
     def hooks(self) -> list[tuple[str, Any]]:
         """``(hook_name, fn)`` pairs for every layer's attention pattern (and values, if weighted)."""
@@ -203,12 +226,9 @@ class FlowProbe:
         return values + [(pattern_hook(l), self._hook) for l in range(self.n_layers)]
 
     def _value_hook(self, values: Tensor, *, hook: Any) -> None:
-        """``||W_O^h v_j||`` for every head and key of a full pass: ``[head, T]``."""
-        layer = layer_of(hook.name)
-        if layer in self._layers or (self._value_norms.get(layer) is not None):
-            return  # a later pass (decode step or an ignored repeat)
-        with torch.no_grad():
-            self._value_norms[layer] = ops.value_norms(values[0].detach(), self.w_o[layer])  # type: ignore[index]
+        """Hold this pass's values ``[T, kv_head, d_head]`` for the same layer's pattern hook, the
+        next of the probe's hooks to run in the same pass (it consumes them)."""
+        self._values[layer_of(hook.name)] = values[0].detach()
 
     @contextmanager
     def attached(self, model: Any) -> Iterator[FlowProbe]:
@@ -218,22 +238,34 @@ class FlowProbe:
 
     def _hook(self, pattern: Tensor, *, hook: Any) -> None:
         layer = layer_of(hook.name)
+        values = self._values.pop(layer, None)  # from this pass's hook_v, or None
         if pattern.shape[-2] != pattern.shape[-1]:
             return  # a KV-cache decode step
         if pattern.shape[0] != 1:
             raise ValueError(f"FlowProbe reads one sequence at a time, got a batch of {pattern.shape[0]}")
-        if layer in self._layers:
-            if not self._warned:
-                warnings.warn("FlowProbe already holds a pass; later passes are ignored (call reset())",
-                              stacklevel=2)
-                self._warned = True
-            return
+        if self._refused is not None:
+            raise RuntimeError(self._refused)
+        t = pattern.shape[-1]
+        if len(self._layers) == self.n_layers:
+            self._new_capture()  # the previous pass is complete: this one replaces it
+        elif self._layers and (layer != max(self._layers) + 1 or t != self._length):
+            self._refused = (
+                f"FlowProbe: layer {layer}'s pattern ({t} tokens) would mix with a partial capture of "
+                f"layers {min(self._layers)}-{max(self._layers)} ({self._length} tokens): an interrupted "
+                "pass, hooks registered twice, or a pass over some layers only; call reset()"
+            )
+            raise RuntimeError(self._refused)
+        if self.w_o is not None and (values is None or values.shape[0] != t):
+            raise RuntimeError(f"FlowProbe: layer {layer}'s pattern came without the values (hook_v) of its "
+                               "pass; register probe.hooks() whole")
         with torch.no_grad():
-            self._capture(layer, pattern[0].detach())
+            self._capture(layer, pattern[0].detach(), values)
 
-    def _capture(self, layer: int, heads: Tensor) -> None:
-        """Reduce one layer's ``[head, T, T]`` pattern, one head (one ``T x T`` matrix) at a time."""
+    def _capture(self, layer: int, heads: Tensor, values: Tensor | None) -> None:
+        """Reduce one layer's ``[head, T, T]`` pattern, one head (one ``T x T`` matrix) at a time;
+        ``values`` (``[T, kv_head, d_head]``, same pass) give the value-weighted flow."""
         t = heads.shape[-1]
+        self._length = t
         if self._bounds is None:
             if self.document is None:
                 self._bounds = ops.region_bounds(t, self.regions)
@@ -250,8 +282,8 @@ class FlowProbe:
             per_head["sink_mass"].append(key_mass[1:, 0].mean())  # region 0 is token 0
             per_head["distance"].append((q - mean_key[1:]).mean())
             per_head["entropy"].append(ops.row_entropy(p, causal_block=_ENTROPY_BLOCK))
-        if self.w_o is not None:
-            norms = self._value_norms.pop(layer)  # [head, T], from this pass's hook_v
+        if values is not None and self.w_o is not None:
+            norms = ops.value_norms(values, self.w_o[layer])  # [head, T]
             weighted = heads[:, -1, :].float() * norms.to(heads.device)  # [head, key]
             per_head["final_value"] = list(ops.key_region_mass(weighted, self._bounds))
         self._layers[layer] = {k: torch.stack(v).cpu() for k, v in per_head.items()}
@@ -266,8 +298,11 @@ class FlowProbe:
         """The captured measures as a ``FlowResult`` (``meta`` is stored alongside).
 
         Raises:
-            RuntimeError: nothing was captured, or some layers are missing.
+            RuntimeError: nothing was captured, some layers are missing, or a pass was refused
+                (it would have mixed with a partial capture) and ``reset()`` has not been called.
         """
+        if self._refused is not None:
+            raise RuntimeError(self._refused)
         missing = [l for l in range(self.n_layers) if l not in self._layers]
         if self._bounds is None or missing:
             raise RuntimeError(f"no complete pass captured (missing layers {missing}): run a forward pass first")

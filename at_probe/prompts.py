@@ -33,9 +33,11 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
+
+from at_probe.choices import check_choice
 
 INSTRUCTION = " Please summarize context above:"
 """The paper's instruction, appended to the document in both styles."""
@@ -103,10 +105,10 @@ def build_prompt(tokenizer: Any, document: str, *, max_tokens: int | None = None
         style: force ``"chat"`` or ``"plain"``; default ``prompt_style(tokenizer)``.
 
     Raises:
-        ValueError: ``max_tokens`` leaves no token for the document, or ``"chat"``
-            is asked of a tokenizer without a chat template.
+        ValueError: ``max_tokens`` leaves no token for the document, ``"chat"`` is asked of
+            a tokenizer without a chat template, or an unknown ``style``.
     """
-    style = style or prompt_style(tokenizer)
+    style = check_choice("prompt style", style or prompt_style(tokenizer), get_args(PromptStyle))
     if style == "plain":
         ids, (start, end) = _tokenize_around(tokenizer, "", document, INSTRUCTION)
         specials = _leading_specials(tokenizer)
@@ -147,7 +149,7 @@ def continuation_ids(tokenizer: Any, text: str, style: PromptStyle | None = None
         ValueError: the tokenizer joins the reply with the end of the prompt even so (then no
             continuation of the prompt can match the conversation).
     """
-    style = style or prompt_style(tokenizer)
+    style = check_choice("prompt style", style or prompt_style(tokenizer), get_args(PromptStyle))
     text = text.lstrip()
     if not text:
         return []
@@ -206,8 +208,6 @@ def _tokenize_around(tokenizer: Any, before: str, text: str, after: str) -> tupl
 def _frame(tokenizer: Any, style: PromptStyle, messages: list[dict[str, str]], *,
            generation_prompt: bool = False) -> tuple[str, str]:
     """The chat template's rendering of ``messages`` around ``_SENTINEL``: (text before, text after)."""
-    if style != "chat":
-        raise ValueError(f"unknown prompt style {style!r}: expected 'chat' or 'plain'")
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the 'chat' prompt style needs a tokenizer with a chat template")
     rendered = tokenizer.apply_chat_template(messages, tokenize=False,

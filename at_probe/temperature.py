@@ -67,9 +67,10 @@ class AttentionTemperature(AttentionEdit):
     """Scores of chosen layers and heads divided by ``tau`` (pre-softmax, every pass).
 
     Args:
-        tau: temperature, finite, in ``[MIN_TAU, float32 max]`` (1 changes nothing).
-        layers: layers to edit; ``None``: the last half (``L // 2 .. L - 1``).
-        heads: heads to edit in each of them; ``None``: all.
+        tau: temperature, finite, in ``[MIN_TAU, float32 max]``; the default 1 changes nothing.
+        layers: layers to edit; ``None`` (default, ours): the last half (``L // 2 .. L - 1``).
+        heads: query heads to edit in each of them (GQA: ``at_probe.intervention.resolve_heads``);
+            ``None``: all.
     """
 
     tau: float = 1.0

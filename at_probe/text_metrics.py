@@ -27,6 +27,8 @@ import unicodedata
 from functools import lru_cache
 from typing import Literal
 
+from at_probe.choices import check_choice
+
 _WORD = re.compile(r"\w+")
 
 RougeTokenizer = Literal["default", "unicode"]
@@ -86,9 +88,7 @@ def rouge(output: str, reference: str, *, tokenizer: RougeTokenizer = "default")
     Raises:
         ValueError: an unknown ``tokenizer``.
     """
-    if tokenizer not in ROUGE_TOKENIZERS:
-        raise ValueError(f"unknown ROUGE tokenizer {tokenizer!r}: expected one of "
-                         f"{', '.join(ROUGE_TOKENIZERS)}")
+    check_choice("ROUGE tokenizer", tokenizer, ROUGE_TOKENIZERS)
     scores = _scorer(tokenizer).score(reference, output)
     return {k: float(v.fmeasure) for k, v in scores.items()}
 

@@ -703,12 +703,17 @@ class PaperTransition(_Transition):
         intervals_per_layer: ``K``, spans per layer.
         layers: layers to edit; ``None`` means the paper's layers ``1 .. L-3``.
             Explicit layers must lie in ``1 .. L-3`` (the schedule defines no spans elsewhere).
-        heads: head indices to edit; ``None`` means all heads.
+        heads: query-head indices to edit; ``None`` means all heads (GQA: ``resolve_heads``).
         conserve_mass: renormalise touched rows to their original sums.
+
+    Defaults ``alpha=1.0, beta=0.5, K=2`` are one of the paper's released settings
+    (``decode_al_1_be_05_lay_2`` in the authors' XSum release), the "paper example" of our XSum
+    experiment, ``flow.py`` and the README; the authors' 2023 code initialises ``alpha=0.5,
+    beta=0.1``. ``layers`` follows the paper's schedule (``../shared/docs/transition-spec.md``).
     """
 
-    alpha: float = 0.5
-    beta: float = 0.1
+    alpha: float = 1.0
+    beta: float = 0.5
     intervals_per_layer: int = 2
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
@@ -792,7 +797,7 @@ class SRATransition(SRAParams, _Transition):
 
     Parameters are those of ``SRAParams`` (public defaults of the authors' code), plus
     ``layers`` (``None``: every layer where SRA acts, ``0 .. L-2``; "outer" from layer 1) and
-    ``heads`` (``None``: all heads).
+    ``heads`` (query-head indices, ``None``: all heads; GQA: ``resolve_heads``).
     """
 
     layers: tuple[int, ...] | None = None

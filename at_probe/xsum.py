@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from at_probe.choices import UnknownChoiceError, check_choice, choice_message, suggestion
 from at_probe.prompts import build_prompts, continuation_ids
 
 if TYPE_CHECKING:
@@ -121,7 +122,12 @@ def load_records(path: str | Path, *, fix_text: bool = False) -> ReleaseRecords:
 
 
 def bucket_file(data_dir: str | Path, bucket: str) -> Path:
-    """Path of a bucket's release file, ``token_<B>_evaluation.json.gz``, in ``data_dir``."""
+    """Path of a bucket's release file, ``token_<B>_evaluation.json.gz``, in ``data_dir``.
+
+    Raises:
+        UnknownChoiceError: a bucket not in ``BUCKETS``.
+    """
+    check_choice("XSum bucket", str(bucket), BUCKETS)
     return Path(data_dir) / f"token_{bucket}_evaluation.json.gz"
 
 
@@ -175,17 +181,13 @@ def _layer_range(text: str) -> tuple[int, ...]:
 def _target(text: str) -> str:
     from at_probe.emphasis import TARGETS
 
-    if text not in TARGETS:
-        raise ValueError(text)
-    return text
+    return check_choice("emphasis target", text, TARGETS)
 
 
 def _placebo_kind(text: str) -> str:
     from at_probe.emphasis import PLACEBOS
 
-    if text not in PLACEBOS:
-        raise ValueError(text)
-    return text
+    return check_choice("emphasis placebo", text, PLACEBOS)
 
 
 _TEMPERATURE_KEYS = {"tau": float, "layers": _layer_range}
@@ -233,17 +235,22 @@ def parse_setting(text: str, profiles: dict[str, Any] | None = None) -> tuple[st
         return "baseline", None
     kind, _, body = text.partition(":")
     if kind not in _SETTING_KEYS:
-        raise SettingError(f"unknown setting {text!r}: expected baseline or one of {', '.join(_SETTING_KEYS)}")
+        kinds = ["baseline", *_SETTING_KEYS]
+        raise SettingError(f"in {text!r}: {choice_message('setting kind', kind, kinds)}")
     params: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in body.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or key not in _SETTING_KEYS[kind]:
-            raise SettingError(f"bad parameter {item!r} in {text!r}; {kind} takes {', '.join(_SETTING_KEYS[kind])}")
+            keys = _SETTING_KEYS[kind]
+            raise SettingError(f"bad parameter {item!r} in {text!r}; {kind} takes {', '.join(keys)}"
+                               f"{suggestion(key, keys)}")
         if key in params:
             raise SettingError(f"{key} is given twice in {text!r}")
         try:
             params[key] = _SETTING_KEYS[kind][key](value.strip())
+        except UnknownChoiceError as err:
+            raise SettingError(f"bad value {value!r} for {key} in {text!r}: {err}") from None
         except ValueError:
             raise SettingError(f"bad value {value!r} for {key} in {text!r}") from None
     missing = [k for k in _REQUIRED.get(kind, ()) if k not in params]
@@ -709,6 +716,12 @@ OPTIONAL_METRICS: tuple[str, ...] = ("source_position_mean",)
 position when the output copies no n-gram of the document. Reports leave those documents out of
 these metrics' estimates and count them (``missing="drop"``, ``n_missing``); every other metric
 must be defined for every document."""
+
+PRIMARY_METRIC = "semantic_similarity"
+"""The XSum experiment's primary metric, declared in the README before the results were seen:
+cosine similarity of a summary to its reference (``at_probe.semantic``). ``xsum_eval.py`` does
+not compute it: ``xsum_experiment.py`` scores a run's outputs into the run's
+``at_probe.semantic.SCORES_FILE``, which every report of the run reads and lists first."""
 
 
 def score_summary(output: str, record: dict[str, Any], *, rouge_tokenizer: str = "default") -> dict[str, Any]:

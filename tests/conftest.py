@@ -88,3 +88,15 @@ def sample_text() -> str:
     from at_probe.loading import SAMPLE_DOCUMENT
 
     return SAMPLE_DOCUMENT.read_text()
+
+
+@pytest.fixture()
+def unreachable_hub(monkeypatch, tmp_path):
+    """``huggingface_hub.constants`` with an empty hub cache, online mode and the hub's endpoint on
+    a closed local port: every hub request fails at once and none leaves the machine."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    return constants

@@ -164,7 +164,8 @@ def test_methods_report_names_each_emphasis_placebo_by_kind(tmp_path):
     assert "| emphasis (PASTA) | placebo (random heads) | 800 | 5 | +0.100" in table
     assert "| emphasis (PASTA) | placebo (random span) | 800 | 5 | +0.200" in table
     assert methods_report.main([str(tmp_path / "same.json"), "--out", str(tmp_path / "same")]) == 0
-    rows = (tmp_path / "same" / "methods_table.md").read_text().splitlines()[2:]
+    table = (tmp_path / "same" / "methods_table.md").read_text()
+    rows = [r for r in table.splitlines()[2:] if r.startswith("|")]
     assert len(rows) == 1 and "placebo (random span)" in rows[0], "two roles of one setting: one row"
 
 
@@ -260,3 +261,18 @@ def test_a_test_run_gains_the_span_placebo_and_keeps_its_records(selection_run, 
     assert grown["choices_sha256"] == manifest["choices_sha256"]
     assert xsum_eval.main([*run, "--settings", ";".join([*grown["settings"], "temperature:tau=2"])]) == 2
     assert json.loads((test / "manifest.json").read_text()) == grown
+
+
+def test_methods_table_says_why_an_interval_is_missing_and_marks_few_documents(tmp_path):
+    """A cell without an interval reads ``n/a`` with its reason, never ``nan``; intervals over
+    fewer than 10 documents are marked and the table says so."""
+    report = _report({"paper_selected - baseline": 0.1}, {"paper_selected": "paper:alpha=1.0,beta=0.5,k=2"})
+    report["comparisons"]["paper_selected - baseline"]["rougeL"]["800"] = {
+        "mean": 0.1, "ci95": [None, None], "n": 1, "reason": "1 document; an interval needs >= 2"}
+    (tmp_path / "p.json").write_text(json.dumps(report))
+    assert methods_report.main([str(tmp_path / "p.json"), "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "methods_table.md").read_text()
+    assert "nan" not in table.lower()
+    assert "| +0.100, interval n/a (1 document; an interval needs >= 2) |" in table
+    assert "+0.100 [+0.090, +0.110] (5 documents < 10: unreliable)" in table
+    assert "Warning: the marked intervals are over fewer than 10 documents" in table

@@ -203,3 +203,19 @@ def test_a_bad_value_exits_2_naming_its_flag(name, argv, flag, files, capsys):
 ])
 def test_inconsistent_flags_exit_2(name, argv, flag, files, capsys):
     assert_flag_error(capsys, name, [a.format(**files) for a in argv], flag)
+
+
+# every command that loads a model with --model (xsum_judge's --model names the judge)
+MODEL_COMMANDS = {"flow": FLOW, "xsum_eval": ["--out", "{out}"], "xsum_select": ["--out", "{out}"],
+                  "alternatives_select": ["--out", "{out}"], "attribution_agreement": ATTRIBUTION,
+                  "bench": BENCH, "bench_sweep": []}
+
+
+@pytest.mark.parametrize("name", MODEL_COMMANDS)
+def test_an_unknown_model_exits_2_naming_model_with_the_choices(name, files, capsys, unreachable_hub):
+    """A mistyped name, the hub unreachable: was about 25 s of hub retries, then (flow.py) a line
+    without the flag or the valid names."""
+    argv = [a.format(**files) for a in MODEL_COMMANDS[name] if a not in ("--model", "tiny")]
+    line = assert_flag_error(capsys, name, [*argv, "--model", "smolm2"], "--model")
+    assert "unknown model 'smolm2'" in line and "'tiny'" in line and "hub id" in line
+    assert line.endswith("did you mean 'smollm2'?")

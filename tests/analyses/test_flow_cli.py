@@ -220,3 +220,33 @@ def test_committed_causal_map_is_computed_from_the_committed_documents(bucket):
     contrasts = [("paper", "baseline"), ("placebo", "baseline"), ("paper", "placebo")]
     recomputed = corpus.early_document_attribution(frame, contrasts, n_layers=30)
     assert json.loads(json.dumps(recomputed)) == committed  # floats survive JSON exactly
+
+
+def test_corpus_report_of_one_document_says_why_it_has_no_interval(tmp_path, capsys):
+    """The corpus report (--report-only) of a run with one document: each estimate prints its
+    mean and why it has no interval, never a bare nan or a zero-width interval; corpus.json
+    holds null with the reason (standard JSON); with two documents every interval is marked."""
+    import numpy as np
+
+    out = tmp_path / "run"
+    _causal_run(out, np.random.default_rng(0))
+    lines = (out / "docs.jsonl").read_text().splitlines(keepends=True)
+    (out / "docs.jsonl").write_text(lines[0])
+    assert flow.main(["--report-only", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    estimates = [line for line in printed.splitlines() if line.startswith("  ")]  # headline, causal map
+    assert len(estimates) == 6 + 3 * 6 and "nan" not in printed.lower()
+    assert all(line.endswith(", interval n/a (1 document; an interval needs >= 2)") for line in estimates)
+    assert "Warning: only 1 document: these cells have no interval." in printed
+
+    def refuse(constant):
+        raise ValueError(f"corpus.json holds {constant}")
+
+    record = json.loads((out / "corpus.json").read_text(), parse_constant=refuse)
+    assert all(h["ci95"] == [None, None] and h["reason"] == "1 document; an interval needs >= 2"
+               for h in record["headline"])
+    (out / "docs.jsonl").write_text("".join(lines[:2]))
+    assert flow.main(["--report-only", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    estimates = [line for line in printed.splitlines() if line.startswith("  ")]
+    assert estimates and all(line.endswith("n=2; 2 documents < 10: unreliable)") for line in estimates)

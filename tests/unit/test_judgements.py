@@ -94,3 +94,20 @@ def test_documents_the_judge_did_not_score_are_counted_not_silently_dropped():
     r["settings"]["decode_al_x"]["mean_gain"] = float("nan")  # a setting no document was judged under
     with pytest.raises(ValueError, match="decode_al_x"):
         best_setting(r)
+
+
+def test_a_setting_no_document_was_judged_under_is_null_with_its_reason():
+    """The re-analysis's JSON (``paper_scores.py --json``) is standard JSON: an undefined gain is
+    null with its reason, never NaN."""
+    import json
+
+    records = [{"id": str(i), "document": "d", "summary": "s", "decode_or": "a", "decode_al_x": "b",
+                "gpt4_eva": "'decode_or': 50\n'decode_al_x': unreadable", "eval_scores": "[50, 60]"}
+               for i in range(3)]
+    r = analyse_bucket(records, n_boot=50, repeats=10)
+    json.dumps(r, allow_nan=False)
+    setting = r["settings"]["decode_al_x"]
+    assert setting["mean_gain"] is None and setting["reason"] == "no documents (3 without a value)"
+    assert r["heldout_selected_gain"]["reason"].startswith("0 documents; a held-out selection needs >= 4")
+    with pytest.raises(ValueError, match="decode_al_x"):
+        best_setting(r)

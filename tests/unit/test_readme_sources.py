@@ -112,3 +112,17 @@ def test_cpu_paper_outputs_equal_the_gpu_test_runs():
     paper = [k for k in run if k[1] == manifest["roles"]["paper_selected"]]
     same = sum(run[k]["output"] == test[k]["output"] for k in paper)
     assert f"setting gave the GPU test run's {same} outputs again" in README and same == len(paper)
+
+
+def test_five_draw_primary_numbers_are_those_of_the_report():
+    """The README's five-draw primary estimates (pooled, per bucket, seed 0 alone) are the
+    committed ``placebo-seeds/`` report's, rounded to three decimals."""
+    report = json.loads((ROOT / "figures/xsum-smollm2/placebo-seeds/report.json").read_text())
+    rows = [r.split(",") for r in (ROOT / "figures/xsum-smollm2/placebo-seeds/xsum_roles.csv").read_text()
+            .splitlines()[1:] if ",semantic_similarity," in r]
+    fmt = lambda m, lo, hi: f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]".replace("-", "−")  # noqa: E731
+    for _, _, bucket, mean, lo, hi, n in rows:
+        claim = fmt(float(mean), float(lo), float(hi))
+        assert claim in README, (bucket, claim)
+    single = report["primary"]["single_draw_estimate"]
+    assert fmt(single["mean"], *single["ci95"]) in README

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from at_probe.stats import bootstrap_mean, heldout_selected_gain, stratified_bootstrap_mean
+from at_probe.stats import (
+    MIN_DOCS_FOR_INTERVAL,
+    Estimate,
+    bootstrap_mean,
+    comparison_label,
+    describe,
+    heldout_selected_gain,
+    stratified_bootstrap_mean,
+)
 
 
 def test_pooled_mean_and_nans_dropped_only_when_asked_and_counted():
@@ -41,7 +49,7 @@ def test_infinite_values_are_refused_whatever_missing_says(missing):
 
 
 def test_missing_takes_raise_or_drop_only():
-    with pytest.raises(ValueError, match="missing must be"):
+    with pytest.raises(ValueError, match="unknown missing= policy 'ignore': expected one of 'raise', 'drop'"):
         bootstrap_mean(np.array([1.0]), missing="ignore")
 
 
@@ -70,3 +78,63 @@ def test_strata_keep_group_sizes_fixed():
     strat = stratified_bootstrap_mean(groups)
     assert strat.ci95 == pytest.approx((5.0, 5.0))
     assert bootstrap_mean(np.concatenate(groups)).ci95[1] - bootstrap_mean(np.concatenate(groups)).ci95[0] > 2
+
+
+def _strict_json(value) -> str:
+    """``value`` as standard JSON: a NaN (not JSON) fails."""
+    import json
+
+    return json.dumps(value, allow_nan=False)
+
+
+@pytest.mark.parametrize(("estimate", "reason"), [
+    (lambda: bootstrap_mean(np.array([])), "no documents"),
+    (lambda: bootstrap_mean(np.array([np.nan, np.nan]), missing="drop"), "no documents (2 without a value)"),
+    (lambda: stratified_bootstrap_mean([np.array([]), np.array([])]), "no documents"),
+    (lambda: heldout_selected_gain(np.zeros((2, 3)), repeats=10),
+     "2 documents; a held-out selection needs >= 4, two halves of 2"),
+])
+def test_an_undefined_estimate_says_why_in_json_and_in_words(estimate, reason):
+    est = estimate()
+    assert est.reason == reason
+    data = est.to_dict()
+    assert data["mean"] is None and data["ci95"] == [None, None] and data["reason"] == reason
+    _strict_json(data)
+    assert describe(est) == describe(data) == f"n/a ({reason})"
+
+
+@pytest.mark.parametrize("estimate", [lambda: bootstrap_mean(np.array([0.25])),
+                                      lambda: stratified_bootstrap_mean([np.array([0.25]), np.array([])])])
+def test_one_document_has_a_mean_but_no_interval(estimate):
+    est = estimate()
+    assert (est.mean, est.n) == (0.25, 1) and np.isnan(est.ci95).all()
+    assert est.to_dict() == {"mean": 0.25, "ci95": [None, None], "n": 1,
+                             "reason": "1 document; an interval needs >= 2"}
+    assert describe(est) == "+0.2500, interval n/a (1 document; an interval needs >= 2)"
+
+
+def test_intervals_over_fewer_than_ten_documents_are_marked():
+    assert MIN_DOCS_FOR_INTERVAL == 10
+    rng = np.random.default_rng(0)
+    few, enough = bootstrap_mean(rng.normal(size=9)), bootstrap_mean(rng.normal(size=10))
+    assert few.warning == "9 documents < 10: unreliable"
+    assert describe(few).endswith("] (9 documents < 10: unreliable)")
+    assert enough.warning is None and describe(enough).endswith("]") and "nan" not in describe(enough)
+    assert set(few.to_dict()) == {"mean", "ci95", "n"}  # the JSON keys of old: the report says it once
+    flat = bootstrap_mean(np.full(12, 0.5))  # a setting that changes nothing
+    assert describe(flat) == "+0.5000 [+0.5000, +0.5000] (no variance: the interval is a single point)"
+
+
+def test_estimates_read_back_from_a_report_keep_their_reason():
+    est = heldout_selected_gain(np.zeros((3, 2)), repeats=10)
+    assert Estimate.from_dict(est.to_dict()).reason == est.reason
+    # a report written before reasons existed: the reason follows from n
+    assert describe({"mean": float("nan"), "ci95": [float("nan")] * 2, "n": 0}) == "n/a (no documents)"
+    one = {"mean": 0.1, "ci95": [None, None], "n": 1}
+    assert describe(one) == "+0.1000, interval n/a (1 document; an interval needs >= 2)"
+
+
+def test_a_comparison_label_joins_its_two_names_once():
+    a, b = "paper:alpha=1.0,beta=0.5,k=2", "placebo:alpha=1.0,beta=0.5,k=2,seed=0"
+    assert comparison_label(a, b, sep=" vs ") == f"{a} vs {b}"
+    assert comparison_label("paper", "baseline") == "paper - baseline"

@@ -45,7 +45,7 @@ def test_bad_settings_raise(bad):
 def test_same_setting_spelled_twice_is_a_duplicate():
     with pytest.raises(SettingError, match="twice"):
         parse_settings("paper:alpha=1;paper:alpha=1.0")
-    assert parse_setting("paper:")[0] == "paper:alpha=0.5,beta=0.1,k=2"
+    assert parse_setting("paper:")[0] == "paper:alpha=1.0,beta=0.5,k=2"  # PaperTransition()'s defaults
 
 
 def test_heldout_rule():
