@@ -126,3 +126,20 @@ def test_five_draw_primary_numbers_are_those_of_the_report():
         assert claim in README, (bucket, claim)
     single = report["primary"]["single_draw_estimate"]
     assert fmt(single["mean"], *single["ci95"]) in README
+
+
+def test_one_document_spearmans_name_the_document_they_come_from():
+    """Issue #24: the README's one-document attribution agreement is the held-out document's
+    (``figures/flow/``), and it says that ``make flow``'s built-in sample gives other numbers,
+    which are those of ``figures/flow-sample/`` (made by the same command as ``make flow``)."""
+    def spearman(run: str, condition: str) -> str:
+        flow = json.loads((ROOT / "figures" / run / "flow.json").read_text())
+        return f"{flow['conditions'][condition]['attribution_vs_knockout_spearman']:.2f}"
+
+    assert f"Spearman {spearman('flow', 'baseline')} against exact" in README
+    assert f"({spearman('flow', 'paper')} with the paper version, {spearman('flow', 'sra')} with SRA" in README
+    sample = json.loads((ROOT / "figures/flow-sample/args.json").read_text())
+    assert sample["text"] is None and sample["xsum"] is None, "flow-sample must be the built-in sample"
+    claim = (f"its Spearman below is {spearman('flow-sample', 'baseline')} at baseline and "
+             f"{spearman('flow-sample', 'paper')} with the paper version, `figures/flow-sample/`")
+    assert "`make flow` runs the built-in sample document instead" in README and claim in README
