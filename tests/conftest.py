@@ -65,7 +65,7 @@ def smollm2_hf():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from at_probe.smollm2 import checkpoint_dir
+    from at_probe.models.smollm2 import checkpoint_dir
 
     require_smollm2()
     return AutoModelForCausalLM.from_pretrained(
@@ -85,7 +85,7 @@ def heldout_docs() -> list[dict]:
 @pytest.fixture(scope="session")
 def sample_text() -> str:
     """The built-in sample document (about 600 words) used by flow.py by default."""
-    from at_probe.loading import SAMPLE_DOCUMENT
+    from at_probe.models.loading import SAMPLE_DOCUMENT
 
     return SAMPLE_DOCUMENT.read_text()
 

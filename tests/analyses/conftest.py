@@ -1,9 +1,8 @@
-"""Analysis scripts are imported from analyses/ (scripts, not a package)."""
+"""The analyses are the commands of ``at_probe.cli`` (``analyses/<name>.py`` are thin wrappers)."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,8 @@ ANALYSES = Path(__file__).resolve().parents[2] / "analyses"
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"analyses_{name}", ANALYSES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The command module behind ``analyses/<name>.py``: ``at_probe.cli.<name>``."""
+    return importlib.import_module(f"at_probe.cli.{name}")
 
 
 @pytest.fixture(autouse=True)

@@ -72,7 +72,7 @@ def test_knockout_band_beyond_the_models_layers(tmp_path, capsys):
 
 def _alternatives_selection(folder, data_file, model="tiny"):
     """A development run's selection.json and manifest (temperature chosen) made for ``data_file``."""
-    from at_probe.runfiles import file_sha256
+    from at_probe.runs.runfiles import file_sha256
     from at_probe.xsum import canonical_selection, run_settings
 
     folder.mkdir()
@@ -86,7 +86,7 @@ def _alternatives_selection(folder, data_file, model="tiny"):
 
 
 def test_flow_refuses_a_selection_for_another_data_file_and_records_the_one_it_used(tmp_path, capsys):
-    from at_probe.runfiles import file_sha256
+    from at_probe.runs.runfiles import file_sha256
 
     data = require_shared(XSUM_DIR)
     selection = _alternatives_selection(tmp_path / "dev", data / "token_800_evaluation.json.gz")

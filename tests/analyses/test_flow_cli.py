@@ -109,10 +109,10 @@ def test_corpus_causal_map_is_each_documents_attribution_estimate(tmp_path, tiny
     (band, region) knockout, equal to attribution_sweep run on that document alone."""
     import torch
 
-    from at_probe.attribution import attribution_sweep
-    from at_probe.probe import probe_pass
-    from at_probe.prompts import build_prompt, continuation_ids
-    from at_probe.transition import PaperTransition
+    from at_probe.flow.attribution import attribution_sweep
+    from at_probe.flow.probe import probe_pass
+    from at_probe.models.prompts import build_prompt, continuation_ids
+    from at_probe.interventions.transition import PaperTransition
 
     data = require_shared(XSUM_DIR / "token_800_evaluation.json.gz")
     out = tmp_path / "corpus"
@@ -144,7 +144,6 @@ def _causal_run(out, rng) -> dict[tuple[str, str, int], float]:
     """A corpus run directory as ``flow.py --docs --attribution`` leaves it (tiny model: bands
     from layers 0, 3, 6), with random per-document rows; returns each (document, condition,
     band) sum over the early document (doc 01, doc 02 of four regions)."""
-    import numpy as np
 
     regions = ["sink", "template", "doc 01", "doc 02", "doc 03", "doc 04", "instruction"]
     conditions = ("baseline", "paper", "placebo")
@@ -211,7 +210,7 @@ def test_committed_causal_map_is_computed_from_the_committed_documents(bucket):
     are what early_document_attribution gives on the committed docs.jsonl: no stale copy."""
     from pathlib import Path
 
-    from at_probe import corpus
+    from at_probe.flow import corpus
 
     run = Path(__file__).resolve().parents[2] / "figures" / "flow-smollm2" / f"{bucket}-causal"
     committed = json.loads((run / "corpus.json").read_text())["causal_map"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from at_probe.corpus import paired_contrast, summarise
+from at_probe.flow.corpus import paired_contrast, summarise
 from tests.analyses.conftest import load_script
 
 xsum_report = load_script("xsum_report")

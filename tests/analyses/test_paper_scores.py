@@ -42,7 +42,7 @@ def test_missing_data_dir_exit_code(tmp_path, capsys):
 def test_summary_says_why_an_estimate_is_missing_and_marks_few_documents(capsys):
     """Three judged documents: too few for the held-out selection (it says how many it needs,
     never ``nan``), and the other intervals are marked."""
-    from at_probe.judgements import analyse_bucket, best_setting
+    from at_probe.xsum.judgements import analyse_bucket, best_setting
 
     records = [{"id": str(i), "document": "d", "summary": "s", "decode_or": "a", "decode_al_x": "b",
                 "gpt4_eva": f"'decode_or': 50\n'decode_al_x': {55 + i}", "eval_scores": "[50, 60]"}

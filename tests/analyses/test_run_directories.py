@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from at_probe.runfiles import owned_run
+from at_probe.runs.runfiles import owned_run
 from tests.analyses.conftest import load_script
 from tests.conftest import XSUM_DIR, require_shared
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from at_probe.calibration import PositionBias, PositionCalibration, calibrate_rows_, document_region_bounds
-from at_probe.emphasis import EmphasisSteering, placebo_span, steer_scores
-from at_probe.names import pattern_hook, scores_hook
-from at_probe.prompts import build_prompt
-from at_probe.temperature import AttentionTemperature, temper_scores
+from at_probe.interventions.calibration import PositionBias, PositionCalibration, calibrate_rows_, document_region_bounds
+from at_probe.interventions.emphasis import EmphasisSteering, placebo_span, steer_scores
+from at_probe.models.names import pattern_hook, scores_hook
+from at_probe.models.prompts import build_prompt
+from at_probe.interventions.temperature import AttentionTemperature, temper_scores
 from at_probe.xsum import left_pad
 
 N_LAYERS = 8  # the tiny model
@@ -327,7 +327,7 @@ def test_selection_outside_the_model_is_refused(tiny_model, prompt, edit, match)
 def test_head_profiling_replay_equals_a_full_steered_pass(tiny_model, prompt):
     """``profile_heads`` replays blocks from the steered layer on: it must equal running the
     whole model with that head steered, and differ between heads."""
-    from at_probe.emphasis import profile_heads
+    from at_probe.interventions.emphasis import profile_heads
 
     reference = list(prompt.ids[5:25])
     deltas = profile_heads(tiny_model, prompt, reference, alpha=0.01)

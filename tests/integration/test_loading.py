@@ -111,7 +111,7 @@ def test_heldout_split_rule_and_training_record():
 def test_random_llama_has_the_asked_shape_and_is_seeded():
     import torch
 
-    from at_probe.loading import random_llama
+    from at_probe.models.loading import random_llama
 
     small = dict(n_layers=2, d_model=128, n_heads=4, n_kv_heads=2, d_mlp=256, vocab_size=8192, device="cpu")
     a, b, c = random_llama(seed=1, **small), random_llama(seed=1, **small), random_llama(seed=2, **small)

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from at_probe.calibration import PositionBias, PositionCalibration
-from at_probe.prompts import build_prompt
-from at_probe.temperature import MIN_TAU, AttentionTemperature
-from at_probe.transition import MAX_ROW_MASS, PaperTransition, PlaceboTransition, SRATransition
+from at_probe.interventions.calibration import PositionBias, PositionCalibration
+from at_probe.models.prompts import build_prompt
+from at_probe.interventions.temperature import MIN_TAU, AttentionTemperature
+from at_probe.interventions.transition import MAX_ROW_MASS, PaperTransition, PlaceboTransition, SRATransition
 
 # densities 0.5 .. 1.5 in each of the tiny model's 8 layers; 0.5 ** -s leaves float32 at s = 128
 BIAS = PositionBias(((0.5, 1.5, 1.0, 1.0),) * 8, 1)

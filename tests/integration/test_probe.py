@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from at_probe import ops
-from at_probe.names import pattern_hook
-from at_probe.probe import FlowProbe, FlowResult
-from at_probe.transition import PaperTransition
+from at_probe.flow import ops
+from at_probe.models.names import pattern_hook
+from at_probe.flow.probe import FlowProbe, FlowResult
+from at_probe.interventions.transition import PaperTransition
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_generate_with_the_probe_attached_describes_each_prompt(tiny_model, toke
 
 def test_knockout_of_unattended_region_changes_nothing(tiny_model, tokens):
     """If no row attends to a region, knocking it out leaves the logits as they are."""
-    from at_probe.knockout import knockout_hooks
+    from at_probe.flow.knockout import knockout_hooks
 
     layers = range(tiny_model.cfg.n_layers)
     silence = knockout_hooks(100, 150, layers)  # nobody attends to tokens 100..149 any more
@@ -162,7 +162,7 @@ def test_knockout_of_unattended_region_changes_nothing(tiny_model, tokens):
 
 def test_knockout_sweep_tracks_where_the_final_token_reads(tiny_model, tokens):
     """The most-attended region's knockout moves the next-token distribution far more than the least."""
-    from at_probe.knockout import knockout_sweep
+    from at_probe.flow.knockout import knockout_sweep
 
     probe = FlowProbe.for_model(tiny_model, regions=6)
     with probe.attached(tiny_model), torch.inference_mode():
@@ -200,8 +200,8 @@ def test_knockout_resumed_from_the_cached_residual_equals_a_full_recompute(tiny_
     """Each knockout pass resumes from the residual entering its band; the KL and NLL changes
     equal those of passes recomputed from the tokens, with a transition active and a reference
     (the placebo too, whose per-document draws need the prompt's ids in the replayed passes)."""
-    from at_probe.knockout import knockout_hooks, knockout_sweep
-    from at_probe.transition import PaperTransition, PlaceboTransition
+    from at_probe.flow.knockout import knockout_hooks, knockout_sweep
+    from at_probe.interventions.transition import PaperTransition, PlaceboTransition
 
     tr = (PaperTransition if kind == "paper" else PlaceboTransition)(alpha=1.0, beta=0.5)
     prompt, reference = tokens[:, :440], tokens[:, 440:460]
@@ -232,8 +232,8 @@ def test_knockout_resumed_from_the_cached_residual_equals_a_full_recompute(tiny_
 def test_attribution_estimate_is_the_exact_first_order_change(tiny_model, tokens):
     """Each estimate equals d/de NLL(A + e * dA) at e = 0 (autograd through an e-scaled knockout
     in that band), with a transition active; the model's parameters are left as they were."""
-    from at_probe.attribution import attribution_sweep
-    from at_probe.transition import PaperTransition
+    from at_probe.flow.attribution import attribution_sweep
+    from at_probe.interventions.transition import PaperTransition
 
     tr = PaperTransition(alpha=1.0, beta=0.5)
     prompt, reference = tokens[:, :440], tokens[:, 440:460]

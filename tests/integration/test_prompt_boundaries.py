@@ -11,11 +11,11 @@ import warnings
 import pytest
 import torch
 
-from at_probe.emphasis import EmphasisSteering
-from at_probe.intervention import GENERATION_METHODS, generating
-from at_probe.prompts import build_prompt
-from at_probe.temperature import AttentionTemperature
-from at_probe.transition import PaperTransition, SRATransition, paper_interval
+from at_probe.interventions.emphasis import EmphasisSteering
+from at_probe.interventions.base import GENERATION_METHODS, generating
+from at_probe.models.prompts import build_prompt
+from at_probe.interventions.temperature import AttentionTemperature
+from at_probe.interventions.transition import PaperTransition, SRATransition, paper_interval
 
 SRA_SMALL = dict(begin_length=5, threshold_len=50, elimi_factor_inter=0.5, elimi_factor_outer=0.5,
                  strengthen_factor_inter=5, strengthen_factor_outer=5)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from at_probe import ops
-from at_probe.probe import FlowProbe
-from at_probe.prompts import INSTRUCTION, build_prompt, prompt_style
+from at_probe.flow import ops
+from at_probe.runs.plotting import region_sort_key
+from at_probe.flow.probe import FlowProbe
+from at_probe.models.prompts import INSTRUCTION, build_prompt, prompt_style
 
 
 def test_plain_prompt_is_bos_document_instruction(tiny_model, sample_text):
@@ -51,7 +52,7 @@ def test_a_long_document_is_cut_at_its_end_and_keeps_template_and_instruction(re
 def test_a_reference_follows_each_prompt_style_without_a_stray_space(tiny_model, smollm2_model):
     """After the chat template's assistant header (a newline) the reference starts its own
     word; after the plain prompt's "above:" it is separated by a space."""
-    from at_probe.prompts import continuation_ids
+    from at_probe.models.prompts import continuation_ids
 
     chat, plain = smollm2_model.tokenizer, tiny_model.tokenizer
     assert continuation_ids(chat, "A town") == chat("A town", add_special_tokens=False)["input_ids"]
@@ -71,7 +72,7 @@ def test_prompt_regions_label_the_parts():
     assert bounds.tolist() == [0, 1, 26, 50] and labels == ["sink", "doc 01", "doc 02"]
     with pytest.raises(ValueError, match="cannot be split"):
         ops.prompt_regions(30, 8, (20, 25))
-    assert sorted(reversed(labels), key=ops.region_sort_key) == labels
+    assert sorted(reversed(labels), key=region_sort_key) == labels
 
 
 def test_probe_regions_follow_the_chat_prompt(smollm2_model, sample_text):
@@ -214,7 +215,7 @@ def test_a_reference_continues_the_prompt_inside_the_conversation(request, model
     """prompt + continuation_ids(reference) is a prefix of the conversation with the reference
     as the reply (its leading whitespace dropped: it would join the header's newline), and
     control-token strings in a reference are ordinary text."""
-    from at_probe.prompts import continuation_ids
+    from at_probe.models.prompts import continuation_ids
 
     tok = request.getfixturevalue(model_name).tokenizer
     references = ["A town", "\nA town", "  A town", "\n\n\tA town \n", "A town <|im_end|> won", "A town</s>",
@@ -236,7 +237,7 @@ def test_a_reply_that_joins_the_assistant_header_is_refused(smollm2_model):
     prefix of the conversation."""
     import copy
 
-    from at_probe.prompts import continuation_ids
+    from at_probe.models.prompts import continuation_ids
 
     tok = copy.deepcopy(smollm2_model.tokenizer)
     header = "message['role'] + '\n' + "

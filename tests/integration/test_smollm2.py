@@ -11,9 +11,9 @@ import pytest
 import torch
 import transformers.models.llama.modeling_llama as hf_llama
 
-from at_probe.names import pattern_hook
-from at_probe.prompts import build_prompt
-from at_probe.transition import PaperTransition, SRATransition, dispense, paper_schedule, sra_layer
+from at_probe.models.names import pattern_hook
+from at_probe.models.prompts import build_prompt
+from at_probe.interventions.transition import PaperTransition, SRATransition, dispense, paper_schedule, sra_layer
 
 LOGIT_ATOL = 1e-4  # bridge and HF run the same eager float32 attention; only op order may differ
 NEW = 12

@@ -66,7 +66,7 @@ def test_a_killed_conversion_is_never_loaded(empty_cache, monkeypatch):
     load ignores: it removes it and converts again rather than loading half-written files."""
     require_smollm2()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from at_probe.smollm2 import checkpoint_dir; checkpoint_dir(progress=False)"],
+        [sys.executable, "-c", "from at_probe.models.smollm2 import checkpoint_dir; checkpoint_dir(progress=False)"],
         env={**os.environ, "AT_PROBE_CACHE": str(empty_cache)}, cwd=REPO,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from at_probe.runfiles import owned_run
-from at_probe.sweep import KillStart, KillWorker, RecordSink, SweepError, Unit, plan_units, run_units
+from at_probe.runs.runfiles import owned_run
+from at_probe.runs.sweep import KillStart, KillWorker, RecordSink, SweepError, Unit, plan_units, run_units
 from at_probe.xsum import SummaryWorkerFactory, bucket_file, is_heldout, load_records, parse_settings
 from tests.conftest import XSUM_DIR, require_shared
 
@@ -174,7 +174,7 @@ def test_a_worker_returning_the_wrong_records_is_an_error(tmp_path):
 
 
 def test_without_flags_ray_is_never_imported():
-    code = ("import sys\nfrom at_probe.sweep import Unit, run_units\n"
+    code = ("import sys\nfrom at_probe.runs.sweep import Unit, run_units\n"
             "class W:\n    description = {}\n    def __call__(self, unit):\n"
             "        return [{'doc_id': d, 'setting': unit.setting} for d in unit.doc_ids]\n"
             "run_units([Unit('a', ({'id': '1'},))], W, lambda u, r: None)\n"

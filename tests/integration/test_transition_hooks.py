@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from at_probe.intervention import generating
-from at_probe.names import pattern_hook
-from at_probe.transition import (
+from at_probe.interventions.base import generating
+from at_probe.models.names import pattern_hook
+from at_probe.interventions.transition import (
     PaperTransition,
     PlaceboTransition,
     SRATransition,
@@ -199,7 +199,7 @@ def _keep_without_copy(store: dict, key: str, detach: bool):
 def test_an_earlier_hook_keeps_what_it_saw(tiny_model, tokens, edit, detach):
     """An edit registered after a hook that kept the pattern (no copy) must not change what
     that hook holds: it sees the unedited pattern, whatever the edit does afterwards."""
-    from at_probe.knockout import knockout_hooks
+    from at_probe.flow.knockout import knockout_hooks
 
     layer = 3
     name = pattern_hook(layer)

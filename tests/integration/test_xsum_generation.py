@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from at_probe.transition import PaperTransition, PlaceboTransition
+from at_probe.interventions.transition import PaperTransition, PlaceboTransition
 from at_probe.xsum import reference_nll, summarise
 
 NEW = 8

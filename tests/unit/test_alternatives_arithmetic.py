@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from at_probe.calibration import (
+from at_probe.interventions.calibration import (
     PositionBias,
     calibrate_rows_,
     document_region_bounds,
     position_bias_from_profiles,
 )
-from at_probe.emphasis import EmphasisSteering, rank_heads, steer_scores, top_heads
-from at_probe.temperature import AttentionTemperature, temper_scores
+from at_probe.interventions.emphasis import EmphasisSteering, rank_heads, steer_scores, top_heads
+from at_probe.interventions.temperature import AttentionTemperature, temper_scores
 from at_probe.xsum import (
     SettingError,
     canonical_selection,
@@ -179,7 +179,7 @@ def test_placebo_settings_default_to_seed_zero_never_to_the_real_edit():
 
 
 def test_heads_placebo_keeps_the_layers_and_head_counts():
-    from at_probe.emphasis import placebo_heads
+    from at_probe.interventions.emphasis import placebo_heads
 
     config = {3: (0, 1, 2), 7: (4,)}
     doc = (1, 5, 9, 12)
@@ -192,7 +192,7 @@ def test_heads_placebo_keeps_the_layers_and_head_counts():
 def test_heads_placebo_never_draws_a_steered_head():
     """The control must not share heads with the treatment (issue #20: seed 1, top 2 drew a
     steered head), whatever the seed and document."""
-    from at_probe.emphasis import placebo_heads
+    from at_probe.interventions.emphasis import placebo_heads
 
     config = {16: (2, 6), 20: (0, 1, 3, 8)}
     for seed in range(30):
@@ -206,7 +206,7 @@ def test_heads_placebo_never_draws_a_steered_head():
 
 def test_heads_placebo_draws_per_document():
     """Each document gets its own draw (seeded by its ids), not one draw for the whole run."""
-    from at_probe.emphasis import placebo_heads
+    from at_probe.interventions.emphasis import placebo_heads
 
     config = {3: (0, 1)}
     draws = {placebo_heads(config, 9, seed=2, prompt_ids=(doc, 11, 12))[3] for doc in range(20)}
@@ -214,7 +214,7 @@ def test_heads_placebo_draws_per_document():
 
 
 def test_calibration_placebo_draws_a_permutation_per_document():
-    from at_probe.calibration import PositionCalibration
+    from at_probe.interventions.calibration import PositionCalibration
 
     cal = PositionCalibration(PositionBias(((0.5, 1.0, 1.5, 2.0),) * 2, 1), placebo_seed=0)
     draws = {tuple(cal.weights(1, (0, 5, i)).tolist()) for i in range(12)}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from at_probe import ops
-from at_probe.attribution import knockout_inner_products
+from at_probe.flow import ops
+from at_probe.flow.attribution import knockout_inner_products
 
 
 def test_inner_products_equal_the_direct_sum_over_the_knockout_change():

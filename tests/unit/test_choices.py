@@ -7,12 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from at_probe import corpus, xsum
-from at_probe.choices import UnknownChoiceError, check_choice, choice_message
-from at_probe.emphasis import EmphasisSteering
-from at_probe.prompts import build_prompt
-from at_probe.stats import bootstrap_mean
-from at_probe.text_metrics import rouge
+from at_probe.flow import corpus
+
+from at_probe import xsum
+from at_probe.runs.choices import UnknownChoiceError, check_choice, choice_message
+from at_probe.interventions.emphasis import EmphasisSteering
+from at_probe.models.prompts import build_prompt
+from at_probe.runs.stats import bootstrap_mean
+from at_probe.xsum.metrics import rouge
 
 
 def test_the_message_lists_the_choices_and_the_nearest():

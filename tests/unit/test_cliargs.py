@@ -1,4 +1,4 @@
-"""at_probe.cliargs: the argparse types and the one-line error of every analysis."""
+"""at_probe.cli.args: the argparse types and the one-line error of every analysis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from at_probe import cliargs
+from at_probe.cli import args as cliargs
 
 
 def test_counts_and_numbers():

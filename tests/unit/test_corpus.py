@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from at_probe import corpus, ops
-from at_probe.probe import FlowResult
+from at_probe.flow import corpus
+
+from at_probe.flow import ops
+from at_probe.flow.probe import FlowResult
 
 
 def _result(profile: torch.Tensor, labels: list[str]) -> FlowResult:

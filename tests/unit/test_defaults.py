@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import inspect
 
-from at_probe.calibration import estimate_position_bias
-from at_probe.probe import DEFAULT_REGIONS, FlowProbe
-from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
+from at_probe.interventions.calibration import estimate_position_bias
+from at_probe.flow.probe import DEFAULT_REGIONS, FlowProbe
+from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
 from tests.analyses.conftest import load_script
 from tests.conftest import REPO
 
@@ -31,11 +31,12 @@ def test_every_region_count_default_is_the_probe_default():
     assert inspect.signature(estimate_position_bias).parameters["regions"].default == DEFAULT_REGIONS
     assert flow.parse_args([]).regions == DEFAULT_REGIONS
     for script in ("alternatives_select", "attribution_agreement"):
-        source = (REPO / "analyses" / f"{script}.py").read_text()
+        source = (REPO / "at_probe" / "cli" / f"{script}.py").read_text()
         assert "--regions\", type=positive_int, default=DEFAULT_REGIONS" in source.replace("\n        ", " ")
 
 
 def test_readme_example_spells_the_defaults():
-    readme = (REPO / "README.md").read_text()
+    """The README's example and the docs' statement of the defaults (README.md and docs/*.md)."""
+    readme = "\0".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     assert "PaperTransition(alpha=1.0, beta=0.5, intervals_per_layer=2)" in readme
     assert "`PaperTransition()` is `alpha=1.0, beta=0.5, K=2`" in readme

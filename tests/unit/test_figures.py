@@ -16,7 +16,7 @@ import pytest
 from matplotlib.collections import QuadMesh
 from matplotlib.colors import to_rgb
 
-from at_probe.plotting import PLOTS
+from at_probe.runs.plotting import PLOTS
 
 REGIONS = ["sink", "template", "doc 01", "doc 02", "doc 03", "instruction"]
 CONDITIONS = ["baseline", "paper", "placebo"]

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from at_probe.calibration import PositionBias, PositionCalibration
-from at_probe.emphasis import EmphasisSteering, rank_heads
-from at_probe.temperature import MIN_TAU, AttentionTemperature, temper_scores
-from at_probe.transition import (
+from at_probe.interventions.calibration import PositionBias, PositionCalibration
+from at_probe.interventions.emphasis import EmphasisSteering, rank_heads
+from at_probe.interventions.temperature import MIN_TAU, AttentionTemperature, temper_scores
+from at_probe.interventions.transition import (
     MAX_ROW_MASS,
     PaperTransition,
     PlaceboTransition,

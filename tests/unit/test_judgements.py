@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from at_probe.judgements import analyse_bucket, best_setting, parse_scores
-from at_probe.stats import bootstrap_mean, heldout_selected_gain
+from at_probe.xsum.judgements import analyse_bucket, best_setting, parse_scores
+from at_probe.runs.stats import bootstrap_mean, heldout_selected_gain
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from at_probe.memory import _malloc_trim
+from at_probe.runs.memory import _malloc_trim
 
 CHILD = """
 import sys
-from at_probe.memory import release_freed_memory
+from at_probe.runs.memory import release_freed_memory
 def rss():
     return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) // 1024
 big = bytearray(30 * 2**20); del big             # glibc then serves chunks below 30 MB from its heap

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import at_probe as ap
-from at_probe.loading import HUB_TIMEOUT_S, UnknownModelError, _resolve, model_shape
+from at_probe.models.loading import HUB_TIMEOUT_S, UnknownModelError, _resolve, model_shape
 
 CHOICES = ("'smollm2'", "'tiny'", "a local checkpoint directory", "a hub id that is cached or reachable")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from at_probe import ops
+from at_probe.flow import ops
 from tests.unit.test_transition import causal_pattern
 
 
@@ -127,7 +127,7 @@ def test_row_summary_and_blocked_entropy_match_direct_functions():
 def test_entropy_ignores_rounding_negatives_after_the_transition():
     """A row summing to just over 1 gives dispense a negative freed mass, and zeroed entries of
     its window go slightly negative (faithful to the original); entropy must stay finite."""
-    from at_probe.transition import dispense
+    from at_probe.interventions.transition import dispense
 
     p = causal_pattern(heads=1, t=60, seed=4)
     p[0, 0, 45] = 0.0

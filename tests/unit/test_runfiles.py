@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from at_probe import runfiles
-from at_probe.runfiles import (
+from at_probe.runs import runfiles
+from at_probe.runs.runfiles import (
     RunDirectoryBusy,
     append_jsonl,
     check_manifest,
@@ -59,7 +59,7 @@ def test_a_second_owner_is_refused_naming_the_holder(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-         "from at_probe.runfiles import owned_run\nwith owned_run(Path(sys.argv[1])):\n"
+         "from at_probe.runs.runfiles import owned_run\nwith owned_run(Path(sys.argv[1])):\n"
          "    print('held', flush=True)\n    time.sleep(120)\n", str(run), "--marker-arg"],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -182,7 +182,7 @@ def test_an_atomic_write_has_the_permissions_of_a_plain_one(tmp_path):
     """A replaced file is as readable as ``write_text`` would leave it (not mkstemp's 0600)."""
     import stat
 
-    from at_probe.runfiles import write_json_atomic
+    from at_probe.runs.runfiles import write_json_atomic
 
     plain = tmp_path / "plain.json"
     plain.write_text("{}")

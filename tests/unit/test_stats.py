@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from at_probe.stats import (
+from at_probe.runs.stats import (
     MIN_DOCS_FOR_INTERVAL,
     Estimate,
     bootstrap_mean,

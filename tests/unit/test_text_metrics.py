@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from at_probe import text_metrics
-from at_probe.text_metrics import rouge
+from at_probe.xsum import metrics as text_metrics
+from at_probe.xsum.metrics import rouge
 
 NON_LATIN = {"greek": "Η γάτα κάθεται στο χαλί της κουζίνας.",
              "russian": "Кошка сидит на ковре в кухне.",

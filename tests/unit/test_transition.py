@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from at_probe.transition import (
+from at_probe.interventions.transition import (
     PaperTransition,
     PlaceboTransition,
     SRATransition,

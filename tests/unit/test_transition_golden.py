@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from at_probe.transition import dispense, paper_schedule, sra_layer
+from at_probe.interventions.transition import dispense, paper_schedule, sra_layer
 from tests.conftest import FIXTURES, require_shared
 
 ATOL = 1e-5

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from at_probe import text_metrics
-from at_probe.transition import PaperTransition, PlaceboTransition, SRATransition
+from at_probe.xsum import metrics as text_metrics
+from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
 from at_probe.xsum import (
     PAPER_EXAMPLE,
     SettingError,

@@ -1,0 +1,127 @@
+"""Attribution patching: a first-order estimate of every knockout from one forward and one
+backward pass (Nanda 2023; Syed et al. 2023), instead of one pass per region and layer band.
+
+Exact knockout (``at_probe.flow.knockout``) changes the pattern of layer ``l`` by ``dA``: rows after
+a region lose their mass on it and are rescaled to their old sums. The estimate of its effect
+on a metric ``M`` is ``sum_l <dM/dA_l, dA_l>``, with the gradient taken once at the unedited
+pass. Per row ``q`` with sum ``s``, mass ``m_r`` on region ``r`` and ``G = dM/dA``:
+
+    <G_q, dA_q> = -(G A)_q,r + m_r / (s - m_r) * ((G A)_q,total - (G A)_q,r)
+
+so each layer needs only per-row, per-region sums of ``G * A``, reduced inside a gradient hook.
+The metric is the reference's teacher-forced NLL. The next-token KL of exact knockout has no
+first-order estimate: ``KL(base || base + d)`` is flat (zero gradient) at ``d = 0``.
+
+Memory: the backward pass is checkpointed per block (``attribution_sweep``), so autograd holds
+one block's graph at a time: the residual stream entering each block (``4 L T d_model``
+bytes) is kept instead of every layer's attention pattern (``4 L H T^2``).
+
+Example:
+    >>> est = attribution_sweep(model, prompt, bounds, band_size=10, reference=ref_tokens)
+    >>> est.nll_delta.shape     # [band, region]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from at_probe.flow.knockout import KnockoutResult, knockout_regions, layer_bands
+from at_probe.models.blocks import block_inputs, run_blocks
+from at_probe.models.names import layer_of, pattern_hook
+
+
+def knockout_inner_products(pattern: Tensor, grad: Tensor, bounds: list[int]) -> Tensor:
+    """``<G, dA>`` of knocking out each region, summed over heads and rows: ``[region]``.
+
+    ``pattern`` and ``grad`` are one sequence's ``[head, T, T]``; ``bounds`` are region
+    boundaries (each region ``[b_j, b_j+1)``, knocked out for rows ``>= b_j+1``, as
+    ``ops.knockout`` does); keys past the last boundary (e.g. a reference) belong to none.
+    """
+    a, g = pattern.float(), grad.float()
+    edges = torch.tensor(bounds, device=a.device)
+    n_regions = len(bounds) - 1
+    region_of_key = torch.bucketize(torch.arange(a.shape[-1], device=a.device), edges[1:], right=True)
+    # keys past the last region (the final prompt token, a reference) belong to none
+    assign = torch.nn.functional.one_hot(region_of_key, n_regions + 1)[:, :n_regions].float()
+    ga_keys, outside = g * a, 1.0 - assign
+    mass, rest = a @ assign, a @ outside  # [head, q, region]; rest summed directly, not s - mass
+    ga, ga_rest = ga_keys @ assign, ga_keys @ outside
+    scale = torch.where(rest > 0, mass / rest.clamp(min=1e-30), torch.zeros_like(rest))
+    per_row = -ga + scale * ga_rest  # [head, q, region]
+    rows = torch.arange(a.shape[-2], device=a.device)[:, None]
+    after = rows >= edges[1:][None, :]  # [q, region]: rows knocked out for each region
+    return (per_row * after).sum(dim=(0, 1))
+
+
+def attribution_sweep(
+    model: Any,
+    prompt: Tensor,
+    bounds: Tensor,
+    *,
+    reference: Tensor,
+    band_size: int = 2,
+    labels: list[str] | None = None,
+    transition: Any | None = None,
+) -> KnockoutResult:
+    """First-order estimate of ``knockout_sweep``'s NLL change for every band and region.
+
+    Same arguments and region conventions as ``at_probe.flow.knockout.knockout_sweep`` (the final
+    prompt token is never knocked out as a key). Returns a ``KnockoutResult`` whose
+    ``nll_delta`` holds the estimates and whose ``kl`` is NaN (no first-order estimate).
+
+    The backward pass is checkpointed per block: a forward pass without gradients keeps each
+    block's input (``[1, T, d_model]``), then from the last block down each block is run again
+    with gradients and differentiated alone, so autograd holds one block's attention pattern at
+    a time instead of all of them (one extra forward pass of compute).
+    """
+    t = prompt.shape[1]
+    tokens = torch.cat((prompt, reference.to(prompt.device)), dim=1)
+    n_layers = int(model.cfg.n_layers)
+    bands = layer_bands(n_layers, band_size)
+    labels, edges = knockout_regions(bounds, labels, t)
+    per_layer = torch.zeros(n_layers, len(labels))
+    edits = [] if transition is None else transition.hooks(model, prompt_lengths=t)
+    inputs, block_kwargs, _ = block_inputs(model, tokens, edits)
+
+    def watch(pattern: Tensor, *, hook: Any) -> None:
+        layer, kept = layer_of(hook.name), pattern.detach()
+
+        def reduce(grad: Tensor) -> None:
+            per_layer[layer] = knockout_inner_products(kept[0], grad[0], edges).cpu()
+
+        pattern.register_hook(reduce)
+
+    watches = [(pattern_hook(layer), watch) for layer in range(n_layers)]
+    with _weights_frozen(model), torch.enable_grad(), model.hooks(fwd_hooks=edits + watches):
+        for layer in reversed(range(n_layers)):
+            x = inputs.pop(layer).requires_grad_(True)
+            last = layer == n_layers - 1
+            out = run_blocks(model, x, layer, block_kwargs, stop=None if last else layer + 1)
+            if last:
+                logp = out[0].float().log_softmax(-1)
+                nll = -logp[t - 1 : -1].gather(-1, tokens[0, t:, None]).mean()
+                (grad,) = torch.autograd.grad(nll, x)  # fires the pattern hook; no weight gradients
+            else:
+                (grad,) = torch.autograd.grad(out, x, grad_outputs=grad)
+    estimate = torch.stack([per_layer[s:e].sum(0) for s, e in bands])
+    no_kl = torch.full_like(estimate, float("nan"))
+    return KnockoutResult(bands, labels, no_kl, estimate, float(nll.detach()))
+
+
+@contextmanager
+def _weights_frozen(model: Any) -> Iterator[None]:
+    """Parameters stop requiring gradients inside the block (autograd then keeps no inputs of
+    the linear layers for weight gradients); restored on exit."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
