@@ -324,7 +324,8 @@ def agreement(estimate: KnockoutResult | None, exact: KnockoutResult | None) -> 
 
 
 def summary_table(results: dict[str, FlowResult], knock: dict[str, Any]) -> str:
-    lines = [f"{'condition':<10} {'sink':>6} {'entropy':>8} {'distance':>9} {'final->doc':>11} "
+    width = max(10, *map(len, results))  # a --settings condition is named by its whole setting
+    lines = [f"{'condition':<{width}} {'sink':>6} {'entropy':>8} {'distance':>9} {'final->doc':>11} "
              f"{'rollout->doc 1st half':>22} {'max KO KL':>10}"]
     for name, r in results.items():
         doc = [i for i, lab in enumerate(r.region_labels) if lab.startswith("doc ")]
@@ -332,7 +333,7 @@ def summary_table(results: dict[str, FlowResult], knock: dict[str, Any]) -> str:
         ctx = r.final_token_profile[-1].mean(0)[doc].sum().item()
         half = f"{r.rollout[-1][first_half].sum().item():22.3f}" if r.rollout is not None else f"{'-':>22}"
         kl = f"{knock[name].kl.max().item():10.4f}" if name in knock else f"{'-':>10}"
-        lines.append(f"{name:<10} {r.sink_mass.mean():6.3f} {r.entropy.mean():8.3f} {r.distance.mean():9.1f} "
+        lines.append(f"{name:<{width}} {r.sink_mass.mean():6.3f} {r.entropy.mean():8.3f} {r.distance.mean():9.1f} "
                      f"{ctx:11.3f} {half} {kl}")
     lines.append("sink/entropy/distance: mean over layers and heads; final->doc: last layer's final-token "
                  "mass on document regions; KO: knockout")

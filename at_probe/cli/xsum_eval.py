@@ -66,6 +66,7 @@ from at_probe.cli.args import (
     positive_int,
     torch_device,
 )
+from at_probe.interventions import registry
 from at_probe.models.loading import DEFAULT_MODEL, model_shape
 from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run
 from at_probe.xsum.selection import choices_sha256, read_selection
@@ -100,7 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", choices=("heldout", "all"), default="heldout")
     p.add_argument("--limit", type=positive_int, default=None, help="first N documents of the split")
     chosen = p.add_mutually_exclusive_group()
-    chosen.add_argument("--settings", default=DEFAULT_SETTINGS)
+    chosen.add_argument("--settings", default=DEFAULT_SETTINGS,
+                        help="';'-separated settings (default %(default)s); kinds: baseline, "
+                             f"{', '.join(registry.kinds())} (at_probe.interventions.registry)")
     chosen.add_argument("--selection", type=existing_file, default=None,
                         help="selection.json of xsum_select.py or alternatives_select.py: run its test_settings")
     p.add_argument("--roles", type=name_list, default=None,

@@ -6,3 +6,10 @@ emphasis, position calibration, temperature.
 May import: ``at_probe.runs``, ``at_probe.models``, ``at_probe.flow`` (position calibration
 measures its bias with the probe).
 """
+
+# Each method module registers its setting kinds at its bottom, so importing them here fills the
+# registry whenever anything under at_probe.interventions is imported: no lookup can miss a
+# method, and the registry imports no method (no cycle). Chosen over a lazy import on first
+# lookup, which would hide the list of methods inside the registry. A new method: one line here.
+# (This order is the order of the kinds in error messages.)
+from at_probe.interventions import transition, temperature, calibration, emphasis  # noqa: F401, I001

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import numbers
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,6 +37,15 @@ from torch import Tensor
 
 from at_probe.flow.probe import DEFAULT_REGIONS
 from at_probe.interventions.base import AttentionEdit, SequenceView, int_tuple, last_half, resolve_heads
+from at_probe.interventions.registry import (
+    PLACEBO_SEED,
+    Key,
+    Method,
+    Placebo,
+    layer_range,
+    register,
+    show_layer_range,
+)
 from at_probe.models.names import resolve_layers
 
 if TYPE_CHECKING:
@@ -276,3 +285,22 @@ class PositionCalibration(AttentionEdit):
         weights = self.weights(layer, view.prompt.ids)
         shift = calibrate_rows_(seq, document, weights, first_row=first_row, heads=heads)
         return max(0, seq.shape[-2] - first_row), shift
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings (``at_probe.interventions.registry``): ``calibration:strength=S,layers=A-B`` and its placebo
+# ---------------------------------------------------------------------------------------------
+
+def _bias_args(bias: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The development profile ``position_bias`` (``PositionBias.to_json()``) as the ``bias`` argument."""
+    return {"bias": PositionBias.from_json(bias)}
+
+
+_CALIBRATION_KEYS = {"strength": Key(float), "layers": Key(layer_range, show=show_layer_range)}
+register(Method("calibration", PositionCalibration, _CALIBRATION_KEYS,
+                summary="Found-in-the-Middle position calibration (PositionCalibration)",
+                placebo=Placebo("calibration_placebo"), profile="position_bias", profile_args=_bias_args))
+register(Method("calibration_placebo", PositionCalibration,
+                {**_CALIBRATION_KEYS, "seed": Key(int, field="placebo_seed", default=PLACEBO_SEED)},
+                summary="the calibration's weights shuffled across regions", profile="position_bias",
+                profile_args=_bias_args))

@@ -39,6 +39,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from at_probe.interventions.base import AttentionEdit, SequenceView, int_tuple, resolve_heads
+from at_probe.interventions.registry import PLACEBO_SEED, Key, Method, Placebo, choice, register
 from at_probe.runs.choices import check_choice
 
 if TYPE_CHECKING:
@@ -307,3 +308,39 @@ def top_heads(ranking: Sequence[Mapping[str, Any]], k: int) -> dict[int, tuple[i
     for row in ranking[:k]:
         config.setdefault(int(row["layer"]), []).append(int(row["head"]))
     return {l: tuple(sorted(h)) for l, h in sorted(config.items())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings (``at_probe.interventions.registry``): ``emphasis:top=N,target=T,alpha=A`` and its placebo
+# ---------------------------------------------------------------------------------------------
+
+def _head_args(rankings: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``top`` best heads of the development profile ``head_ranking[target]`` as ``head_config``.
+
+    Raises:
+        ValueError: the profile has no ranking for the target, or ``top`` is outside it.
+    """
+    target = values.get("target", EmphasisSteering.target)
+    ranking = rankings.get(target)
+    if ranking is None:
+        raise ValueError(f"the head profile has no ranking for target {target!r}")
+    return {"head_config": top_heads(ranking, values["top"])}
+
+
+def _default_placebo(values: Mapping[str, Any]) -> str:
+    """Random heads for the document (a span of its length would overlap it), a random span else."""
+    return "heads" if values.get("target", EmphasisSteering.target) == "document" else "span"
+
+
+_EMPHASIS_KEYS = {"alpha": Key(float), "target": Key(choice("emphasis target", TARGETS)),
+                  "top": Key(int, field=None, required=True)}
+register(Method("emphasis", EmphasisSteering, _EMPHASIS_KEYS,
+                summary="PASTA emphasis of the target on the top heads of the profile (EmphasisSteering)",
+                placebo=Placebo("emphasis_placebo",
+                                roles={"placebo": {}, "span_placebo": {"placebo": "span"}}),
+                profile="head_ranking", profile_args=_head_args))
+register(Method("emphasis_placebo", EmphasisSteering,
+                {**_EMPHASIS_KEYS, "seed": Key(int, field="placebo_seed", default=PLACEBO_SEED),
+                 "placebo": Key(choice("emphasis placebo", PLACEBOS), default=_default_placebo)},
+                summary="emphasis on random heads (the document's default) or a random span",
+                profile="head_ranking", profile_args=_head_args))

@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from at_probe.interventions.base import AttentionEdit, SequenceView, int_tuple, last_half, resolve_heads
+from at_probe.interventions.registry import Key, Method, layer_range, register, show_layer_range
 from at_probe.models.names import resolve_layers
 
 Scores = Float[Tensor, "batch head query_pos key_pos"]
@@ -102,3 +103,9 @@ class AttentionTemperature(AttentionEdit):
     def _edit_(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> tuple[int, None]:
         temper_scores_(seq, self.tau, heads)
         return seq.shape[-2], None
+
+
+# ``temperature:tau=0.8,layers=15-29`` (``at_probe.interventions.registry``); no target, so no placebo
+register(Method("temperature", AttentionTemperature,
+                {"tau": Key(float, required=True), "layers": Key(layer_range, show=show_layer_range)},
+                summary="scores of layers A-B (default the last half) divided by tau (AttentionTemperature)"))

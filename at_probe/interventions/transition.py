@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from at_probe.interventions.base import HookLifetime, PromptTracker, lengths_of, resolve_heads
+from at_probe.interventions.registry import Key, Method, Placebo, register
 
 # The arithmetic is public here too (``from at_probe.transition import dispense`` before the split).
 from at_probe.interventions.transition_ops import (  # noqa: F401
@@ -402,3 +403,18 @@ class SRATransition(SRAParams, _Transition):
 
     def _edit_(self, seq, ids, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
         return sra_sequence_(seq, layer, n_layers, seq.shape[-1], self, heads=heads, stats=stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings (``at_probe.interventions.registry``): ``paper:alpha=1,beta=0.5,k=2`` and its kin
+# ---------------------------------------------------------------------------------------------
+
+_PAPER_KEYS = {"alpha": Key(float), "beta": Key(float), "k": Key(int, field="intervals_per_layer")}
+register(Method("paper", PaperTransition, _PAPER_KEYS, summary="the 2023 transition (PaperTransition)",
+                placebo=Placebo("placebo")))
+register(Method("placebo", PlaceboTransition, {**_PAPER_KEYS, "seed": Key(int)},
+                summary="the paper's rows and mass, random targets (PlaceboTransition)"))
+register(Method("sra", SRATransition, {name: Key(parse) for name, parse in (
+    ("begin_length", int), ("threshold_len", int), ("elimi_factor_inter", float),
+    ("elimi_factor_outer", float), ("strengthen_factor_inter", float), ("strengthen_factor_outer", float),
+    ("dyna_div", int))}, summary="the 2025 SRA version (SRATransition's fields)"))

@@ -17,9 +17,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from at_probe.interventions import registry
 from at_probe.runs.errors import UsageError
 from at_probe.runs.runfiles import MANIFEST_DEFAULTS, json_sha256
-from at_probe.xsum.settings import _PLACEBO_KIND, PAPER_EXAMPLE, SettingError, parse_setting, placebo_of
+from at_probe.xsum.settings import (  # noqa: F401  (ALTERNATIVES_GRID: importable here as before)
+    ALTERNATIVES,
+    ALTERNATIVES_GRID,
+    PAPER_EXAMPLE,
+    SettingError,
+    parse_setting,
+    placebo_of,
+    placebo_twins,
+)
 
 
 def _mean_nll(rows: list[dict[str, Any]]) -> tuple[dict[str, float], int]:
@@ -106,21 +115,20 @@ def setting_roles(selection: dict[str, Any]) -> dict[str, str]:
     A transitions' selection (``{"paper", "sra"}``): ``baseline``, ``paper_example``,
     ``paper_selected``, ``placebo_example``, ``placebo_selected``, ``sra_selected``.
     An alternatives' selection (``{"selected": {method: setting}, "profiles"}``):
-    ``baseline``, then ``<method>_selected`` for each method and ``<method>_placebo`` for the
-    methods with a placebo (emphasis, calibration); emphasis also has ``emphasis_span_placebo``,
-    a random span of the emphasised part's length (the same setting as ``emphasis_placebo``
-    when the instruction is emphasised; random heads are the document's default placebo).
+    ``baseline``, then ``<method>_selected`` for each method and ``<method>_<suffix>`` for each
+    placebo role its method declares (``at_probe.interventions.registry.Placebo.roles``):
+    ``<method>_placebo`` for emphasis and calibration, and for emphasis also
+    ``emphasis_span_placebo``, a random span of the emphasised part's length (the same setting as
+    ``emphasis_placebo`` when the instruction is emphasised; random heads are the document's
+    default placebo).
     """
     if "selected" in selection:
         profiles = selection.get("profiles")
         roles = {"baseline": "baseline"}
         for method, setting in selection["selected"].items():
             roles[f"{method}_selected"] = setting
-            if method in _PLACEBO_KIND:
-                roles[f"{method}_placebo"] = placebo_of(setting, profiles=profiles)
-            if method == "emphasis":
-                span = placebo_of(setting, profiles=profiles, emphasis_placebo="span")
-                roles["emphasis_span_placebo"] = span
+            for suffix, twin in placebo_twins(setting, profiles).items():
+                roles[f"{method}_{suffix}"] = twin
         return roles
     example = parse_setting(PAPER_EXAMPLE)[0]
     return {"baseline": "baseline", "paper_example": example, "paper_selected": selection["paper"],
@@ -128,15 +136,18 @@ def setting_roles(selection: dict[str, Any]) -> dict[str, str]:
             "sra_selected": selection["sra"]}
 
 
-PLACEBO_ROLES: frozenset[str] = frozenset({"placebo_example", "placebo_selected", "emphasis_placebo",
-                                           "emphasis_span_placebo", "calibration_placebo"})
-"""The roles of ``setting_roles`` that are controls drawn at random (a ``seed``)."""
+PLACEBO_ROLES: frozenset[str] = frozenset({"placebo_example", "placebo_selected", *(
+    f"{m}_{suffix}" for m in ALTERNATIVES if (placebo := registry.method(m).placebo)
+    for suffix in placebo.roles)})
+"""The roles of ``setting_roles`` that are controls drawn at random (a ``seed``) for the built-in
+methods; ``placebo_draws`` asks the registry, so a method registered later counts too."""
 
 
 def placebo_draws(roles: dict[str, str], seeds: int, profiles: dict[str, Any] | None = None
                   ) -> dict[str, list[str]]:
     """Each placebo role's settings for seeds ``0 .. seeds - 1`` (canonical names; seed 0 first,
-    the role's own setting), so a report can pool independent draws of the control.
+    the role's own setting), so a report can pool independent draws of the control. A placebo
+    role is one whose setting's kind is a registered method's placebo twin.
 
     Raises:
         SettingError: ``seeds < 1``, or a placebo role whose setting has no seed.
@@ -145,9 +156,9 @@ def placebo_draws(roles: dict[str, str], seeds: int, profiles: dict[str, Any] | 
         raise SettingError(f"seeds must be >= 1, got {seeds}")
     out = {}
     for role, setting in roles.items():
-        if role not in PLACEBO_ROLES:
-            continue
         kind, _, body = setting.partition(":")
+        if not registry.is_placebo(kind):
+            continue
         params = [p for p in body.split(",") if p and not p.startswith("seed=")]
         if len(params) == len(body.split(",")):
             raise SettingError(f"the placebo role {role} has no seed in {setting!r}")
@@ -172,23 +183,16 @@ def run_settings(selection: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(setting_roles(selection).values()))
 
 
-ALTERNATIVES_GRID: dict[str, tuple[str, ...]] = {
-    "emphasis": tuple(f"emphasis:alpha=0.01,target={t},top={k}" for t in ("document", "instruction")
-                      for k in (1, 2, 4, 8, 16)),
-    "calibration": tuple(f"calibration:strength={s}" for s in (0.25, 0.5, 1)),
-    "temperature": tuple(f"temperature:tau={t}" for t in (0.7, 0.85, 1.15, 1.3)),
-}
-"""The alternatives' development grid (PASTA's alpha = 0.01; FitM's last half of the layers)."""
-
-
 def select_alternatives(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
     """Per method, the setting with the lowest mean ``summary_nll`` over documents scored under
     every setting (ties: the first listed). Returns ``{"selected", "n_documents", "mean_nll"}``.
 
     Raises:
-        ValueError: as ``select_settings`` (a non-finite ``summary_nll`` names its setting), or
-            a method without a setting.
+        ValueError: as ``select_settings`` (a non-finite ``summary_nll`` names its setting), a
+            method that is not a registered setting kind, or a method without a setting.
     """
+    for method in methods:  # an unknown one: the registered methods and the nearest
+        registry.method(method)
     means, n_docs = _mean_nll(rows)
     selected = {}
     for method in methods:

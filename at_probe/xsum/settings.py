@@ -1,68 +1,29 @@
 """Settings strings: one intervention setting per string (``kind:key=value,...``), their
-canonical names, placebo twins and the development grids."""
+canonical names, placebo twins and the development grids.
+
+What each kind takes and how it is built comes from ``at_probe.interventions.registry``; this
+module is the grammar (``;``, ``:``, ``,``, ``=``, ``baseline``) and its error messages."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from at_probe.runs.choices import UnknownChoiceError, check_choice, choice_message, suggestion
+from at_probe.interventions import registry
+from at_probe.interventions.registry import PLACEBO_SEED
+from at_probe.runs.choices import UnknownChoiceError, choice_message, suggestion
 
 
 class SettingError(ValueError):
     """A setting string that cannot be parsed (the message names the bad part)."""
 
 
-_PAPER_KEYS = {"alpha": float, "beta": float, "k": int}
-_FIELD = {"k": "intervals_per_layer"}  # setting-string key -> transition field
-_SETTING_KEYS: dict[str, dict[str, type]] = {
-    "paper": _PAPER_KEYS,
-    "placebo": {**_PAPER_KEYS, "seed": int},
-    "sra": {"begin_length": int, "threshold_len": int, "elimi_factor_inter": float,
-            "elimi_factor_outer": float, "strengthen_factor_inter": float,
-            "strengthen_factor_outer": float, "dyna_div": int},
-}
-
-
-def _layer_range(text: str) -> tuple[int, ...]:
-    """``"15-29"`` -> layers 15..29 (inclusive); ``"7"`` -> (7,)."""
-    first, dash, last = text.partition("-")
-    lo, hi = int(first), int(last) if dash else int(first)
-    if not 0 <= lo <= hi:
-        raise ValueError(text)
-    return tuple(range(lo, hi + 1))
-
-
-def _target(text: str) -> str:
-    from at_probe.interventions.emphasis import TARGETS
-
-    return check_choice("emphasis target", text, TARGETS)
-
-
-def _placebo_kind(text: str) -> str:
-    from at_probe.interventions.emphasis import PLACEBOS
-
-    return check_choice("emphasis placebo", text, PLACEBOS)
-
-
-_TEMPERATURE_KEYS = {"tau": float, "layers": _layer_range}
-_CALIBRATION_KEYS = {"strength": float, "layers": _layer_range}
-_EMPHASIS_KEYS = {"alpha": float, "target": _target, "top": int}
-_SETTING_KEYS.update({
-    "temperature": _TEMPERATURE_KEYS,
-    "calibration": _CALIBRATION_KEYS,
-    "calibration_placebo": {**_CALIBRATION_KEYS, "seed": int},
-    "emphasis": _EMPHASIS_KEYS,
-    "emphasis_placebo": {**_EMPHASIS_KEYS, "seed": int, "placebo": _placebo_kind},
-})
-_REQUIRED = {"temperature": ("tau",), "emphasis": ("top",), "emphasis_placebo": ("top",)}
-ALTERNATIVES: tuple[str, ...] = ("emphasis", "calibration", "temperature")
-"""The alternative interventions (``at_probe.interventions.emphasis``, ``.calibration``, ``.temperature``)."""
-
-
 def parse_setting(text: str, profiles: dict[str, Any] | None = None) -> tuple[str, Any]:
     """One setting string -> (canonical name, intervention object or None for the baseline).
 
-    Grammar: ``baseline`` | ``KIND:key=value,key=value``. Omitted keys take the defaults.
+    Grammar: ``baseline`` | ``KIND:key=value,key=value``. Omitted keys take the defaults. The
+    kinds, their keys, defaults, required keys, profiles and canonical names are those of
+    ``at_probe.interventions.registry`` (each method declares them at the bottom of its module):
 
     * ``paper`` / ``placebo``: ``alpha``, ``beta``, ``k`` (placebo also ``seed``);
       ``sra``: the fields of ``SRATransition``.
@@ -88,71 +49,34 @@ def parse_setting(text: str, profiles: dict[str, Any] | None = None) -> tuple[st
     if text == "baseline":
         return "baseline", None
     kind, _, body = text.partition(":")
-    if kind not in _SETTING_KEYS:
-        kinds = ["baseline", *_SETTING_KEYS]
+    if kind not in registry.kinds():
+        kinds = ["baseline", *registry.kinds()]
         raise SettingError(f"in {text!r}: {choice_message('setting kind', kind, kinds)}")
+    method = registry.method(kind)
     params: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in body.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip()
-        if not eq or key not in _SETTING_KEYS[kind]:
-            keys = _SETTING_KEYS[kind]
-            raise SettingError(f"bad parameter {item!r} in {text!r}; {kind} takes {', '.join(keys)}"
-                               f"{suggestion(key, keys)}")
+        if not eq or key not in method.keys:
+            raise SettingError(f"bad parameter {item!r} in {text!r}; {kind} takes {', '.join(method.keys)}"
+                               f"{suggestion(key, method.keys)}")
         if key in params:
             raise SettingError(f"{key} is given twice in {text!r}")
         try:
-            params[key] = _SETTING_KEYS[kind][key](value.strip())
+            params[key] = method.keys[key].parse(value.strip())
         except UnknownChoiceError as err:
             raise SettingError(f"bad value {value!r} for {key} in {text!r}: {err}") from None
         except ValueError:
             raise SettingError(f"bad value {value!r} for {key} in {text!r}") from None
-    missing = [k for k in _REQUIRED.get(kind, ()) if k not in params]
+    missing = [k for k, key in method.keys.items() if key.required and k not in params]
     if missing:
         raise SettingError(f"{text!r} needs {', '.join(missing)}")
     try:
-        intervention, canonical = _build(kind, params, profiles)
+        profile = None if method.profile is None else _profile(profiles, method.profile, kind)
+        intervention, name = method.build(params, profile)
     except ValueError as err:
         raise SettingError(f"invalid {text!r}: {err}") from None
-    return kind + ":" + ",".join(f"{k}={v}" for k, v in sorted(canonical.items())), intervention
-
-
-def _build(kind: str, params: dict[str, Any], profiles: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
-    """The intervention of a parsed setting and its canonical parameters (defaults filled in)."""
-    from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
-
-    if kind in ("paper", "placebo", "sra"):
-        cls = {"paper": PaperTransition, "placebo": PlaceboTransition, "sra": SRATransition}[kind]
-        transition = cls(**{_FIELD.get(k, k): v for k, v in params.items()})
-        values = {k: getattr(transition, _FIELD.get(k, k)) for k in _SETTING_KEYS[kind]}
-        return transition, {k: v for k, v in values.items() if v is not None}
-    layers = params.get("layers")
-    canonical = {**params, **({"layers": f"{layers[0]}-{layers[-1]}"} if layers else {})}
-    seed = params.get("seed", PLACEBO_SEED) if kind.endswith("_placebo") else None
-    if seed is not None:
-        canonical["seed"] = seed
-    if kind == "temperature":
-        from at_probe.interventions.temperature import AttentionTemperature
-
-        return AttentionTemperature(tau=params["tau"], layers=layers), canonical
-    if kind.startswith("calibration"):
-        from at_probe.interventions.calibration import PositionBias, PositionCalibration
-
-        bias = _profile(profiles, "position_bias", kind)
-        strength = params.get("strength", 1.0)
-        edit = PositionCalibration(PositionBias.from_json(bias), strength=strength, layers=layers, placebo_seed=seed)
-        return edit, {**canonical, "strength": edit.strength}
-    from at_probe.interventions.emphasis import EmphasisSteering, top_heads
-
-    target = params.get("target", "document")
-    ranking = _profile(profiles, "head_ranking", kind).get(target)
-    if ranking is None:
-        raise ValueError(f"the head profile has no ranking for target {target!r}")
-    placebo = params.get("placebo", "heads" if target == "document" else "span") if seed is not None else "span"
-    edit = EmphasisSteering(top_heads(ranking, params["top"]), alpha=params.get("alpha", 0.01), target=target,
-                            placebo_seed=seed, placebo=placebo)
-    canonical = {**canonical, "alpha": edit.alpha, "target": target}
-    return edit, {**canonical, "placebo": placebo} if seed is not None else canonical
+    return name, intervention
 
 
 def _profile(profiles: dict[str, Any] | None, key: str, kind: str) -> Any:
@@ -203,8 +127,63 @@ def check_settings(settings: dict[str, Any], model: Any) -> None:
                                f"{model.cfg.n_heads} heads): {err}") from None
 
 
+def placebo_of(setting: str, seed: int = PLACEBO_SEED, profiles: dict[str, Any] | None = None,
+               emphasis_placebo: Literal["heads", "span"] | None = None) -> str:
+    """The placebo twin of a setting string (canonical name): the twin kind its method declares
+    (``at_probe.interventions.registry.Placebo``), the same keys, and ``seed``.
+
+    Paper: the same rows and mass, random targets; emphasis: random heads in the same layers
+    (the document's default) or a random span of the same length (the instruction's default;
+    ``emphasis_placebo="heads"`` or ``"span"`` picks one); calibration: the same weights
+    shuffled across regions.
+
+    Raises:
+        SettingError: a bad setting, a method without a placebo (the message lists those with
+            one), or ``emphasis_placebo`` for a setting whose placebo takes no ``placebo`` key.
+    """
+    name, _ = parse_setting(setting, profiles)
+    placebo = _declared_placebo(name)
+    if placebo is None:
+        having = [k for k in registry.kinds() if registry.method(k).placebo is not None]
+        raise SettingError(f"{setting!r} has no placebo (only {', '.join(having)} settings do)")
+    extra = {} if emphasis_placebo is None else {"placebo": emphasis_placebo}
+    if extra and "placebo" not in registry.method(placebo.kind).keys:
+        raise SettingError(f"emphasis_placebo applies to emphasis settings, not {setting!r}")
+    return _twin_name(name, placebo.kind, extra, seed, profiles)
+
+
+def placebo_twins(setting: str, profiles: dict[str, Any] | None = None,
+                  seed: int = PLACEBO_SEED) -> dict[str, str]:
+    """A setting's placebos by test-run role suffix (``{"placebo": name}``; emphasis also
+    ``"span_placebo"``), as its method's ``Placebo.roles`` declare; ``{}`` for a method without one.
+
+    Raises:
+        SettingError: a bad setting.
+    """
+    name, _ = parse_setting(setting, profiles)
+    placebo = _declared_placebo(name)
+    if placebo is None:
+        return {}
+    return {suffix: _twin_name(name, placebo.kind, extra, seed, profiles)
+            for suffix, extra in placebo.roles.items()}
+
+
+def _declared_placebo(name: str) -> registry.Placebo | None:
+    """The placebo twin the method of a canonical setting name declares (None: none, or the baseline)."""
+    kind = name.partition(":")[0]
+    return registry.method(kind).placebo if kind in registry.kinds() else None
+
+
+def _twin_name(name: str, twin: str, extra: Mapping[str, str], seed: int,
+               profiles: dict[str, Any] | None) -> str:
+    """The canonical name of ``twin`` with the keys of the canonical ``name``, ``extra`` and ``seed``."""
+    keys = [name.partition(":")[2], *(f"{k}={v}" for k, v in extra.items()), f"seed={seed}"]
+    return parse_setting(f"{twin}:{','.join(keys)}", profiles)[0]
+
+
 # ---------------------------------------------------------------------------------------------
-# Choosing settings on development documents (the experiment's only selection step)
+# The development grids: experiment design, not method description (hence here, not in the
+# registry); every name in them is a setting of a registered method
 # ---------------------------------------------------------------------------------------------
 
 PAPER_EXAMPLE = "paper:alpha=1,beta=0.5,k=2"
@@ -223,32 +202,19 @@ SRA_CANDIDATES: tuple[str, ...] = (
 )
 """The SRA settings of the development sweep: the defaults and the worked example."""
 
-PLACEBO_SEED = 0
+ALTERNATIVES_GRID: dict[str, tuple[str, ...]] = {
+    "emphasis": tuple(f"emphasis:alpha=0.01,target={t},top={k}" for t in ("document", "instruction")
+                      for k in (1, 2, 4, 8, 16)),
+    "calibration": tuple(f"calibration:strength={s}" for s in (0.25, 0.5, 1)),
+    "temperature": tuple(f"temperature:tau={t}" for t in (0.7, 0.85, 1.15, 1.3)),
+}
+"""The alternatives' development grid (PASTA's alpha = 0.01; FitM's last half of the layers)."""
+
+ALTERNATIVES: tuple[str, ...] = tuple(registry.method(kind).kind for kind in ALTERNATIVES_GRID)  # registered
+"""The alternative interventions, the methods of ``ALTERNATIVES_GRID`` (``at_probe.interventions.emphasis``,
+``.calibration``, ``.temperature``); their placebos and profiles are the registry's."""
 
 
 def development_sweep_settings() -> dict[str, Any]:
     """Baseline, the paper grid and the SRA candidates, by canonical name."""
     return parse_settings(";".join(("baseline", *PAPER_GRID, *SRA_CANDIDATES)))
-
-
-_PLACEBO_KIND = {"paper": "placebo", "emphasis": "emphasis_placebo", "calibration": "calibration_placebo"}
-
-
-def placebo_of(setting: str, seed: int = PLACEBO_SEED, profiles: dict[str, Any] | None = None,
-               emphasis_placebo: Literal["heads", "span"] | None = None) -> str:
-    """The placebo twin of a paper, emphasis or calibration setting string (canonical name).
-
-    Paper: the same rows and mass, random targets; emphasis: random heads in the same layers
-    (the document's default) or a random span of the same length (the instruction's default;
-    ``emphasis_placebo="heads"`` or ``"span"`` picks one); calibration: the same weights
-    shuffled across regions.
-    """
-    name, _ = parse_setting(setting, profiles)
-    kind, _, body = name.partition(":")
-    if kind not in _PLACEBO_KIND:
-        raise SettingError(f"{setting!r} has no placebo (only {', '.join(_PLACEBO_KIND)} settings do)")
-    if emphasis_placebo is not None:
-        if kind != "emphasis":
-            raise SettingError(f"emphasis_placebo applies to emphasis settings, not {setting!r}")
-        body += f",placebo={emphasis_placebo}"
-    return parse_setting(f"{_PLACEBO_KIND[kind]}:{body},seed={seed}", profiles)[0]
