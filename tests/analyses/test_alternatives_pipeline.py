@@ -16,6 +16,9 @@ flow = load_script("flow")
 methods_report = load_script("methods_report")
 
 
+pytestmark = pytest.mark.slow  # SmolLM2 or whole pipelines: 15-40 s a test on 2 CPU cores
+
+
 @pytest.fixture(scope="module")
 def selection_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("alt") / "dev"

@@ -13,6 +13,9 @@ from tests.conftest import REPO, require_smollm2
 FEW_TOKENS = 3
 
 
+pytestmark = pytest.mark.slow  # SmolLM2 or whole pipelines: 15-40 s a test on 2 CPU cores
+
+
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 

@@ -94,6 +94,7 @@ def test_single_process_starts_once_before_any_unit():
     assert calls == [("start", "cpu"), ("unit", "a"), ("write", 1), ("unit", "b"), ("write", 1)]
 
 
+@pytest.mark.slow
 @needs_ray
 def test_two_ray_workers_give_the_single_process_records(single_process, tmp_path):
     with owned_run(tmp_path):
@@ -107,6 +108,7 @@ def test_two_ray_workers_give_the_single_process_records(single_process, tmp_pat
     _assert_same_records(on_disk, single_process)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_killed_worker_loses_and_duplicates_nothing(single_process, tmp_path):
     units = plan_units(SETTINGS.split(";"), _docs(), 2)
@@ -123,6 +125,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(single_process, tmp_path):
     assert always.read_bytes() == b"xxx"
 
 
+@pytest.mark.slow
 @needs_ray
 def test_an_actor_that_dies_while_loading_the_model_is_replaced(single_process, tmp_path):
     """A worker process killed while it loads the model (out of memory, say) is started again,
@@ -139,6 +142,7 @@ def test_an_actor_that_dies_while_loading_the_model_is_replaced(single_process, 
     assert always.read_bytes() == b"xxx"
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_killed_driver_resumes_from_its_records(single_process, tmp_path):
     out = tmp_path / "run"
@@ -182,6 +186,7 @@ def test_without_flags_ray_is_never_imported():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_errors_inside_actors_keep_their_type(tmp_path):
     units = plan_units(SETTINGS.split(";"), _docs(2), 2)

@@ -24,6 +24,7 @@ def settings():
             "placebo": PlaceboTransition(alpha=1.0, beta=0.5, intervals_per_layer=2)}
 
 
+@pytest.mark.slow
 def test_batch_equals_alone_and_the_settings_change_the_result(smollm2_model, two_docs, settings):
     """Outputs and NLLs of a left-padded batch equal each document alone under the paper
     setting, and paper and placebo each move the NLL far beyond the comparison's tolerance
