@@ -11,17 +11,37 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, NoReturn
 
-
 from at_probe.runs.errors import UsageError  # noqa: F401  (raised by library checks of CLI input)
+
+_INVOKED_AS: ContextVar[str | None] = ContextVar("invoked_as", default=None)
+
+
+@contextmanager
+def invoked_as(prog: str) -> Iterator[None]:
+    """Inside the block, every ``ArgumentParser`` is named ``prog`` (``at-probe flow``) instead of
+    its script's name (``flow.py``): the console script runs the same commands."""
+    token = _INVOKED_AS.set(prog)
+    try:
+        yield
+    finally:
+        _INVOKED_AS.reset(token)
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line, ``PROG: error: MESSAGE``, exit code 2
-    (without the usage block argparse prints first: ``--help`` shows it)."""
+    (without the usage block argparse prints first: ``--help`` shows it). Under ``invoked_as``,
+    PROG is the command as typed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if _INVOKED_AS.get() is not None:
+            kwargs["prog"] = _INVOKED_AS.get()
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")

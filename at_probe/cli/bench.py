@@ -181,7 +181,7 @@ def memory_ratio(args: argparse.Namespace, source: str, *extra: str) -> dict[str
     common = (f"import torch\nfrom at_probe.models.loading import DEFAULT_MODEL, load_model, random_llama\n"
               f"m = load_model({args.model!r}, device={args.device!r})\n")
     plain = common + (
-        f"from analyses.bench import document_tokens\nfrom pathlib import Path\n"
+        f"from at_probe.cli.bench import document_tokens\nfrom pathlib import Path\n"
         f"toks, _ = document_tokens(m, {args.tokens}, Path({str(args.xsum)!r}))\n"
         f"with torch.inference_mode(): m(toks)\n")
     flow = ("from at_probe.cli import flow\n"

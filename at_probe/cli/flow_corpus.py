@@ -17,8 +17,7 @@ import at_probe
 from at_probe.cli.args import (
     UsageError,
 )
-from at_probe.interventions.registry import kinds as registry_kinds
-from at_probe.interventions.registry import method
+from at_probe.interventions.registry import placebo_pairs
 from at_probe.models.loading import model_shape
 from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run, write_json_atomic
 from at_probe.runs.sweep import RecordSink, plan_units, run_units
@@ -146,12 +145,6 @@ def report_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: li
     print(f"wrote {args.out}/corpus.json, corpus_summary.csv and figures ({time.time() - started:.0f} s)")
 
 
-def _setting_parts(name: str) -> tuple[str, dict[str, str]]:
-    """``"kind:a=1,b=2"`` -> ``("kind", {"a": "1", "b": "2"})`` (a canonical setting name)."""
-    kind, _, body = name.partition(":")
-    return kind, dict(item.split("=", 1) for item in body.split(",") if item)
-
-
 def placebo_contrasts(names: list[str]) -> list[tuple[str, str]]:
     """``(method, its placebo)`` pairs among a run's conditions.
 
@@ -163,16 +156,7 @@ def placebo_contrasts(names: list[str]) -> list[tuple[str, str]]:
     pairs = [("paper", "placebo")] if "paper" in names and "placebo" in names else []
     pairs += [(re.sub(r"(_span)?_placebo$", "", c), c) for c in names
               if c.endswith("_placebo") and ":" not in c and re.sub(r"(_span)?_placebo$", "", c) in names]
-    settings = {c: _setting_parts(c) for c in names if ":" in c}
-    for a, (kind, keys) in settings.items():
-        twin = method(kind).placebo if kind in registry_kinds() else None
-        if twin is None:
-            continue
-        for b, (twin_kind, twin_keys) in settings.items():
-            extra = set(twin_keys) - set(keys)
-            if twin_kind == twin.kind and extra <= {"seed", "placebo"} and \
-                    all(twin_keys.get(k) == v for k, v in keys.items()):
-                pairs.append((a, b))
+    pairs += placebo_pairs([c for c in names if ":" in c])
     return pairs
 
 

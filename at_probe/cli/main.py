@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from at_probe.cli.args import invoked_as
 from at_probe.runs.choices import choice_message
 
 COMMANDS: dict[str, str] = {
@@ -41,14 +42,15 @@ def usage() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print(usage())
+        print(usage(), file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"at-probe: error: argument COMMAND: {choice_message('command', name, COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"at_probe.cli.{name.replace('-', '_')}")
-    return int(module.main(rest) or 0)
+    with invoked_as(f"at-probe {name}"):  # usage and errors name the command the user typed
+        return int(module.main(rest) or 0)
 
 
 if __name__ == "__main__":

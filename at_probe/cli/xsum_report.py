@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from at_probe.cli.args import ArgumentParser, existing_dir, nonnegative_int, output_dir, output_file
+from at_probe.interventions.registry import is_placebo, placebo_pairs, setting_parts
 from at_probe.runs.runfiles import read_jsonl, write_json_atomic
 from at_probe.runs.stats import (
     MIN_DOCS_FOR_INTERVAL,
@@ -102,14 +103,6 @@ def paired(frame, metric: str, a: str, b: str, *, seed: int = 0) -> dict[str, An
         raise ValueError(f"{metric} of {a} - {b}: {err}") from None
 
 
-def placebo_twins(name: str, settings: list[str]) -> list[str]:
-    """Placebo settings with the same alpha, beta and k as a paper setting (any seed)."""
-    if not name.startswith("paper:"):
-        return []
-    prefix = "placebo:" + name.removeprefix("paper:") + ","
-    return [s for s in settings if s.startswith(prefix)]
-
-
 def complete_documents(frame):
     """The records of the documents scored under every setting of the run (the paired set)."""
     settings_per_doc = frame.groupby("doc_id")["setting"].nunique()
@@ -132,7 +125,7 @@ def report(frame, *, seed: int = 0, planned: list[str] | None = None,
     missing = [s for s in (planned or []) if s not in settings]
     all_docs = int(frame["doc_id"].nunique())
     frame = complete_documents(frame)
-    treated = [s for s in settings if s != "baseline" and not s.startswith("placebo:")]
+    treated = [s for s in settings if s != "baseline" and not is_placebo(setting_parts(s)[0])]
     out: dict[str, Any] = {"n_documents": int(frame["doc_id"].nunique()),
                            "n_documents_incomplete": all_docs - int(frame["doc_id"].nunique()),
                            "settings": settings, "missing_settings": missing,
@@ -158,9 +151,8 @@ def report(frame, *, seed: int = 0, planned: list[str] | None = None,
         out["vs_baseline"][s] = {m: paired(frame, m, s, "baseline", seed=seed) for m in metrics}
     if undefined:
         out["means_reasons"] = undefined
-    for s in treated:
-        for p in placebo_twins(s, settings):
-            out["vs_placebo"][vs_label(s, p)] = {m: paired(frame, m, s, p, seed=seed) for m in metrics}
+    for s, p in placebo_pairs(settings):  # every registered method's placebo twins, any seed
+        out["vs_placebo"][vs_label(s, p)] = {m: paired(frame, m, s, p, seed=seed) for m in metrics}
     if treated and "baseline" in settings:
         for m in (PRIMARY_METRIC, *SHOWN) if has_primary else SHOWN:
             gains = np.column_stack([differences(frame, m, s, "baseline").to_numpy() for s in treated])

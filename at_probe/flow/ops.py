@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from at_probe.runs.plotting import region_sort_key  # noqa: F401  (at_probe.ops.region_sort_key before the split)
+
 Square = Float[Tensor, "query_pos key_pos"]
 
 

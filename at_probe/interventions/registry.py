@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +185,31 @@ def method(kind: str) -> Method:
 def is_placebo(kind: str) -> bool:
     """Whether ``kind`` is some registered method's placebo twin."""
     return any(m.placebo is not None and m.placebo.kind == kind for m in _METHODS.values())
+
+
+def setting_parts(name: str) -> tuple[str, dict[str, str]]:
+    """A canonical setting name -> its kind and its ``key=value`` texts
+    (``"paper:alpha=1.0,k=2"`` -> ``("paper", {"alpha": "1.0", "k": "2"})``; ``"baseline"`` ->
+    ``("baseline", {})``)."""
+    kind, _, body = name.partition(":")
+    return kind, dict(item.split("=", 1) for item in body.split(",") if item)
+
+
+def placebo_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """``(setting, its placebo)`` pairs among canonical setting names, any seed: the placebo is
+    of the setting's twin kind and has the setting's keys and values plus the twin's own
+    (``seed``, and e.g. emphasis's ``placebo``). Names of unknown kinds pair with nothing."""
+    parts = {n: setting_parts(n) for n in names}
+    pairs = []
+    for a, (kind, keys) in parts.items():
+        twin = _METHODS[kind].placebo if kind in _METHODS else None
+        if twin is None:
+            continue
+        for b, (twin_kind, twin_keys) in parts.items():
+            if (twin_kind == twin.kind and set(twin_keys) - set(keys) <= {"seed", "placebo"}
+                    and all(twin_keys.get(k) == v for k, v in keys.items())):
+                pairs.append((a, b))
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from at_probe.interventions.registry import Key, Method, Placebo, register
 from at_probe.interventions.transition_ops import (  # noqa: F401
     MAX_ROW_MASS,
     MIN_PAPER_LEN,
+    Pattern,
     RowStats,
     Span,
     SRAParams,

@@ -1,5 +1,5 @@
 """The XSum experiment: the paper's release and its held-out split (``release``), settings
-strings (``settings``), development selection (``selection``, ``selection_file``), batched
+strings (``settings``), development selection and reading it back (``selection``), batched
 generation and teacher-forced NLL (``generation``), metrics (``metrics``: ROUGE, repetition,
 position; ``semantic``: the primary metric), the paper's GPT-4 judgements (``judgements``).
 

@@ -71,3 +71,16 @@ def test_decode_step_seconds_refuses_cacheless_passes(tiny_model):
     finally:
         del tiny_model.generate
     assert tiny_model.generate == original
+
+
+def test_memory_ratio_runs_both_children(tmp_path):
+    """``memory_ratio``'s two child processes (a plain forward, ``flow.py``) run from any working
+    directory of the installed package (they once imported a function from ``analyses/``)."""
+    import argparse
+
+    from tests.conftest import XSUM_DIR, require_shared
+
+    xsum = require_shared(XSUM_DIR / "token_800_evaluation.json.gz")
+    args = argparse.Namespace(model="tiny", device="cpu", tokens=64, xsum=xsum)
+    result = bench.memory_ratio(args, f"{xsum.name}#0", "--transition", "none")
+    assert result["plain_forward_peak_rss_mib"] > 0 and result["ratio"] > 0

@@ -52,9 +52,19 @@ def test_the_installed_console_script_runs():
 
 def test_no_command_lists_them_and_an_unknown_one_exits_2(capsys):
     assert main([]) == 2
-    listing = capsys.readouterr().out
+    listing = capsys.readouterr().err
     assert all(name in listing for name in COMMANDS)
     assert main(["flwo"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("at-probe: error: argument COMMAND: unknown command 'flwo'") and "'flow'" in err
     assert err.count("\n") == 1
+
+
+def test_usage_and_errors_name_the_command_as_typed(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["xsum-report", "--seed", "-1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("at-probe xsum-report: error: argument --seed")
+    with pytest.raises(SystemExit):
+        main(["figures", "--help"])
+    assert capsys.readouterr().out.startswith("usage: at-probe figures")
