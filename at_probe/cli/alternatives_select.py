@@ -46,18 +46,21 @@ from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.cli.args import (
-    add_fix_text_argument,
     ArgumentParser,
+    add_fix_text_argument,
+    add_sweep_arguments,
     existing_dir,
     existing_file,
     model_name,
     output_dir,
     positive_int,
+    prog,
+    sweep_options,
     torch_device,
 )
+from at_probe.flow.probe import DEFAULT_REGIONS
 from at_probe.interventions.emphasis import TARGETS, profile_heads, rank_heads
 from at_probe.models.loading import DEFAULT_MODEL, model_shape
-from at_probe.flow.probe import DEFAULT_REGIONS
 from at_probe.runs.runfiles import (
     append_jsonl,
     ensure_manifest,
@@ -68,7 +71,6 @@ from at_probe.runs.runfiles import (
     write_json_atomic,
 )
 from at_probe.runs.stats import describe
-from at_probe.cli.args import add_sweep_arguments, sweep_options
 from at_probe.runs.sweep import RecordSink, plan_units, run_units
 from at_probe.xsum import (
     ALTERNATIVES,
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             selection["roles"] = setting_roles(selection)
             write_json_atomic(args.out / "selection.json", selection)
     except (FileNotFoundError, ValueError, OSError, KeyError) as err:
-        print(f"alternatives_select.py: error: {err}", file=sys.stderr)
+        print(f"{prog('alternatives_select.py')}: error: {err}", file=sys.stderr)
         return 2
     for method, name in selection["selected"].items():
         print(f"{method}: {name}  {describe(selection['minus_baseline'][name])} nats vs baseline")

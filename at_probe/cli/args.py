@@ -33,6 +33,12 @@ def invoked_as(prog: str) -> Iterator[None]:
         _INVOKED_AS.reset(token)
 
 
+def prog(script: str) -> str:
+    """The command's name in messages printed outside argparse: ``script`` (``"flow.py"``), or
+    the command as typed under ``invoked_as`` (``"at-probe flow"``)."""
+    return _INVOKED_AS.get() or script
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line, ``PROG: error: MESSAGE``, exit code 2
     (without the usage block argparse prints first: ``--help`` shows it). Under ``invoked_as``,

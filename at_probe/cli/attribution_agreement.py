@@ -32,7 +32,6 @@ import torch
 from tqdm.auto import tqdm
 
 import at_probe
-from at_probe.flow.attribution import attribution_sweep
 from at_probe.cli.args import (
     ArgumentParser,
     add_fix_text_argument,
@@ -40,12 +39,14 @@ from at_probe.cli.args import (
     model_name,
     output_dir,
     positive_int,
+    prog,
     torch_device,
 )
+from at_probe.flow.attribution import attribution_sweep
 from at_probe.flow.knockout import knockout_sweep
-from at_probe.models.loading import DEFAULT_MODEL, load_model
 from at_probe.flow.ops import prompt_regions
 from at_probe.flow.probe import DEFAULT_REGIONS
+from at_probe.models.loading import DEFAULT_MODEL, load_model
 from at_probe.models.prompts import build_prompt, continuation_ids
 from at_probe.runs.runfiles import (
     append_jsonl,
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                     "regions": args.regions, "band": band, "at_probe_version": at_probe.__version__,
                     **text_repair_manifest(args.fix_text)}
     except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"attribution_agreement.py: error: {err}", file=sys.stderr)
+        print(f"{prog('attribution_agreement.py')}: error: {err}", file=sys.stderr)
         return 2
     from at_probe.runs.plotting import attribution_agreement, save_figure
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json_atomic(args.out / "agreement.json", result)
             save_figure(attribution_agreement(frame), args.out, "attribution_agreement", frame)
     except (ValueError, OSError) as err:  # another driver or run in --out
-        print(f"attribution_agreement.py: error: {err}", file=sys.stderr)
+        print(f"{prog('attribution_agreement.py')}: error: {err}", file=sys.stderr)
         return 2
     m = result["spearman_mean"]
     print(f"Spearman(estimate, exact) over {len(rows)} documents: mean {describe(m, digits=2)}, "

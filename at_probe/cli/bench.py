@@ -44,7 +44,6 @@ from typing import Any, Callable
 
 import torch
 
-from at_probe.interventions.calibration import PositionBias, PositionCalibration
 from at_probe.cli.args import (
     ArgumentParser,
     existing_file,
@@ -52,15 +51,17 @@ from at_probe.cli.args import (
     nonnegative_int,
     output_file,
     positive_int,
+    prog,
     torch_device,
 )
-from at_probe.interventions.emphasis import EmphasisSteering
-from at_probe.models.loading import DEFAULT_MODEL, load_model, random_llama
 from at_probe.flow.probe import FlowProbe
-from at_probe.models.prompts import Prompt
-from at_probe.runs.runfiles import write_json_atomic
+from at_probe.interventions.calibration import PositionBias, PositionCalibration
+from at_probe.interventions.emphasis import EmphasisSteering
 from at_probe.interventions.temperature import AttentionTemperature
 from at_probe.interventions.transition import PaperTransition, SRATransition
+from at_probe.models.loading import DEFAULT_MODEL, load_model, random_llama
+from at_probe.models.prompts import Prompt
+from at_probe.runs.runfiles import write_json_atomic
 from at_probe.xsum import bucket_file, load_records
 
 REPO = Path(__file__).resolve().parents[2]
@@ -388,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = build_model(args.model, args.device)
     except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"bench.py: error: {err}", file=sys.stderr)
+        print(f"{prog('bench.py')}: error: {err}", file=sys.stderr)
         return 2
     if args.tokens > int(model.cfg.n_ctx):
-        print(f"bench.py: error: argument --tokens: {args.tokens} tokens, but {args.model}'s context is "
+        print(f"{prog('bench.py')}: error: argument --tokens: {args.tokens} tokens, but {args.model}'s context is "
               f"{model.cfg.n_ctx}", file=sys.stderr)
         return 2
     device = torch.device(model.cfg.device)

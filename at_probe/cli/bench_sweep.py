@@ -19,8 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from at_probe.cli.args import (ArgumentParser, existing_dir, int_at_least, model_name, output_dir, output_file,
-                             positive_int)
+from at_probe.cli.args import (
+    ArgumentParser,
+    existing_dir,
+    int_at_least,
+    model_name,
+    output_dir,
+    output_file,
+    positive_int,
+    prog,
+)
 from at_probe.runs.runfiles import owned_run, write_json_atomic
 from at_probe.runs.sweep import FunctionWorker, RecordSink, Unit, plan_units, run_units
 from at_probe.xsum import SummaryWorkerFactory, bucket_file, is_heldout, load_records, parse_settings
@@ -65,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         docs = [d for d in load_records(bucket_file(args.data, "800")) if is_heldout(d["id"])][: args.docs]
     except (FileNotFoundError, ValueError) as err:
-        print(f"bench_sweep.py: error: argument --data: {err}", file=sys.stderr)
+        print(f"{prog('bench_sweep.py')}: error: argument --data: {err}", file=sys.stderr)
         return 2
     settings = ";".join(parse_settings(SETTINGS))
     units = plan_units(settings.split(";"), docs, 2)

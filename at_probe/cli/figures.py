@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from at_probe.cli.args import ArgumentParser, existing_dir
+from at_probe.cli.args import ArgumentParser, existing_dir, prog
 from at_probe.runs.plotting import redraw
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=existing_dir, default=Path(__file__).resolve().parents[2] / "figures")
     args = p.parse_args(argv)
     if not args.root.is_dir():  # the default (an explicit --root is checked by its type)
-        print(f"figures.py: error: argument --root: no such directory: {args.root}", file=sys.stderr)
+        print(f"{prog('figures.py')}: error: argument --root: no such directory: {args.root}", file=sys.stderr)
         return 2
     written = [path for folder in sorted({c.parent for c in args.root.rglob("*.csv")}) for path in redraw(folder)]
     for path in written:

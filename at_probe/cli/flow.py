@@ -65,6 +65,7 @@ from at_probe.cli.args import (
     output_dir,
     positive_float,
     positive_int,
+    prog,
     sweep_options,
     torch_device,
 )
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                              "only")
         model = load_model(args.model, device=args.device)
     except (UsageError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"flow.py: error: {err}", file=sys.stderr)
+        print(f"{prog('flow.py')}: error: {err}", file=sys.stderr)
         return 2
     from at_probe.runs.plotting import PLOTS, save_figure
 
@@ -371,24 +372,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompt, ref_tokens = make_prompt(model, document, reference, args.max_tokens)
     except UsageError as err:
-        print(f"flow.py: error: {err}", file=sys.stderr)
+        print(f"{prog('flow.py')}: error: {err}", file=sys.stderr)
         return 2
     t = len(prompt)
     doc_tokens = prompt.document[1] - max(prompt.document[0], 1)
     print(f"{source}: {t} prompt tokens ({prompt.style} prompt, {doc_tokens} document tokens), "
           f"{len(conditions)} conditions, model {args.model}")
     if doc_tokens < args.regions:
-        print(f"flow.py: error: argument --regions: {doc_tokens} document tokens are too few for "
+        print(f"{prog('flow.py')}: error: argument --regions: {doc_tokens} document tokens are too few for "
               f"{args.regions} regions", file=sys.stderr)
         return 2
     n_layers = int(model.cfg.n_layers)
     if args.knockout is not None and args.knockout > n_layers:
-        print(f"flow.py: error: argument --knockout: bands of {args.knockout} layers, but {args.model} has "
+        print(f"{prog('flow.py')}: error: argument --knockout: bands of {args.knockout} layers, but {args.model} has "
               f"{n_layers} layers", file=sys.stderr)
         return 2
     band = -(-n_layers // 3) if args.knockout is None else args.knockout
     if args.attribution and ref_tokens is None:
-        print("flow.py: error: --attribution needs a reference summary (--xsum, or the built-in sample)",
+        print(f"{prog('flow.py')}: error: --attribution needs a reference summary (--xsum, or the built-in sample)",
               file=sys.stderr)
         return 2
     results, reports, knock, estimates = {}, {}, {}, {}
@@ -436,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, frame in tidy_frames(results, causal_maps).items():
                 save_figure(PLOTS[name](frame), args.out, name, frame)
     except OSError as err:  # another run writing to --out
-        print(f"flow.py: error: {err}", file=sys.stderr)
+        print(f"{prog('flow.py')}: error: {err}", file=sys.stderr)
         return 2
     print(summary_table(results, knock))
     for name in estimates:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 import at_probe
 from at_probe.cli.args import (
     UsageError,
+    prog,
 )
 from at_probe.interventions.registry import placebo_pairs
 from at_probe.models.loading import model_shape
@@ -167,7 +168,7 @@ def report_only(args: argparse.Namespace) -> int:
     recorded time (``seconds`` of its ``corpus.json``) is kept."""
     started = time.time()
     if not ((args.out / "manifest.json").is_file() and (args.out / "docs.jsonl").is_file()):
-        print(f"flow.py: error: argument --out: {args.out} holds no corpus run (manifest.json and "
+        print(f"{prog('flow.py')}: error: argument --out: {args.out} holds no corpus run (manifest.json and "
               "docs.jsonl)", file=sys.stderr)
         return 2
     try:
@@ -179,6 +180,6 @@ def report_only(args: argparse.Namespace) -> int:
             report_corpus(args, dict.fromkeys(manifest["conditions"]), [{"id": r["doc_id"]} for r in records],
                           records, started, seconds)
     except (OSError, ValueError, KeyError) as err:
-        print(f"flow.py: error: argument --out: {err}", file=sys.stderr)
+        print(f"{prog('flow.py')}: error: argument --out: {err}", file=sys.stderr)
         return 2
     return 0

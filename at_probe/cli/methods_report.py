@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from at_probe.cli.args import ArgumentParser, existing_file, output_dir
+from at_probe.cli.args import ArgumentParser, existing_file, output_dir, prog
 from at_probe.runs.stats import MIN_DOCS_FOR_INTERVAL, comparison_label, describe
 from at_probe.xsum import PRIMARY_METRIC
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frame = method_rows([json.loads(path.read_text()) for path in args.reports])
     except (OSError, json.JSONDecodeError, KeyError, ValueError) as err:
-        print(f"methods_report.py: error: {err!r}", file=sys.stderr)
+        print(f"{prog('methods_report.py')}: error: {err!r}", file=sys.stderr)
         return 2
     from at_probe.runs.plotting import save_figure, xsum_roles
 

@@ -28,11 +28,12 @@ from at_probe.cli.args import (
     output_dir,
     output_file,
     positive_int,
+    prog,
 )
-from at_probe.xsum.judgements import analyse_bucket, best_setting
 from at_probe.runs.runfiles import write_json_atomic
 from at_probe.runs.stats import describe
 from at_probe.xsum import load_records, release_files
+from at_probe.xsum.judgements import analyse_bucket, best_setting
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         files = release_files(args.data)
         buckets = {b: load_records(p) for b, p in files.items()}
     except (FileNotFoundError, ValueError) as err:
-        print(f"paper_scores.py: error: {err}", file=sys.stderr)
+        print(f"{prog('paper_scores.py')}: error: {err}", file=sys.stderr)
         return 2
     result: dict = {"buckets": {}, "args": {k: str(v) for k, v in vars(args).items()}}
     for bucket, records in tqdm(buckets.items(), desc="buckets"):

@@ -55,24 +55,24 @@ from tqdm.auto import tqdm
 
 import at_probe
 from at_probe.cli.args import (
-    add_fix_text_argument,
     ArgumentParser,
     UsageError,
+    add_fix_text_argument,
+    add_sweep_arguments,
     existing_dir,
     existing_file,
     model_name,
     name_list,
     output_dir,
     positive_int,
+    prog,
+    sweep_options,
     torch_device,
 )
 from at_probe.interventions import registry
 from at_probe.models.loading import DEFAULT_MODEL, model_shape
 from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run
-from at_probe.xsum.selection import choices_sha256, read_selection
-from at_probe.cli.args import add_sweep_arguments, sweep_options
 from at_probe.runs.sweep import RecordSink, plan_units, run_units
-from at_probe.xsum.metrics import ROUGE_TOKENIZERS
 from at_probe.xsum import (
     BUCKETS,
     SettingError,
@@ -87,6 +87,8 @@ from at_probe.xsum import (
     setting_roles,
     text_repair_manifest,
 )
+from at_probe.xsum.metrics import ROUGE_TOKENIZERS
+from at_probe.xsum.selection import choices_sha256, read_selection
 
 DEFAULT_SETTINGS = "baseline;paper:alpha=1,beta=0.5,k=2;placebo:alpha=1,beta=0.5,k=2"
 
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                   "batch_size": args.batch_size,
                   "at_probe_version": at_probe.__version__}
     except (SettingError, UsageError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"xsum_eval.py: error: {err}", file=sys.stderr)
+        print(f"{prog('xsum_eval.py')}: error: {err}", file=sys.stderr)
         return 2
 
     # a test run gains the roles a newer selection of the same choices adds (same choices_sha256)
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.out, {**config, **described}, **growth),
                     progress=lambda unit: bar.update(len(unit.docs)), **options)
     except (ValueError, OSError) as err:  # another driver or run in --out, a reference that does not fit
-        print(f"xsum_eval.py: error: {err}", file=sys.stderr)
+        print(f"{prog('xsum_eval.py')}: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {sink.path}")
     return 0

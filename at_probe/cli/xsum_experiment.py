@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from at_probe.cli.args import ArgumentParser, existing_dir, nonnegative_int, output_dir
+from at_probe.cli.args import ArgumentParser, existing_dir, nonnegative_int, output_dir, prog
 from at_probe.runs.runfiles import (
     append_jsonl,
     file_sha256,
@@ -330,12 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError(f"two runs of the same bucket ({buckets}): give one test run per bucket")
         releases = [release_records(run, m, args.data) for run, (m, _) in zip(args.runs, runs)]
     except (ReportError, FileNotFoundError, ValueError, OSError) as err:  # OSError: a busy semantic cache
-        print(f"xsum_experiment.py: error: {err}", file=sys.stderr)
+        print(f"{prog('xsum_experiment.py')}: error: {err}", file=sys.stderr)
         return 2
     try:
         result = experiment_report(runs, seed=args.seed)
     except ReportError as err:
-        print(f"xsum_experiment.py: error: {err}", file=sys.stderr)
+        print(f"{prog('xsum_experiment.py')}: error: {err}", file=sys.stderr)
         return 2
     result["manifests"] = {m["bucket"]: m for m, _ in runs}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,10 @@ from pathlib import Path
 import httpx
 from tqdm.auto import tqdm
 
-from at_probe.cli.args import ArgumentParser, existing_dir, positive_int
-from at_probe.xsum.judgements import parse_scores
+from at_probe.cli.args import ArgumentParser, existing_dir, positive_int, prog
 from at_probe.runs.runfiles import RunDirectoryBusy, append_jsonl, file_sha256, owned_run, read_jsonl
 from at_probe.xsum import load_records
+from at_probe.xsum.judgements import parse_scores
 
 # The authors' instructions (evaluation.ipynb, "with reason" variant), kept verbatim for fidelity.
 _OPENING = "Given a document and some summaries, please evaluate these summaries with scores ranging from 0 to 100."
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     api_key = os.environ.get(args.api_key_env)
     if not api_key:
-        print(f"xsum_judge.py: error: environment variable {args.api_key_env} is not set", file=sys.stderr)
+        print(f"{prog('xsum_judge.py')}: error: environment variable {args.api_key_env} is not set", file=sys.stderr)
         return 2
     try:
         endpoint = check_endpoint(args.endpoint)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{data_file} is not the file the run used (sha256 differs from the manifest)")
         docs = {str(r["id"]): r for r in load_records(data_file, fix_text=manifest.get("fix_text", False))}
     except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"xsum_judge.py: error: {err}", file=sys.stderr)
+        print(f"{prog('xsum_judge.py')}: error: {err}", file=sys.stderr)
         return 2
     keys = judge_keys(manifest["settings"])
     by_doc: dict[str, dict[str, str]] = {}
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     scores = {names[k]: v for k, v in parse_scores(reply).items() if k in names}
                     append_jsonl(out, [{"doc_id": doc_id, "scores": scores, "reply": reply}])
     except RunDirectoryBusy as err:
-        print(f"xsum_judge.py: error: {err}", file=sys.stderr)
+        print(f"{prog('xsum_judge.py')}: error: {err}", file=sys.stderr)
         return 2
     print(f"judged {len(todo)} documents; wrote {out_path}")
     return 0

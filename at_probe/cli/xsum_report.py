@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from at_probe.cli.args import ArgumentParser, existing_dir, nonnegative_int, output_dir, output_file
+from at_probe.cli.args import ArgumentParser, existing_dir, nonnegative_int, output_dir, output_file, prog
 from at_probe.interventions.registry import is_placebo, placebo_pairs, setting_parts
 from at_probe.runs.runfiles import read_jsonl, write_json_atomic
 from at_probe.runs.stats import (
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         frame = load_run(args.run)
         primary_reason = add_primary_metric(args.run, frame)
     except (FileNotFoundError, ValueError) as err:
-        print(f"xsum_report.py: error: {err}", file=sys.stderr)
+        print(f"{prog('xsum_report.py')}: error: {err}", file=sys.stderr)
         return 2
     manifest_path = args.run / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         result = report(frame, seed=args.seed, planned=None if manifest is None else manifest["settings"],
                         primary_reason=primary_reason)
     except ValueError as err:  # e.g. a NaN score where the metric is always defined
-        print(f"xsum_report.py: error: {err}", file=sys.stderr)
+        print(f"{prog('xsum_report.py')}: error: {err}", file=sys.stderr)
         return 2
     if manifest is not None:  # what produced the records: model, prompt style, data, settings
         result["manifest"] = manifest

@@ -35,15 +35,17 @@ import at_probe
 from at_probe.cli.args import (
     ArgumentParser,
     add_fix_text_argument,
+    add_sweep_arguments,
     existing_dir,
     model_name,
     output_dir,
     positive_int,
+    prog,
+    sweep_options,
     torch_device,
 )
 from at_probe.models.loading import DEFAULT_MODEL, model_shape
 from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run, write_json_atomic
-from at_probe.cli.args import add_sweep_arguments, sweep_options
 from at_probe.runs.sweep import RecordSink, plan_units, run_units
 from at_probe.xsum import (
     BUCKETS,
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             selection["test_settings"] = run_settings(selection)
             write_json_atomic(args.out / "selection.json", selection)
     except (FileNotFoundError, ValueError, OSError) as err:  # bad input, another driver or run, a long ref.
-        print(f"xsum_select.py: error: {err}", file=sys.stderr)
+        print(f"{prog('xsum_select.py')}: error: {err}", file=sys.stderr)
         return 2
 
     paper, sra = selection["paper"], selection["sra"]

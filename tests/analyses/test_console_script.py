@@ -68,3 +68,19 @@ def test_usage_and_errors_name_the_command_as_typed(capsys):
     with pytest.raises(SystemExit):
         main(["figures", "--help"])
     assert capsys.readouterr().out.startswith("usage: at-probe figures")
+
+
+
+def test_errors_printed_outside_argparse_name_the_command_too(tmp_path, capsys):
+    """flow.py refuses ``--attribution`` without a reference after loading the model (not in
+    argparse): the message names ``flow.py`` as a script and ``at-probe flow`` through the console."""
+    from at_probe.cli import flow
+
+    text = tmp_path / "doc.txt"
+    text.write_text("A short document about a council meeting on Monday. " * 5)
+    argv = ["--model", "tiny", "--text", str(text), "--attribution", "--knockout", "0", "--out", str(tmp_path / "o")]
+    assert flow.main(argv) == 2
+    last = lambda: capsys.readouterr().err.splitlines()[-1]  # noqa: E731  (after the loading bar)
+    assert last().startswith("flow.py: error: --attribution needs a reference summary")
+    assert main(["flow", *argv]) == 2
+    assert last().startswith("at-probe flow: error: --attribution needs a reference summary")
