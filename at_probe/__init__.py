@@ -58,13 +58,16 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
+    def __init__(self) -> None:
+        self._own_specs: dict[str, importlib.machinery.ModuleSpec] = {}  # moved module's name -> its spec
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         module = importlib.import_module(f"{__name__}.{MOVED[spec.name.removeprefix(f'{__name__}.')]}")
-        self._spec = module.__spec__  # the import system overwrites it with the alias's spec
+        self._own_specs[module.__name__] = module.__spec__  # the import system overwrites it next
         return module
 
     def exec_module(self, module: ModuleType) -> None:
-        module.__spec__ = self._spec
+        module.__spec__ = self._own_specs.pop(module.__name__)
 
 
 if not any(isinstance(f, _MovedModules) for f in sys.meta_path):

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from at_probe.flow.probe import DEFAULT_REGIONS
@@ -46,12 +45,12 @@ from at_probe.interventions.registry import (
     register,
     show_layer_range,
 )
+from at_probe.interventions.transition_ops import Pattern
 from at_probe.models.names import resolve_layers
 
 if TYPE_CHECKING:
     from at_probe.models.prompts import Prompt
 
-Pattern = Float[Tensor, "batch head query_pos key_pos"]
 Span = tuple[int, int]
 
 

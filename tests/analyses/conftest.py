@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import importlib
 
 import pytest
-
-ANALYSES = Path(__file__).resolve().parents[2] / "analyses"
 
 
 def load_script(name: str):
