@@ -32,15 +32,17 @@ from torch import Tensor
 
 from at_probe.flow.knockout import KnockoutResult, knockout_regions, layer_bands
 from at_probe.models.blocks import block_inputs, run_blocks
+from at_probe.models.chunked import query_block
 from at_probe.models.names import layer_of, pattern_hook
 
 
-def knockout_inner_products(pattern: Tensor, grad: Tensor, bounds: list[int]) -> Tensor:
+def knockout_inner_products(pattern: Tensor, grad: Tensor, bounds: list[int], *, first_row: int = 0) -> Tensor:
     """``<G, dA>`` of knocking out each region, summed over heads and rows: ``[region]``.
 
-    ``pattern`` and ``grad`` are one sequence's ``[head, T, T]``; ``bounds`` are region
-    boundaries (each region ``[b_j, b_j+1)``, knocked out for rows ``>= b_j+1``, as
-    ``ops.knockout`` does); keys past the last boundary (e.g. a reference) belong to none.
+    ``pattern`` and ``grad`` are one sequence's ``[head, T, T]`` (or a block of its query rows,
+    the first being row ``first_row``: chunked attention); ``bounds`` are region boundaries
+    (each region ``[b_j, b_j+1)``, knocked out for rows ``>= b_j+1``, as ``ops.knockout``
+    does); keys past the last boundary (e.g. a reference) belong to none.
     """
     a, g = pattern.float(), grad.float()
     edges = torch.tensor(bounds, device=a.device)
@@ -53,7 +55,7 @@ def knockout_inner_products(pattern: Tensor, grad: Tensor, bounds: list[int]) ->
     ga, ga_rest = ga_keys @ assign, ga_keys @ outside
     scale = torch.where(rest > 0, mass / rest.clamp(min=1e-30), torch.zeros_like(rest))
     per_row = -ga + scale * ga_rest  # [head, q, region]
-    rows = torch.arange(a.shape[-2], device=a.device)[:, None]
+    rows = first_row + torch.arange(a.shape[-2], device=a.device)[:, None]
     after = rows >= edges[1:][None, :]  # [q, region]: rows knocked out for each region
     return (per_row * after).sum(dim=(0, 1))
 
@@ -89,10 +91,10 @@ def attribution_sweep(
     inputs, block_kwargs, _ = block_inputs(model, tokens, edits)
 
     def watch(pattern: Tensor, *, hook: Any) -> None:
-        layer, kept = layer_of(hook.name), pattern.detach()
+        layer, kept, first = layer_of(hook.name), pattern.detach(), query_block(pattern).start
 
-        def reduce(grad: Tensor) -> None:
-            per_layer[layer] = knockout_inner_products(kept[0], grad[0], edges).cpu()
+        def reduce(grad: Tensor) -> None:  # per block of query rows under chunked attention
+            per_layer[layer] += knockout_inner_products(kept[0], grad[0], edges, first_row=first).cpu()
 
         pattern.register_hook(reduce)
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from at_probe.flow import ops
 from at_probe.models.blocks import block_inputs, run_blocks
+from at_probe.models.chunked import query_block
 from at_probe.models.hooked import editable
 from at_probe.models.names import pattern_hook
 
@@ -80,12 +81,15 @@ def knockout_regions(bounds: Tensor, labels: list[str] | None, prompt_len: int) 
 
 
 def knockout_hooks(start: int, end: int, layers: range) -> list[tuple[str, Any]]:
-    """Hooks blocking attention to keys ``[start, end)`` at ``layers`` (full passes only)."""
+    """Hooks blocking attention to keys ``[start, end)`` at ``layers`` (full passes, whole or
+    block by block under chunked attention; decode steps are left alone)."""
 
     def fn(pattern: Tensor, *, hook: Any) -> Tensor | None:
-        if pattern.shape[-2] != pattern.shape[-1]:
+        block = query_block(pattern)
+        if block.past:
             return None
-        return ops.knockout_(editable(pattern, hook, fn), start, end)  # a copy if anything else may hold it
+        # a copy if anything else may hold it
+        return ops.knockout_(editable(pattern, hook, fn), start, end, first_row=block.start)
 
     return [(pattern_hook(l), fn) for l in layers]
 

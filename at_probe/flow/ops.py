@@ -220,9 +220,12 @@ def knockout(pattern: Tensor, start: int, end: int) -> Tensor:
     return knockout_(pattern.clone(), start, end)
 
 
-def knockout_(pattern: Tensor, start: int, end: int) -> Tensor:
-    """In-place ``knockout`` touching only rows ``>= end``; returns ``pattern``."""
-    rows = pattern[..., end:, :]
+def knockout_(pattern: Tensor, start: int, end: int, *, first_row: int = 0) -> Tensor:
+    """In-place ``knockout`` touching only rows ``>= end``; returns ``pattern``.
+
+    ``pattern`` may hold a block of query rows whose first is row ``first_row`` (chunked
+    attention, ``at_probe.models.chunked``); each row is edited as in the whole pattern."""
+    rows = pattern[..., max(0, end - first_row):, :]
     before = rows.sum(-1, keepdim=True)
     rows[..., start:end] = 0
     after = rows.sum(-1, keepdim=True)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from at_probe.flow import ops
+from at_probe.models.chunked import ChunkedAttentionError, query_block, refuse_chunked
 from at_probe.models.names import layer_of, pattern_hook, value_hook
 from at_probe.runs.runfiles import write_json_atomic
 
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 _PER_HEAD = ("sink_mass", "entropy", "distance")
 _SAVED = ("region_bounds", "region_mass", "final_token_profile", *_PER_HEAD, "rollout", "final_token_value_profile")
 _ENTROPY_BLOCK = 256  # rows per block: skips most of the causal zeros, keeps the temporary small
+_MAPS_NEED = ("rollout keeps head-averaged [L, T, T] maps, whole patterns that chunked attention never forms "
+              "(each hook holds a block of query rows)")
 
 DEFAULT_REGIONS = 8
 """Document regions of a probe unless told otherwise (ours): ``FlowProbe``, ``flow.py --regions``
@@ -205,7 +208,9 @@ class FlowProbe:
         w_o = None
         if value_weighted:
             w_o = [model.blocks[l].attn.W_O.detach() for l in range(int(model.cfg.n_layers))]
-        return cls(int(model.cfg.n_layers), int(model.cfg.n_heads), w_o=w_o, **kwargs)
+        probe = cls(int(model.cfg.n_layers), int(model.cfg.n_heads), w_o=w_o, **kwargs)
+        probe._refuse_maps(model)
+        return probe
 
     def reset(self) -> None:
         """Forget everything captured so far, and a refused pass."""
@@ -219,6 +224,9 @@ class FlowProbe:
         self._length = 0
         self._layers: dict[int, dict[str, Tensor]] = {}
         self._maps: dict[int, Tensor] = {}
+        self._open: tuple[int, int] | None = None  # (layer, next query row) of a layer read block by block
+        self._sums: dict[str, Tensor] = {}
+        self._norms: Tensor | None = None
 
     def hooks(self) -> list[tuple[str, Any]]:
         """``(hook_name, fn)`` pairs for every layer's attention pattern (and values, if weighted)."""
@@ -226,45 +234,65 @@ class FlowProbe:
         return values + [(pattern_hook(l), self._hook) for l in range(self.n_layers)]
 
     def _value_hook(self, values: Tensor, *, hook: Any) -> None:
-        """Hold this pass's values ``[T, kv_head, d_head]`` for the same layer's pattern hook, the
-        next of the probe's hooks to run in the same pass (it consumes them)."""
+        """Hold the values ``[rows, kv_head, d_head]`` of this pass (of this block of query rows,
+        under chunked attention) for the same layer's pattern hook, the next of the probe's
+        hooks to run (it consumes them)."""
         self._values[layer_of(hook.name)] = values[0].detach()
 
     @contextmanager
     def attached(self, model: Any) -> Iterator[FlowProbe]:
         """Context manager: the probe's hooks are on ``model`` inside the block (removed on exit)."""
+        self._refuse_maps(model)
         with model.hooks(fwd_hooks=self.hooks()):
             yield self
 
+    def _refuse_maps(self, model: Any) -> None:
+        if self.rollout or self.keep_maps:
+            refuse_chunked(model, "FlowProbe(rollout=True / keep_maps=True)", _MAPS_NEED)
+
     def _hook(self, pattern: Tensor, *, hook: Any) -> None:
         layer = layer_of(hook.name)
-        values = self._values.pop(layer, None)  # from this pass's hook_v, or None
-        if pattern.shape[-2] != pattern.shape[-1]:
+        values = self._values.pop(layer, None)  # from this pass's (block's) hook_v, or None
+        block = query_block(pattern)
+        if block.past:
             return  # a KV-cache decode step
         if pattern.shape[0] != 1:
             raise ValueError(f"FlowProbe reads one sequence at a time, got a batch of {pattern.shape[0]}")
         if self._refused is not None:
             raise RuntimeError(self._refused)
-        t = pattern.shape[-1]
-        if len(self._layers) == self.n_layers:
-            self._new_capture()  # the previous pass is complete: this one replaces it
-        elif self._layers and (layer != max(self._layers) + 1 or t != self._length):
-            self._refused = (
-                f"FlowProbe: layer {layer}'s pattern ({t} tokens) would mix with a partial capture of "
-                f"layers {min(self._layers)}-{max(self._layers)} ({self._length} tokens): an interrupted "
-                "pass, hooks registered twice, or a pass over some layers only; call reset()"
-            )
-            raise RuntimeError(self._refused)
-        if self.w_o is not None and (values is None or values.shape[0] != t):
+        t = block.total_keys
+        if block.first:
+            self._start_layer(layer, t)
+        elif self._open != (layer, block.start):
+            self._refuse(f"FlowProbe: rows {block.start}-{block.end - 1} of layer {layer} arrived out of order "
+                         "(an interrupted pass or hooks registered twice); call reset()")
+        if (self.rollout or self.keep_maps) and not block.last:
+            self._refuse(f"FlowProbe(rollout=True / keep_maps=True): {_MAPS_NEED}; run it outside "
+                         "at_probe.chunked_attention(model)", ChunkedAttentionError)
+        if self.w_o is not None and (values is None or values.shape[0] != block.rows):
             raise RuntimeError(f"FlowProbe: layer {layer}'s pattern came without the values (hook_v) of its "
                                "pass; register probe.hooks() whole")
         with torch.no_grad():
-            self._capture(layer, pattern[0].detach(), values)
+            self._accumulate(layer, pattern[0].detach(), block.start, values)
+        self._open = (layer, block.end)
+        if block.last:
+            self._finish_layer(layer, pattern[0].detach())
+            self._open = None
 
-    def _capture(self, layer: int, heads: Tensor, values: Tensor | None) -> None:
-        """Reduce one layer's ``[head, T, T]`` pattern, one head (one ``T x T`` matrix) at a time;
-        ``values`` (``[T, kv_head, d_head]``, same pass) give the value-weighted flow."""
-        t = heads.shape[-1]
+    def _refuse(self, message: str, kind: type[Exception] = RuntimeError) -> None:
+        self._refused = message
+        raise kind(message)
+
+    def _start_layer(self, layer: int, t: int) -> None:
+        """A layer's first rows: start a new capture, or check that this layer continues it."""
+        if len(self._layers) == self.n_layers:
+            self._new_capture()  # the previous pass is complete: this one replaces it
+        elif self._open is not None or (self._layers and (layer != max(self._layers) + 1 or t != self._length)):
+            done = sorted(self._layers)
+            self._refuse(
+                f"FlowProbe: layer {layer}'s pattern ({t} tokens) would mix with a partial capture of "
+                f"layers {done[0] if done else layer}-{done[-1] if done else layer} ({self._length or t} tokens): "
+                "an interrupted pass, hooks registered twice, or a pass over some layers only; call reset()")
         self._length = t
         if self._bounds is None:
             if self.document is None:
@@ -272,23 +300,57 @@ class FlowProbe:
                 self._labels = ops.region_labels(self._bounds)
             else:
                 self._bounds, self._labels = ops.prompt_regions(t, self.regions, self.document)
-        q = torch.arange(1, t, device=heads.device, dtype=torch.float32)
-        per_head: dict[str, list[Tensor]] = {k: [] for k in ("region_mass", "final", *_PER_HEAD)}
-        for h in range(heads.shape[0]):
-            p = heads[h].float()
-            key_mass, mean_key = ops.row_summary(p, self._bounds)
-            per_head["region_mass"].append(ops.region_to_region(key_mass, self._bounds))
-            per_head["final"].append(key_mass[-1])
-            per_head["sink_mass"].append(key_mass[1:, 0].mean())  # region 0 is token 0
-            per_head["distance"].append((q - mean_key[1:]).mean())
-            per_head["entropy"].append(ops.row_entropy(p, causal_block=_ENTROPY_BLOCK))
-        if values is not None and self.w_o is not None:
-            norms = ops.value_norms(values, self.w_o[layer])  # [head, T]
-            weighted = heads[:, -1, :].float() * norms.to(heads.device)  # [head, key]
-            per_head["final_value"] = list(ops.key_region_mass(weighted, self._bounds))
-        self._layers[layer] = {k: torch.stack(v).cpu() for k, v in per_head.items()}
+        regions = len(self._bounds) - 1
+        self._sums = {"region_mass": torch.zeros(self.n_heads, regions, regions),
+                      **{k: torch.zeros(self.n_heads) for k in _PER_HEAD}}
+        self._norms = None if self.w_o is None else torch.zeros(self.n_heads, t)
+
+    def _accumulate(self, layer: int, heads: Tensor, start: int, values: Tensor | None) -> None:
+        """Add one block of query rows ``[head, rows, keys]`` (rows ``start ..``) to the layer's
+        sums: a few batched operations over all heads, in sub-blocks of ``_ENTROPY_BLOCK``
+        rows that read only the keys up to each sub-block's last row (a causal pattern's
+        other keys are zero)."""
+        assert self._bounds is not None
+        bounds = self._bounds.to(heads.device)
+        t = self._length
+        assign = ops._assignment(bounds, t)  # [T, region]
+        columns = torch.cat((assign, torch.arange(t, device=heads.device, dtype=torch.float32)[:, None]), dim=1)
+        if values is not None and self.w_o is not None and self._norms is not None:
+            norms = ops.value_norms(values, self.w_o[layer])  # [head, rows]
+            self._norms[:, start : start + norms.shape[1]] = norms.float().cpu()
+        sums = self._sums
+        for r0 in range(0, heads.shape[1], _ENTROPY_BLOCK):
+            keys = min(heads.shape[2], start + r0 + _ENTROPY_BLOCK)
+            p = heads[:, r0 : r0 + _ENTROPY_BLOCK, :keys].float()  # [head, rows, keys]
+            out = p @ columns[:keys]
+            key_mass = out[..., :-1]
+            q = torch.arange(start + r0, start + r0 + p.shape[1], device=p.device, dtype=torch.float32)
+            real = q >= 1  # row 0 can only attend to itself: left out of the per-row means
+            mean_key = out[..., -1] / key_mass.sum(-1).clamp(min=1e-30)
+            positive = p.clamp(min=0)
+            total = positive.sum(-1).clamp(min=1e-30)
+            entropy = total.log() + torch.special.entr(positive).sum(-1) / total
+            sums["region_mass"] += torch.einsum("qf,hqr->hfr", assign[q.long()], key_mass).cpu()
+            sums["sink_mass"] += key_mass[:, real, 0].sum(-1).cpu()
+            sums["distance"] += (q[real] - mean_key[:, real]).sum(-1).cpu()
+            sums["entropy"] += entropy[:, real].sum(-1).cpu()
+
+    def _finish_layer(self, layer: int, last_block: Tensor) -> None:
+        """The layer's last rows have come: its measures from the sums; the final token's
+        profiles from the block's last row."""
+        assert self._bounds is not None
+        t = self._length
+        counts = ops._assignment(self._bounds, t).sum(0).clamp(min=1)
+        rows = max(t - 1, 1)
+        final = last_block[:, -1, :].float()  # [head, T]
+        measures = {"region_mass": self._sums["region_mass"] / counts[None, :, None],
+                    "final": ops.key_region_mass(final, self._bounds).cpu(),
+                    **{k: self._sums[k] / rows for k in _PER_HEAD}}
+        if self._norms is not None:
+            measures["final_value"] = ops.key_region_mass(final * self._norms.to(final.device), self._bounds).cpu()
+        self._layers[layer] = measures
         if self.rollout or self.keep_maps:
-            self._maps[layer] = heads.mean(dim=0, dtype=torch.float32)  # one pass, no float copy
+            self._maps[layer] = last_block.mean(dim=0, dtype=torch.float32)  # a whole pass: one pass, no float copy
 
     def _rollout(self) -> Tensor:
         maps = [self._maps[l] for l in range(self.n_layers)]

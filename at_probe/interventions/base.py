@@ -66,7 +66,8 @@ from at_probe.interventions.tracking import (  # noqa: F401
     generations_marked,
     lengths_of,
 )
-from at_probe.models.hooked import editable, left_padding
+from at_probe.models.chunked import query_block
+from at_probe.models.hooked import editable, pass_padding
 from at_probe.models.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, scores_hook
 
 if TYPE_CHECKING:
@@ -160,18 +161,20 @@ class _EditRun(PromptTracker):
         self.tally = {}
         self.checked = False
 
-    def views(self, shape: torch.Size, offsets: list[int]) -> list[tuple[SequenceView, int, int]]:
-        """Per sequence: its view, the first row and the first key of its slice of the pass."""
-        batch, n_q, n_k = shape[0], shape[-2], shape[-1]
+    def views(self, tensor: Tensor, offsets: list[int]) -> list[tuple[SequenceView, int, int]]:
+        """Per sequence: its view, the first row and the first key of its slice of the hook's
+        tensor (a whole pass, a block of its query rows, or a decode step)."""
+        batch = tensor.shape[0]
+        block = query_block(tensor)
         if self.prompts is not None and len(self.prompts) != batch:
             raise ValueError(f"the hooks were given {len(self.prompts)} prompts for a batch of {batch}")
         if self.lengths is None:  # the first full pass is the prompt
-            self.lengths = [n_k - o for o in offsets]
+            self.lengths = [block.total_keys - o for o in offsets]
         if len(self.lengths) != batch:
             raise ValueError(f"prompt_lengths has {len(self.lengths)} entries for a batch of {batch}")
-        if not self.checked and self.prompts is not None and self.prompt is not None and n_q == n_k:
+        if not self.checked and self.prompts is not None and self.prompt is not None and not block.past:
             self.check_prompts(offsets)
-        first_query = n_k - n_q  # padded position of the pass's first query row
+        first_query = block.start  # padded position of the slice's first query row
         out = []
         for b, off in enumerate(offsets):
             row0 = max(0, off - first_query)
@@ -334,14 +337,14 @@ class AttentionEdit(HookLifetime):
         object.__setattr__(self, "_last_run", run)
 
         def read_padding(scores: Tensor, *, hook: Any) -> None:
-            run.see_attention(scores.shape)
-            run.offsets = left_padding(scores)
+            run.see_attention(scores)
+            run.offsets = pass_padding(scores)
 
         def edit(tensor: Tensor, *, hook: Any) -> Tensor:
-            run.see_attention(tensor.shape)
+            run.see_attention(tensor)
             layer = layer_of(hook.name)
             if self.stage == "scores":
-                run.offsets = left_padding(tensor)
+                run.offsets = pass_padding(tensor)
             elif run.offsets is None:
                 raise RuntimeError(
                     f"{hook.name}: the {scores_hook(layer)} pair did not run; "
@@ -350,8 +353,8 @@ class AttentionEdit(HookLifetime):
             offsets, run.offsets = run.offsets, None
             tensor = editable(tensor, hook, edit)
             tally = run.tally.setdefault(layer, _LayerTally())
-            tally.passes += 1
-            for view, row0, key0 in run.views(tensor.shape, offsets):
+            tally.passes += query_block(tensor).first  # a pass's blocks are one pass
+            for view, row0, key0 in run.views(tensor, offsets):
                 rows, shift = self._edit_(
                     tensor[view.index : view.index + 1, :, row0:, key0:], layer, layer_heads[layer], view
                 )

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
+from at_probe.models.chunked import query_block
+
 if TYPE_CHECKING:
 
     from at_probe.models.prompts import Prompt
@@ -158,14 +160,14 @@ class PromptTracker:
         self._pass_tokens = tokens if ids else None
         self._undecided = True
 
-    def see_attention(self, shape: torch.Size) -> None:
-        """First thing in every attention hook (``shape`` ``[batch, head, query, key]``): the
+    def see_attention(self, tensor: Tensor) -> None:
+        """First thing in every attention hook (``tensor`` ``[batch, head, query, key]``): the
         first one of a pass decides whether the pass starts a new prompt."""
         if not self._undecided:
             return
         self._undecided = False
         tokens, self._pass_tokens = self._pass_tokens, None
-        if shape[-2] < shape[-1]:
+        if query_block(tensor).past:
             return  # runs on a KV cache: a decode step of the current prompt
         stack = _GENERATIONS.get(self._model_id)
         generation = stack[-1] if stack else None

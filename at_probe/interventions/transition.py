@@ -63,7 +63,8 @@ from at_probe.interventions.transition_ops import (  # noqa: F401
     sra_layer,
     sra_sequence_,
 )
-from at_probe.models.hooked import editable, left_padding
+from at_probe.models.chunked import QueryBlock, query_block
+from at_probe.models.hooked import editable, pass_padding
 from at_probe.models.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, resolve_layers, scores_hook
 from at_probe.runs.seeding import draw_generator, prompt_digest
 
@@ -152,16 +153,17 @@ class _Run(PromptTracker):
             self.warned.add(message)
             warnings.warn(message, stacklevel=3)
 
-    def prompt_lengths(self, pattern: Tensor, offsets: list[int]) -> list[int]:
-        """Real (non-padding) prompt length of each sequence in a full pass."""
+    def prompt_lengths(self, block: QueryBlock, offsets: list[int]) -> list[int]:
+        """Real (non-padding) prompt length of each sequence in a full pass (``block``: the
+        hook's rows of it, ``at_probe.models.chunked.query_block``)."""
         if self.fixed_lengths is not None:
-            if len(self.fixed_lengths) != pattern.shape[0]:
+            if len(self.fixed_lengths) != len(offsets):
                 raise ValueError(
-                    f"prompt_lengths has {len(self.fixed_lengths)} entries for a batch of {pattern.shape[0]}"
+                    f"prompt_lengths has {len(self.fixed_lengths)} entries for a batch of {len(offsets)}"
                 )
-            return [min(n, pattern.shape[-1] - o) for n, o in zip(self.fixed_lengths, offsets)]
+            return [min(n, block.total_keys - o) for n, o in zip(self.fixed_lengths, offsets)]
         if self.lengths is None or self.prompt is None:
-            t = pattern.shape[-1] if self.prompt is None else self.prompt.shape[1]
+            t = block.total_keys if self.prompt is None else self.prompt.shape[1]
             self.lengths = [t - o for o in offsets]
         return self.lengths
 
@@ -202,11 +204,14 @@ class _Transition(HookLifetime):
             object.__setattr__(self, "heads", tuple(int(h) if is_int(h) else h for h in heads))
 
     def _edit_(self, seq: Tensor, ids: Tensor | None, layer: int, n_layers: int, heads: Tensor | None,
-               stats: RowStats, run: _Run) -> list[Span]:
-        """Edit one sequence ``[1, head, T, T]`` in place; return the row spans edited.
+               stats: RowStats, run: _Run, first_row: int, length: int) -> list[Span]:
+        """Edit one sequence's prompt rows in place; return the row spans scheduled.
 
-        ``ids`` are the sequence's ``T`` prompt token ids (None when the pass had no token
-        ids, e.g. embeddings fed directly); only the placebo's per-document draws use them.
+        ``seq`` is ``[1, head, rows, keys]``: prompt rows ``first_row ..`` (all ``T`` of them
+        in a whole pass, those of a block under chunked attention) against the prompt's keys
+        (up to ``T`` = ``length``). ``ids`` are the sequence's ``T`` prompt token ids (None
+        when the pass had no token ids, e.g. embeddings fed directly); only the placebo's
+        per-document draws use them.
         """
         raise NotImplementedError
 
@@ -243,28 +248,33 @@ class _Transition(HookLifetime):
         object.__setattr__(self, "_last_run", run)
 
         def scores_fn(scores: Tensor, *, hook: Any) -> None:
-            run.see_attention(scores.shape)
-            if scores.shape[-2] == scores.shape[-1]:  # full pass: read the padding off the mask
-                run.offsets = left_padding(scores)
+            run.see_attention(scores)
+            if not query_block(scores).past:  # a full pass (or a block of one): the padding
+                run.offsets = pass_padding(scores)
 
         def hook_fn(pattern: Tensor, *, hook: Any) -> Tensor | None:
-            run.see_attention(pattern.shape)
+            run.see_attention(pattern)
             layer = layer_of(hook.name)
-            if pattern.shape[-2] != pattern.shape[-1]:
+            block = query_block(pattern)
+            if block.past:
                 return None  # a KV-cache decode step: prompt rows were edited at prefill
             if run.offsets is None:
                 raise RuntimeError(f"{hook.name}: the transition's {scores_hook(layer)} pair did not run; "
                                    "register every pair that .hooks(model) returns")
             pattern = editable(pattern, hook, hook_fn)  # a copy when an earlier hook may hold it
-            offsets, run.offsets = run.offsets, None  # each layer reads its own scores
-            lengths = run.prompt_lengths(pattern, offsets)
-            stats = RowStats()
-            spans = []
+            offsets, run.offsets = run.offsets, None  # each layer (each block) reads its own scores
+            lengths = run.prompt_lengths(block, offsets)
+            if block.first:  # a pass's blocks add to one report per layer
+                run.stats[layer] = ([[] for _ in offsets], RowStats())
+            spans, stats = run.stats[layer]
             for b, (off, length) in enumerate(zip(offsets, lengths)):
-                seq = pattern[b : b + 1, :, off : off + length, off : off + length]
+                first = block.start - off  # the block's first row in the sequence's positions
+                lo, hi = max(0, -first), min(pattern.shape[-2], length - first)  # its prompt rows
+                seq = pattern[b : b + 1, :, lo : max(lo, hi), off : off + length]
                 ids = None if run.prompt is None else run.prompt[b, off : off + length]
-                spans.append(self._edit_(seq, ids, layer, n_layers, heads, stats, run))
-            run.stats[layer] = (spans, stats)
+                for span in self._edit_(seq, ids, layer, n_layers, heads, stats, run, first + lo, length):
+                    if span not in spans[b]:
+                        spans[b].append(span)
             return pattern
 
         return [(EMBED_INPUT_HOOK, run.see_tokens)] + [
@@ -338,11 +348,11 @@ class PaperTransition(_Transition):
             )
         return schedule.get(layer, [])
 
-    def _edit_(self, seq, ids, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
-        spans = self._spans(seq.shape[-1], layer, n_layers, run)
+    def _edit_(self, seq, ids, layer, n_layers, heads, stats, run, first_row, length):  # type: ignore[no-untyped-def]
+        spans = self._spans(length, layer, n_layers, run)
         for span in spans:
             dispense_span_(seq, span, self.alpha, self.beta, conserve_mass=self.conserve_mass,
-                            heads=heads, stats=stats)
+                            heads=heads, stats=stats, first_row=first_row)
         return spans
 
 
@@ -371,15 +381,15 @@ class PlaceboTransition(PaperTransition):
         gen = draw_generator(self.seed, "transition-window", layer, index, prompt_digest(prompt_ids))
         return int(torch.randint(0, s - 2 * (e - s) + 1, (1,), generator=gen))
 
-    def _edit_(self, seq, ids, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
-        spans = self._spans(seq.shape[-1], layer, n_layers, run)
+    def _edit_(self, seq, ids, layer, n_layers, heads, stats, run, first_row, length):  # type: ignore[no-untyped-def]
+        spans = self._spans(length, layer, n_layers, run)
         if spans and ids is None:
             raise ValueError("PlaceboTransition draws its targets per document from the prompt's token ids: "
                              "run the model on token ids, not embeddings")
         for j, span in enumerate(spans):
             start = self.target_start(layer, j, span, ids)
             dispense_span_(seq, span, self.alpha, self.beta, conserve_mass=self.conserve_mass,
-                            heads=heads, stats=stats, target_start=start)
+                            heads=heads, stats=stats, target_start=start, first_row=first_row)
         return spans
 
 
@@ -402,8 +412,8 @@ class SRATransition(SRAParams, _Transition):
     def _layers(self, n_layers: int) -> tuple[int, ...]:
         return resolve_layers(self.layers, range(0, n_layers - 1), what="the layers where SRA acts")
 
-    def _edit_(self, seq, ids, layer, n_layers, heads, stats, run):  # type: ignore[no-untyped-def]
-        return sra_sequence_(seq, layer, n_layers, seq.shape[-1], self, heads=heads, stats=stats)
+    def _edit_(self, seq, ids, layer, n_layers, heads, stats, run, first_row, length):  # type: ignore[no-untyped-def]
+        return sra_sequence_(seq, layer, n_layers, length, self, heads=heads, stats=stats, first_row=first_row)
 
 
 # ---------------------------------------------------------------------------------------------

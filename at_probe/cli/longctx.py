@@ -1,0 +1,199 @@
+"""The long-context retrieval bench: needles in XSum text at 1k-8k tokens, under settings.
+
+Prompts (``at_probe.longctx.tasks``): passkey, key-value needle, key-value with 3 distractor
+needles, variable tracking; a haystack of development-split XSum documents (never the XSum
+experiment's test documents); the needle at the sentence end at or before each depth. Each
+(prompt, setting) is scored in one teacher-forced pass (``at_probe.longctx.scoring``): exact
+match of the answer (primary), its log-probability, and the last prompt token's attention mass
+and value-weighted flow on the needle per layer.
+
+Settings as in ``xsum_eval.py`` (``baseline``, ``paper:...``, ``placebo:...,seed=S``,
+``sra:...``, ``temperature:...``, ``emphasis:...`` and ``calibration:...`` with the development
+profiles of ``--profiles``, an ``alternatives_select.py`` selection.json). The experiment's
+commands and its declared comparisons: docs/longctx.md.
+
+The run directory holds ``manifest.json`` and ``records.jsonl`` (one line per prompt and
+setting). Killed and re-run with the same arguments it continues where it stopped; a run may
+gain settings (the records already there stay). Work goes prompt by prompt (every setting of
+a prompt before the next prompt), so a run stopped early holds paired records.
+``--attention-rows`` (default 256) runs attention over blocks of query rows
+(``at_probe.models.chunked``: the same numbers, less memory and time at long context).
+``--check N`` recomputes the first N prompts' records of ``--out`` and compares them with the
+committed ones (exit 1 on a difference).
+
+Usage:
+    python analyses/longctx.py --tasks passkey --lengths 1024,2048,4096 --prompts 100 \\
+        --settings "baseline;sra:" --out figures/longctx-smollm2/primary
+    python analyses/longctx_report.py figures/longctx-smollm2/primary
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+import at_probe
+from at_probe.cli.args import (
+    ArgumentParser,
+    UsageError,
+    add_sweep_arguments,
+    existing_dir,
+    existing_file,
+    model_name,
+    output_dir,
+    positive_int,
+    prog,
+    sweep_options,
+    torch_device,
+)
+from at_probe.longctx.run import LongctxWorkerFactory, plan_specs
+from at_probe.longctx.tasks import DEPTHS, LENGTHS, TASKS, development_documents
+from at_probe.models.loading import DEFAULT_MODEL, load_tokenizer, model_shape
+from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run, read_jsonl
+from at_probe.runs.sweep import RecordSink, plan_units, run_units
+from at_probe.xsum import SettingError, check_settings, parse_settings
+from at_probe.xsum.release import release_files
+
+DEFAULT_ROWS = 256
+"""Query rows per attention block of the bench (fastest of 128-512 on 2 CPU cores at 4k tokens)."""
+
+
+def _items(kind: type, allowed: tuple[Any, ...] | None, what: str) -> Any:
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+        bad = [v for v in values if allowed is not None and v not in allowed]
+        if not values or bad or len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give distinct {what}" + (f" among {', '.join(map(str, allowed))}" if allowed else ""))
+        return values
+    return parse
+
+
+def _depth(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ValueError(text)
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = ArgumentParser(prog="longctx.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=model_name, default=DEFAULT_MODEL,
+                   help="'smollm2' (default), 'tiny', a local HF Llama directory, or a hub id")
+    p.add_argument("--data", type=existing_dir, default=Path("../shared/data/xsum-at-release"),
+                   help="the XSum release (its development documents are the haystack)")
+    p.add_argument("--tasks", type=_items(str, TASKS, "tasks"), default=list(TASKS),
+                   help=f"comma-separated, among {', '.join(TASKS)} (default all)")
+    p.add_argument("--lengths", type=_items(int, None, "token counts"), default=list(LENGTHS),
+                   help="prompt lengths in tokens, comma-separated (default 1024,2048,4096,8192)")
+    p.add_argument("--depths", type=_items(_depth, None, "depths in [0, 1]"), default=list(DEPTHS),
+                   help="needle depths, comma-separated; prompt i takes depth i mod their count "
+                        "(default 0.1,0.3,0.5,0.7,0.9)")
+    p.add_argument("--prompts", type=positive_int, default=30, help="prompts per task and length (default 30)")
+    p.add_argument("--settings", default="baseline", help="';'-separated settings (default baseline)")
+    p.add_argument("--profiles", type=existing_file, default=None,
+                   help="an alternatives_select.py selection.json: the profiles emphasis and calibration need")
+    p.add_argument("--attention-rows", type=positive_int, default=DEFAULT_ROWS,
+                   help=f"query rows per attention block (default {DEFAULT_ROWS})")
+    p.add_argument("--check", type=positive_int, default=None, metavar="N",
+                   help="recompute the first N prompts' records of --out and compare (nothing is written)")
+    p.add_argument("--device", type=torch_device, default=None)
+    p.add_argument("--out", type=output_dir, required=True, help="run directory")
+    add_sweep_arguments(p)
+    return p.parse_args(argv)
+
+
+def _config(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    data = {name: file_sha256(path) for name, path in sorted(release_files(args.data).items())}
+    return {"model": args.model, "data_sha256": data, "tasks": args.tasks, "lengths": args.lengths,
+            "depths": args.depths, "prompts": args.prompts, "settings": list(settings),
+            **({"profiles_sha256": file_sha256(args.profiles)} if args.profiles else {}),
+            "attention_rows": args.attention_rows, "at_probe_version": at_probe.__version__}
+
+
+def check(args: argparse.Namespace, specs: list[dict[str, Any]], profiles: dict[str, Any] | None) -> int:
+    """Recompute the first ``args.check`` prompts' records and compare with those on disk."""
+    import json
+
+    records = {(r["doc_id"], r["setting"]): r for r in read_jsonl(args.out / "records.jsonl")}
+    manifest = json.loads((args.out / "manifest.json").read_text())
+    chosen = [s for s in specs if any((s["id"], name) in records for name in manifest["settings"])][: args.check]
+    if not chosen:
+        print(f"{prog('longctx.py')}: error: argument --check: {args.out} holds no records of these prompts",
+              file=sys.stderr)
+        return 2
+    worker = LongctxWorkerFactory(args.model, args.device, ";".join(manifest["settings"]), profiles,
+                                  manifest["attention_rows"])()
+    differ = 0
+    for spec in chosen:
+        for name in manifest["settings"]:
+            old = records.get((spec["id"], name))
+            if old is None:
+                continue
+            (new,) = worker(plan_units([name], [spec], 1)[0])
+            keys = [k for k in new if k not in ("wall_seconds",)]
+            bad = [k for k in keys if not _close(old.get(k), new[k])]
+            differ += bool(bad)
+            print(f"{spec['id']} {name}: " + ("same" if not bad else f"differs in {', '.join(bad)}"))
+    return 1 if differ else 0
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-4)
+    return a == b
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        options = sweep_options(args)
+        profiles = None
+        if args.profiles:
+            import json
+
+            profiles = json.loads(args.profiles.read_text()).get("profiles")
+        settings = parse_settings(args.settings, profiles)
+        check_settings(settings, model_shape(args.model))
+        tokenizer = load_tokenizer(args.model)
+        documents = development_documents(args.data)
+        specs = plan_specs(tokenizer, documents, args.tasks, args.lengths, args.depths, args.prompts)
+        config = _config(args, settings)
+    except (SettingError, UsageError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"{prog('longctx.py')}: error: {err}", file=sys.stderr)
+        return 2
+    if args.check:
+        return check(args, specs, profiles)
+    try:
+        with owned_run(args.out):
+            check_manifest(args.out, config, growable=("settings",))
+            sink = RecordSink(args.out / "records.jsonl")
+            position = {s["id"]: i for i, s in enumerate(specs)}
+            plan = sorted(plan_units(list(settings), specs, 1), key=lambda u: position[u.doc_ids[0]])
+            units = sink.pending(plan)
+            print(f"{len(specs)} prompts x {len(settings)} settings: {len(sink.done)} done, {len(units)} to go")
+            factory = LongctxWorkerFactory(args.model, args.device, ";".join(settings), profiles, args.attention_rows)
+            with tqdm(total=len(units), desc="longctx", unit="prompt") as bar:
+                run_units(units, factory, sink.write,
+                          start=lambda described: ensure_manifest(args.out, {**config, **described},
+                                                                  growable=("settings",)),
+                          progress=lambda unit: bar.update(1), **options)
+    except (ValueError, OSError) as err:
+        print(f"{prog('longctx.py')}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {sink.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

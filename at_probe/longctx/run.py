@@ -1,0 +1,61 @@
+"""The bench's runs: prompt specs planned the same way every time, and the sweep worker.
+
+A run directory holds ``manifest.json`` and ``records.jsonl`` (one line per prompt and setting)
+like the XSum runs (``at_probe.runs.sweep``): resumable, one driver, units fanned out on Ray.
+A unit is one prompt (its spec carries the whole context text, so a worker needs no data
+files) under one setting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from at_probe.longctx.tasks import build, make_spec
+
+
+def plan_specs(tokenizer: Any, documents: Sequence[str], tasks: Sequence[str], lengths: Sequence[int],
+               depths: Sequence[float], prompts: int) -> list[dict[str, Any]]:
+    """``prompts`` specs per (task, length): prompt ``i`` at depth ``depths[i % len(depths)]``,
+    task-major, then length, then index (the order units run in)."""
+    return [make_spec(tokenizer, documents, task, length=length, depth=depths[i % len(depths)], index=i)
+            for task in tasks for length in lengths for i in range(prompts)]
+
+
+def record_of(spec: dict[str, Any], setting: str, scores: dict[str, Any]) -> dict[str, Any]:
+    """One record: the prompt's coordinates, the setting and its scores (no prompt text)."""
+    keys = ("task", "length", "depth", "index", "answer")
+    return {"doc_id": spec["id"], "setting": setting, **{k: spec[k] for k in keys}, **scores}
+
+
+@dataclass(frozen=True)
+class LongctxWorkerFactory:
+    """Worker of ``longctx.py``: loads the model (chunked attention of ``attention_rows``) and
+    scores each unit's prompts under its setting (``at_probe.longctx.scoring.score``)."""
+
+    model: str
+    device: str | None
+    settings: str
+    profiles: dict[str, Any] | None = None
+    attention_rows: int | None = None
+
+    def __call__(self) -> Any:
+        from at_probe.longctx.scoring import score
+        from at_probe.models.loading import load_model, model_description
+        from at_probe.runs.sweep import FunctionWorker
+        from at_probe.xsum.settings import parse_settings
+
+        model = load_model(self.model, device=self.device, attention_rows=self.attention_rows)
+        interventions = parse_settings(self.settings, self.profiles)
+
+        def run(unit: Any) -> list[dict[str, Any]]:
+            out = []
+            for spec in unit.docs:
+                t0 = time.perf_counter()
+                scores = score(model, build(model.tokenizer, spec), interventions[unit.setting])
+                out.append(record_of(spec, unit.setting, {**scores, "wall_seconds": round(time.perf_counter() - t0, 2)}))
+            return out
+
+        return FunctionWorker(model_description(model), run)

@@ -1,0 +1,334 @@
+"""Attention over blocks of query rows: exact hooks without a ``T x T`` pattern.
+
+The bridge's Llama attention (TransformerLens' ``PositionEmbeddingsAttentionBridge``) computes
+scores, mask, softmax and the product with V in one forward, holding a ``[batch, heads, T, T]``
+pattern per layer. Every row of that computation depends only on its own query and the keys,
+so running the same forward over blocks of ``rows`` query rows, each against the keys it may
+see, gives the same output while no more than ``[batch, heads, rows, K]`` is ever held.
+
+Under ``chunked_attention(model)`` each attention layer runs the bridge's own forward once per
+block, so every hook inside the attention module (``hook_attn_scores``, ``hook_pattern``,
+``hook_q``/``hook_k``/``hook_v``, ``hook_z``, ``hook_out``, ...) fires once per block with that
+block's rows; hooks outside it (residual stream, MLP) see whole passes as before.
+``query_block(tensor)`` tells a hook which rows it holds, the same way for a full prefill, a
+block of one and a KV-cache decode step, so one hook serves all three.
+
+``causal_keys=True`` (the default) gives each block only the keys it can see: a block of
+query rows ``[s, e)`` gets ``K = past + e`` keys. ``causal_keys=False`` gives every block all
+``past + T`` keys (the keys after a row are masked, as in the stock pattern).
+
+What needs the whole pattern refuses: ``run_with_cache`` (it would keep only the last block of
+each attention hook) raises ``ChunkedAttentionError``, and so does ``FlowProbe(rollout=True)``.
+
+Example:
+    >>> with at_probe.chunked_attention(model, rows=512):
+    ...     logits = model(tokens)                     # equal to model(tokens) without it
+    >>> def hook(pattern, *, hook):
+    ...     block = query_block(pattern)               # rows block.start .. block.start + block.rows - 1
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_ACTIVE: list[QueryBlock] = []  # the block whose hooks are running (forwards run one at a time)
+_STATE = "_at_probe_chunked"  # model attribute: the ChunkedAttention in force
+
+
+class ChunkedAttentionError(RuntimeError):
+    """An operation that needs whole attention patterns, asked for under chunked attention."""
+
+
+@dataclass(frozen=True)
+class ChunkedAttention:
+    """The chunking in force on a model (``chunking(model)``)."""
+
+    rows: int
+    causal_keys: bool
+
+
+@dataclass(frozen=True)
+class QueryBlock:
+    """Which query rows an attention hook's ``[batch, head, rows, keys]`` tensor holds.
+
+    Positions count keys: the cache's keys first, then the pass's tokens (left padding
+    included).
+
+    Attributes:
+        start: position of the block's first query row (``past`` for a pass's first block; the
+            new token's position at a KV-cache decode step).
+        rows: query rows in the block.
+        keys: keys the block's tensor holds (``past + end`` with causal keys, else
+            ``past + length``).
+        past: keys in the KV cache before this pass (0 for a full pass).
+        length: query rows of the whole pass.
+        padding: left padding of each sequence, read from the pass's attention mask, or None
+            where the hook must read it from the scores (an unchunked pass).
+    """
+
+    start: int
+    rows: int
+    keys: int
+    past: int
+    length: int
+    padding: tuple[int, ...] | None = None
+
+    @property
+    def end(self) -> int:
+        """Position after the block's last query row."""
+        return self.start + self.rows
+
+    @property
+    def first(self) -> bool:
+        """Whether the block holds the pass's first query row."""
+        return self.start == self.past
+
+    @property
+    def last(self) -> bool:
+        """Whether the block holds the pass's last query row."""
+        return self.end == self.past + self.length
+
+    @property
+    def total_keys(self) -> int:
+        """Keys of the whole pass (cache included): ``past + length``."""
+        return self.past + self.length
+
+
+def query_block(tensor: Tensor) -> QueryBlock:
+    """The query rows of an attention hook's tensor ``[batch, head, q, k]``.
+
+    Inside a chunked forward: the running block. Otherwise the tensor is a whole pass: its
+    ``q`` rows are the last ``q`` of ``k`` positions (``start = k - q``: 0 for a full pass, the
+    new token's position at a decode step)."""
+    q, k = int(tensor.shape[-2]), int(tensor.shape[-1])
+    if _ACTIVE and _ACTIVE[-1].rows == q and _ACTIVE[-1].keys == k:
+        return _ACTIVE[-1]
+    return QueryBlock(start=k - q, rows=q, keys=k, past=k - q, length=q)
+
+
+def current_block() -> QueryBlock | None:
+    """The block a chunked forward is running (for hooks on ``[batch, pos, ...]`` tensors inside
+    the attention module, such as ``hook_v``), or None outside one."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+def chunking(model: Any) -> ChunkedAttention | None:
+    """The chunked attention in force on ``model``, or None."""
+    return vars(model).get(_STATE)
+
+
+def refuse_chunked(model: Any, what: str, why: str) -> None:
+    """Raise ``ChunkedAttentionError`` naming ``what`` and ``why`` if ``model`` runs chunked."""
+    if chunking(model) is not None:
+        raise ChunkedAttentionError(f"{what} is not available under chunked attention: {why}; "
+                                    "run it outside at_probe.chunked_attention(model)")
+
+
+def attention_modules(model: Any) -> list[Any]:
+    """Every layer's attention module, checked to be the bridge class chunking supports.
+
+    Raises:
+        TypeError: a layer whose attention is another class (its forward is not known to
+            compute rows independently).
+    """
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+        PositionEmbeddingsAttentionBridge,
+    )
+
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise TypeError(f"chunked attention needs a TransformerBridge, got {type(model).__name__}")
+    modules = [block.attn for block in blocks]
+    for layer, attn in enumerate(modules):
+        if type(attn) is not PositionEmbeddingsAttentionBridge:
+            raise TypeError(f"chunked attention runs the bridge's PositionEmbeddingsAttentionBridge (Llama-family "
+                            f"attention); layer {layer} has {type(attn).__name__}")
+    return modules
+
+
+def _check_rows(rows: int) -> int:
+    if isinstance(rows, bool) or not isinstance(rows, numbers.Integral) or rows < 1:
+        raise ValueError(f"rows must be a positive integer, got {rows!r}")
+    return int(rows)
+
+
+def enable_chunked_attention(model: Any, rows: int = 512, *, causal_keys: bool = True) -> None:
+    """Make every attention layer of ``model`` run over blocks of ``rows`` query rows until
+    ``disable_chunked_attention(model)`` (``chunked_attention`` is the scoped form).
+
+    Raises:
+        ValueError: ``rows`` not a positive integer.
+        TypeError: a model whose attention is not the bridge's Llama attention.
+    """
+    rows = _check_rows(rows)
+    modules = attention_modules(model)
+    for attn in modules:  # the instance attribute shadows the class's forward (the bridge's setattr would forward it)
+        object.__setattr__(attn, "forward", _chunked_forward(attn, rows, causal_keys))
+    object.__setattr__(model, _STATE, ChunkedAttention(rows, bool(causal_keys)))
+    object.__setattr__(model, "run_with_cache", _refusing_run_with_cache)
+
+
+def disable_chunked_attention(model: Any) -> None:
+    """Undo ``enable_chunked_attention`` (a no-op when it is not in force)."""
+    for block in getattr(model, "blocks", []):
+        vars(block.attn).pop("forward", None)
+    vars(model).pop(_STATE, None)
+    vars(model).pop("run_with_cache", None)
+
+
+@contextmanager
+def chunked_attention(model: Any, rows: int = 512, *, causal_keys: bool = True) -> Iterator[Any]:
+    """Context manager: ``model``'s attention runs over blocks of ``rows`` query rows inside
+    the block (module docstring); what was in force before is restored on exit. Yields the model.
+
+    Args:
+        model: a ``TransformerBridge`` of a Llama-family model.
+        rows: query rows per block (a pass of at most ``rows`` tokens runs as one block).
+        causal_keys: each block gets only the keys it can see (``K = past + end``); False:
+            every block gets all ``past + T`` keys.
+
+    Raises:
+        ValueError: ``rows`` not a positive integer.
+        TypeError: a model whose attention is not the bridge's Llama attention.
+    """
+    before = chunking(model)
+    enable_chunked_attention(model, rows, causal_keys=causal_keys)
+    try:
+        yield model
+    finally:
+        disable_chunked_attention(model)
+        if before is not None:
+            enable_chunked_attention(model, before.rows, causal_keys=before.causal_keys)
+
+
+def _refusing_run_with_cache(*args: Any, **kwargs: Any) -> Any:
+    raise ChunkedAttentionError(
+        "run_with_cache is not available under chunked attention: it keeps one tensor per hook point, so "
+        "each attention hook would hold only its last block of query rows; reduce inside hooks "
+        "(run_with_hooks, FlowProbe) or run it outside at_probe.chunked_attention(model)")
+
+
+def mask_padding(mask: Tensor | None, batch: int) -> tuple[int, ...]:
+    """Left padding per sequence from a pass's attention mask ``[batch, 1, q, k]`` (additive
+    float or boolean "may attend"); its last query row is a real token under left padding.
+
+    Raises:
+        ValueError: masked keys after real ones in the last row (right padding).
+    """
+    if mask is None or mask.ndim < 4:
+        return (0,) * batch
+    row = mask[:, 0, -1, :]
+    masked = ~row if row.dtype == torch.bool else row <= torch.finfo(row.dtype).min / 2
+    offsets = masked.sum(-1)
+    prefix = torch.arange(masked.shape[-1], device=masked.device)[None, :] < offsets[:, None]
+    if not torch.equal(masked, prefix):
+        raise ValueError("the attention mask is not left padding (masked keys after real ones in the last "
+                         "row): pad on the left (tokenizer.padding_side = 'left')")
+    return tuple(int(o) for o in offsets.expand(batch).tolist())
+
+
+class _BlockKeys:
+    """Stands in for the KV cache inside one chunked forward: stores each block's keys and
+    values (in the real cache when there is one) and returns those the next block may see."""
+
+    def __init__(self, cache: Any, causal_keys: bool, total: int) -> None:
+        self.cache, self.causal_keys, self.total = cache, causal_keys, total
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+        self.filled = 0
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if self.cache is not None:
+            keys, values = self.cache.update(k, v, layer_idx, *args, **kwargs)
+            pad = self.total - keys.shape[-2]
+            if pad:
+                values = torch.cat([values, values.new_zeros(*values.shape[:-2], pad, values.shape[-1])], dim=-2)
+                if not self.causal_keys:
+                    keys = torch.cat([keys, keys.new_zeros(*keys.shape[:-2], pad, keys.shape[-1])], dim=-2)
+            return keys, values
+        if self.keys is None:  # zeros past the filled rows: masked for every row that cannot see them
+            self.keys = k.new_zeros(*k.shape[:-2], self.total, k.shape[-1])
+            self.values = v.new_zeros(*v.shape[:-2], self.total, v.shape[-1])
+        assert self.values is not None
+        n = k.shape[-2]
+        self.keys[..., self.filled : self.filled + n, :] = k
+        self.values[..., self.filled : self.filled + n, :] = v
+        self.filled += n
+        stop = self.filled if self.causal_keys else self.total
+        return self.keys[..., :stop, :], self.values  # all values: the pattern is padded to them (_pad_keys)
+
+
+def _pad_keys(module: Any, args: Any, pattern: Tensor, *, total: int) -> Tensor:
+    """The block's pattern with zero weights on the keys it cannot see, for the product with the
+    values: that product then sums over as many keys as the stock forward's does, in the same
+    order, so the output is the stock output bit for bit (a sum over fewer keys rounds
+    differently in the matrix-multiply kernels)."""
+    short = total - pattern.shape[-1]
+    return torch.nn.functional.pad(pattern, (0, short)) if short > 0 else pattern
+
+
+def _past_length(cache: Any, layer: int | None) -> int:
+    if cache is None or layer is None:
+        return 0
+    return int(cache.get_seq_length(layer))
+
+
+def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
+    """The bridge's own forward run over blocks of ``rows`` query rows (module docstring)."""
+    stock = type(attn).forward.__get__(attn)
+
+    def forward(*args: Any, **kwargs: Any) -> tuple[Tensor, None]:
+        if "hidden_states" in kwargs:
+            hidden, rest = kwargs.pop("hidden_states"), args
+        else:
+            hidden, rest = args[0], args[1:]
+        n = int(hidden.shape[1])
+        mask = kwargs.get("attention_mask")
+        cache = kwargs.get("past_key_values")
+        past = _past_length(cache, getattr(attn, "_layer_idx", None))
+        padding = mask_padding(mask, int(hidden.shape[0]))
+        total = past + n
+        if n <= rows:  # one block: the stock forward itself
+            _ACTIVE.append(QueryBlock(past, n, total, past, n, padding))
+            try:
+                out, _ = stock(hidden, *rest, **kwargs)
+            finally:
+                _ACTIVE.pop()
+            return out, None
+        if mask is not None and mask.ndim < 4:
+            raise ValueError(f"chunked attention needs the 4D attention mask Hugging Face builds, got {mask.ndim}D")
+        if mask is None:  # the stock forward's own causal mask assumes the last rows: make it explicit
+            positions = torch.arange(total, device=hidden.device)
+            mask = (positions[None, :] <= positions[past:, None])[None, None]
+        keys = _BlockKeys(cache, causal_keys, total)
+        embeddings = kwargs.get("position_embeddings")
+        outputs = []
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            block_kwargs = dict(kwargs, past_key_values=keys, attention_mask=mask[..., s:e, :])
+            if embeddings is not None:
+                block_kwargs["position_embeddings"] = tuple(p[..., s:e, :] for p in embeddings)
+            for name in ("position_ids", "cache_position"):
+                value = kwargs.get(name)
+                if isinstance(value, Tensor) and value.shape[-1] == n:
+                    block_kwargs[name] = value[..., s:e]
+            _ACTIVE.append(QueryBlock(past + s, e - s, past + e if causal_keys else total, past, n, padding))
+            # registered last, so it runs after every other hook on the pattern
+            handle = attn.hook_pattern.register_forward_hook(partial(_pad_keys, total=total))
+            try:
+                out, _ = stock(hidden[:, s:e], *rest, **block_kwargs)
+            finally:
+                handle.remove()
+                _ACTIVE.pop()
+            outputs.append(out)
+        return torch.cat(outputs, dim=1), None
+
+    return forward
