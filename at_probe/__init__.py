@@ -28,6 +28,7 @@ from at_probe.interventions.transition import (
     paper_schedule,
     sra_layer,
 )
+from at_probe.models.chunked import chunked_attention, query_block
 from at_probe.models.loading import DEFAULT_MODEL, TINY_MODEL_DIR, load_model
 from at_probe.models.prompts import Prompt, build_prompt
 

@@ -266,13 +266,25 @@ class _BlockKeys:
         return self.keys[..., :stop, :], self.values  # all values: the pattern is padded to them (_pad_keys)
 
 
-def _pad_keys(module: Any, args: Any, pattern: Tensor, *, total: int) -> Tensor:
+def _pad_keys(module: Any, args: Any, pattern: Tensor, *, padded: list[Tensor], total: int) -> Tensor:
     """The block's pattern with zero weights on the keys it cannot see, for the product with the
     values: that product then sums over as many keys as the stock forward's does, in the same
     order, so the output is the stock output bit for bit (a sum over fewer keys rounds
-    differently in the matrix-multiply kernels)."""
-    short = total - pattern.shape[-1]
-    return torch.nn.functional.pad(pattern, (0, short)) if short > 0 else pattern
+    differently in the matrix-multiply kernels).
+
+    One zeroed buffer serves every block of a layer's pass: a block writes its first ``K``
+    columns, and the causal blocks that follow have at least as many, so the columns past a
+    block's keys are still zero (a fresh buffer per block costs more than the product itself)."""
+    batch, heads, rows, keys = pattern.shape
+    if keys >= total:
+        return pattern
+    if pattern.requires_grad and torch.is_grad_enabled():  # autograd keeps each block's padded pattern
+        return torch.nn.functional.pad(pattern, (0, total - keys))
+    if not padded:
+        padded.append(pattern.new_zeros(batch, heads, rows, total))
+    out = padded[0][:, :, :rows]
+    out[..., :keys] = pattern
+    return out
 
 
 def _past_length(cache: Any, layer: int | None) -> int:
@@ -310,6 +322,7 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
             mask = (positions[None, :] <= positions[past:, None])[None, None]
         keys = _BlockKeys(cache, causal_keys, total)
         embeddings = kwargs.get("position_embeddings")
+        padded: list[Tensor] = []  # one zeroed [batch, head, rows, total] buffer, made by the first block
         outputs = []
         for s in range(0, n, rows):
             e = min(n, s + rows)
@@ -322,7 +335,7 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
                     block_kwargs[name] = value[..., s:e]
             _ACTIVE.append(QueryBlock(past + s, e - s, past + e if causal_keys else total, past, n, padding))
             # registered last, so it runs after every other hook on the pattern
-            handle = attn.hook_pattern.register_forward_hook(partial(_pad_keys, total=total))
+            handle = attn.hook_pattern.register_forward_hook(partial(_pad_keys, padded=padded, total=total))
             try:
                 out, _ = stock(hidden[:, s:e], *rest, **block_kwargs)
             finally:

@@ -108,6 +108,21 @@ def load_model(
     return bridge.eval()
 
 
+def load_hf_model(name_or_path: str | Path = DEFAULT_MODEL, *, attn_implementation: str = "sdpa",
+                  device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Any:
+    """The checkpoint ``load_model`` would wrap, as a plain Hugging Face model in eval mode with
+    ``attn_implementation`` (default ``"sdpa"``): the reference of the speed and memory
+    budgets (``at_probe.cli.bench_context``). Raises as ``load_model`` does."""
+    from transformers import AutoModelForCausalLM
+
+    source, local, config = _llama_config(name_or_path)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype or _default_dtype(config, device), use_safetensors=True,
+        attn_implementation=attn_implementation, trust_remote_code=False, local_files_only=local)
+    return model.to(device).eval()
+
+
 def load_tokenizer(name_or_path: str | Path = DEFAULT_MODEL) -> Any:
     """The tokenizer ``load_model`` gives the model (left padding, a pad token), without the
     weights. Raises as ``load_model`` does for a name, directory or config it refuses."""
