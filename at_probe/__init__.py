@@ -4,7 +4,8 @@ Built on TransformerLens' ``TransformerBridge``. The subpackages, lowest layer f
 point down only; ``docs/design.md``): ``runs`` (run directories, sweeps, statistics, figures),
 ``models`` (loading, prompts, hook names), ``flow`` (the probe, knockout, attribution),
 ``interventions`` (the transitions and their alternatives, one registry), ``xsum`` (the XSum
-experiment), ``cli`` (the commands).
+experiment), ``longctx`` (the long-context retrieval bench), ``cli`` (the commands).
+``chunked_attention`` runs attention over blocks of query rows (the whole context, exactly).
 
 The flat module paths of at_probe 0.2 (``at_probe.transition``, ``at_probe.loading``, ...) keep
 working: they name the same module objects as the new paths (``MOVED``).
@@ -93,8 +94,10 @@ __all__ = [
     "SRATransition",
     "__version__",
     "build_prompt",
+    "chunked_attention",
     "dispense",
     "load_model",
     "paper_schedule",
+    "query_block",
     "sra_layer",
 ]

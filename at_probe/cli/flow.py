@@ -152,6 +152,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also compute attention rollout (keeps [layer, T, T] head-averaged maps)")
     p.add_argument("--max-tokens", type=positive_int, default=None,
                    help="truncate the prompt to this many tokens (default: the model's context)")
+    p.add_argument("--attention-rows", type=positive_int, default=None,
+                   help="run attention over blocks of this many query rows (at_probe.chunked_attention: the same "
+                        "numbers without a T x T pattern per layer, for the whole context; not with --rollout)")
     p.add_argument("--out", type=output_dir, default=Path("out/flow"))
     p.add_argument("--device", type=torch_device, default=None)
     p.add_argument("--seed", type=nonnegative_int, default=0, help="placebo seed (default 0)")
@@ -173,6 +176,9 @@ def check_flags(p: ArgumentParser, args: argparse.Namespace, given: frozenset[st
         p.refuse(given, ("--split",), "chooses the documents of corpus mode: add --xsum FILE --docs N")
     else:
         p.refuse(given, ("--rollout",), "runs in single-document mode only: drop --docs")
+    if args.attention_rows is not None:
+        p.refuse(given, ("--rollout",), "keeps whole [layer, T, T] maps, which chunked attention (--attention-rows) "
+                                        "never forms")
     if args.no_placebo:
         p.refuse(given, ("--seed",), "seeds the placebo, which --no-placebo skips")
     if args.selection is not None or args.settings is not None:
@@ -362,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         if options["workers"] or options["ray_address"] or args.gpus_per_worker is not None:
             raise UsageError("--workers, --ray-address and --gpus-per-worker spread corpus mode (--docs) "
                              "only")
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=args.device, attention_rows=args.attention_rows)
     except (UsageError, FileNotFoundError, ValueError, OSError) as err:
         print(f"{prog('flow.py')}: error: {err}", file=sys.stderr)
         return 2

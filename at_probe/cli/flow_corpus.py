@@ -84,7 +84,7 @@ def run_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: list[
         print(f"{len(docs)} documents x {len(conditions)} conditions: {len(docs) - len(units)} done, "
               f"{len(units)} to go")
         factory = corpus.FlowWorkerFactory(args.model, args.device, conditions, args.regions, args.max_tokens,
-                                           band)
+                                           band, args.attention_rows)
         with tqdm(total=len(units), desc="documents", unit="doc") as bar:
             run_units(units, factory, sink.write, start=lambda described: ensure_manifest(args.out, {
                 **manifest, "prompt_style": described["prompt_style"]}), progress=lambda unit: bar.update(),

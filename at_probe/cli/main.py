@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "methods-report": "the transition and its alternatives side by side on the XSum test set",
     "paper-scores": "the paper's release re-analysed: GPT-4 judgements per setting",
     "longctx": "the long-context retrieval bench: needles at 1k-8k tokens under settings (resumable, Ray)",
+    "longctx-report": "the long-context bench's report: declared comparisons, accuracy by depth and length",
     "attribution-agreement": "attribution patching vs exact knockout over documents",
     "figures": "redraw every committed figure from its CSV",
     "bench": "speed and memory ratios, measured side by side in one process",

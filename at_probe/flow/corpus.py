@@ -263,7 +263,8 @@ def interval_words(estimate: dict[str, Any]) -> str:
 class FlowWorkerFactory:
     """Worker of corpus flow (``flow.py --docs``): per document, every condition's probe rows,
     and with ``attribution_band`` > 0 the causal map (``attribution_rows``) in bands of that
-    many layers, against the document's reference summary.
+    many layers, against the document's reference summary; ``attention_rows``: chunked
+    attention (``at_probe.models.chunked``, the same numbers).
 
     A unit's setting is ``""`` (all conditions run on each document, so the per-document
     contrasts stay paired); each record is ``{"doc_id", "prompt_tokens", "dropped_tokens",
@@ -276,6 +277,7 @@ class FlowWorkerFactory:
     regions: int
     max_tokens: int | None
     attribution_band: int = 0
+    attention_rows: int | None = None
 
     def __call__(self) -> FunctionWorker:
         import torch
@@ -286,7 +288,7 @@ class FlowWorkerFactory:
         from at_probe.models.prompts import build_prompt, continuation_ids
         from at_probe.runs.sweep import FunctionWorker
 
-        model = load_model(self.model, device=self.device)
+        model = load_model(self.model, device=self.device, attention_rows=self.attention_rows)
         n_ctx = int(model.cfg.n_ctx)
 
         def run(unit: Any) -> list[dict[str, Any]]:

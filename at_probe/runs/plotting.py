@@ -308,8 +308,23 @@ def xsum_paired(df: pd.DataFrame) -> Figure:
 def xsum_roles(df: pd.DataFrame) -> Figure:
     """XSum experiment: paired differences (95% CI) per comparison, pooled and per bucket, for
     the primary metric and two secondary ones; ``df``: comparison, metric, bucket, mean, lo, hi."""
+    return _forest_by_bucket(df, ("semantic_similarity", "rougeL", "summary_nll"), "semantic_similarity",
+                             lower_is_better={"summary_nll"}, bucket_label="bucket {}")
+
+
+def longctx_paired(df: pd.DataFrame) -> Figure:
+    """Long-context bench: paired differences (95% CI) per comparison, pooled over lengths and
+    per length; exact match (primary) and the answer's log-probability. ``df``: comparison,
+    metric, bucket (a length or ``all``), mean, lo, hi."""
+    return _forest_by_bucket(df, ("exact", "logprob"), "exact", lower_is_better=set(), bucket_label="{} tokens")
+
+
+def _forest_by_bucket(df: pd.DataFrame, order: Sequence[str], primary: str, *, lower_is_better: set[str],
+                      bucket_label: str) -> Figure:
+    """One panel per metric of ``order`` present in ``df``; per comparison a row of intervals,
+    one per bucket (``all``: pooled, in black)."""
     plt, sns = _plt()
-    metrics = [m for m in ("semantic_similarity", "rougeL", "summary_nll") if m in set(df.metric)]
+    metrics = [m for m in order if m in set(df.metric)]
     comparisons = list(dict.fromkeys(df.comparison))
     buckets = list(dict.fromkeys(df.bucket.astype(str)))
     colors = dict(zip(buckets, ["k", *sns.color_palette()]))
@@ -317,15 +332,66 @@ def xsum_roles(df: pd.DataFrame) -> Figure:
                              figsize=(4.0 * len(metrics) + 2.4, 0.55 * len(comparisons) + 2.2))
     for ax, m in zip(axes[0], metrics):
         for j, bucket in enumerate(buckets):
-            part = df[(df.metric == m) & (df.bucket.astype(str) == bucket)].set_index("comparison").loc[comparisons]
-            y = np.arange(len(comparisons)) + (j - (len(buckets) - 1) / 2) * 0.22
+            part = df[(df.metric == m) & (df.bucket.astype(str) == bucket)].set_index("comparison")
+            part = part.reindex([c for c in comparisons if c in part.index])
+            y = np.array([comparisons.index(c) for c in part.index]) + (j - (len(buckets) - 1) / 2) * 0.22
             ax.errorbar(part["mean"], y, xerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]], fmt="o",
-                        ms=4, capsize=2, color=colors[bucket], label="pooled" if bucket == "all" else f"bucket {bucket}")
+                        ms=4, capsize=2, color=colors[bucket],
+                        label="pooled" if bucket == "all" else bucket_label.format(bucket))
         ax.set_yticks(range(len(comparisons)), comparisons, fontsize=8)
-        _forest_axes(ax, m + (" (primary)" if m == "semantic_similarity" else "")
-                     + (" (lower is better)" if m == "summary_nll" else ""))
+        _forest_axes(ax, m + (" (primary)" if m == primary else "")
+                     + (" (lower is better)" if m in lower_is_better else ""))
     axes[0][0].invert_yaxis()  # shared: once for all panels
     _figure_legend(fig, axes[0][-1])
+    return fig
+
+
+def longctx_accuracy(df: pd.DataFrame) -> Figure:
+    """Long-context bench: exact-match rate by needle depth (rows) and prompt length (columns),
+    one panel per condition, a row of panels per task, one 0-1 colour scale for all.
+    ``df``: task, condition, length, depth, accuracy."""
+    _plt()
+    tasks = list(dict.fromkeys(df["task"]))
+    conditions = list(dict.fromkeys(df["condition"]))
+    fig, axes = _panels([len(conditions)] * len(tasks), 2.4, 2.4, max_cols=len(conditions))
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(0.0, 1.0)
+    mesh = None
+    for task, task_axes in zip(tasks, axes):
+        for ax, cond in zip(task_axes, conditions):
+            part = df[(df.task == task) & (df.condition == cond)]
+            if part.empty:
+                ax.set_visible(False)
+                continue
+            grid = part.pivot_table(index="depth", columns="length", values="accuracy")
+            mesh = _heatmap(ax, grid, norm, SEQUENTIAL, fontsize=7)
+            ax.set_title(f"{task}: {cond}", fontsize=8)
+            ax.set(xlabel="prompt tokens", ylabel="needle depth")
+    if mesh is not None:
+        fig.colorbar(mesh, ax=[a for row in axes for a in row if a.get_visible()], label="exact-match rate",
+                     shrink=0.6)
+    fig.suptitle("Retrieval accuracy by needle depth and prompt length")
+    return fig
+
+
+def longctx_needle(df: pd.DataFrame) -> Figure:
+    """Long-context bench: the last prompt token's attention on the needle per layer (mean over
+    heads and prompts), one line per condition, a panel per length; top row attention mass,
+    bottom row value-weighted flow. ``df``: condition, length, layer, needle_mass, needle_flow."""
+    plt, sns = _plt()
+    lengths = sorted(df["length"].unique())
+    fig, axes = plt.subplots(2, len(lengths), squeeze=False, sharex=True, sharey="row", layout="constrained",
+                             figsize=(3.4 * len(lengths) + 1.0, 5.6))
+    for j, length in enumerate(lengths):
+        part = df[df.length == length]
+        for i, (column, unit) in enumerate((("needle_mass", "attention mass"),
+                                            ("needle_flow", UNITS["final_token_value_profile"]))):
+            ax = axes[i][j]
+            sns.lineplot(part, x="layer", y=column, hue="condition", ax=ax, legend=(i, j) == (0, 0))
+            ax.set(title=f"{length} tokens" if i == 0 else "", ylabel=unit if j == 0 else "", xlabel="layer")
+    _figure_legend(fig, axes[0][0], title="condition")
+    fig.suptitle("Last prompt token's attention on the needle, per layer")
     return fig
 
 
@@ -379,6 +445,9 @@ PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "setting_gains": setting_gains,
     "xsum_paired": xsum_paired,
     "xsum_roles": xsum_roles,
+    "longctx_paired": longctx_paired,
+    "longctx_accuracy": longctx_accuracy,
+    "longctx_needle": longctx_needle,
     "methods_compared": xsum_roles,
     "final_token_profile": final_token_profile,
     "final_token_value_profile": final_token_profile,

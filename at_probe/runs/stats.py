@@ -213,6 +213,30 @@ def stratified_bootstrap_mean(groups: list[np.ndarray], *, missing: Missing = "r
     return Estimate(float(np.concatenate(groups).mean()), (float(lo), float(hi)), n, n_missing)
 
 
+def stratified_interval(groups: list[np.ndarray], level: float, *, n_boot: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    """The percentile interval at ``level`` (e.g. 0.975) of ``stratified_bootstrap_mean``'s
+    resampled means (the same resamples for the same ``seed``); NaNs when fewer than 2 values.
+
+    For a comparison whose interval is widened against multiple testing (Bonferroni: level
+    ``1 - 0.05 / m`` for ``m`` comparisons). Values must be finite (no NaN policy here).
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    groups = [np.asarray(g, dtype=float).reshape(-1) for g in groups]
+    groups = [g for g in groups if len(g)]
+    n = sum(len(g) for g in groups)
+    if n < 2:
+        return float("nan"), float("nan")
+    if not all(np.isfinite(g).all() for g in groups):
+        raise ValueError("stratified_interval needs finite values")
+    rng = np.random.default_rng(seed)
+    sums = sum(g[rng.integers(0, len(g), (n_boot, len(g)))].sum(axis=1) for g in groups)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(sums / n, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def heldout_selected_gain(gains: np.ndarray, *, repeats: int = 1000, seed: int = 0) -> Estimate:
     """Gain of the best setting chosen on half the documents and scored on the other half.
 

@@ -1,0 +1,92 @@
+"""Report of long-context bench runs: the declared comparisons, accuracy, the needle's attention.
+
+Reads ``records.jsonl`` of one or more ``longctx.py`` run directories (the primary and the
+secondary run pair their shared passkey prompts; ``at_probe.longctx.report``) and writes into
+``--out`` (default: the first run directory):
+
+* ``report.json``: the two primary comparisons (passkey exact match pooled over 1k-4k, 97.5%
+  intervals, the answer in words), every declared comparison per task pooled and per length
+  (exact match and log-probability, 95% intervals), accuracy per task, length, depth and
+  condition, and the needle's attention mass and value-weighted flow per layer;
+* figures with their CSVs (``analyses/figures.py`` redraws them): ``longctx_paired`` (paired
+  differences), ``longctx_accuracy`` (accuracy by depth x length per condition),
+  ``longctx_needle`` (needle attention per layer by condition).
+
+The experiment's design and the answer in words: docs/longctx.md.
+
+Usage:
+    python analyses/longctx_report.py figures/longctx-smollm2/primary figures/longctx-smollm2/secondary \\
+        --out figures/longctx-smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from at_probe.cli.args import ArgumentParser, existing_dir, output_dir, prog
+from at_probe.longctx.report import pool_records, report
+from at_probe.runs.runfiles import read_jsonl, write_json_atomic
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = ArgumentParser(prog="longctx_report.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", type=existing_dir, nargs="+", help="run directories of longctx.py")
+    p.add_argument("--out", type=output_dir, default=None, help="where to write (default: the first run directory)")
+    p.add_argument("--no-figures", action="store_true", help="write report.json only")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = [str(r) for r in args.runs if not (r / "records.jsonl").is_file()]
+    if missing:
+        print(f"{prog('longctx_report.py')}: error: argument runs: no records.jsonl in {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
+    try:
+        pooled = pool_records(read_jsonl(r / "records.jsonl") for r in args.runs)
+    except ValueError as err:
+        print(f"{prog('longctx_report.py')}: error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or args.runs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"runs": [str(r) for r in args.runs], **report(pooled)}
+    write_json_atomic(out / "report.json", result)
+    for row in result["primary"]:
+        lo, hi = row["ci97_5"]
+        interval = "n/a" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
+        print(f"primary {row['comparison']}: {row['mean']:+.3f} exact match, 97.5% CI {interval}, "
+              f"n = {row['n']} ({', '.join(f'{k}: {v}' for k, v in row['n_per_length'].items())}) -> {row['answer']}"
+              if row["n"] else f"primary {row['comparison']}: no paired prompts yet")
+    if not args.no_figures:
+        write_figures(result, out)
+    print(f"wrote {out / 'report.json'}")
+    return 0
+
+
+def write_figures(result: dict, out: Path) -> None:
+    """The three figures, each beside the CSV of its data."""
+    import pandas as pd
+
+    from at_probe.runs.plotting import longctx_accuracy, longctx_needle, longctx_paired, save_figure
+
+    rows = [{"comparison": r["comparison"], "metric": r["metric"], "task": r["task"],
+             "bucket": "all" if len(r["lengths"]) > 1 else str(r["lengths"][0]),
+             "mean": r["mean"], "lo": r["ci95"][0], "hi": r["ci95"][1], "n": r["n"]}
+            for r in result["comparisons"] if r["task"] == "passkey" and r["ci95"][0] is not None]
+    if rows:
+        save_figure(longctx_paired(pd.DataFrame(rows)), out, "longctx_paired", pd.DataFrame(rows))
+    accuracy = pd.DataFrame(result["accuracy"])
+    if not accuracy.empty:
+        save_figure(longctx_accuracy(accuracy), out, "longctx_accuracy", accuracy)
+    needle = pd.DataFrame(result["needle"])
+    if not needle.empty:
+        needle = needle[needle.task == ("passkey" if "passkey" in set(needle.task) else needle.task.iloc[0])]
+        save_figure(longctx_needle(needle), out, "longctx_needle", needle)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""``longctx.py`` and ``longctx_report.py`` end to end on the tiny model: records, resuming, a
+run gaining settings, ``--check`` against the committed records, and flags refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.analyses.conftest import load_script
+from tests.conftest import XSUM_DIR, require_shared
+
+longctx = load_script("longctx")
+longctx_report = load_script("longctx_report")
+
+
+def _args(out, settings="baseline;temperature:tau=1.5,layers=4-7", *extra):
+    return ["--model", "tiny", "--data", str(require_shared(XSUM_DIR)), "--tasks", "passkey,vt",
+            "--lengths", "512", "--prompts", "2", "--settings", settings, "--attention-rows", "128",
+            "--out", str(out), *extra]
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_paired_records_resumes_and_grows(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert longctx.main(_args(out)) == 0
+    records = _records(out)
+    assert len(records) == 2 * 2 * 2  # tasks x prompts x settings
+    assert {r["doc_id"] for r in records} == {"passkey-512-0.1-000", "passkey-512-0.3-001", "vt-512-0.1-000",
+                                              "vt-512-0.3-001"}
+    first = records[0]
+    assert {"exact", "logprob", "tokens_right", "greedy", "needle_mass", "needle_flow", "answer", "depth"} <= set(first)
+    assert len(first["needle_mass"]) == 8 and first["prompt_tokens"] + first["answer_tokens"] <= 512
+    assert [r["setting"] for r in records[:2]] == ["baseline", "temperature:layers=4-7,tau=1.5"]  # prompt by prompt
+    capsys.readouterr()
+    assert longctx.main(_args(out)) == 0
+    assert "0 to go" in capsys.readouterr().out and len(_records(out)) == 8
+    assert longctx.main(_args(out, "baseline;temperature:tau=1.5,layers=4-7;paper:alpha=1,beta=0.5,k=2")) == 0
+    assert len(_records(out)) == 12  # the new setting only
+    assert json.loads((out / "manifest.json").read_text())["settings"][-1] == "paper:alpha=1.0,beta=0.5,k=2"
+    assert longctx.main(_args(out, "baseline", "--prompts", "3")) == 2  # another grid: refused
+    assert "different configuration (prompts" in capsys.readouterr().err
+
+
+def test_check_recomputes_the_committed_records(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert longctx.main(_args(out)) == 0
+    capsys.readouterr()
+    assert longctx.main(_args(out, "baseline;temperature:tau=1.5,layers=4-7", "--check", "2")) == 0
+    assert capsys.readouterr().out.count("same") == 4
+    lines = (out / "records.jsonl").read_text().splitlines()
+    tampered = json.loads(lines[1])
+    tampered["logprob"] += 0.5
+    (out / "records.jsonl").write_text("\n".join([lines[0], json.dumps(tampered), *lines[2:]]) + "\n")
+    assert longctx.main(_args(out, "baseline;temperature:tau=1.5,layers=4-7", "--check", "1")) == 1
+    assert "differs in logprob" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--tasks", "passkey,nope", "--tasks"), ("--lengths", "512,x", "--lengths"), ("--depths", "0.5,1.5", "--depths"),
+    ("--settings", "paper:alpha=-1", "alpha"), ("--prompts", "0", "--prompts"), ("--attention-rows", "0", "--attention-rows"),
+])
+def test_bad_flags_exit_2_naming_them(tmp_path, capsys, flag, value, message):
+    args = _args(tmp_path / "run")
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    try:
+        code = longctx.main(args)
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "records.jsonl").exists()
+
+
+def test_the_report_answers_the_declared_comparisons(tmp_path, capsys):
+    from at_probe.longctx.conditions import ROLES
+
+    out = tmp_path / "run"
+    settings = ";".join(["baseline", *ROLES["sra"], *ROLES["paper_example"], *ROLES["placebo_example"]])
+    assert longctx.main(_args(out, settings, "--tasks", "passkey", "--lengths", "1024")) == 0
+    capsys.readouterr()
+    assert longctx_report.main([str(out), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert "primary sra - baseline" in printed and "incomplete run" in printed
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["comparison"] for r in report["primary"]] == ["sra - baseline", "paper_example - placebo_example"]
+    for name in ("longctx_accuracy", "longctx_needle", "longctx_paired"):
+        assert (tmp_path / "report" / f"{name}.png").is_file() and (tmp_path / "report" / f"{name}.csv").is_file()
+    with pytest.raises(SystemExit) as exit_:
+        longctx_report.main([str(tmp_path / "nothing-here")])
+    assert exit_.value.code == 2 and "argument runs" in capsys.readouterr().err
+    assert longctx_report.main([str(tmp_path / "report")]) == 2  # a directory without records
+    assert "no records.jsonl" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""The long-context bench's prompts and scores: seeded prompts that fit, needles where they
+were put, haystacks from development documents only, and a teacher-forced exact match that
+is exactly greedy decoding (tiny model; SmolLM2's chat tokenizer for the prompts)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from at_probe.interventions.temperature import AttentionTemperature
+from at_probe.interventions.transition import PaperTransition
+from at_probe.longctx.scoring import score
+from at_probe.longctx.tasks import DEPTHS, TASKS, build, development_documents, make_spec
+from at_probe.models.chunked import chunked_attention
+from tests.conftest import XSUM_DIR, require_shared, require_smollm2
+
+
+@pytest.fixture(scope="module")
+def documents():
+    return development_documents(require_shared(XSUM_DIR))
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    from at_probe.models.loading import load_tokenizer
+
+    require_smollm2()
+    return load_tokenizer("smollm2")
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("length", [1024, 2048])
+def test_a_prompt_fits_its_length_and_holds_its_needles(chat_tokenizer, documents, task, length):
+    spec = make_spec(chat_tokenizer, documents, task, length=length, depth=0.5, index=4)
+    built = build(chat_tokenizer, spec)
+    total = len(built.prompt) + len(built.answer_ids)
+    assert length - 120 < total <= length  # as many haystack sentences as fit
+    needles = [spec["context"][a:b].strip() for a, b in spec["needles"]]
+    for (start, end), text in zip(built.needles + built.distractors, needles):
+        assert chat_tokenizer.decode(list(built.prompt.ids[start:end])).strip() == text
+        assert built.prompt.document[0] <= start < end <= built.prompt.document[1]
+    assert len(built.needles) == (4 if task == "vt" else 1)
+    assert len(built.distractors) == (3 if task == "kv_distractors" else 0)
+    assert chat_tokenizer.decode(built.answer_ids) == spec["answer"]
+    assert spec["answer"].strip().split(", ")[0] in " ".join(needles)  # the answer is in the first needle
+
+
+def test_prompts_are_seeded_by_their_coordinates(chat_tokenizer, documents):
+    a = make_spec(chat_tokenizer, documents, "kv", length=1024, depth=0.3, index=7)
+    assert a == make_spec(chat_tokenizer, documents, "kv", length=1024, depth=0.3, index=7)
+    b = make_spec(chat_tokenizer, documents, "kv", length=1024, depth=0.3, index=8)
+    assert a["answer"] != b["answer"] and a["context"] != b["context"]
+    assert a["id"] == "kv-1024-0.3-007"
+
+
+def test_the_needle_moves_with_the_depth_to_a_sentence_end(chat_tokenizer, documents):
+    starts = []
+    for depth in DEPTHS:
+        spec = make_spec(chat_tokenizer, documents, "passkey", length=2048, depth=depth, index=0)
+        (a, b), = spec["needles"]
+        fraction = a / len(spec["context"])
+        assert fraction <= depth + 0.02 and fraction > depth - 0.1
+        before = spec["context"][:a].rstrip()
+        assert not before or before[-1] in ".!?\"'’”)"  # right after a sentence end
+        starts.append(a)
+    assert starts == sorted(starts)
+
+
+def test_the_haystack_is_never_a_heldout_test_document(chat_tokenizer):
+    from at_probe.xsum.release import is_heldout, load_all_documents, repair_text
+
+    records = load_all_documents(require_shared(XSUM_DIR))
+    documents = [repair_text(d["document"]) for d in records if not is_heldout(d["id"])]
+    heldout = [repair_text(d["document"]) for d in records if is_heldout(d["id"])]
+    spec = make_spec(chat_tokenizer, documents, "passkey", length=4096, depth=0.5, index=3)
+    context = spec["context"]
+    assert not any(h.strip()[:80] in context for h in heldout if len(h.strip()) >= 80)
+    assert sum(d.strip()[:80] in context for d in documents) >= 3  # several development documents
+
+
+@pytest.mark.parametrize("bad", [{"task": "nope"}, {"depth": 1.5}, {"length": 40}])
+def test_bad_specs_are_refused(chat_tokenizer, documents, bad):
+    kwargs = {"task": "passkey", "length": 1024, "depth": 0.5, **bad}
+    with pytest.raises(ValueError):
+        make_spec(chat_tokenizer, documents, kwargs.pop("task"), index=0, **kwargs)
+
+
+EDITS = {"baseline": lambda: None, "paper": lambda: PaperTransition(),
+         "temperature": lambda: AttentionTemperature(tau=1.5, layers=range(4, 8))}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_exact_match_is_greedy_decoding(tiny_model, documents, edit):
+    """Score the model's own greedy continuation (exact must hold) and that continuation with its
+    third token changed (exact must fail, with two right tokens): the teacher-forced pass
+    agrees with ``generate`` under the same edit."""
+    tok = tiny_model.tokenizer
+    spec = make_spec(tok, documents, "passkey", length=600, depth=0.5, index=2)
+    built = build(tok, spec)
+    with (EDITS[edit]() or _Null()).applied(tiny_model, prompts=[built.prompt]), torch.inference_mode():
+        out = tiny_model.generate(built.prompt.tensor(), max_new_tokens=4, do_sample=False, verbose=False)
+    greedy = out[0, len(built.prompt):].tolist()
+    wrong = [*greedy[:2], (greedy[2] + 1) % 4000 + 3, greedy[3]]
+    for answer, exact, right in ((greedy, True, 4), (wrong, False, 2)):
+        case = type(built)(built.spec, built.prompt, answer, built.needles, built.distractors)
+        result = score(tiny_model, case, EDITS[edit]())
+        assert (result["exact"], result["tokens_right"]) == (exact, right)
+        if exact:  # the argmax of every answer row is the generated token
+            assert result["greedy"] == tok.decode(greedy)
+        assert result["logprob"] < 0 and len(result["needle_mass"]) == int(tiny_model.cfg.n_layers)
+
+
+class _Null:
+    """The baseline's stand-in for ``edit.applied``."""
+
+    def applied(self, model, **kwargs):
+        from contextlib import nullcontext
+
+        return nullcontext(model)
+
+
+def test_scores_under_chunked_attention_equal_the_stock_scores(tiny_model, documents):
+    built = build(tiny_model.tokenizer, make_spec(tiny_model.tokenizer, documents, "kv_distractors", length=900,
+                                                  depth=0.7, index=1))
+    for edit in EDITS.values():
+        ref = score(tiny_model, built, edit())
+        with chunked_attention(tiny_model, rows=128):
+            assert score(tiny_model, built, edit()) == ref

@@ -1,0 +1,100 @@
+"""The long-context report on made-up records: pairing across runs, placebo draws averaged per
+prompt, stratified intervals, the primary answer only once the run is complete."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from at_probe.longctx.conditions import PRIMARY_LENGTHS, PRIMARY_PROMPTS, ROLES, Comparison
+from at_probe.longctx.report import accuracy, needle, paired, pool_records, primary, report, role_values
+from at_probe.runs.stats import stratified_bootstrap_mean, stratified_interval
+
+N_LAYERS = 3
+
+
+def _record(prompt: str, setting: str, exact: bool, logprob: float, *, task: str = "passkey",
+            length: int = 1024, depth: float = 0.5) -> dict:
+    return {"doc_id": prompt, "setting": setting, "task": task, "length": length, "depth": depth, "exact": exact,
+            "logprob": logprob, "needle_mass": [0.1, 0.2, 0.3], "needle_flow": [1.0, 2.0, 3.0]}
+
+
+def _run(n: int, effect: dict[str, float], lengths=PRIMARY_LENGTHS, seed: int = 0) -> list[dict]:
+    """``n`` prompts per length; each role's exact match drawn with its success rate."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for length in lengths:
+        for i in range(n):
+            prompt = f"passkey-{length}-0.5-{i:03d}"
+            for role, rate in effect.items():
+                for setting in ROLES[role]:
+                    hit = bool(rng.random() < rate)
+                    out.append(_record(prompt, setting, hit, -0.5 if hit else -3.0, length=length))
+    return out
+
+
+def test_placebo_draws_are_averaged_per_prompt_and_need_every_draw():
+    draws = ROLES["placebo_example"]
+    records = [_record("p1", draws[0], True, -1.0), _record("p1", draws[1], False, -3.0),
+               _record("p1", draws[2], True, -2.0), _record("p2", draws[0], True, -1.0)]
+    pooled = pool_records([records])
+    assert role_values(pooled, "placebo_example", "exact") == {"p1": pytest.approx(2 / 3)}
+    assert role_values(pooled, "placebo_example", "logprob") == {"p1": pytest.approx(-2.0)}
+
+
+def test_a_comparison_pairs_prompts_across_runs_and_counts_the_unpaired():
+    primary_run = [_record("p1", "baseline", False, -2.0), _record("p2", "baseline", True, -1.0)]
+    secondary_run = [_record("p1", ROLES["temperature"][0], True, -0.5), _record("p3", ROLES["temperature"][0], True, -0.5)]
+    pooled = pool_records([primary_run, secondary_run])
+    row = paired(pooled, Comparison("temperature", "baseline"), "logprob", "passkey", [1024])
+    assert row["n"] == 1 and row["mean"] == pytest.approx(1.5) and row["n_one_role_only"] == 2
+
+
+def test_runs_that_disagree_on_a_pair_are_refused():
+    a, b = _record("p1", "baseline", True, -1.0), _record("p1", "baseline", False, -1.0)
+    with pytest.raises(ValueError, match="disagree"):
+        pool_records([[a], [b]])
+
+
+def test_the_primary_answer_waits_for_complete_cells_and_follows_the_interval():
+    partial = primary(pool_records([_run(10, {"baseline": 0.5, "sra": 0.5, "paper_example": 0.5,
+                                              "placebo_example": 0.5})]))
+    assert all(not r["complete"] and r["answer"].startswith("incomplete run") for r in partial)
+    strong = primary(pool_records([_run(PRIMARY_PROMPTS, {"baseline": 0.2, "sra": 0.9, "paper_example": 0.5,
+                                                          "placebo_example": 0.5}, seed=1)]))
+    sra, paper = strong
+    assert sra["complete"] and sra["answer"] == "yes, better" and sra["ci97_5"][0] > 0
+    assert paper["answer"] == "no detectable effect" and paper["ci97_5"][0] < 0 < paper["ci97_5"][1]
+    assert sra["n"] == 3 * PRIMARY_PROMPTS and set(sra["n_per_length"].values()) == {PRIMARY_PROMPTS}
+    worse = primary(pool_records([_run(PRIMARY_PROMPTS, {"baseline": 0.9, "sra": 0.1, "paper_example": 0.5,
+                                                         "placebo_example": 0.5}, seed=2)]))
+    assert worse[0]["answer"] == "yes, worse"
+
+
+def test_the_primary_interval_is_wider_than_the_95_percent_one():
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(0.1, 1, 50), rng.normal(0.0, 1, 80)]
+    lo95, hi95 = stratified_bootstrap_mean(groups).ci95
+    lo, hi = stratified_interval(groups, 0.975)
+    assert lo < lo95 and hi > hi95
+    assert stratified_interval(groups, 0.95) == pytest.approx((lo95, hi95))
+    with pytest.raises(ValueError, match="level"):
+        stratified_interval(groups, 1.0)
+
+
+def test_accuracy_and_needle_tables():
+    records = [_record("p1", "baseline", True, -1.0, depth=0.1), _record("p2", "baseline", False, -3.0, depth=0.1),
+               _record("p3", "baseline", True, -1.0, depth=0.9)]
+    pooled = pool_records([records])
+    rows = {(r["depth"], r["condition"]): r for r in accuracy(pooled)}
+    assert rows[(0.1, "baseline")]["accuracy"] == 0.5 and rows[(0.9, "baseline")]["accuracy"] == 1.0
+    layers = [r for r in needle(pooled) if r["condition"] == "baseline"]
+    assert [r["needle_mass"] for r in layers] == pytest.approx([0.1, 0.2, 0.3]) and layers[0]["n"] == 3
+
+
+def test_the_report_holds_pooled_and_per_length_comparisons():
+    result = report(pool_records([_run(5, {"baseline": 0.5, "sra": 0.5, "paper_example": 0.5,
+                                           "placebo_example": 0.5})]))
+    sra = [r for r in result["comparisons"] if r["comparison"] == "sra - baseline" and r["metric"] == "exact"]
+    assert [r["lengths"] for r in sra] == [list(PRIMARY_LENGTHS), *([l] for l in PRIMARY_LENGTHS)]
+    assert result["prompts"] == 15 and len(result["primary"]) == 2
