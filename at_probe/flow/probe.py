@@ -158,14 +158,15 @@ class FlowProbe:
 
     Single-sequence (batch 1): run one document at a time. Passes:
 
-    * A full pass (query length == key length) is captured layer by layer, in layer order.
+    * A full pass (no KV cache: ``query_block(pattern).past == 0``) is captured layer by layer,
+      in layer order, and under chunked attention block by block within each layer.
       Once every layer is captured, the next full pass starts a new capture, so ``result()``
       always describes the latest pass (a new prompt needs no ``reset()``).
     * A pattern that would mix with a partial capture (a layer other than the next one, e.g. a
       pass interrupted and run again, hooks registered twice, or a sequence of another length)
       raises ``RuntimeError``; the probe then refuses every pass and ``result()`` until
       ``reset()``.
-    * Decode steps of ``generate`` with the KV cache (query length 1 != key length) are ignored,
+    * Decode steps of ``generate`` with the KV cache (passes on a cache) are ignored,
       so the probe describes the prompt's prefill; ``generate`` without the KV cache runs full
       passes, and the probe then describes the last of them.
     * With ``w_o``, each layer's values (``hook_v``) are used only by the same layer's pattern of
@@ -180,7 +181,8 @@ class FlowProbe:
             their own and only document tokens are split into ``R`` regions. ``None``: tokens
             ``1 .. T-1`` are split evenly.
         rollout: also compute attention rollout from the last token. Explicit opt-in: it keeps
-            head-averaged ``[L, T, T]`` maps (``4 L T^2`` bytes) until ``result()``.
+            head-averaged ``[L, T, T]`` maps (``4 L T^2`` bytes) until ``result()``; refused
+            under chunked attention (``ChunkedAttentionError``), which never forms them.
         keep_maps: return those head-averaged maps in the result.
         w_o: per layer, the output weights ``[head, d_head, d_model]`` (``for_model(...,
             value_weighted=True)`` reads them): the probe then also hooks each layer's values

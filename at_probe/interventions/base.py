@@ -86,8 +86,8 @@ class SequenceView:
     Attributes:
         index: the sequence's row in the batch.
         prompt_length: real prompt tokens (keys at or past it were generated or appended).
-        query_start: position of the slice's first query row (0 at prefill; the new token's
-            position at a KV-cache decode step).
+        query_start: position of the slice's first query row (0 at prefill, the block's first
+            row under chunked attention; the new token's position at a KV-cache decode step).
         prompt: the sequence's ``Prompt`` when the hooks were given prompts, else None.
     """
 

@@ -315,7 +315,8 @@ def sra_sequence_(
     stats: RowStats | None = None,
     first_row: int = 0,
 ) -> list[Span]:
-    """SRA on one sequence ``[1, head, V, V]`` (no padding), in place; returns the row spans.
+    """SRA on one sequence ``[1, head, rows, keys]`` (no padding; all ``V`` rows, or a block of
+    them), in place; returns the row spans.
 
     ``pattern`` may hold a block of query rows whose first is row ``first_row`` (chunked
     attention): the rows of each span inside it are edited as in the whole pattern."""

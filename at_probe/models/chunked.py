@@ -20,6 +20,16 @@ query rows ``[s, e)`` gets ``K = past + e`` keys. ``causal_keys=False`` gives ev
 What needs the whole pattern refuses: ``run_with_cache`` (it would keep only the last block of
 each attention hook) raises ``ChunkedAttentionError``, and so does ``FlowProbe(rollout=True)``.
 
+Exactness: every real (non-padding) token's output equals the stock forward's bit for bit in
+the tests (CPU, blocks of 32 rows or more; the product with V runs over all keys in the stock
+order). Rows of left padding, which attend to nothing real, spread their weight over the keys
+of their block rather than of the pass, so their (unused) outputs differ. With
+``causal_keys=False`` on an empty cache the keys after the block are zero placeholders (masked
+for every row that may not see them), so a scores hook sees the mask's value there.
+Limits: forward hooks only on the attention's hook points (a backward hook on
+``hook_pattern`` would see the pattern padded to all keys); one forward at a time (the running
+block is process-wide state); exactness on GPUs is untested.
+
 Example:
     >>> with at_probe.chunked_attention(model, rows=512):
     ...     logits = model(tokens)                     # equal to model(tokens) without it
@@ -216,37 +226,45 @@ def _refusing_run_with_cache(*args: Any, **kwargs: Any) -> Any:
         "(run_with_hooks, FlowProbe) or run it outside at_probe.chunked_attention(model)")
 
 
-def mask_padding(mask: Tensor | None, batch: int) -> tuple[int, ...]:
+def mask_padding(mask: Tensor | None, batch: int) -> tuple[int, ...] | None:
     """Left padding per sequence from a pass's attention mask ``[batch, 1, q, k]`` (additive
-    float or boolean "may attend"); its last query row is a real token under left padding.
-
-    Raises:
-        ValueError: masked keys after real ones in the last row (right padding).
-    """
+    float or boolean "may attend"; its last query row is a real token under left padding), or
+    None where the mask does not say (none, not 4D, or not left padding: a hook then reads the
+    padding off its scores, and refuses right padding, as without chunking)."""
     if mask is None or mask.ndim < 4:
-        return (0,) * batch
+        return None
     row = mask[:, 0, -1, :]
     masked = ~row if row.dtype == torch.bool else row <= torch.finfo(row.dtype).min / 2
     offsets = masked.sum(-1)
     prefix = torch.arange(masked.shape[-1], device=masked.device)[None, :] < offsets[:, None]
     if not torch.equal(masked, prefix):
-        raise ValueError("the attention mask is not left padding (masked keys after real ones in the last "
-                         "row): pad on the left (tokenizer.padding_side = 'left')")
+        return None
     return tuple(int(o) for o in offsets.expand(batch).tolist())
 
 
 class _BlockKeys:
-    """Stands in for the KV cache inside one chunked forward: stores each block's keys and
-    values (in the real cache when there is one) and returns those the next block may see."""
+    """Stands in for the KV cache inside one chunked forward: keeps each block's keys and
+    values and returns those the next block may see (all values: ``_pad_keys``).
 
-    def __init__(self, cache: Any, causal_keys: bool, total: int) -> None:
-        self.cache, self.causal_keys, self.total = cache, causal_keys, total
+    On an empty cache (a prefill) the pass's keys and values go into one buffer, already
+    repeated for the query heads of each key-value head (GQA, as ``repeat_kv`` would), while
+    the forward's own repeat is switched off (``expanded``): repeating the growing keys in
+    every block would copy them ``T / rows`` times. The real cache gets the pass's keys once,
+    after the last block. On a cache that already holds keys each block is appended to it."""
+
+    def __init__(self, cache: Any, causal_keys: bool, past: int, total: int, groups: int) -> None:
+        self.cache, self.causal_keys, self.past, self.total, self.groups = cache, causal_keys, past, total, groups
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
         self.filled = 0
 
+    @property
+    def expanded(self) -> bool:
+        """Whether the returned keys and values are already repeated for every query head."""
+        return self.cache is None or not self.past
+
     def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        if self.cache is not None:
+        if not self.expanded:
             keys, values = self.cache.update(k, v, layer_idx, *args, **kwargs)
             pad = self.total - keys.shape[-2]
             if pad:
@@ -254,16 +272,37 @@ class _BlockKeys:
                 if not self.causal_keys:
                     keys = torch.cat([keys, keys.new_zeros(*keys.shape[:-2], pad, keys.shape[-1])], dim=-2)
             return keys, values
+        if torch.is_grad_enabled():  # autograd may save any block's keys: no shared buffer then
+            return self._differentiable(k, v, layer_idx)
         if self.keys is None:  # zeros past the filled rows: masked for every row that cannot see them
-            self.keys = k.new_zeros(*k.shape[:-2], self.total, k.shape[-1])
-            self.values = v.new_zeros(*v.shape[:-2], self.total, v.shape[-1])
+            heads = k.shape[1] * self.groups
+            self.keys = k.new_zeros(k.shape[0], heads, self.total, k.shape[-1])
+            self.values = v.new_zeros(v.shape[0], heads, self.total, v.shape[-1])
         assert self.values is not None
         n = k.shape[-2]
-        self.keys[..., self.filled : self.filled + n, :] = k
-        self.values[..., self.filled : self.filled + n, :] = v
+        self.keys[..., self.filled : self.filled + n, :] = k.repeat_interleave(self.groups, dim=1)
+        self.values[..., self.filled : self.filled + n, :] = v.repeat_interleave(self.groups, dim=1)
         self.filled += n
+        if self.cache is not None and self.filled == self.total:  # one key-value head of each group
+            self.cache.update(self.keys[:, :: self.groups].contiguous(), self.values[:, :: self.groups].contiguous(),
+                              layer_idx, *args, **kwargs)
         stop = self.filled if self.causal_keys else self.total
-        return self.keys[..., :stop, :], self.values  # all values: the pattern is padded to them (_pad_keys)
+        return self.keys[..., :stop, :], self.values
+
+    def _differentiable(self, k: Tensor, v: Tensor, layer_idx: int) -> tuple[Tensor, Tensor]:
+        """``update`` without writing into a buffer that autograd saved for an earlier block
+        (a backward pass through the blocks: attribution patching; there is no cache then)."""
+        k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
+        self.keys = k if self.keys is None else torch.cat([self.keys, k], dim=-2)
+        self.values = v if self.values is None else torch.cat([self.values, v], dim=-2)
+        self.filled = self.keys.shape[-2]
+        pad = self.total - self.filled
+        if self.cache is not None and not pad:
+            self.cache.update(self.keys[:, :: self.groups], self.values[:, :: self.groups], layer_idx)
+        zeros = lambda t: t.new_zeros(*t.shape[:-2], pad, t.shape[-1])  # noqa: E731
+        keys = self.keys if self.causal_keys or not pad else torch.cat([self.keys, zeros(self.keys)], dim=-2)
+        values = self.values if not pad else torch.cat([self.values, zeros(self.values)], dim=-2)
+        return keys, values
 
 
 def _pad_keys(module: Any, args: Any, pattern: Tensor, *, padded: list[Tensor], total: int) -> Tensor:
@@ -278,7 +317,7 @@ def _pad_keys(module: Any, args: Any, pattern: Tensor, *, padded: list[Tensor], 
     batch, heads, rows, keys = pattern.shape
     if keys >= total:
         return pattern
-    if pattern.requires_grad and torch.is_grad_enabled():  # autograd keeps each block's padded pattern
+    if torch.is_grad_enabled():  # autograd may keep each block's padded pattern: no shared buffer
         return torch.nn.functional.pad(pattern, (0, total - keys))
     if not padded:
         padded.append(pattern.new_zeros(batch, heads, rows, total))
@@ -306,10 +345,9 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
         mask = kwargs.get("attention_mask")
         cache = kwargs.get("past_key_values")
         past = _past_length(cache, getattr(attn, "_layer_idx", None))
-        padding = mask_padding(mask, int(hidden.shape[0]))
         total = past + n
-        if n <= rows:  # one block: the stock forward itself
-            _ACTIVE.append(QueryBlock(past, n, total, past, n, padding))
+        if n <= rows:  # one block: the stock forward itself (its hooks read the padding off the scores)
+            _ACTIVE.append(QueryBlock(past, n, total, past, n))
             try:
                 out, _ = stock(hidden, *rest, **kwargs)
             finally:
@@ -320,28 +358,37 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
         if mask is None:  # the stock forward's own causal mask assumes the last rows: make it explicit
             positions = torch.arange(total, device=hidden.device)
             mask = (positions[None, :] <= positions[past:, None])[None, None]
-        keys = _BlockKeys(cache, causal_keys, total)
+        padding = mask_padding(mask, int(hidden.shape[0]))  # a block's last row may be padding
+        hf_attn = attn.original_component
+        groups = int(getattr(hf_attn, "num_key_value_groups", 1))
+        keys = _BlockKeys(cache, causal_keys, past, total, groups)
         embeddings = kwargs.get("position_embeddings")
         padded: list[Tensor] = []  # one zeroed [batch, head, rows, total] buffer, made by the first block
         outputs = []
-        for s in range(0, n, rows):
-            e = min(n, s + rows)
-            block_kwargs = dict(kwargs, past_key_values=keys, attention_mask=mask[..., s:e, :])
-            if embeddings is not None:
-                block_kwargs["position_embeddings"] = tuple(p[..., s:e, :] for p in embeddings)
-            for name in ("position_ids", "cache_position"):
-                value = kwargs.get(name)
-                if isinstance(value, Tensor) and value.shape[-1] == n:
-                    block_kwargs[name] = value[..., s:e]
-            _ACTIVE.append(QueryBlock(past + s, e - s, past + e if causal_keys else total, past, n, padding))
-            # registered last, so it runs after every other hook on the pattern
-            handle = attn.hook_pattern.register_forward_hook(partial(_pad_keys, padded=padded, total=total))
-            try:
-                out, _ = stock(hidden[:, s:e], *rest, **block_kwargs)
-            finally:
-                handle.remove()
-                _ACTIVE.pop()
-            outputs.append(out)
+        if keys.expanded and groups > 1:
+            hf_attn.num_key_value_groups = 1  # the keys come repeated (_BlockKeys); restored below
+        try:
+            for s in range(0, n, rows):
+                e = min(n, s + rows)
+                block_kwargs = dict(kwargs, past_key_values=keys, attention_mask=mask[..., s:e, :])
+                if embeddings is not None:
+                    block_kwargs["position_embeddings"] = tuple(p[..., s:e, :] for p in embeddings)
+                for name in ("position_ids", "cache_position"):
+                    value = kwargs.get(name)
+                    if isinstance(value, Tensor) and value.shape[-1] == n:
+                        block_kwargs[name] = value[..., s:e]
+                _ACTIVE.append(QueryBlock(past + s, e - s, past + e if causal_keys else total, past, n, padding))
+                # registered last, so it runs after every other hook on the pattern
+                handle = attn.hook_pattern.register_forward_hook(partial(_pad_keys, padded=padded, total=total))
+                try:
+                    out, _ = stock(hidden[:, s:e], *rest, **block_kwargs)
+                finally:
+                    handle.remove()
+                    _ACTIVE.pop()
+                outputs.append(out)
+        finally:
+            if keys.expanded and groups > 1:
+                hf_attn.num_key_value_groups = groups
         return torch.cat(outputs, dim=1), None
 
     return forward

@@ -146,3 +146,29 @@ def test_one_document_spearmans_name_the_document_they_come_from():
     claim = (f"its Spearman below is {spearman('flow-sample', 'baseline')} at baseline and "
              f"{spearman('flow-sample', 'paper')} with the paper version, `figures/flow-sample/`")
     assert "`make flow` runs the built-in sample document instead" in README and claim in README
+
+
+def _longctx_1k(comparison: str, metric: str) -> dict:
+    report = json.loads((ROOT / "figures" / "longctx-smollm2" / "report.json").read_text())
+    (row,) = [r for r in report["comparisons"]
+              if (r["comparison"], r["metric"], r["lengths"]) == (comparison, metric, [1024])]
+    return row
+
+
+def _interval(row: dict, digits: int = 2) -> str:
+    fmt = lambda v: f"{v:+.{digits}f}".replace("-", "−").replace("+", "+" if v >= 0 else "")  # noqa: E731
+    mean, (lo, hi) = row["mean"], row["ci95"]
+    return f"{fmt(mean).lstrip('+')} [{fmt(lo)}, {fmt(hi)}]"
+
+
+@pytest.mark.parametrize(("claim", "comparison"), [
+    ("SRA minus the baseline: **{}**", "sra - baseline"),
+    ("The paper example minus its placebo: **{}**", "paper_example - placebo_example"),
+    ("(paper {},", "paper_example - baseline"),
+    ("placebo {}),", "placebo_example - baseline"),
+])
+def test_long_context_numbers_are_those_of_the_report(claim, comparison):
+    """docs/longctx.md quotes the complete 1,024-token cell of the committed report."""
+    row = _longctx_1k(comparison, "exact")
+    assert row["n"] == 100
+    assert claim.format(_interval(row)) in README
