@@ -50,7 +50,6 @@ import torch
 
 from at_probe.cli.args import (
     ArgumentParser,
-    existing_dir,
     existing_file,
     model_name,
     nonnegative_int,
@@ -344,17 +343,6 @@ def write_profile(fn: Callable[[], Any], path: Path, top: int = 40) -> None:
     path.write_text(buf.getvalue())
 
 
-def token_counts(text: str) -> list[int]:
-    """``--long-context``: distinct positive token counts, comma-separated."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1 or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of distinct positive token counts")
-    return values
-
-
 def build_model(name: str, device: str | None) -> Any:
     """``random-llama-7b`` (llama-7b's shape, random bf16 weights on a GPU), else ``load_model``."""
     if name == "random-llama-7b":
@@ -390,31 +378,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="held-out 800-bucket documents in the bridge vs HF generation batch (0 skips)")
     p.add_argument("--profile", type=output_file, default=None,
                    help="write a cProfile of bridge generation here")
-    p.add_argument("--long-context", type=token_counts, default=None, metavar="T1,T2,...",
-                   help="the chunked-attention budgets at these prompt lengths instead "
-                        "(at_probe.cli.bench_context: vs an HF SDPA forward, time here, memory in fresh processes)")
-    p.add_argument("--attention-rows", type=positive_int, default=512,
-                   help="with --long-context: query rows per attention block (default 512)")
-    p.add_argument("--stock-up-to", type=nonnegative_int, default=4096,
-                   help="with --long-context: also time the stock (unchunked) bridge up to this length (default 4096)")
-    p.add_argument("--data", type=existing_dir, default=REPO.parent / "shared" / "data" / "xsum-at-release",
-                   help="with --long-context: the XSum release, whose development documents give the tokens")
+    from at_probe.cli import bench_context
+
+    bench_context.add_arguments(p, REPO.parent / "shared" / "data" / "xsum-at-release")
     p.add_argument("--json", type=output_file, default=None)
     args = p.parse_args(argv)
     given = p.given(argv)
     if args.long_context:
-        p.refuse(given, ("--decode-only", "--memory-only", "--tokens", "--xsum", "--profile"),
-                 "is not used with --long-context")
-        from at_probe.cli import bench_context
-
-        torch.manual_seed(0)
-        try:
-            results = bench_context.run(args.model, args.long_context, args.attention_rows, args.data, args.device,
-                                        args.repeats, args.stock_up_to)
-        except (FileNotFoundError, ValueError, OSError, TypeError) as err:
-            print(f"{prog('bench.py')}: error: {err}", file=sys.stderr)
-            return 2
-        return finish(results, args.json)
+        return bench_context.main(p, args, given, finish)
     for flag in ("--attention-rows", "--stock-up-to", "--data"):
         if flag in given:
             p.error(f"argument {flag}: needs --long-context")

@@ -17,6 +17,7 @@ time; the probe at most 1.15x the chunked forward.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -156,3 +157,46 @@ def run(model_name: str, lengths: list[int], rows: int, data: Path, device: str 
               f"{m['chunked_over_sdpa']['added']:.2f}x" + (f", stock {m['stock_over_sdpa']['added']:.2f}x"
                                                             if "stock_over_sdpa" in m else ""), flush=True)
     return results
+
+
+def token_counts(text: str) -> list[int]:
+    """``--long-context``: distinct positive token counts, comma-separated."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of distinct positive token counts")
+    return values
+
+
+
+def add_arguments(p: Any, data: Path) -> None:
+    """``bench.py``'s ``--long-context`` flags."""
+    from at_probe.cli.args import existing_dir, nonnegative_int, positive_int
+
+    p.add_argument("--long-context", type=token_counts, default=None, metavar="T1,T2,...",
+                   help="the chunked-attention budgets at these prompt lengths instead "
+                        "(at_probe.cli.bench_context: vs an HF SDPA forward, time here, memory in fresh processes)")
+    p.add_argument("--attention-rows", type=positive_int, default=512,
+                   help="with --long-context: query rows per attention block (default 512)")
+    p.add_argument("--stock-up-to", type=nonnegative_int, default=4096,
+                   help="with --long-context: also time the stock (unchunked) bridge up to this length (default 4096)")
+    p.add_argument("--data", type=existing_dir, default=data,
+                   help="with --long-context: the XSum release, whose development documents give the tokens")
+
+
+def main(p: Any, args: argparse.Namespace, given: frozenset[str], finish: Callable[..., int]) -> int:
+    """``bench.py --long-context``: run every length, write ``--json``; exit 2 on a bad input."""
+    from at_probe.cli.args import prog
+
+    p.refuse(given, ("--decode-only", "--memory-only", "--tokens", "--xsum", "--profile"),
+             "is not used with --long-context")
+    torch.manual_seed(0)
+    try:
+        results = run(args.model, args.long_context, args.attention_rows, args.data, args.device,
+                      args.repeats, args.stock_up_to)
+    except (FileNotFoundError, ValueError, OSError, TypeError) as err:
+        print(f"{prog('bench.py')}: error: {err}", file=sys.stderr)
+        return 2
+    return finish(results, args.json)
