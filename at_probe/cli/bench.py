@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     given = p.given(argv)
     if args.long_context:
-        return bench_context.main(p, args, given, finish)
+        return bench_context.run_long_context(p, args, given, finish)
     for flag in ("--attention-rows", "--stock-up-to", "--data"):
         if flag in given:
             p.error(f"argument {flag}: needs --long-context")

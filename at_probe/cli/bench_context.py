@@ -186,7 +186,7 @@ def add_arguments(p: Any, data: Path) -> None:
                    help="with --long-context: the XSum release, whose development documents give the tokens")
 
 
-def main(p: Any, args: argparse.Namespace, given: frozenset[str], finish: Callable[..., int]) -> int:
+def run_long_context(p: Any, args: argparse.Namespace, given: frozenset[str], finish: Callable[..., int]) -> int:
     """``bench.py --long-context``: run every length, write ``--json``; exit 2 on a bad input."""
     from at_probe.cli.args import prog
 

@@ -15,7 +15,7 @@ secondary run pair their shared passkey prompts; ``at_probe.longctx.report``) an
 The experiment's design and the answer in words: docs/longctx.md.
 
 Usage:
-    python analyses/longctx_report.py figures/longctx-smollm2/primary figures/longctx-smollm2/secondary \\
+    python analyses/longctx_report.py figures/longctx-smollm2/primary SECONDARY_RUN \\
         --out figures/longctx-smollm2
 """
 

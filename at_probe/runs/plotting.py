@@ -356,9 +356,9 @@ def longctx_accuracy(df: pd.DataFrame) -> Figure:
     fig, axes = _panels([len(conditions)] * len(tasks), 2.4, 2.4, max_cols=len(conditions))
     from matplotlib.colors import Normalize
 
-    norm = Normalize(0.0, 1.0)
-    mesh = None
+    norm = Normalize(0.0, 1.0)  # one scale for every panel; a colour bar per task's row
     for task, task_axes in zip(tasks, axes):
+        mesh = None
         for ax, cond in zip(task_axes, conditions):
             part = df[(df.task == task) & (df.condition == cond)]
             if part.empty:
@@ -368,9 +368,8 @@ def longctx_accuracy(df: pd.DataFrame) -> Figure:
             mesh = _heatmap(ax, grid, norm, SEQUENTIAL, fontsize=7)
             ax.set_title(f"{task}: {cond}", fontsize=8)
             ax.set(xlabel="prompt tokens", ylabel="needle depth")
-    if mesh is not None:
-        fig.colorbar(mesh, ax=[a for row in axes for a in row if a.get_visible()], label="exact-match rate",
-                     shrink=0.6)
+        if mesh is not None:
+            mesh.axes.figure.colorbar(mesh, ax=[a for a in task_axes if a.get_visible()], label="exact-match rate")
     fig.suptitle("Retrieval accuracy by needle depth and prompt length")
     return fig
 
@@ -381,8 +380,8 @@ def longctx_needle(df: pd.DataFrame) -> Figure:
     bottom row value-weighted flow. ``df``: condition, length, layer, needle_mass, needle_flow."""
     plt, sns = _plt()
     lengths = sorted(df["length"].unique())
-    fig, axes = plt.subplots(2, len(lengths), squeeze=False, sharex=True, sharey="row", layout="constrained",
-                             figsize=(3.4 * len(lengths) + 1.0, 5.6))
+    fig, axes = plt.subplots(2, len(lengths), squeeze=False, sharey="row", layout="constrained",
+                             figsize=(3.4 * len(lengths) + 1.0, 6.2))
     for j, length in enumerate(lengths):
         part = df[df.length == length]
         for i, (column, unit) in enumerate((("needle_mass", "attention mass"),

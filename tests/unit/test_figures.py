@@ -92,7 +92,18 @@ def _frames() -> dict[str, pd.DataFrame]:
     agreement = [{"doc_id": d, "band": b, "region": r,
                   "exact": rng.normal(0, 0.1), "estimate": rng.normal(0, 0.1)}
                  for d in range(3) for b in ("0-9", "10-19") for r in REGIONS]
+    long_pairs = [_forest(rng, comparison=c, metric=m, bucket=b)
+                  for c in ("sra - baseline", "paper_example - placebo_example")
+                  for m in ("exact", "logprob") for b in ("all", "1024", "2048")]
+    accuracy = [{"task": t, "condition": c, "length": n, "depth": d, "accuracy": rng.random()}
+                for t in ("passkey", "kv") for c in ("baseline", "sra") for n in (1024, 2048)
+                for d in (0.1, 0.5, 0.9)]
+    needle = [{"condition": c, "length": n, "layer": l, "needle_mass": rng.random(), "needle_flow": rng.random()}
+              for c in ("baseline", "sra") for n in (1024, 2048) for l in range(30)]
     return {
+        "longctx_paired": _csv(long_pairs),
+        "longctx_accuracy": _csv(accuracy),
+        "longctx_needle": _csv(needle),
         "attribution_agreement": _csv(agreement),
         "setting_gains": _csv(gains),
         "xsum_paired": _csv(paired),
