@@ -18,6 +18,8 @@ gain settings (the records already there stay). Work goes prompt by prompt (ever
 a prompt before the next prompt), so a run stopped early holds paired records.
 ``--attention-rows`` (default 256) runs attention over blocks of query rows
 (``at_probe.models.chunked``: the same numbers, less memory and time at long context).
+``--paired-with DIR`` (repeatable) skips the (prompt, setting) pairs another run directory
+already holds: the report pools the runs, so its records pair with this run's.
 ``--check N`` recomputes the first N prompts' records of ``--out`` and compares them with the
 committed ones (exit 1 on a difference).
 
@@ -103,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="an alternatives_select.py selection.json: the profiles emphasis and calibration need")
     p.add_argument("--attention-rows", type=positive_int, default=DEFAULT_ROWS,
                    help=f"query rows per attention block (default {DEFAULT_ROWS})")
+    p.add_argument("--paired-with", type=existing_dir, action="append", default=[], metavar="DIR",
+                   help="another run directory whose (prompt, setting) records are not scored again (repeatable)")
     p.add_argument("--check", type=positive_int, default=None, metavar="N",
                    help="recompute the first N prompts' records of --out and compare (nothing is written)")
     p.add_argument("--device", type=torch_device, default=None)
@@ -116,7 +120,20 @@ def _config(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any
     return {"model": args.model, "data_sha256": data, "tasks": args.tasks, "lengths": args.lengths,
             "depths": args.depths, "prompts": args.prompts, "settings": list(settings),
             **({"profiles_sha256": file_sha256(args.profiles)} if args.profiles else {}),
-            "attention_rows": args.attention_rows, "at_probe_version": at_probe.__version__}
+            "attention_rows": args.attention_rows, "at_probe_version": at_probe.__version__,
+            **({"paired_with": [str(d) for d in args.paired_with]} if args.paired_with else {})}
+
+
+def _scored_elsewhere(runs: list[Path]) -> set[tuple[str, str]]:
+    """(prompt id, setting) pairs held by the ``--paired-with`` run directories.
+
+    Raises:
+        UsageError: a directory holds no records.jsonl.
+    """
+    missing = [str(run) for run in runs if not (run / "records.jsonl").is_file()]
+    if missing:
+        raise UsageError(f"argument --paired-with: {missing[0]} holds no records.jsonl")
+    return {(r["doc_id"], r["setting"]) for run in runs for r in read_jsonl(run / "records.jsonl")}
 
 
 def check(args: argparse.Namespace, specs: list[dict[str, Any]], profiles: dict[str, Any] | None) -> int:
@@ -169,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         documents = development_documents(args.data)
         specs = plan_specs(tokenizer, documents, args.tasks, args.lengths, args.depths, args.prompts)
         config = _config(args, settings)
+        elsewhere = _scored_elsewhere(args.paired_with)
     except (SettingError, UsageError, FileNotFoundError, ValueError, OSError) as err:
         print(f"{prog('longctx.py')}: error: {err}", file=sys.stderr)
         return 2
@@ -180,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             sink = RecordSink(args.out / "records.jsonl")
             position = {s["id"]: i for i, s in enumerate(specs)}
             plan = sorted(plan_units(list(settings), specs, 1), key=lambda u: position[u.doc_ids[0]])
-            units = sink.pending(plan)
-            print(f"{len(specs)} prompts x {len(settings)} settings: {len(sink.done)} done, {len(units)} to go")
+            pending = sink.pending(plan)
+            units = [u for u in pending if (u.doc_ids[0], u.setting) not in elsewhere]
+            print(f"{len(specs)} prompts x {len(settings)} settings: {len(sink.done)} done"
+                  + (f", {len(pending) - len(units)} in --paired-with runs" if elsewhere else "") + f", {len(units)} to go")
             factory = LongctxWorkerFactory(args.model, args.device, ";".join(settings), profiles, args.attention_rows)
             with tqdm(total=len(units), desc="longctx", unit="prompt") as bar:
                 run_units(units, factory, sink.write,

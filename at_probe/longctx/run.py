@@ -18,10 +18,12 @@ from at_probe.longctx.tasks import build, make_spec
 
 def plan_specs(tokenizer: Any, documents: Sequence[str], tasks: Sequence[str], lengths: Sequence[int],
                depths: Sequence[float], prompts: int) -> list[dict[str, Any]]:
-    """``prompts`` specs per (task, length): prompt ``i`` at depth ``depths[i % len(depths)]``,
-    task-major, then length, then index (the order units run in)."""
+    """``prompts`` specs per (task, length): prompt ``i`` at depth ``depths[i % len(depths)]``.
+
+    Length-major, then index, then task (the order units run in): a run stopped early holds the
+    shorter, cheaper cells complete and every task's cell of a length equally far along."""
     return [make_spec(tokenizer, documents, task, length=length, depth=depths[i % len(depths)], index=i)
-            for task in tasks for length in lengths for i in range(prompts)]
+            for length in lengths for i in range(prompts) for task in tasks]
 
 
 def record_of(spec: dict[str, Any], setting: str, scores: dict[str, Any]) -> dict[str, Any]:

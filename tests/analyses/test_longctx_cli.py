@@ -59,9 +59,21 @@ def test_check_recomputes_the_committed_records(tmp_path, capsys):
     assert "differs in logprob" in capsys.readouterr().out
 
 
+def test_paired_with_skips_what_another_run_holds(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert longctx.main(_args(first, "baseline")) == 0
+    capsys.readouterr()
+    assert longctx.main(_args(second, "baseline;temperature:tau=1.5,layers=4-7", "--paired-with", str(first))) == 0
+    assert "4 in --paired-with runs, 4 to go" in capsys.readouterr().out
+    assert {r["setting"] for r in _records(second)} == {"temperature:layers=4-7,tau=1.5"}
+    assert len(_records(second)) == 4
+    assert json.loads((second / "manifest.json").read_text())["paired_with"] == [str(first)]
+
+
 @pytest.mark.parametrize("flag,value,message", [
     ("--tasks", "passkey,nope", "--tasks"), ("--lengths", "512,x", "--lengths"), ("--depths", "0.5,1.5", "--depths"),
     ("--settings", "paper:alpha=-1", "alpha"), ("--prompts", "0", "--prompts"), ("--attention-rows", "0", "--attention-rows"),
+    ("--paired-with", ".", "--paired-with"),  # a directory without records.jsonl
 ])
 def test_bad_flags_exit_2_naming_them(tmp_path, capsys, flag, value, message):
     args = _args(tmp_path / "run")

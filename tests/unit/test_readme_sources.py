@@ -148,27 +148,43 @@ def test_one_document_spearmans_name_the_document_they_come_from():
     assert "`make flow` runs the built-in sample document instead" in README and claim in README
 
 
-def _longctx_1k(comparison: str, metric: str) -> dict:
-    report = json.loads((ROOT / "figures" / "longctx-smollm2" / "report.json").read_text())
-    (row,) = [r for r in report["comparisons"]
-              if (r["comparison"], r["metric"], r["lengths"]) == (comparison, metric, [1024])]
+def _longctx_report() -> dict:
+    return json.loads((ROOT / "figures" / "longctx-smollm2" / "report.json").read_text())
+
+
+def _longctx_row(comparison: str, metric: str, lengths: list[int]) -> dict:
+    (row,) = [r for r in _longctx_report()["comparisons"]
+              if (r["comparison"], r["metric"], r["lengths"]) == (comparison, metric, lengths)]
     return row
 
 
-def _interval(row: dict, digits: int = 2) -> str:
+def _interval(mean: float, lo: float, hi: float, digits: int = 2) -> str:
     fmt = lambda v: f"{v:+.{digits}f}".replace("-", "−").replace("+", "+" if v >= 0 else "")  # noqa: E731
-    mean, (lo, hi) = row["mean"], row["ci95"]
     return f"{fmt(mean).lstrip('+')} [{fmt(lo)}, {fmt(hi)}]"
 
 
 @pytest.mark.parametrize(("claim", "comparison"), [
-    ("SRA minus the baseline: **{}**", "sra - baseline"),
-    ("The paper example minus its placebo: **{}**", "paper_example - placebo_example"),
-    ("(paper {},", "paper_example - baseline"),
-    ("placebo {}),", "placebo_example - baseline"),
+    ("SRA's worked example minus the baseline, pooled: **{}** exact match", "sra - baseline"),
+    ("The paper example minus its placebo, pooled: **+{}**", "paper_example - placebo_example"),
+    ("SRA minus the baseline **{}** exact match", "sra - baseline"),  # README
+    ("the paper version minus its placebo **+{}** (no", "paper_example - placebo_example"),
 ])
-def test_long_context_numbers_are_those_of_the_report(claim, comparison):
-    """docs/longctx.md quotes the complete 1,024-token cell of the committed report."""
-    row = _longctx_1k(comparison, "exact")
+def test_long_context_primary_answers_are_those_of_the_report(claim, comparison):
+    """docs/longctx.md quotes the committed report's primary comparisons (97.5% intervals)."""
+    (row,) = [r for r in _longctx_report()["primary"] if r["comparison"] == comparison]
+    assert row["complete"] and row["n"] == 300
+    assert claim.format(_interval(row["mean"], *row["ci97_5"])) in README
+
+
+@pytest.mark.parametrize(("claim", "comparison", "length"), [
+    ("SRA minus the baseline: 1k {}", "sra - baseline", 1024),
+    (", 2k {}", "sra - baseline", 2048),
+    ("its placebo: 1k {}", "paper_example - placebo_example", 1024),
+    ("4k {};", "paper_example - placebo_example", 4096),
+    ("the paper example {} and", "paper_example - baseline", 1024),
+])
+def test_long_context_numbers_are_those_of_the_report(claim, comparison, length):
+    """docs/longctx.md quotes the committed report's per-length cells (95% intervals)."""
+    row = _longctx_row(comparison, "exact", [length])
     assert row["n"] == 100
-    assert claim.format(_interval(row)) in README
+    assert claim.format(_interval(row["mean"], *row["ci95"])) in README
