@@ -120,20 +120,48 @@ def _config(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any
     return {"model": args.model, "data_sha256": data, "tasks": args.tasks, "lengths": args.lengths,
             "depths": args.depths, "prompts": args.prompts, "settings": list(settings),
             **({"profiles_sha256": file_sha256(args.profiles)} if args.profiles else {}),
-            "attention_rows": args.attention_rows, "at_probe_version": at_probe.__version__,
-            **({"paired_with": [str(d) for d in args.paired_with]} if args.paired_with else {})}
+            "attention_rows": args.attention_rows, "at_probe_version": at_probe.__version__}
+
+
+_SAME_RECORDS = ("model", "data_sha256")
+"""Manifest keys a ``--paired-with`` run must share with this one for its records to pair."""
+
+
+def _paired_with(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
+    """The ``--paired-with`` directories as the run's manifest records them.
+
+    The run's records depend on them (the pairs they hold are not scored here), so a run made
+    with them resumes only with the same directories (however spelled), and one made without
+    them only without.
+
+    Raises:
+        UsageError: a directory holds no run (manifest and records) of the same model, data and
+            profiles, or a resumed run was made with other directories.
+    """
+    import json
+
+    given = [str(d) for d in args.paired_with]
+    for run in args.paired_with:
+        if not (run / "records.jsonl").is_file() or not (run / "manifest.json").is_file():
+            raise UsageError(f"argument --paired-with: {run} holds no run (manifest.json and records.jsonl)")
+        theirs = json.loads((run / "manifest.json").read_text())
+        keys = [*_SAME_RECORDS, *(["profiles_sha256"] if "profiles_sha256" in theirs else [])]
+        differ = [k for k in keys if k in config and theirs.get(k) != config[k]]
+        if differ:
+            raise UsageError(f"argument --paired-with: {run} is a run of another {', '.join(differ)}")
+    manifest = args.out / "manifest.json"
+    if not manifest.is_file():
+        return given
+    recorded = json.loads(manifest.read_text()).get("paired_with", [])
+    if {Path(p).resolve() for p in recorded} != {d.resolve() for d in args.paired_with}:
+        raise UsageError(f"argument --paired-with: {args.out} was run with "
+                         f"{' '.join(recorded) if recorded else 'none'}; give the same")
+    return recorded
 
 
 def _scored_elsewhere(runs: list[Path]) -> set[tuple[str, str]]:
-    """(prompt id, setting) pairs held by the ``--paired-with`` run directories.
-
-    Raises:
-        UsageError: a directory holds no records.jsonl.
-    """
-    missing = [str(run) for run in runs if not (run / "records.jsonl").is_file()]
-    if missing:
-        raise UsageError(f"argument --paired-with: {missing[0]} holds no records.jsonl")
-    return {(r["doc_id"], r["setting"]) for run in runs for r in read_jsonl(run / "records.jsonl")}
+    """(prompt id, setting) pairs held by the ``--paired-with`` run directories."""
+    return {(r.get("doc_id"), r.get("setting")) for run in runs for r in read_jsonl(run / "records.jsonl")}
 
 
 def check(args: argparse.Namespace, specs: list[dict[str, Any]], profiles: dict[str, Any] | None) -> int:
@@ -186,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         documents = development_documents(args.data)
         specs = plan_specs(tokenizer, documents, args.tasks, args.lengths, args.depths, args.prompts)
         config = _config(args, settings)
+        paired_with = _paired_with(args, config)
+        config.update({"paired_with": paired_with} if paired_with else {})
         elsewhere = _scored_elsewhere(args.paired_with)
     except (SettingError, UsageError, FileNotFoundError, ValueError, OSError) as err:
         print(f"{prog('longctx.py')}: error: {err}", file=sys.stderr)

@@ -160,16 +160,34 @@ def attention_distance(pattern: Tensor) -> Tensor:
     return (q - (rows @ k) / total).mean(-1)
 
 
-def value_norms(values: Tensor, w_o: Tensor) -> Float[Tensor, "head key_pos"]:
+def output_gram(w_o: Tensor) -> Float[Tensor, "head d_head d_head"]:
+    """``W_O^h (W_O^h)^T`` per head, from ``w_o`` ``[head, d_head, d_model]``: ``||v W_O^h||^2 =
+    v^T G_h v``, so ``value_norms`` costs ``d_head^2`` per key and head instead of
+    ``d_head * d_model`` (the probe computes it for every key of every layer)."""
+    w = w_o.float()
+    return w @ w.transpose(-1, -2)
+
+
+def value_norms(values: Tensor, w_o: Tensor | None = None, *, gram: Tensor | None = None
+                ) -> Float[Tensor, "head key_pos"]:
     """``||v_j W_O^h||`` for each query head ``h`` and key ``j`` (Kobayashi et al. 2020).
 
-    ``values`` is one sequence's ``[T, kv_head, d_head]``; ``w_o`` is ``[head, d_head, d_model]``.
-    Query head ``h`` reads key-value head ``h // (head / kv_head)`` (grouped-query attention).
+    ``values`` is one sequence's ``[T, kv_head, d_head]``; give ``w_o`` ``[head, d_head, d_model]``
+    or its ``gram = output_gram(w_o)`` (computed once per layer by a caller that calls this per
+    block of keys). Query head ``h`` reads key-value head ``h // (head / kv_head)`` (grouped-query
+    attention).
+
+    Raises:
+        ValueError: neither or both of ``w_o`` and ``gram``.
     """
-    n_heads, n_kv = w_o.shape[0], values.shape[1]
+    if (w_o is None) == (gram is None):
+        raise ValueError("value_norms takes w_o or gram, exactly one")
+    gram = output_gram(w_o) if gram is None else gram
+    n_heads, n_kv = gram.shape[0], values.shape[1]
     kv_of_head = torch.arange(n_heads, device=values.device) // (n_heads // n_kv)
     per_head = values.float()[:, kv_of_head, :]  # [T, head, d_head]
-    return torch.einsum("thd,hdm->htm", per_head, w_o.float().to(values.device)).norm(dim=-1)
+    projected = torch.einsum("thd,hde->the", per_head, gram.float().to(values.device))
+    return (projected * per_head).sum(-1).clamp(min=0).sqrt().T
 
 
 def with_residual(mean_pattern: Square) -> Square:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 _PER_HEAD = ("sink_mass", "entropy", "distance")
 _SAVED = ("region_bounds", "region_mass", "final_token_profile", *_PER_HEAD, "rollout", "final_token_value_profile")
 _TINY = torch.finfo(torch.float32).tiny
-_ENTROPY_BLOCK = 256  # rows per block: skips most of the causal zeros, keeps the temporary small
+_ENTROPY_BLOCK = 64  # rows per sub-block: skips most causal zeros; the entropy's passes stay in cache
 _MAPS_NEED = ("rollout keeps head-averaged [L, T, T] maps, whole patterns that chunked attention never forms "
               "(each hook holds a block of query rows)")
 
@@ -200,6 +200,7 @@ class FlowProbe:
         self.n_layers, self.n_heads, self.regions = n_layers, n_heads, regions
         self.document = None if document is None else (int(document[0]), int(document[1]))
         self.rollout, self.keep_maps, self.w_o = rollout, keep_maps, w_o
+        self._grams = None if w_o is None else [ops.output_gram(w) for w in w_o]
         self.reset()
 
     @classmethod
@@ -231,6 +232,7 @@ class FlowProbe:
         self._sums: dict[str, Tensor] = {}
         self._norms: Tensor | None = None
         self._scratch: Tensor | None = None
+        self._columns: tuple[Tensor, Tensor] | None = None
 
     def hooks(self) -> list[tuple[str, Any]]:
         """``(hook_name, fn)`` pairs for every layer's attention pattern (and values, if weighted)."""
@@ -289,8 +291,8 @@ class FlowProbe:
 
     def _start_layer(self, layer: int, t: int) -> None:
         """A layer's first rows: start a new capture, or check that this layer continues it."""
-        if len(self._layers) == self.n_layers:
-            self._new_capture()  # the previous pass is complete: this one replaces it
+        if len(self._layers) == self.n_layers or (not self._layers and self._open is None):
+            self._new_capture()  # the previous pass is complete (or never began a layer): this one replaces it
         elif self._open is not None or (self._layers and (layer != max(self._layers) + 1 or t != self._length)):
             done = sorted(self._layers)
             self._refuse(
@@ -313,29 +315,37 @@ class FlowProbe:
         """Add one block of query rows ``[head, rows, keys]`` (rows ``start ..``) to the layer's
         sums: a few batched operations over all heads, in sub-blocks of ``_ENTROPY_BLOCK``
         rows that read only the keys up to each sub-block's last row (a causal pattern's
-        other keys are zero)."""
-        assert self._bounds is not None
-        bounds = self._bounds.to(heads.device)
-        t = self._length
-        assign = ops._assignment(bounds, t)  # [T, region]
-        columns = torch.cat((assign, torch.arange(t, device=heads.device, dtype=torch.float32)[:, None]), dim=1)
-        if values is not None and self.w_o is not None and self._norms is not None:
-            norms = ops.value_norms(values, self.w_o[layer])  # [head, rows]
+        other keys are zero). Row 0 can only attend to itself: it is left out of the per-row
+        means."""
+        assign, columns = self._region_columns(heads.device)
+        if values is not None and self._grams is not None and self._norms is not None:
+            norms = ops.value_norms(values, gram=self._grams[layer])  # [head, rows]
             self._norms[:, start : start + norms.shape[1]] = norms.float().cpu()
         sums = self._sums
         for r0 in range(0, heads.shape[1], _ENTROPY_BLOCK):
-            keys = min(heads.shape[2], start + r0 + _ENTROPY_BLOCK)
+            first = start + r0
+            keys = min(heads.shape[2], first + _ENTROPY_BLOCK)
             p = heads[:, r0 : r0 + _ENTROPY_BLOCK, :keys].float()  # [head, rows, keys]
-            out = p @ columns[:keys]
-            key_mass = out[..., :-1]
-            q = torch.arange(start + r0, start + r0 + p.shape[1], device=p.device, dtype=torch.float32)
-            real = q >= 1  # row 0 can only attend to itself: left out of the per-row means
-            mean_key = out[..., -1] / key_mass.sum(-1).clamp(min=1e-30)
-            entropy = self._row_entropy(p)
-            sums["region_mass"] += torch.einsum("qf,hqr->hfr", assign[q.long()], key_mass).cpu()
-            sums["sink_mass"] += key_mass[:, real, 0].sum(-1).cpu()
-            sums["distance"] += (q[real] - mean_key[:, real]).sum(-1).cpu()
-            sums["entropy"] += entropy[:, real].sum(-1).cpu()
+            rows = slice(1 if first == 0 else 0, None)  # the real rows of this sub-block
+            q = torch.arange(first, first + p.shape[1], device=p.device, dtype=torch.float32)[rows]
+            out = p @ columns[:keys]  # [head, rows, region + 1]
+            sums["region_mass"] += torch.einsum("qf,hqr->hfr", assign[first : first + p.shape[1]], out[..., :-1]).cpu()
+            key_mass = out[:, rows, :-1]
+            mean_key = out[:, rows, -1] / key_mass.sum(-1).clamp(min=1e-30)
+            sums["sink_mass"] += key_mass[..., 0].sum(-1).cpu()
+            sums["distance"] += (q - mean_key).sum(-1).cpu()
+            sums["entropy"] += self._row_entropy(p[:, rows]).sum(-1).cpu()
+
+    def _region_columns(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The capture's ``[T, region]`` key assignment and, for the matmul of each block,
+        ``[T, region + 1]`` columns: the assignment and each key's position (made once per
+        capture, not per block)."""
+        if self._columns is None or self._columns[0].device != device:
+            assert self._bounds is not None
+            assign = ops._assignment(self._bounds.to(device), self._length)
+            positions = torch.arange(self._length, device=device, dtype=torch.float32)[:, None]
+            self._columns = (assign, torch.cat((assign, positions), dim=1))
+        return self._columns
 
     def _row_entropy(self, p: Tensor) -> Tensor:
         """``ops.row_entropy``'s per-row entropy of ``p`` ``[head, rows, keys]``, in two scratch

@@ -68,6 +68,11 @@ def test_paired_with_skips_what_another_run_holds(tmp_path, capsys):
     assert {r["setting"] for r in _records(second)} == {"temperature:layers=4-7,tau=1.5"}
     assert len(_records(second)) == 4
     assert json.loads((second / "manifest.json").read_text())["paired_with"] == [str(first)]
+    assert longctx.main(_args(second, "baseline;temperature:tau=1.5,layers=4-7")) == 2  # would score them twice
+    assert "argument --paired-with" in capsys.readouterr().err
+    spelled = str(first / ".." / "first")
+    assert longctx.main(_args(second, "baseline;temperature:tau=1.5,layers=4-7", "--paired-with", spelled)) == 0
+    assert "0 to go" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flag,value,message", [

@@ -97,6 +97,21 @@ def test_a_second_pass_replaces_the_first_capture(tiny_model, tokens):
     _assert_same_result(reused.result(), fresh.result())
 
 
+def test_a_pass_that_failed_in_its_first_layer_leaves_nothing_behind(tiny_model, tokens):
+    """A pass whose first pattern raised (here: its values were not hooked) captured no layer:
+    the next pass, longer, starts afresh (its own regions), equal to a fresh probe's."""
+    failed, fresh = _probe(tiny_model), _probe(tiny_model)
+    patterns_only = [(name, fn) for name, fn in failed.hooks() if "hook_pattern" in name]
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="without the values"):
+            tiny_model.run_with_hooks(tokens[:, :100], fwd_hooks=patterns_only)
+        with failed.attached(tiny_model):
+            tiny_model(tokens[:, :300])
+        with fresh.attached(tiny_model):
+            tiny_model(tokens[:, :300])
+    _assert_same_result(failed.result(), fresh.result())
+
+
 def test_a_pass_mixing_with_a_partial_capture_raises(tiny_model, tokens):
     """A pattern that would join a partial capture raises, and result() raises until reset()."""
     probe, prompt = _probe(tiny_model), tokens[:, :80]

@@ -74,6 +74,9 @@ def test_value_norms_follow_grouped_query_heads():
     norms = ops.value_norms(values, w_o)
     expected = torch.stack([(values[:, h // 2, :] @ w_o[h]).norm(dim=-1) for h in range(4)])
     torch.testing.assert_close(norms, expected)
+    torch.testing.assert_close(ops.value_norms(values, gram=ops.output_gram(w_o)), expected)
+    with pytest.raises(ValueError, match="exactly one"):
+        ops.value_norms(values)
 
 
 def _causal_rows(early_sums: dict[tuple[str, str, int], float]) -> pd.DataFrame:

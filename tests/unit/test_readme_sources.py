@@ -167,7 +167,7 @@ def _interval(mean: float, lo: float, hi: float, digits: int = 2) -> str:
     ("SRA's worked example minus the baseline, pooled: **{}** exact match", "sra - baseline"),
     ("The paper example minus its placebo, pooled: **+{}**", "paper_example - placebo_example"),
     ("SRA minus the baseline **{}** exact match", "sra - baseline"),  # README
-    ("the paper version minus its placebo **+{}** (no", "paper_example - placebo_example"),
+    ("the paper's example minus its placebo **+{}** (no", "paper_example - placebo_example"),
 ])
 def test_long_context_primary_answers_are_those_of_the_report(claim, comparison):
     """docs/longctx.md quotes the committed report's primary comparisons (97.5% intervals)."""
@@ -188,3 +188,15 @@ def test_long_context_numbers_are_those_of_the_report(claim, comparison, length)
     row = _longctx_row(comparison, "exact", [length])
     assert row["n"] == 100
     assert claim.format(_interval(row["mean"], *row["ci95"])) in README
+
+
+@pytest.mark.parametrize("length", ["2048", "4096", "8192"])
+def test_long_context_costs_are_those_of_the_bench(length):
+    """docs/longctx.md's cost table quotes figures/bench-cpu/long_context.json."""
+    bench = json.loads((ROOT / "figures" / "bench-cpu" / "long_context.json").read_text())["lengths"][length]
+    ratio = lambda key: f"{bench['time'][key]['ratio_median']:.2f}x"  # noqa: E731
+    memory = f"{bench['memory_ratios']['chunked_probe_over_sdpa']['added']:.2f}x"
+    cells = [ratio("chunked_probe_over_sdpa"), ratio("chunked_over_sdpa"), ratio("probe_over_chunked")]
+    row = f"| {int(length):,} | " + " | ".join(f"**{c}**" if length == "8192" and i != 1 else c
+                                                for i, c in enumerate(cells))
+    assert row in README and memory in README
