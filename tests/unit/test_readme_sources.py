@@ -200,3 +200,11 @@ def test_long_context_costs_are_those_of_the_bench(length):
     row = f"| {int(length):,} | " + " | ".join(f"**{c}**" if length == "8192" and i != 1 else c
                                                 for i, c in enumerate(cells))
     assert row in README and memory in README
+
+
+def test_long_context_costs_with_64_rows_are_those_of_the_bench():
+    bench = json.loads((ROOT / "figures/bench-cpu/long_context_8192_rows64.json").read_text())["lengths"]["8192"]
+    ratios = [f"{bench['time'][k]['ratio_median']:.2f}x"
+              for k in ("chunked_probe_over_sdpa", "chunked_over_sdpa", "probe_over_chunked")]
+    memory = f"{bench['memory_ratios']['chunked_probe_over_sdpa']['added']:.2f}x"
+    assert f"{', '.join(ratios)}, added memory {memory}" in README
