@@ -331,10 +331,10 @@ class FlowProbe:
             out = p @ columns[:keys]  # [head, rows, region + 1]
             sums["region_mass"] += torch.einsum("qf,hqr->hfr", assign[first : first + p.shape[1]], out[..., :-1]).cpu()
             key_mass = out[:, rows, :-1]
-            mean_key = out[:, rows, -1] / key_mass.sum(-1).clamp(min=1e-30)
+            total = key_mass.sum(-1).clamp(min=1e-30)  # each row's mass
             sums["sink_mass"] += key_mass[..., 0].sum(-1).cpu()
-            sums["distance"] += (q - mean_key).sum(-1).cpu()
-            sums["entropy"] += self._row_entropy(p[:, rows]).sum(-1).cpu()
+            sums["distance"] += (q - out[:, rows, -1] / total).sum(-1).cpu()
+            sums["entropy"] += self._row_entropy(p[:, rows], total).sum(-1).cpu()
 
     def _region_columns(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """The capture's ``[T, region]`` key assignment and, for the matmul of each block,
@@ -347,8 +347,9 @@ class FlowProbe:
             self._columns = (assign, torch.cat((assign, positions), dim=1))
         return self._columns
 
-    def _row_entropy(self, p: Tensor) -> Tensor:
-        """``ops.row_entropy``'s per-row entropy of ``p`` ``[head, rows, keys]``, in two scratch
+    def _row_entropy(self, p: Tensor, total: Tensor) -> Tensor:
+        """``ops.row_entropy``'s per-row entropy of ``p`` ``[head, rows, keys]`` with row sums
+        ``total`` ``[head, rows]`` (from the region product: one pass less), in two scratch
         buffers reused by every block (a fresh block-sized tensor per step costs more, in page
         faults, than the arithmetic). Entries below the smallest normal float (zeros, and the
         transition's rounding residue below zero) count as it: a term of ``-8.7e-37``, below
@@ -358,7 +359,6 @@ class FlowProbe:
             self._scratch = torch.empty(2, n, device=p.device)
         work, logs = (buf[:n].view(p.shape) for buf in self._scratch)
         torch.clamp(p, min=_TINY, out=work)
-        total = work.sum(-1)
         torch.log(work, out=logs)
         logs.mul_(work)
         return total.log() - logs.sum(-1) / total

@@ -49,12 +49,14 @@ from at_probe.interventions.registry import Key, Method, Placebo, register
 from at_probe.interventions.transition_ops import (  # noqa: F401
     MAX_ROW_MASS,
     MIN_PAPER_LEN,
+    PARTS,
     Pattern,
     RowStats,
     Span,
     SRAParams,
     check_int,
     check_paper_params,
+    check_parts,
     dispense,
     dispense_span_,
     is_int,
@@ -66,6 +68,7 @@ from at_probe.interventions.transition_ops import (  # noqa: F401
 from at_probe.models.chunked import QueryBlock, query_block
 from at_probe.models.hooked import editable, pass_padding
 from at_probe.models.names import EMBED_INPUT_HOOK, layer_of, pattern_hook, resolve_layers, scores_hook
+from at_probe.runs.choices import check_choice
 from at_probe.runs.seeding import draw_generator, prompt_digest
 
 if TYPE_CHECKING:
@@ -307,6 +310,9 @@ class PaperTransition(_Transition):
             Explicit layers must lie in ``1 .. L-3`` (the schedule defines no spans elsewhere).
         heads: query-head indices to edit; ``None`` means all heads (GQA: ``resolve_heads``).
         conserve_mass: renormalise touched rows to their original sums.
+        parts: apply only these of the version's parts (``transition_ops.PARTS``: ``"prune"``,
+            ``"sink"``, ``"move"``; see ``dispense``), to tell which part does what; None (or
+            all three): the paper version. Setting key ``parts=prune+sink``.
 
     Defaults ``alpha=1.0, beta=0.5, K=2`` are one of the paper's released settings
     (``decode_al_1_be_05_lay_2`` in the authors' XSum release), the "paper example" of our XSum
@@ -320,9 +326,11 @@ class PaperTransition(_Transition):
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
     conserve_mass: bool = False
+    parts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_paper_params(self.alpha, self.beta, self.conserve_mass)
+        object.__setattr__(self, "parts", check_parts(self.parts))
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "beta", float(self.beta))
         object.__setattr__(self, "intervals_per_layer",
@@ -352,7 +360,7 @@ class PaperTransition(_Transition):
         spans = self._spans(length, layer, n_layers, run)
         for span in spans:
             dispense_span_(seq, span, self.alpha, self.beta, conserve_mass=self.conserve_mass,
-                            heads=heads, stats=stats, first_row=first_row)
+                            heads=heads, stats=stats, first_row=first_row, parts=self.parts)
         return spans
 
 
@@ -389,7 +397,7 @@ class PlaceboTransition(PaperTransition):
         for j, span in enumerate(spans):
             start = self.target_start(layer, j, span, ids)
             dispense_span_(seq, span, self.alpha, self.beta, conserve_mass=self.conserve_mass,
-                            heads=heads, stats=stats, target_start=start, first_row=first_row)
+                            heads=heads, stats=stats, target_start=start, first_row=first_row, parts=self.parts)
         return spans
 
 
@@ -420,7 +428,13 @@ class SRATransition(SRAParams, _Transition):
 # Settings (``at_probe.interventions.registry``): ``paper:alpha=1,beta=0.5,k=2`` and its kin
 # ---------------------------------------------------------------------------------------------
 
-_PAPER_KEYS = {"alpha": Key(float), "beta": Key(float), "k": Key(int, field="intervals_per_layer")}
+def _parts(text: str) -> tuple[str, ...] | None:
+    """``"prune+sink"`` -> ``("prune", "sink")`` (``check_parts``; all three -> None)."""
+    return check_parts([check_choice("transition part", name, PARTS) for name in text.split("+")])
+
+
+_PAPER_KEYS = {"alpha": Key(float), "beta": Key(float), "k": Key(int, field="intervals_per_layer"),
+               "parts": Key(_parts, show="+".join)}
 register(Method("paper", PaperTransition, _PAPER_KEYS, summary="the 2023 transition (PaperTransition)",
                 placebo=Placebo("placebo")))
 register(Method("placebo", PlaceboTransition, {**_PAPER_KEYS, "seed": Key(int)},

@@ -30,6 +30,10 @@ _SMALL_FILL, _FIRST_SMALL_FILL = 0.01, 0.001
 # SRA's mask weights for kept (>= tau) and small entries of the target window.
 _SRA_KEPT, _SRA_SMALL = 100, 5
 
+PARTS = ("prune", "sink", "move")
+"""The paper version's three parts, in the order it applies them: drop the span rows' entries
+below ``tau``, halve the sink column, move ``beta`` times the freed mass onto the history."""
+
 MAX_ROW_MASS = 1e3
 """Most attention mass an edited row may end with; it bounds ``beta`` and SRA's strengthen factors.
 
@@ -98,6 +102,7 @@ def dispense(
     beta: float,
     *,
     conserve_mass: bool = False,
+    parts: Sequence[str] | None = None,
 ) -> Pattern:
     """Apply the paper's transition to the query rows of ``spans``; returns a new tensor.
 
@@ -118,6 +123,11 @@ def dispense(
         alpha: threshold factor, finite, ``> 0``.
         beta: share of the freed mass moved to the history, ``0 <= beta <= MAX_ROW_MASS / 10``.
         conserve_mass: renormalise touched rows to their original sums.
+        parts: the parts of ``PARTS`` to apply (``check_parts``), None: all three, the paper
+            version. Each part is the full version's own step: ``"prune"`` zeroes the entries
+            below ``tau``, ``"sink"`` halves column 0, ``"move"`` adds the mass the full version
+            adds (``beta`` times the mass pruning and halving together free, on the full
+            version's mask), whether or not the other parts remove it.
 
     Returns:
         A new tensor of the same shape and dtype.
@@ -125,14 +135,15 @@ def dispense(
     Raises:
         ValueError: pattern not 4-d, a span outside it or without ``2n`` keys of history
             (other than ``s == n``), overlapping spans, ``alpha`` or ``beta`` not finite,
-            ``alpha <= 0``, or ``beta`` outside ``[0, MAX_ROW_MASS / 10]``.
+            ``alpha <= 0``, ``beta`` outside ``[0, MAX_ROW_MASS / 10]``, or bad ``parts``.
     """
     _check_pattern(pattern)
     check_paper_params(alpha, beta, conserve_mass)
+    parts = check_parts(parts)
     spans = _check_spans(spans, pattern.shape[-2], pattern.shape[-1])
     out = pattern.clone()
     for span in spans:
-        dispense_span_(out, span, alpha, beta, conserve_mass=conserve_mass)
+        dispense_span_(out, span, alpha, beta, conserve_mass=conserve_mass, parts=parts)
     return out
 
 
@@ -260,8 +271,10 @@ def dispense_span_(
     stats: RowStats | None = None,
     target_start: int | None = None,
     first_row: int = 0,
+    parts: tuple[str, ...] | None = None,
 ) -> None:
-    """Paper edit of one span, in place on ``pattern`` (all heads, or the ``heads`` index).
+    """Paper edit of one span, in place on ``pattern`` (all heads, or the ``heads`` index);
+    ``parts`` (checked, None: all) as in ``dispense``.
 
     ``target_start`` moves the 2n-key history window elsewhere (the placebo control) while
     keeping the per-row added mass of the real edit. ``pattern`` may hold a block of query rows
@@ -279,29 +292,47 @@ def dispense_span_(
     head_idx = slice(None) if heads is None else heads
     original = _keys_to(pattern[:, head_idx, rows, :keys].float(), e)
     tau = alpha / e
-    block = torch.where(original < tau, torch.zeros_like(original), original)  # the one new block
-    block[..., 0] /= 2
-    freed = 1.0 - block.sum(dim=-1, keepdim=True)
-    if s == n:  # the original's branch for a span one interval in
-        window = block[..., :n]
-        mask = torch.where(window >= tau, 1.0, _FIRST_SMALL_FILL)
-        window += _FIRST_WEIGHT * (beta * freed / mask.sum(dim=-1, keepdim=True)) * mask
-    else:
-        window = block[..., s - 2 * n : s]
-        mask = torch.where(window >= tau, 1.0, _SMALL_FILL)
-        a = beta * freed / mask.sum(dim=-1, keepdim=True)
-        weights = torch.cat((_OLDER_WEIGHT * mask[..., :n], _RECENT_WEIGHT * mask[..., n:]), dim=-1)
-        if target_start is None:
-            window += a * weights
-        else:  # placebo: the same added mass per row, spread over another 2n-key window
-            mass = (a * weights).sum(dim=-1, keepdim=True)
-            block[..., target_start : target_start + 2 * n] += mass * weights / weights.sum(dim=-1, keepdim=True)
+    full = torch.where(original < tau, torch.zeros_like(original), original)  # pruned and halved: the new block
+    full[..., 0] /= 2
+    freed = 1.0 - full.sum(dim=-1, keepdim=True)  # what the full version moves (beta times it), whatever parts run
+    block = full if parts is None else _removed(original, tau, parts)
+    removed = freed if parts is None else 1.0 - block.sum(dim=-1, keepdim=True)
+    if parts is None or "move" in parts:
+        _move_(block, full, span, tau, beta * freed, target_start)
     if conserve_mass:
         block *= original.sum(dim=-1, keepdim=True) / block.sum(dim=-1, keepdim=True)
     sums_after = block.sum(-1) if stats is not None else None
     pattern[:, head_idx, rows, :keys] = block[..., :keys].to(pattern.dtype)
     if stats is not None:
-        stats.record(freed, sums_after - (1.0 - freed.squeeze(-1)), sums_after)
+        stats.record(removed, sums_after - (1.0 - removed.squeeze(-1)), sums_after)
+
+
+def _removed(original: Tensor, tau: float, parts: tuple[str, ...]) -> Tensor:
+    """A new block of the span's rows after the removing parts among ``parts`` (prune, sink)."""
+    block = torch.where(original < tau, torch.zeros_like(original), original) if "prune" in parts else original.clone()
+    if "sink" in parts:
+        block[..., 0] /= 2
+    return block
+
+
+def _move_(block: Tensor, full: Tensor, span: Span, tau: float, moved: Tensor, target_start: int | None) -> None:
+    """Add ``moved`` (``beta`` times the freed mass, ``[..., rows, 1]``) to the history window of
+    ``block`` in place, weighted by the mask of ``full`` (the pruned and halved block), or, with
+    ``target_start``, the same mass per row over the ``2n`` keys from there (the placebo)."""
+    s, e = span
+    n = e - s
+    if s == n:  # the original's branch for a span one interval in
+        mask = torch.where(full[..., :n] >= tau, 1.0, _FIRST_SMALL_FILL)
+        block[..., :n] += _FIRST_WEIGHT * (moved / mask.sum(dim=-1, keepdim=True)) * mask
+        return
+    mask = torch.where(full[..., s - 2 * n : s] >= tau, 1.0, _SMALL_FILL)
+    a = moved / mask.sum(dim=-1, keepdim=True)
+    weights = torch.cat((_OLDER_WEIGHT * mask[..., :n], _RECENT_WEIGHT * mask[..., n:]), dim=-1)
+    if target_start is None:
+        block[..., s - 2 * n : s] += a * weights
+    else:  # placebo: the same added mass per row, spread over another 2n-key window
+        mass = (a * weights).sum(dim=-1, keepdim=True)
+        block[..., target_start : target_start + 2 * n] += mass * weights / weights.sum(dim=-1, keepdim=True)
 
 
 def sra_sequence_(
@@ -430,6 +461,25 @@ def check_real(name: str, value: object, *, positive: bool, maximum: float | Non
 
 def check_positive(name: str, value: object) -> float:
     return check_real(name, value, positive=True)
+
+
+def check_parts(parts: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """``parts`` of the paper version as a tuple in ``PARTS`` order, or None for all three (the
+    paper version itself: one name for it).
+
+    Raises:
+        ValueError: a string, an empty selection, a repeated part, or a name not in ``PARTS``.
+    """
+    if parts is None:
+        return None
+    if isinstance(parts, str):
+        raise ValueError(f"parts must be a sequence of names from {PARTS}, got the string {parts!r}")
+    chosen = list(parts)
+    unknown = [p for p in chosen if p not in PARTS]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"parts must be one or more distinct names from {PARTS}, got {tuple(chosen)}")
+    ordered = tuple(p for p in PARTS if p in chosen)
+    return None if ordered == PARTS else ordered
 
 
 def check_paper_params(alpha: object, beta: object, conserve_mass: bool = False) -> None:

@@ -41,17 +41,21 @@ def _capture(store: dict, key: str):
     return fn
 
 
-def test_hook_edit_equals_pure_function(tiny_model, tokens):
-    """At an edited layer, the pattern after the hook is dispense() of the pattern before it."""
+@pytest.mark.parametrize("parts", [None, ("prune",), ("sink",), ("move",), ("prune", "move")],
+                         ids=lambda p: "full" if p is None else "+".join(p))
+def test_hook_edit_equals_pure_function(tiny_model, tokens, parts):
+    """At an edited layer, the pattern after the hook is dispense() of the pattern before it
+    (the paper version, and its parts taken apart)."""
     layer = 3
-    tr = PaperTransition(alpha=1.0, beta=0.5, layers=(layer,))
+    tr = PaperTransition(alpha=1.0, beta=0.5, layers=(layer,), parts=parts)
     seen: dict = {}
     name = pattern_hook(layer)
     pairs = [(name, _capture(seen, "before"))] + tr.hooks(tiny_model) + [(name, _capture(seen, "after"))]
     with torch.inference_mode():
         tiny_model.run_with_hooks(tokens, fwd_hooks=pairs)
     spans = paper_schedule(tokens.shape[1], tiny_model.cfg.n_layers, 2)[layer]
-    torch.testing.assert_close(seen["after"], dispense(seen["before"], spans, 1.0, 0.5))
+    torch.testing.assert_close(seen["after"], dispense(seen["before"], spans, 1.0, 0.5, parts=parts))
+    assert not torch.equal(seen["after"], seen["before"])
     assert tr.last_report().layers[layer].spans == [spans]
 
 
@@ -70,8 +74,9 @@ def test_sra_hook_edit_equals_pure_function(tiny_model, tokens):
 
 @pytest.mark.parametrize(
     "transition",
-    [PaperTransition(alpha=1.0, beta=0.5), SRATransition(**SRA_SMALL), PlaceboTransition(alpha=1.0, beta=0.5)],
-    ids=["paper", "sra", "placebo"],
+    [PaperTransition(alpha=1.0, beta=0.5), SRATransition(**SRA_SMALL), PlaceboTransition(alpha=1.0, beta=0.5),
+     *(PaperTransition(alpha=1.0, beta=0.5, parts=(part,)) for part in ("prune", "sink", "move"))],
+    ids=["paper", "sra", "placebo", "prune", "sink", "move"],
 )
 def test_transition_changes_output_and_is_removed(tiny_model, tokens, baseline, transition):
     with transition.applied(tiny_model), torch.inference_mode():
@@ -317,7 +322,8 @@ def test_out_of_range_layers_or_heads_raise_when_applied(tiny_model, transition)
 
 
 @pytest.mark.parametrize(
-    "transition", [PaperTransition(alpha=1.0, beta=0.5), SRATransition(**SRA_SMALL)], ids=["paper", "sra"]
+    "transition", [PaperTransition(alpha=1.0, beta=0.5), SRATransition(**SRA_SMALL),
+                   PlaceboTransition(alpha=1.0, beta=0.5, parts=("sink", "move"))], ids=["paper", "sra", "sink+move"]
 )
 def test_left_padded_batch_equals_alone(tiny_model, sample_text, transition):
     """Each sequence uses its own length, sink column and offsets under left padding."""
@@ -341,7 +347,8 @@ def test_left_padded_batch_equals_alone(tiny_model, sample_text, transition):
 
 
 @pytest.mark.parametrize(
-    "transition", [PaperTransition(alpha=1.0, beta=0.5), SRATransition(**SRA_SMALL)], ids=["paper", "sra"]
+    "transition", [PaperTransition(alpha=1.0, beta=0.5), SRATransition(**SRA_SMALL),
+                   PaperTransition(alpha=1.0, beta=0.5, parts=("prune", "sink"))], ids=["paper", "sra", "prune+sink"]
 )
 def test_generation_cached_equals_uncached(tiny_model, tokens, transition):
     """Only prompt rows are edited, at prefill: the KV cache changes nothing.
