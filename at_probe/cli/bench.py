@@ -2,8 +2,9 @@
 
 * transition: a forward pass of a ``--tokens``-token document with the paper transition on all
   scheduled layers (and SRA) vs the same forward without it;
-* alternatives: the same forward with ``EmphasisSteering``, ``PositionCalibration`` and
-  ``AttentionTemperature`` (``alternatives``) vs without;
+* alternatives: the same forward with ``EmphasisSteering``, ``PositionCalibration``,
+  ``AttentionTemperature``, ``SinkScaling``, ``SinkCalibration`` and ``AdaptiveTemperature``
+  (``alternatives``) vs without;
 * decode steps: the forward time of a KV-cache decode step (after that document as the prompt)
   with each transition and each alternative active vs none, timed inside ``generate`` from the
   embedding's input to the unembedding's output (``--decode-steps`` steps per call). The
@@ -38,9 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,9 +57,13 @@ from at_probe.cli.args import (
     prog,
     torch_device,
 )
+from at_probe.cli.bench_memory import conditions_memory, cuda_memory_ratio, memory_ratio
 from at_probe.flow.probe import FlowProbe
+from at_probe.interventions.adaptive_temperature import AdaptiveTemperature
 from at_probe.interventions.calibration import PositionBias, PositionCalibration
 from at_probe.interventions.emphasis import EmphasisSteering
+from at_probe.interventions.sink_calibration import SinkCalibration
+from at_probe.interventions.sink_scaling import SinkScaling
 from at_probe.interventions.temperature import AttentionTemperature
 from at_probe.interventions.transition import PaperTransition, SRATransition
 from at_probe.models.loading import DEFAULT_MODEL, load_model, random_llama
@@ -77,18 +80,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-ALTERNATIVE_KEYS = ("emphasis_steering", "position_calibration", "attention_temperature")
+ALTERNATIVE_KEYS = ("emphasis_steering", "position_calibration", "attention_temperature", "sink_scaling",
+                    "sink_calibration", "adaptive_temperature")
 
 
 def alternatives(model: Any) -> dict[str, Any]:
     """The alternatives as timed: emphasis on one head in each layer of the last half (the
     document emphasised, the last 16 tokens standing for the instruction), calibration with a
-    non-flat bias of 8 regions and temperature 0.8, both on the last half of the layers."""
+    non-flat bias of 8 regions and temperature 0.8, both on the last half of the layers; sink
+    scaling (rate 2) and adaptive temperature on every head of every layer and sink calibration
+    on every head of layers ``2 .. L-2``, their defaults."""
     n_layers = int(model.cfg.n_layers)
     last_half = range(n_layers // 2, n_layers)
     bias = PositionBias(tuple(tuple(1.0 + 0.1 * r for r in range(8)) for _ in range(n_layers)), 1)
     return {"emphasis_steering": EmphasisSteering({l: (0,) for l in last_half}),
-            "position_calibration": PositionCalibration(bias), "attention_temperature": AttentionTemperature(0.8)}
+            "position_calibration": PositionCalibration(bias), "attention_temperature": AttentionTemperature(0.8),
+            "sink_scaling": SinkScaling(2.0), "sink_calibration": SinkCalibration(),
+            "adaptive_temperature": AdaptiveTemperature()}
 
 
 def paired_ratio(plain: Callable[[], Any], treated: Callable[[], Any], repeats: int,
@@ -172,48 +180,6 @@ def document_tokens(model: Any, n_tokens: int, xsum: Path) -> tuple[torch.Tensor
     return toks[:, :n_tokens], "sample document repeated"
 
 
-def peak_rss_mb(code: str) -> float:
-    """Peak RSS (MiB) of a fresh Python process running ``code`` (printed by the child)."""
-    wrapped = code + "\nimport resource; print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, check=True,
-                         cwd=REPO, env={**os.environ, "MPLBACKEND": "Agg"})
-    line = next(l for l in out.stdout.splitlines() if l.startswith("PEAK_RSS_KB"))
-    return int(line.split()[1]) / 1024
-
-
-def memory_ratio(args: argparse.Namespace, source: str, *extra: str) -> dict[str, float]:
-    """flow.py (with ``extra`` flags) vs a plain forward, same model and tokens, each in its own process."""
-    common = (f"import torch\nfrom at_probe.models.loading import DEFAULT_MODEL, load_model, random_llama\n"
-              f"m = load_model({args.model!r}, device={args.device!r})\n")
-    plain = common + (
-        f"from at_probe.cli.bench import document_tokens\nfrom pathlib import Path\n"
-        f"toks, _ = document_tokens(m, {args.tokens}, Path({str(args.xsum)!r}))\n"
-        f"with torch.inference_mode(): m(toks)\n")
-    flow = ("from at_probe.cli import flow\n"
-            f"assert flow.main(['--model', {args.model!r}, '--xsum', {str(args.xsum)!r}, '--index', "
-            f"{source.split('#')[-1]!r}, '--max-tokens', '{args.tokens}', '--knockout', '0', "
-            f"'--out', '/tmp/at_probe_bench_flow', *{list(extra)!r}]) == 0\n")
-    a, b = peak_rss_mb(plain), peak_rss_mb(flow)
-    return {"plain_forward_peak_rss_mib": a, "flow_py_peak_rss_mib": b, "ratio": b / a}
-
-
-def conditions_memory(args: argparse.Namespace, source: str) -> dict[str, Any]:
-    """Peak RSS of ``flow.py --transition both --rollout`` (four conditions, knockout on) vs the
-    largest of its conditions run alone with the same flags, each in a fresh process: the
-    conditions run in a row must not pile up (issue #24)."""
-    def flow_peak(*flags: str) -> float:
-        return peak_rss_mb("from at_probe.cli import flow\n"
-                           f"assert flow.main(['--model', {args.model!r}, '--xsum', {str(args.xsum)!r}, '--index', "
-                           f"{source.split('#')[-1]!r}, '--max-tokens', '{args.memory_tokens}', '--out', "
-                           f"'/tmp/at_probe_bench_conditions', *{list(flags)!r}]) == 0\n")
-
-    alone = {name: flow_peak("--transition", name, *(("--no-placebo",) if name == "paper" else ()), "--rollout")
-             for name in ("none", "paper", "sra")}
-    together = flow_peak("--transition", "both", "--rollout")
-    return {"tokens": args.memory_tokens, "alone_peak_rss_mib": alone, "both_peak_rss_mib": together,
-            "ratio": together / max(alone.values())}
-
-
 def xsum_throughput(model: Any, docs: list[dict], batch_size: int, max_new_tokens: int) -> dict[str, float]:
     """Documents per second of greedy summarisation, batch ``batch_size`` vs batch 1 (same docs)."""
     from at_probe.xsum import summarise
@@ -228,23 +194,6 @@ def xsum_throughput(model: Any, docs: list[dict], batch_size: int, max_new_token
         rates[size] = len(prompts) / (time.perf_counter() - t0)
     return {"docs_per_s_batch_1": rates[1], f"docs_per_s_batch_{batch_size}": rates[batch_size],
             "ratio": rates[batch_size] / rates[1], "documents": len(prompts)}
-
-
-def cuda_memory_ratio(plain: Callable[[], Any], treated: Callable[[], Any]) -> dict[str, float]:
-    """Peak allocated GPU memory (MiB, weights included) of ``treated`` vs ``plain``."""
-    peaks = []
-    for fn in (plain, treated):
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        resident = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        peaks.append((torch.cuda.max_memory_allocated() / 2**20, resident / 2**20))
-    (plain_peak, resident), (treated_peak, _) = peaks
-    return {"plain_peak_mib": plain_peak, "treated_peak_mib": treated_peak, "resident_mib": resident,
-            "ratio": treated_peak / plain_peak,
-            "activation_ratio": (treated_peak - resident) / max(plain_peak - resident, 1e-9)}
 
 
 def generation_rates(model: Any, docs: list[dict], batch_size: int, max_new_tokens: int, repeats: int,

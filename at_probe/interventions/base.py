@@ -52,7 +52,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
@@ -89,12 +89,16 @@ class SequenceView:
         query_start: position of the slice's first query row (0 at prefill, the block's first
             row under chunked attention; the new token's position at a KV-cache decode step).
         prompt: the sequence's ``Prompt`` when the hooks were given prompts, else None.
+        memory: what an edit keeps about this sequence between the passes of one prompt
+            (emptied when a new prompt starts), e.g. what it measured at prefill for the
+            decode steps.
     """
 
     index: int
     prompt_length: int
     query_start: int
     prompt: Prompt | None
+    memory: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -154,11 +158,13 @@ class _EditRun(PromptTracker):
         self.lengths: list[int] | None = lengths
         self.offsets: list[int] | None = None
         self.tally: dict[int, _LayerTally] = {}
+        self.memory: dict[int, dict[Any, Any]] = {}  # per sequence of the batch: SequenceView.memory
         self.checked = False  # the prompts were compared with the current prompt's tokens
 
     def new_prompt(self) -> None:
         self.lengths = self.fixed_lengths
         self.tally = {}
+        self.memory = {}
         self.checked = False
 
     def views(self, tensor: Tensor, offsets: list[int]) -> list[tuple[SequenceView, int, int]]:
@@ -183,6 +189,7 @@ class _EditRun(PromptTracker):
                 self.lengths[b],
                 first_query + row0 - off,
                 None if self.prompts is None else self.prompts[b],
+                self.memory.setdefault(b, {}),
             )
             out.append((view, row0, off))
         return out

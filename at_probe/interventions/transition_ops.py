@@ -7,15 +7,11 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-
-if TYPE_CHECKING:
-
-    pass
 
 Pattern = Float[Tensor, "batch head query_pos key_pos"]
 Span = tuple[int, int]
@@ -43,7 +39,6 @@ strengthen factor. The pattern then multiplies the value vectors in the model's 
 residual stream is squared by the next RMSNorm: a large enough factor overflows to ``inf`` and
 every logit becomes NaN (``beta = 1e38`` does in float32). ``1e3`` keeps the attention output of
 value entries up to 65 inside float16's range (65504) and leaves float32/bfloat16 over 30
-
 orders of magnitude, while the paper's grid (``beta <= 1.5``) and SRA's factors (4-5) are far
 below it.
 """
@@ -283,7 +278,6 @@ def dispense_span_(
     keys past the block's last row are zero in a causal pattern, so fewer keys change nothing).
     """
     s, e = span
-    n = e - s
     lo, hi = max(s, first_row), min(e, first_row + pattern.shape[-2])
     if hi <= lo:
         return

@@ -1,4 +1,4 @@
-"""The alternatives (emphasis, calibration, temperature) as live hooks on the tiny model:
+"""The alternatives (emphasis, calibration, temperature, sink scaling) as live hooks on the tiny model:
 exact against their pure functions, batch-safe, cache-safe, and each placebo a real control."""
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from at_probe.interventions.calibration import PositionBias, PositionCalibration
 from at_probe.interventions.emphasis import EmphasisSteering, placebo_span, steer_scores
 from at_probe.models.names import pattern_hook, scores_hook
 from at_probe.models.prompts import build_prompt
+from at_probe.interventions.adaptive_temperature import AdaptiveTemperature
+from at_probe.interventions.sink_calibration import SinkCalibration
+from at_probe.interventions.sink_scaling import SinkScaling
 from at_probe.interventions.temperature import AttentionTemperature, temper_scores
 from at_probe.xsum import left_pad
 
@@ -27,6 +30,11 @@ EDITS = {
     "emphasis_instruction": EmphasisSteering({5: (0, 2), 6: (1,)}, alpha=0.05, target="instruction"),
     "calibration": PositionCalibration(_bias(), strength=1.0),
     "temperature": AttentionTemperature(tau=3.0, layers=(3, 6)),  # tau > 2 must keep the mask
+    "sink_scaling": SinkScaling(rate=0.3, layers=(2, 5), heads=(0, 3)),
+    "sink_scaling_placebo": SinkScaling(rate=0.3, layers=(2, 5), heads=(0, 3), placebo_seed=1),
+    "sink_calibration": SinkCalibration({4: (0, 1), 5: (2, 3)}, threshold=0.03),
+    "sink_calibration_placebo": SinkCalibration({4: (0, 1), 5: (2, 3)}, threshold=0.03, placebo_seed=1),
+    "adaptive_temperature": AdaptiveTemperature(layers=(3, 6), heads=(0, 2)),
 }
 
 
@@ -38,6 +46,11 @@ STRONG = {
     ),
     "calibration": PositionCalibration(_bias(), strength=2.0, layers=tuple(range(1, 8))),
     "temperature": EDITS["temperature"],
+    "sink_scaling": SinkScaling(rate=50.0),
+    "sink_scaling_placebo": SinkScaling(rate=100.0, placebo_seed=1),
+    "sink_calibration": SinkCalibration(beta=0.0, threshold=0.02, layers=tuple(range(1, 8))),
+    "sink_calibration_placebo": SinkCalibration(beta=0.0, threshold=0.01, layers=tuple(range(8)), placebo_seed=1),
+    "adaptive_temperature": AdaptiveTemperature(),
 }
 
 
@@ -74,8 +87,10 @@ def test_edit_changes_logits_and_hooks_are_removed(tiny_model, prompt, name):
         EmphasisSteering({5: (0,)}, alpha=1.0),
         AttentionTemperature(tau=1.0),
         PositionCalibration(_bias(), strength=0.0),
+        SinkScaling(rate=1.0),
+        SinkCalibration(beta=1.0),
     ],
-    ids=["alpha1", "tau1", "strength0"],
+    ids=["alpha1", "tau1", "strength0", "rate1", "beta1"],
 )
 def test_neutral_parameters_change_nothing(tiny_model, prompt, edit):
     torch.testing.assert_close(

@@ -14,6 +14,8 @@ from at_probe.flow.probe import FlowProbe
 from at_probe.flow.region import RegionProbe
 from at_probe.interventions.calibration import PositionBias, PositionCalibration
 from at_probe.interventions.emphasis import EmphasisSteering
+from at_probe.interventions.adaptive_temperature import AdaptiveTemperature
+from at_probe.interventions.sink_scaling import SinkScaling
 from at_probe.interventions.temperature import AttentionTemperature
 from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
 from at_probe.models.chunked import (
@@ -47,6 +49,10 @@ EDITS = {
     "emphasis_placebo": lambda: EmphasisSteering({5: (0, 2), 6: (1,)}, alpha=0.05, placebo_seed=1),
     "calibration": lambda: PositionCalibration(_bias(), strength=1.0),
     "temperature": lambda: AttentionTemperature(tau=3.0, layers=(3, 6)),
+    "paper_parts": lambda: PaperTransition(parts=("prune", "move")),
+    "sink_scaling": lambda: SinkScaling(rate=0.3, layers=(2, 5)),
+    "sink_scaling_placebo": lambda: SinkScaling(rate=4.0, placebo_seed=2),
+    "adaptive_temperature": lambda: AdaptiveTemperature(),
 }
 
 
@@ -156,7 +162,8 @@ def test_every_intervention_equals_its_stock_run(tiny_model, prompts, batch, nam
         _assert_same_report(edit.last_report(), ref_report)
 
 
-@pytest.mark.parametrize("name", ["paper", "placebo", "sra", "emphasis", "calibration", "temperature"])
+@pytest.mark.parametrize("name", ["paper", "placebo", "sra", "emphasis", "calibration", "temperature", "sink_scaling",
+                                  "adaptive_temperature"])
 @pytest.mark.parametrize("cache", [True, False], ids=["kv-cache", "no-cache"])
 def test_generate_gives_the_stock_tokens(tiny_model, prompts, name, cache):
     edit = EDITS[name]()

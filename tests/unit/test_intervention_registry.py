@@ -58,6 +58,18 @@ CANONICAL = {  # setting string -> its canonical name before the registry
         "strengthen_factor_outer=5.0,threshold_len=50",
     "sra:dyna_div=3": f"sra:begin_length=100,dyna_div=3,{_SRA}4.0,threshold_len=200",
     "sra:strengthen_factor_outer=2.5, begin_length=0": f"sra:begin_length=0,{_SRA}2.5,threshold_len=200",
+    "paper:parts=prune": "paper:alpha=1.0,beta=0.5,k=2,parts=prune",
+    "paper:parts=move+sink,beta=0.3": "paper:alpha=1.0,beta=0.3,k=2,parts=sink+move",
+    "paper:parts=sink+prune+move": "paper:alpha=1.0,beta=0.5,k=2",
+    "placebo:parts=move": "placebo:alpha=1.0,beta=0.5,k=2,parts=move,seed=0",
+    "sink_scaling:rate=2": "sink_scaling:rate=2.0",
+    "sink_scaling:rate=0.5,layers=2-5": "sink_scaling:layers=2-5,rate=0.5",
+    "sink_scaling_placebo:rate=2": "sink_scaling_placebo:rate=2.0,seed=0",
+    "sink_calibration:": "sink_calibration:beta=0.4,threshold=0.1",
+    "sink_calibration:layers=2-27,beta=0.3": "sink_calibration:beta=0.3,layers=2-27,threshold=0.1",
+    "sink_calibration_placebo:seed=2": "sink_calibration_placebo:beta=0.4,seed=2,threshold=0.1",
+    "adaptive_temperature:": "adaptive_temperature:",
+    "adaptive_temperature:layers=15-29": "adaptive_temperature:layers=15-29",
     "temperature:tau=0.8": "temperature:tau=0.8",
     "temperature:tau=1": "temperature:tau=1.0",
     "temperature:tau=0.8,layers=2-3": "temperature:layers=2-3,tau=0.8",
@@ -170,7 +182,7 @@ def test_duplicate_registration_is_refused():
 
 def test_every_placebo_twin_is_registered_with_the_methods_keys_and_a_seed():
     twins = {m.kind: m.placebo for m in map(registry.method, registry.kinds()) if m.placebo is not None}
-    assert set(twins) == {"paper", "calibration", "emphasis"}
+    assert set(twins) == {"paper", "calibration", "emphasis", "sink_scaling", "sink_calibration"}
     for kind, placebo in twins.items():
         assert placebo.kind in registry.kinds() and registry.is_placebo(placebo.kind)
         twin_keys = registry.method(placebo.kind).keys

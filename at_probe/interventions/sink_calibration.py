@@ -1,0 +1,222 @@
+"""ACT-style sink calibration (Yu et al., ICML 2024, "Unveiling and Harnessing Hidden Attention
+Sinks"): keys other than the first that soak up attention are damped, their mass given back.
+
+On each chosen head, a key ``j >= 1`` of the prompt is a *hidden sink* when the mean attention it
+receives over the prompt rows that can see it (rows ``j .. P-1``) exceeds ``threshold``
+(0.1 in the authors' scripts). Every query row's weights on the hidden sinks are multiplied by
+``beta`` (0.4) and the freed mass ``(1 - beta) * sum(sinks)`` goes to the row's other keys, the
+first token's included, in proportion to their weights, so rows keep their sums. As in the
+authors' code (``GATECH-EIC/ACT``, ``models/llama_modelling_aug.py``, ``atten_process_eval``):
+post-softmax, layers ``2 .. L-2``, searched heads, the hidden sinks found afresh for every input
+and head.
+
+Where we differ from that code, deliberately: it spares the first *detected* column (usually,
+not always, the first token); here key 0 is never a hidden sink. It edits batch row 0 only and
+detects from the whole pass; here each sequence of a left-padded batch uses its own prompt rows.
+Its decode steps detect from the one new row and set the first key's weight to 1 (its rows then
+sum to 2); here the hidden sinks are found once per prompt, from the prompt's rows at prefill,
+and every later row (decode steps, cache-less continuations, teacher-forced tokens) is
+calibrated with them. So cached and cache-less generation agree.
+
+Detection reads every prompt row of a layer before any of them is edited: a row's edit depends
+on later rows, so chunked attention (which sees a block of rows at a time) is refused.
+
+The placebo (``placebo_seed``) damps as many random keys as each head has hidden sinks,
+drawn among the prompt's other keys (never key 0, never a hidden sink) per layer, head and
+document: the control for "is it those keys, or damping any keys by beta".
+
+Example:
+    >>> from at_probe.interventions.sink_calibration import SinkCalibration
+    >>> edit = SinkCalibration({5: (0, 3), 12: (7,)})          # {layer: query heads}
+    >>> with edit.applied(model), torch.inference_mode():
+    ...     logits = model(tokens)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from at_probe.interventions.base import AttentionEdit, SequenceView, int_tuple, resolve_heads
+from at_probe.interventions.registry import PLACEBO_SEED, Key, Method, Placebo, layer_range, register, show_layer_range
+from at_probe.models.chunked import ChunkedAttentionError, refuse_chunked
+from at_probe.models.names import resolve_layers
+from at_probe.runs.seeding import draw_generator, prompt_digest
+
+Pattern = Float[Tensor, "batch head query_pos key_pos"]
+SinkMask = Bool[Tensor, "head key_pos"]
+
+_WHY_WHOLE = ("hidden sinks are found from every prompt row of a layer before any row is edited, and chunked "
+              "attention shows a block of rows at a time")
+
+
+def hidden_sinks(pattern: Float[Tensor, "head rows keys"], prompt_length: int, threshold: float) -> SinkMask:
+    """Keys ``j`` in ``1 .. P-1`` whose mean attention over the prompt rows that see them (rows
+    ``j .. P-1``) exceeds ``threshold``, per head: ``[head, P]`` (key 0 is never one).
+
+    Args:
+        pattern: one sequence's attention ``[head, rows, keys]``, rows and keys from its first
+            token, at least ``P = prompt_length`` of each.
+    """
+    p = prompt_length
+    received = pattern[:, :p, :p].float().sum(-2)  # [head, P]
+    seen_by = torch.arange(p, 0, -1, device=pattern.device, dtype=torch.float32)  # rows j .. P-1
+    sinks = received / seen_by > threshold
+    sinks[:, 0] = False
+    return sinks
+
+
+def calibrate_sinks_(pattern: Pattern, sinks: SinkMask, beta: float, *, heads: Tensor | None = None) -> Tensor:
+    """Damp the ``sinks`` keys of every row by ``beta`` and give the freed mass to the row's other
+    keys in proportion to their weights, in place on ``pattern`` ``[1, head, q, k]`` (keys from
+    the sequence's first token; ``sinks`` ``[edited heads, <= k]``). Rows with no weight off the
+    sinks are left as they are (nothing to give the mass to). Arithmetic in float32.
+
+    Returns:
+        The total-variation shift ``[head, rows]`` of each edited row.
+    """
+    rows = pattern[0] if heads is None else pattern[0, heads]
+    before = rows.float()
+    mask = torch.zeros(before.shape[0], before.shape[-1], dtype=torch.bool, device=before.device)
+    width = min(sinks.shape[-1], before.shape[-1])
+    mask[:, :width] = sinks[:, :width].to(before.device)
+    mask = mask[:, None, :]
+    others = torch.where(mask, 0.0, before)
+    other_mass = others.sum(-1, keepdim=True)
+    freed = (1.0 - beta) * torch.where(mask, before, 0.0).sum(-1, keepdim=True)
+    after = torch.where(mask, beta * before, before + freed * others / other_mass.clamp_min(torch.finfo(torch.float32).tiny))
+    after = torch.where(other_mass > 0, after, before)
+    shift = 0.5 * (after - before).abs().sum(-1)  # before writing: ``before`` may share the storage
+    if heads is None:
+        pattern[0] = after.to(pattern.dtype)
+    else:
+        pattern[0, heads] = after.to(pattern.dtype)
+    return shift
+
+
+def placebo_sinks(sinks: SinkMask, seed: int, layer: int, prompt_ids: Sequence[int] | Tensor) -> SinkMask:
+    """As many random keys per head as ``sinks`` marks, among keys ``1 .. P-1`` that are not
+    hidden sinks, drawn per ``(seed, layer, head, document)``: ``[head, P]``."""
+    digest = prompt_digest(prompt_ids)
+    out = torch.zeros_like(sinks)
+    for h in range(sinks.shape[0]):
+        count = int(sinks[h].sum())
+        if not count:
+            continue
+        candidates = (~sinks[h]).nonzero().flatten()
+        candidates = candidates[candidates > 0]
+        gen = draw_generator(seed, "sink-calibration-keys", layer, h, digest)
+        out[h, candidates[torch.randperm(candidates.numel(), generator=gen)[:count]]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class SinkCalibration(AttentionEdit):
+    """ACT's calibration of hidden attention sinks on chosen heads (post-softmax, every pass;
+    module docstring).
+
+    Args:
+        head_config: ``{layer: query heads}`` to calibrate (GQA: ``resolve_heads``; the authors'
+            heads come from a search, one head calibrated at a time); ``None``: every head of
+            ``layers``.
+        layers: with no ``head_config``, the layers whose heads are all calibrated; ``None``
+            (default): ``2 .. L-2``, the authors' layers.
+        beta: the hidden sinks' factor, in ``[0, 1]``; default 0.4, the authors'.
+        threshold: mean received attention above which a key is a hidden sink, in ``(0, 1)``;
+            default 0.1, the authors'.
+        placebo_seed: if set, damp random keys instead (``placebo_sinks``); needs the prompts.
+
+    Raises:
+        ChunkedAttentionError: (at ``hooks`` and at run time) under chunked attention.
+    """
+
+    head_config: Mapping[int, Sequence[int]] | None = None
+    layers: tuple[int, ...] | None = None
+    beta: float = 0.4
+    threshold: float = 0.1
+    placebo_seed: int | None = None
+
+    stage: ClassVar[str] = "pattern"
+
+    def __post_init__(self) -> None:
+        """Raises ValueError naming ``beta``, ``threshold``, ``head_config`` or ``placebo_seed``."""
+        for name, lo, hi, closed in (("beta", 0.0, 1.0, True), ("threshold", 0.0, 1.0, False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not (lo <= value <= hi if closed else lo < value < hi):
+                bounds = f"[{lo:g}, {hi:g}]" if closed else f"({lo:g}, {hi:g})"
+                raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.head_config is not None:
+            if not isinstance(self.head_config, Mapping) or not self.head_config:
+                raise ValueError(f"head_config must be a non-empty {{layer: heads}} mapping, got {self.head_config!r}")
+            config = {int_tuple("head_config layers", [l])[0]: int_tuple(f"head_config[{l}]", h)
+                      for l, h in self.head_config.items()}
+            object.__setattr__(self, "head_config", dict(sorted(config.items())))
+        if self.layers is not None:
+            if self.head_config is not None:
+                raise ValueError("give head_config or layers, not both")
+            object.__setattr__(self, "layers", int_tuple("layers", self.layers))
+        if self.placebo_seed is not None:
+            object.__setattr__(self, "placebo_seed", int_tuple("placebo_seed", [self.placebo_seed])[0])
+
+    def __hash__(self) -> int:
+        config = None if self.head_config is None else tuple((l, tuple(h)) for l, h in self.head_config.items())
+        return hash((config, self.layers, self.beta, self.threshold, self.placebo_seed))
+
+    @property
+    def needs_prompts(self) -> bool:  # type: ignore[override]  # the placebo draws per document
+        return self.placebo_seed is not None
+
+    def hooks(self, model: Any, **kwargs: Any) -> list[Any]:
+        refuse_chunked(model, "SinkCalibration", _WHY_WHOLE)
+        return super().hooks(model, **kwargs)
+
+    def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
+        if self.head_config is None:
+            layers = range(2, n_layers - 1) if self.layers is None else resolve_layers(self.layers, range(n_layers))
+            return {layer: None for layer in layers}
+        bad = [l for l in self.head_config if not 0 <= l < n_layers]
+        if bad:
+            raise ValueError(f"head_config layers {bad} are outside the model's layers (0..{n_layers - 1})")
+        return {l: resolve_heads(h, n_heads) for l, h in self.head_config.items()}
+
+    def sinks(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> SinkMask:
+        """The keys this edit damps in one sequence's ``layer``: found at the prompt's prefill
+        (kept in ``view.memory`` for the prompt's later passes); the placebo's random keys."""
+        key = ("sinks", layer)
+        if key not in view.memory:
+            p = view.prompt_length
+            if view.query_start != 0 or seq.shape[-2] < p:
+                raise ChunkedAttentionError(
+                    f"SinkCalibration needs the prompt's {p} rows of layer {layer} in one pass (got rows "
+                    f"{view.query_start}..{view.query_start + seq.shape[-2] - 1}): {_WHY_WHOLE}, and a decode "
+                    "step needs its prompt's prefill under the same hooks")
+            rows = seq[0] if heads is None else seq[0, heads]
+            found = hidden_sinks(rows, p, self.threshold)
+            if self.placebo_seed is not None:
+                assert view.prompt is not None  # needs_prompts: hooks() refuses to build without them
+                found = placebo_sinks(found, self.placebo_seed, layer, view.prompt.ids)
+            view.memory[key] = found
+        return view.memory[key]
+
+    def _edit_(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> tuple[int, Tensor]:
+        sinks = self.sinks(seq, layer, heads, view)
+        return seq.shape[-2], calibrate_sinks_(seq, sinks, self.beta, heads=heads)
+
+
+# ``sink_calibration:beta=0.4,threshold=0.1,layers=2-28`` (every head of those layers) and its placebo
+_SINK_CALIBRATION_KEYS = {"beta": Key(float), "threshold": Key(float),
+                          "layers": Key(layer_range, show=show_layer_range)}
+register(Method("sink_calibration", SinkCalibration, _SINK_CALIBRATION_KEYS,
+                summary="ACT calibration: hidden sinks damped by beta, their mass given back (SinkCalibration)",
+                placebo=Placebo("sink_calibration_placebo")))
+register(Method("sink_calibration_placebo", SinkCalibration,
+                {**_SINK_CALIBRATION_KEYS, "seed": Key(int, field="placebo_seed", default=PLACEBO_SEED)},
+                summary="the same damping of as many random keys per head"))

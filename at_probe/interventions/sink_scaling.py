@@ -1,0 +1,164 @@
+"""ZeroTuning-style sink scaling (Han et al., 2025): the attention on the first token scaled by a
+rate, every row renormalised.
+
+On each chosen head, every query row's post-softmax weight on the sequence's first token (key 0,
+the attention sink; under left padding each sequence's own first real token) is multiplied by
+``rate`` and the row is divided by its new sum, so the other keys share what the sink gains or
+loses in proportion to their weights: ``a'_0 = rate a_0 / D``, ``a'_j = a_j / D``, ``D = sum_j a_j
++ (rate - 1) a_0``. As in the authors' code (``FeijiangHan/ZeroTuning``, ``ZeroTuning_Attention``:
+a scale matrix on column 0, then rows divided by their sums), it edits every query row at every
+pass (prefill and each decode step). For a softmax row this is adding ``log(rate)`` to the
+sink's score.
+
+ZeroTuning is close to the sink part of the paper transition (``PaperTransition(parts=("sink",))``
+halves column 0 of its span rows), but renormalises, edits every row, and takes any rate.
+
+The placebo (``placebo_seed``) scales one random key of the prompt other than the sink instead,
+drawn per document from its token ids (``at_probe.runs.seeding``), the same key in every layer:
+the control for "is it the sink, or scaling any one token's attention".
+
+Example:
+    >>> from at_probe.interventions.sink_scaling import SinkScaling
+    >>> edit = SinkScaling(rate=2.0)                       # every head of every layer
+    >>> with edit.applied(model), torch.inference_mode():
+    ...     logits = model(tokens)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from at_probe.interventions.base import AttentionEdit, SequenceView, int_tuple, resolve_heads
+from at_probe.interventions.registry import PLACEBO_SEED, Key, Method, Placebo, layer_range, register, show_layer_range
+from at_probe.models.names import resolve_layers
+from at_probe.runs.seeding import draw_generator, prompt_digest
+
+Pattern = Float[Tensor, "batch head query_pos key_pos"]
+
+MAX_RATE = 1e6
+"""Largest rate accepted: the sink already takes every row whole long before (a row with sink
+weight ``1e-6`` ends with about half of it on the sink), and larger rates only lose the other
+keys' weights to float32 rounding."""
+
+
+def scale_column_(pattern: Pattern, column: int, rate: float, *, first_row: int = 0,
+                  heads: Tensor | None = None) -> Tensor:
+    """Multiply key ``column`` of rows ``first_row ..`` by ``rate`` and renormalise each row to sum 1.
+
+    In place on ``pattern`` ``[1, head, q, k]`` (one sequence, keys from its position 0), arithmetic
+    in float32. A row with no weight at all stays zero.
+
+    Args:
+        column: the key to scale (0: the sink).
+        rate: the factor, ``> 0``.
+        first_row: first row (within ``pattern``) to edit: rows before it cannot see the key.
+        heads: heads to edit (None: all).
+
+    Returns:
+        The total-variation shift ``[head, rows]`` of each edited row (empty if none).
+    """
+    if first_row >= pattern.shape[-2] or column >= pattern.shape[-1]:
+        return pattern.new_zeros(0)
+    rows = pattern[0, :, first_row:] if heads is None else pattern[0, heads, first_row:]
+    before = rows.float()
+    key = before[..., column : column + 1]
+    total = before.sum(-1, keepdim=True) + (rate - 1.0) * key
+    after = before / total.clamp_min(torch.finfo(torch.float32).tiny)
+    after[..., column : column + 1] *= rate
+    shift = 0.5 * (after - before).abs().sum(-1)  # before writing: ``before`` may share the storage
+    if heads is None:
+        pattern[0, :, first_row:] = after.to(pattern.dtype)
+    else:
+        pattern[0, heads, first_row:] = after.to(pattern.dtype)
+    return shift
+
+
+def placebo_column(prompt_ids: Sequence[int] | Tensor, seed: int) -> int:
+    """The placebo's key: uniform over the prompt's keys ``1 .. T - 1`` (never the sink), drawn
+    per ``(seed, document)``.
+
+    Raises:
+        ValueError: a prompt of fewer than 2 tokens (no key but the sink).
+    """
+    n = len(prompt_ids)
+    if n < 2:
+        raise ValueError(f"a prompt of {n} token(s) has no key besides the sink for the placebo to scale")
+    gen = draw_generator(seed, "sink-scaling-column", prompt_digest(prompt_ids))
+    return 1 + int(torch.randint(0, n - 1, (1,), generator=gen))
+
+
+@dataclass(frozen=True)
+class SinkScaling(AttentionEdit):
+    """The sink's attention scaled by ``rate`` on chosen layers and heads, rows renormalised
+    (post-softmax, every row, every pass; module docstring).
+
+    Args:
+        rate: the sink's factor ``gamma``, finite, in ``(0, MAX_RATE]``; 1 changes nothing,
+            above 1 strengthens the sink, below 1 weakens it (ZeroTuning tunes it per task).
+        layers: layers to edit; ``None`` (default, as ZeroTuning's code): every layer.
+        heads: query heads to edit in each of them (GQA: ``at_probe.interventions.base.resolve_heads``);
+            ``None``: all.
+        placebo_seed: if set, scale one random non-sink key of each prompt instead
+            (``placebo_column``); the placebo then needs the prompts (``hooks(model, prompts=...)``).
+    """
+
+    rate: float = 1.0
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    placebo_seed: int | None = None
+
+    stage: ClassVar[str] = "pattern"
+
+    def __post_init__(self) -> None:
+        """Raises ValueError naming ``rate`` (not a finite number in ``(0, MAX_RATE]``), ``layers``,
+        ``heads`` or ``placebo_seed`` (not integers)."""
+        rate = self.rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
+                or not 0 < rate <= MAX_RATE:
+            raise ValueError(f"rate must be a finite number in (0, {MAX_RATE:g}] (0 would leave a row that "
+                             f"sees only the sink with no weight), got {rate!r}")
+        object.__setattr__(self, "rate", float(rate))
+        for name in ("layers", "heads"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int_tuple(name, getattr(self, name)))
+        if self.placebo_seed is not None:
+            object.__setattr__(self, "placebo_seed", int_tuple("placebo_seed", [self.placebo_seed])[0])
+
+    @property
+    def needs_prompts(self) -> bool:  # type: ignore[override]  # the placebo draws per document
+        return self.placebo_seed is not None
+
+    def column(self, view: SequenceView) -> int:
+        """The key this edit scales for one sequence: the sink, or the placebo's draw."""
+        if self.placebo_seed is None:
+            return 0
+        assert view.prompt is not None  # needs_prompts: hooks() refuses to build without them
+        return placebo_column(view.prompt.ids, self.placebo_seed)
+
+    def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
+        layers = range(n_layers) if self.layers is None else resolve_layers(self.layers, range(n_layers))
+        heads = resolve_heads(self.heads, n_heads)
+        return {layer: heads for layer in layers}
+
+    def _edit_(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> tuple[int, Tensor]:
+        column = self.column(view)
+        first_row = max(0, column - view.query_start)
+        shift = scale_column_(seq, column, self.rate, first_row=first_row, heads=heads)
+        return max(0, seq.shape[-2] - first_row), shift
+
+
+# ``sink_scaling:rate=2,layers=0-29`` (``at_probe.interventions.registry``) and its placebo
+_SINK_SCALING_KEYS = {"rate": Key(float, required=True), "layers": Key(layer_range, show=show_layer_range)}
+register(Method("sink_scaling", SinkScaling, _SINK_SCALING_KEYS,
+                summary="ZeroTuning sink scaling: the sink's attention times rate, rows renormalised (SinkScaling)",
+                placebo=Placebo("sink_scaling_placebo")))
+register(Method("sink_scaling_placebo", SinkScaling,
+                {**_SINK_SCALING_KEYS, "seed": Key(int, field="placebo_seed", default=PLACEBO_SEED)},
+                summary="the same scaling of one random non-sink key per document"))
