@@ -59,7 +59,8 @@ from at_probe.cli.args import (
     torch_device,
 )
 from at_probe.flow.probe import DEFAULT_REGIONS
-from at_probe.interventions.emphasis import TARGETS, profile_heads, rank_heads
+from at_probe.interventions.emphasis import TARGETS, profile_heads
+from at_probe.interventions.profiling import rank_heads
 from at_probe.models.loading import DEFAULT_MODEL, model_shape
 from at_probe.runs.runfiles import (
     append_jsonl,

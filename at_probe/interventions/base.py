@@ -50,7 +50,7 @@ Example:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
@@ -237,6 +237,30 @@ def resolve_heads(heads: Sequence[int] | None, n_heads: int) -> Tensor | None:
     if len(set(heads)) != len(heads):
         raise ValueError(f"duplicate head indices in {list(heads)}")
     return torch.tensor(sorted(int(h) for h in heads))
+
+
+def checked_head_config(config: Mapping[int, Sequence[int]]) -> dict[int, tuple[int, ...]]:
+    """A ``{layer: query heads}`` selection as sorted ``{int: tuple of ints}``.
+
+    Raises:
+        ValueError: not a non-empty mapping, or layers or heads that are not integers.
+    """
+    if not isinstance(config, Mapping) or not config:
+        raise ValueError(f"head_config must be a non-empty {{layer: heads}} mapping, got {config!r}")
+    out = {int_tuple("head_config layers", [l])[0]: int_tuple(f"head_config[{l}]", h) for l, h in config.items()}
+    return dict(sorted(out.items()))
+
+
+def config_heads(config: Mapping[int, Sequence[int]], n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
+    """``_layer_heads`` of a ``{layer: query heads}`` selection, checked against the model.
+
+    Raises:
+        ValueError: a layer outside ``0 .. n_layers - 1`` or heads ``resolve_heads`` refuses.
+    """
+    bad = [l for l in config if not 0 <= l < n_layers]
+    if bad:
+        raise ValueError(f"head_config layers {bad} are outside the model's layers (0..{n_layers - 1})")
+    return {l: resolve_heads(h, n_heads) for l, h in config.items()}
 
 
 def int_tuple(name: str, values: Sequence[int]) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ prompt's token ids (``at_probe.runs.seeding``), so a document gets the same draw
 
 Heads are chosen as PASTA does, by profiling: steer one head at a time on development
 documents (``profile_heads``), rank the heads by the mean change of the reference summary's
-NLL (``rank_heads``) and steer the best ``k`` (``top_heads``).
+NLL and steer the best ``k`` (``at_probe.interventions.profiling``: ``rank_heads``, ``top_heads``).
 
 Example:
     >>> from at_probe.interventions.emphasis import EmphasisSteering
@@ -38,7 +38,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from at_probe.interventions.base import AttentionEdit, SequenceView, int_tuple, resolve_heads
+from at_probe.interventions import profiling
+from at_probe.interventions.base import (
+    AttentionEdit,
+    SequenceView,
+    checked_head_config,
+    config_heads,
+    int_tuple,
+)
+from at_probe.interventions.profiling import top_heads
 from at_probe.interventions.registry import PLACEBO_SEED, Key, Method, Placebo, choice, register
 from at_probe.runs.choices import check_choice
 
@@ -156,15 +164,7 @@ class EmphasisSteering(AttentionEdit):
     needs_prompts: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.head_config, Mapping) or not self.head_config:
-            raise ValueError(
-                f"head_config must be a non-empty {{layer: heads}} mapping, got {self.head_config!r}"
-            )
-        config = {}
-        for layer, heads in self.head_config.items():
-            (layer,) = int_tuple("head_config layers", [layer])
-            config[layer] = int_tuple(f"head_config[{layer}]", heads)
-        object.__setattr__(self, "head_config", dict(sorted(config.items())))
+        object.__setattr__(self, "head_config", checked_head_config(self.head_config))
         if (
             isinstance(self.alpha, bool)
             or not isinstance(self.alpha, (int, float))
@@ -193,10 +193,7 @@ class EmphasisSteering(AttentionEdit):
         )
 
     def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
-        bad = [l for l in self.head_config if not 0 <= l < n_layers]
-        if bad:
-            raise ValueError(f"head_config layers {bad} are outside the model's layers (0..{n_layers - 1})")
-        resolved = {l: resolve_heads(h, n_heads) for l, h in self.head_config.items()}
+        resolved = config_heads(self.head_config, n_layers, n_heads)
         if self._heads_placebo:  # fail at hook time, not at the first pass
             crowded = [l for l, h in self.head_config.items() if 2 * len(h) > n_heads]
             if crowded:
@@ -245,11 +242,8 @@ def profile_heads(
     target: Target = "document",
     progress: Callable[[int], None] | None = None,
 ) -> dict[tuple[int, int], float]:
-    """PASTA's profiling on one document: the reference's NLL change when each head alone is steered.
-
-    One unsteered pass keeps the residual stream entering every block; steering head ``(l, h)``
-    changes nothing below block ``l``, so its pass replays blocks ``l ..`` only
-    (``at_probe.models.blocks``), exactly equal to a full pass.
+    """PASTA's profiling on one document: the reference's NLL change when each head alone is
+    steered (``at_probe.interventions.profiling.profile_heads`` with ``EmphasisSteering``).
 
     Args:
         model: a ``TransformerBridge``.
@@ -260,54 +254,10 @@ def profile_heads(
     Returns:
         ``(layer, head) -> NLL(steered) - NLL(unsteered)`` in nats/token of the reference.
     """
-    from at_probe.models.blocks import block_inputs, run_blocks
-
     check_choice("emphasis target", target, TARGETS)  # before the passes, not after the first
-    t = len(prompt)
-    tokens = torch.tensor([list(prompt.ids) + list(reference)], device=model.cfg.device)
-    targets = tokens[0, t:, None]
-
-    def nll(logits: Tensor) -> float:
-        logp = logits[0, t - 1 : -1].float().log_softmax(-1)
-        return float(-logp.gather(-1, targets).mean())
-
-    inputs, kwargs, logits = block_inputs(model, tokens)
-    base = nll(logits)
-    deltas = {}
-    for layer in range(int(model.cfg.n_layers)):
-        for head in range(int(model.cfg.n_heads)):
-            steer = EmphasisSteering({layer: (head,)}, alpha=alpha, target=target)
-            with model.hooks(fwd_hooks=steer.hooks(model, prompts=[prompt])), torch.inference_mode():
-                deltas[(layer, head)] = nll(run_blocks(model, inputs[layer], layer, kwargs)) - base
-            if progress is not None:
-                progress(1)
-    return deltas
-
-
-def rank_heads(deltas: Mapping[tuple[int, int], float]) -> list[dict[str, Any]]:
-    """Heads sorted best first by their profiling score: ``[{"layer", "head", "delta"}]``.
-
-    Args:
-        deltas: ``(layer, head)`` -> development loss with that head alone steered minus the
-            loss unsteered (e.g. the mean ``summary_nll`` change); lower is better. Ties go to
-            the lower layer, then head.
-    """
-    rows = [{"layer": int(l), "head": int(h), "delta": float(d)} for (l, h), d in deltas.items()]
-    return sorted(rows, key=lambda r: (r["delta"], r["layer"], r["head"]))
-
-
-def top_heads(ranking: Sequence[Mapping[str, Any]], k: int) -> dict[int, tuple[int, ...]]:
-    """The ``k`` best heads of a ``profile_heads`` ranking as a ``{layer: heads}`` head config.
-
-    Raises:
-        ValueError: ``k`` outside ``1 .. len(ranking)``.
-    """
-    if not 1 <= k <= len(ranking):
-        raise ValueError(f"k must be in 1..{len(ranking)}, got {k}")
-    config: dict[int, list[int]] = {}
-    for row in ranking[:k]:
-        config.setdefault(int(row["layer"]), []).append(int(row["head"]))
-    return {l: tuple(sorted(h)) for l, h in sorted(config.items())}
+    return profiling.profile_heads(
+        model, prompt, reference, lambda layer, head: EmphasisSteering({layer: (head,)}, alpha=alpha, target=target),
+        progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------

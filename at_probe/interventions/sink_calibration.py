@@ -43,8 +43,22 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from at_probe.interventions.base import AttentionEdit, SequenceView, int_tuple, resolve_heads
-from at_probe.interventions.registry import PLACEBO_SEED, Key, Method, Placebo, layer_range, register, show_layer_range
+from at_probe.interventions.base import (
+    AttentionEdit,
+    SequenceView,
+    checked_head_config,
+    config_heads,
+    int_tuple,
+)
+from at_probe.interventions.registry import (
+    PLACEBO_SEED,
+    Key,
+    Method,
+    Placebo,
+    layer_range,
+    register,
+    show_layer_range,
+)
 from at_probe.models.chunked import ChunkedAttentionError, refuse_chunked
 from at_probe.models.names import resolve_layers
 from at_probe.runs.seeding import draw_generator, prompt_digest
@@ -123,7 +137,7 @@ class SinkCalibration(AttentionEdit):
 
     Args:
         head_config: ``{layer: query heads}`` to calibrate (GQA: ``resolve_heads``; the authors'
-            heads come from a search, one head calibrated at a time); ``None``: every head of
+            heads come from a search, one head calibrated at a time: ``at_probe.interventions.profiling``); ``None``: every head of
             ``layers``.
         layers: with no ``head_config``, the layers whose heads are all calibrated; ``None``
             (default): ``2 .. L-2``, the authors' layers.
@@ -154,11 +168,7 @@ class SinkCalibration(AttentionEdit):
                 raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.head_config is not None:
-            if not isinstance(self.head_config, Mapping) or not self.head_config:
-                raise ValueError(f"head_config must be a non-empty {{layer: heads}} mapping, got {self.head_config!r}")
-            config = {int_tuple("head_config layers", [l])[0]: int_tuple(f"head_config[{l}]", h)
-                      for l, h in self.head_config.items()}
-            object.__setattr__(self, "head_config", dict(sorted(config.items())))
+            object.__setattr__(self, "head_config", checked_head_config(self.head_config))
         if self.layers is not None:
             if self.head_config is not None:
                 raise ValueError("give head_config or layers, not both")
@@ -167,7 +177,7 @@ class SinkCalibration(AttentionEdit):
             object.__setattr__(self, "placebo_seed", int_tuple("placebo_seed", [self.placebo_seed])[0])
 
     def __hash__(self) -> int:
-        config = None if self.head_config is None else tuple((l, tuple(h)) for l, h in self.head_config.items())
+        config = None if self.head_config is None else tuple(self.head_config.items())
         return hash((config, self.layers, self.beta, self.threshold, self.placebo_seed))
 
     @property
@@ -182,10 +192,7 @@ class SinkCalibration(AttentionEdit):
         if self.head_config is None:
             layers = range(2, n_layers - 1) if self.layers is None else resolve_layers(self.layers, range(n_layers))
             return {layer: None for layer in layers}
-        bad = [l for l in self.head_config if not 0 <= l < n_layers]
-        if bad:
-            raise ValueError(f"head_config layers {bad} are outside the model's layers (0..{n_layers - 1})")
-        return {l: resolve_heads(h, n_heads) for l, h in self.head_config.items()}
+        return config_heads(self.head_config, n_layers, n_heads)
 
     def sinks(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> SinkMask:
         """The keys this edit damps in one sequence's ``layer``: found at the prompt's prefill

@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,8 +35,23 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from at_probe.interventions.base import AttentionEdit, SequenceView, int_tuple, resolve_heads
-from at_probe.interventions.registry import PLACEBO_SEED, Key, Method, Placebo, layer_range, register, show_layer_range
+from at_probe.interventions.base import (
+    AttentionEdit,
+    SequenceView,
+    checked_head_config,
+    config_heads,
+    int_tuple,
+    resolve_heads,
+)
+from at_probe.interventions.registry import (
+    PLACEBO_SEED,
+    Key,
+    Method,
+    Placebo,
+    layer_range,
+    register,
+    show_layer_range,
+)
 from at_probe.models.names import resolve_layers
 from at_probe.runs.seeding import draw_generator, prompt_digest
 
@@ -105,6 +120,8 @@ class SinkScaling(AttentionEdit):
         layers: layers to edit; ``None`` (default, as ZeroTuning's code): every layer.
         heads: query heads to edit in each of them (GQA: ``at_probe.interventions.base.resolve_heads``);
             ``None``: all.
+        head_config: instead of ``layers`` and ``heads``, ``{layer: query heads}`` (e.g. the best
+            heads of a profiling: ``at_probe.interventions.profiling``).
         placebo_seed: if set, scale one random non-sink key of each prompt instead
             (``placebo_column``); the placebo then needs the prompts (``hooks(model, prompts=...)``).
     """
@@ -113,12 +130,14 @@ class SinkScaling(AttentionEdit):
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
     placebo_seed: int | None = None
+    head_config: Mapping[int, Sequence[int]] | None = None
 
     stage: ClassVar[str] = "pattern"
 
     def __post_init__(self) -> None:
         """Raises ValueError naming ``rate`` (not a finite number in ``(0, MAX_RATE]``), ``layers``,
-        ``heads`` or ``placebo_seed`` (not integers)."""
+        ``heads``, ``head_config`` or ``placebo_seed`` (not integers; ``head_config`` with
+        ``layers`` or ``heads``)."""
         rate = self.rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
                 or not 0 < rate <= MAX_RATE:
@@ -130,6 +149,14 @@ class SinkScaling(AttentionEdit):
                 object.__setattr__(self, name, int_tuple(name, getattr(self, name)))
         if self.placebo_seed is not None:
             object.__setattr__(self, "placebo_seed", int_tuple("placebo_seed", [self.placebo_seed])[0])
+        if self.head_config is not None:
+            if self.layers is not None or self.heads is not None:
+                raise ValueError("give head_config, or layers and heads, not both")
+            object.__setattr__(self, "head_config", checked_head_config(self.head_config))
+
+    def __hash__(self) -> int:
+        config = None if self.head_config is None else tuple(self.head_config.items())
+        return hash((self.rate, self.layers, self.heads, self.placebo_seed, config))
 
     @property
     def needs_prompts(self) -> bool:  # type: ignore[override]  # the placebo draws per document
@@ -143,6 +170,8 @@ class SinkScaling(AttentionEdit):
         return placebo_column(view.prompt.ids, self.placebo_seed)
 
     def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
+        if self.head_config is not None:
+            return config_heads(self.head_config, n_layers, n_heads)
         layers = range(n_layers) if self.layers is None else resolve_layers(self.layers, range(n_layers))
         heads = resolve_heads(self.heads, n_heads)
         return {layer: heads for layer in layers}

@@ -87,3 +87,40 @@ def _view(prompt):
 def test_bad_rates_are_refused_by_name(rate):
     with pytest.raises(ValueError, match="rate"):
         SinkScaling(rate=rate)
+
+
+def test_head_profiling_takes_any_edit_of_one_head(tiny_model, prompt):
+    """``profiling.profile_heads`` with sink edits: one replayed pass per head, equal to a whole
+    pass with that head edited (the emphasis profiling's own test checks the replay further)."""
+    from at_probe.interventions.profiling import profile_heads, rank_heads, top_heads
+    from at_probe.interventions.sink_calibration import SinkCalibration
+
+    reference = list(prompt.ids[5:25])
+    tokens = torch.tensor([list(prompt.ids) + reference])
+    t = len(prompt)
+
+    def nll(edit):
+        hooks = [] if edit is None else edit.hooks(tiny_model, prompts=[prompt])
+        with torch.inference_mode():
+            logp = tiny_model.run_with_hooks(tokens, fwd_hooks=hooks)[0, t - 1 : -1].log_softmax(-1)
+        return float(-logp.gather(-1, tokens[0, t:, None]).mean())
+
+    base = nll(None)
+    for edit_for in (lambda l, h: SinkScaling(8.0, head_config={l: (h,)}),
+                     lambda l, h: SinkCalibration({l: (h,)}, beta=0.0, threshold=0.02)):
+        deltas = profile_heads(tiny_model, prompt, reference, edit_for)
+        assert len(deltas) == 8 * 4 and len({round(d, 6) for d in deltas.values()}) > 10
+        for layer, head in ((1, 0), (6, 3)):
+            assert deltas[(layer, head)] == pytest.approx(nll(edit_for(layer, head)) - base, abs=1e-5)
+        best = top_heads(rank_heads(deltas), 3)
+        assert sum(len(h) for h in best.values()) == 3
+
+
+def test_head_config_edits_exactly_those_heads(tiny_model, prompt):
+    edit = SinkScaling(3.0, head_config={LAYER: (2,)})
+    before, after = _patterns(tiny_model, prompt, edit)
+    torch.testing.assert_close(after, zerotuning_reference(before, 3.0, [2]))
+    with pytest.raises(ValueError, match="not both"):
+        SinkScaling(3.0, layers=(1,), head_config={1: (0,)})
+    with pytest.raises(ValueError, match="outside the model"):
+        SinkScaling(3.0, head_config={99: (0,)}).hooks(tiny_model)

@@ -13,7 +13,8 @@ from at_probe.interventions.calibration import (
     document_region_bounds,
     position_bias_from_profiles,
 )
-from at_probe.interventions.emphasis import EmphasisSteering, rank_heads, steer_scores, top_heads
+from at_probe.interventions.emphasis import EmphasisSteering, steer_scores
+from at_probe.interventions.profiling import rank_heads, top_heads
 from at_probe.interventions.temperature import AttentionTemperature, temper_scores
 from at_probe.xsum import (
     SettingError,

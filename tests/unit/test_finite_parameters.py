@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from at_probe.interventions.calibration import PositionBias, PositionCalibration
-from at_probe.interventions.emphasis import EmphasisSteering, rank_heads
+from at_probe.interventions.emphasis import EmphasisSteering
+from at_probe.interventions.profiling import rank_heads
 from at_probe.interventions.temperature import MIN_TAU, AttentionTemperature, temper_scores
 from at_probe.interventions.transition import (
     MAX_ROW_MASS,

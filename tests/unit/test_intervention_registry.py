@@ -15,7 +15,7 @@ import pytest
 
 from at_probe.interventions import registry
 from at_probe.interventions.calibration import PositionBias
-from at_probe.interventions.emphasis import rank_heads
+from at_probe.interventions.profiling import rank_heads
 from at_probe.interventions.registry import Key, Method, Placebo
 from at_probe.runs.choices import UnknownChoiceError
 from at_probe.xsum import (
