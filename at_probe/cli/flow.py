@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         conditions = build_conditions(args)
         shape = model_shape(args.model)
         try:  # a bad --model or setting: nothing written
-            check_settings(conditions, shape)
+            check_settings(conditions, shape, attention_rows=args.attention_rows)
         except SettingError as err:
             raise UsageError(f"argument --settings: {err}" if args.settings else str(err)) from None
         options = sweep_options(args)

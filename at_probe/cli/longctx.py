@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
             profiles = json.loads(args.profiles.read_text()).get("profiles")
         settings = parse_settings(args.settings, profiles)
-        check_settings(settings, model_shape(args.model))
+        check_settings(settings, model_shape(args.model), attention_rows=args.attention_rows)
         tokenizer = load_tokenizer(args.model)
         documents = development_documents(args.data)
         specs = plan_specs(tokenizer, documents, args.tasks, args.lengths, args.depths, args.prompts)

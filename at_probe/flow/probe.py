@@ -348,12 +348,14 @@ class FlowProbe:
         return self._columns
 
     def _row_entropy(self, p: Tensor, total: Tensor) -> Tensor:
-        """``ops.row_entropy``'s per-row entropy of ``p`` ``[head, rows, keys]`` with row sums
-        ``total`` ``[head, rows]`` (from the region product: one pass less), in two scratch
+        """``ops.row_entropy``'s per-row entropy of ``p`` ``[head, rows, keys]``, in two scratch
         buffers reused by every block (a fresh block-sized tensor per step costs more, in page
-        faults, than the arithmetic). Entries below the smallest normal float (zeros, and the
-        transition's rounding residue below zero) count as it: a term of ``-8.7e-37``, below
-        float32 resolution, and ``p log p`` by vectorised ``log`` takes a third of ``entr``'s time."""
+        faults, than the arithmetic). In ``p log p``, entries below the smallest normal float
+        (zeros, and the transition's rounding residue below zero) count as it: a term of
+        ``-8.7e-37``, below float32 resolution, and vectorised ``log`` takes a third of
+        ``entr``'s time. The row sums ``total`` ``[head, rows]`` come from the region product
+        (one pass less): they hold that residue as it is (~1e-9), and would carry TF32's
+        rounding if a user enabled it for matrix products."""
         n = p.numel()
         if self._scratch is None or self._scratch.shape[1] < n or self._scratch.device != p.device:
             self._scratch = torch.empty(2, n, device=p.device)

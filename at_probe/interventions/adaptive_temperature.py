@@ -5,8 +5,11 @@ For each query row of each chosen head, the entropy ``H`` (nats) of its softmax 
 ``beta = max(poly(H), 1)`` when ``H > 0.5`` and ``beta = 1`` otherwise, with the authors' fitted
 quartic ``poly(H) = -0.037 H^4 + 0.481 H^3 - 2.3 H^2 + 4.917 H - 1.791``; the row's scores are then
 multiplied by ``beta`` before the softmax, so a row is only ever sharpened, never flattened (the
-paper's ``adaptive_temperature_softmax``, its Figure 4). ``poly`` passes 1 near ``H = 0.85``;
-``beta`` is about 1.27 at ``H = 1`` and 2.1-2.4 for ``H`` between 2 and 5.
+paper's ``adaptive_temperature_softmax``, its Figure 4). ``poly`` is above 1 only for ``H`` between
+about 0.85 and 5.94 nats: ``beta`` is about 1.27 at ``H = 1`` and 2.1-2.3 for ``H`` between 2 and
+5, and the most diffuse rows (above 5.94 nats, a uniform row over some 380 keys, common at long
+context) keep ``beta = 1``: the fit covers the entropies of the authors' task, not these.
+``last_report()`` counts as edited the rows whose ``beta`` is above 1.
 
 The paper uses it as a drop-in softmax everywhere, so the default is every head of every layer,
 at every pass (prefill and decode steps). Each row depends on its own scores only, so left
@@ -97,8 +100,8 @@ class AdaptiveTemperature(AttentionEdit):
         return {layer: heads for layer in layers}
 
     def _edit_(self, seq: Tensor, layer: int, heads: Tensor | None, view: SequenceView) -> tuple[int, None]:
-        temper_adaptively_(seq, heads)
-        return seq.shape[-2], None
+        beta = temper_adaptively_(seq, heads)  # [1, head, rows]
+        return int((beta > 1).any(dim=1).sum()), None  # rows sharpened on some head
 
 
 # ``adaptive_temperature:`` (every layer) or ``adaptive_temperature:layers=15-29``; no target, no placebo

@@ -7,8 +7,11 @@ receives over the prompt rows that can see it (rows ``j .. P-1``) exceeds ``thre
 ``beta`` (0.4) and the freed mass ``(1 - beta) * sum(sinks)`` goes to the row's other keys, the
 first token's included, in proportion to their weights, so rows keep their sums. As in the
 authors' code (``GATECH-EIC/ACT``, ``models/llama_modelling_aug.py``, ``atten_process_eval``):
-post-softmax, layers ``2 .. L-2``, searched heads, the hidden sinks found afresh for every input
-and head.
+post-softmax, layers ``2 .. L-2``, the hidden sinks found afresh for every input and head. The
+authors calibrate heads chosen by a search (one head calibrated at a time, kept if it helps);
+``head_config`` takes such a choice (``at_probe.interventions.profiling`` ranks heads the same
+way), while the default and the ``sink_calibration:`` setting calibrate every head of the
+layers, which is not their method (their search keeps some heads of each layer).
 
 Where we differ from that code, deliberately: it spares the first *detected* column (usually,
 not always, the first token); here key 0 is never a hidden sink. It edits batch row 0 only and
@@ -37,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Float
@@ -45,6 +48,7 @@ from torch import Tensor
 
 from at_probe.interventions.base import (
     AttentionEdit,
+    HookPair,
     SequenceView,
     checked_head_config,
     config_heads,
@@ -62,6 +66,9 @@ from at_probe.interventions.registry import (
 from at_probe.models.chunked import ChunkedAttentionError, refuse_chunked
 from at_probe.models.names import resolve_layers
 from at_probe.runs.seeding import draw_generator, prompt_digest
+
+if TYPE_CHECKING:
+    from at_probe.models.prompts import Prompt
 
 Pattern = Float[Tensor, "batch head query_pos key_pos"]
 SinkMask = Bool[Tensor, "head key_pos"]
@@ -114,19 +121,21 @@ def calibrate_sinks_(pattern: Pattern, sinks: SinkMask, beta: float, *, heads: T
     return shift
 
 
-def placebo_sinks(sinks: SinkMask, seed: int, layer: int, prompt_ids: Sequence[int] | Tensor) -> SinkMask:
+def placebo_sinks(sinks: SinkMask, seed: int, layer: int, prompt_ids: Sequence[int] | Tensor,
+                  heads: Sequence[int] | None = None) -> SinkMask:
     """As many random keys per head as ``sinks`` marks, among keys ``1 .. P-1`` that are not
-    hidden sinks, drawn per ``(seed, layer, head, document)``: ``[head, P]``."""
+    hidden sinks (all of them when there are fewer), drawn per ``(seed, layer, head, document)``:
+    ``[head, P]``. ``heads``: the query head of each row of ``sinks`` (None: ``0, 1, ..``)."""
     digest = prompt_digest(prompt_ids)
     out = torch.zeros_like(sinks)
-    for h in range(sinks.shape[0]):
-        count = int(sinks[h].sum())
+    for row, head in enumerate(range(sinks.shape[0]) if heads is None else heads):
+        count = int(sinks[row].sum())
         if not count:
             continue
-        candidates = (~sinks[h]).nonzero().flatten()
+        candidates = (~sinks[row]).nonzero().flatten()
         candidates = candidates[candidates > 0]
-        gen = draw_generator(seed, "sink-calibration-keys", layer, h, digest)
-        out[h, candidates[torch.randperm(candidates.numel(), generator=gen)[:count]]] = True
+        gen = draw_generator(seed, "sink-calibration-keys", layer, int(head), digest)
+        out[row, candidates[torch.randperm(candidates.numel(), generator=gen)[:count]]] = True
     return out
 
 
@@ -184,9 +193,11 @@ class SinkCalibration(AttentionEdit):
     def needs_prompts(self) -> bool:  # type: ignore[override]  # the placebo draws per document
         return self.placebo_seed is not None
 
-    def hooks(self, model: Any, **kwargs: Any) -> list[Any]:
+    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+              prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
+        """``AttentionEdit.hooks``; also raises ``ChunkedAttentionError`` under chunked attention."""
         refuse_chunked(model, "SinkCalibration", _WHY_WHOLE)
-        return super().hooks(model, **kwargs)
+        return super().hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)
 
     def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
         if self.head_config is None:
@@ -209,7 +220,8 @@ class SinkCalibration(AttentionEdit):
             found = hidden_sinks(rows, p, self.threshold)
             if self.placebo_seed is not None:
                 assert view.prompt is not None  # needs_prompts: hooks() refuses to build without them
-                found = placebo_sinks(found, self.placebo_seed, layer, view.prompt.ids)
+                ids = None if heads is None else heads.tolist()
+                found = placebo_sinks(found, self.placebo_seed, layer, view.prompt.ids, ids)
             view.memory[key] = found
         return view.memory[key]
 

@@ -163,11 +163,14 @@ class SinkScaling(AttentionEdit):
         return self.placebo_seed is not None
 
     def column(self, view: SequenceView) -> int:
-        """The key this edit scales for one sequence: the sink, or the placebo's draw."""
+        """The key this edit scales for one sequence: the sink, or the placebo's draw (drawn
+        once per prompt, kept in ``view.memory``)."""
         if self.placebo_seed is None:
             return 0
-        assert view.prompt is not None  # needs_prompts: hooks() refuses to build without them
-        return placebo_column(view.prompt.ids, self.placebo_seed)
+        if "column" not in view.memory:
+            assert view.prompt is not None  # needs_prompts: hooks() refuses to build without them
+            view.memory["column"] = placebo_column(view.prompt.ids, self.placebo_seed)
+        return view.memory["column"]
 
     def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
         if self.head_config is not None:

@@ -374,9 +374,17 @@ class PlaceboTransition(PaperTransition):
     layer, span)`` and per document: each document gets its own draw, the same in any batch)
     instead of the two intervals just before the span. A difference
     between the paper version and this placebo is the effect of *where* the mass goes.
+    With ``parts``, the same parts; they must include ``"move"`` (without it nothing moves, and
+    the placebo would be the edit itself).
     """
 
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.parts is not None and "move" not in self.parts:
+            raise ValueError(f"a placebo of parts {'+'.join(self.parts)} is the edit itself: only the move has "
+                             "a target to randomise (include 'move' in parts)")
 
     def target_start(self, layer: int, index: int, span: Span, prompt_ids: Sequence[int] | Tensor) -> int:
         """First key of the ``2n``-key window that span number ``index`` of ``layer`` feeds.

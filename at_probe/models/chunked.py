@@ -142,6 +142,21 @@ def refuse_chunked(model: Any, what: str, why: str) -> None:
                                     "run it outside at_probe.chunked_attention(model)")
 
 
+@contextmanager
+def marked_chunked(model: Any, rows: int | None) -> Iterator[Any]:
+    """Inside the block ``chunking(model)`` says ``rows`` (causal keys), without touching the
+    attention (None: nothing changes): for checking that interventions accept chunked attention
+    on a model that never runs (``at_probe.models.loading.ModelShape``)."""
+    if rows is None or chunking(model) is not None:
+        yield model
+        return
+    object.__setattr__(model, _STATE, ChunkedAttention(_check_rows(rows), True))
+    try:
+        yield model
+    finally:
+        vars(model).pop(_STATE, None)
+
+
 def attention_modules(model: Any) -> list[Any]:
     """Every layer's attention module, checked to be the bridge class chunking supports.
 

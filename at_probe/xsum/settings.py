@@ -100,8 +100,9 @@ def parse_settings(text: str, profiles: dict[str, Any] | None = None) -> dict[st
     return out
 
 
-def check_settings(settings: dict[str, Any], model: Any) -> None:
-    """Check every setting against the model before a run starts: layers, heads and profiles.
+def check_settings(settings: dict[str, Any], model: Any, *, attention_rows: int | None = None) -> None:
+    """Check every setting against the model before a run starts: layers, heads and profiles,
+    and, for a run under chunked attention (``attention_rows``), that the setting can run there.
 
     Each intervention builds its hooks for ``model`` (a loaded model, or the
     ``at_probe.models.loading.ModelShape`` that ``model_shape`` reads from the config without the
@@ -113,18 +114,25 @@ def check_settings(settings: dict[str, Any], model: Any) -> None:
     Args:
         settings: ``{canonical name: intervention or None}`` (``parse_settings``).
         model: anything with ``cfg.n_layers`` and ``cfg.n_heads``.
+        attention_rows: the run's chunked attention blocks (``--attention-rows``), or None.
 
     Raises:
-        SettingError: a setting that does not fit the model (names it and the reason).
+        SettingError: a setting that does not fit the model, or that chunked attention refuses
+            (names it and the reason).
     """
+    from at_probe.models.chunked import ChunkedAttentionError, marked_chunked
+
     for name, intervention in settings.items():
         if intervention is None:
             continue
         try:
-            intervention.hooks(model, prompts=[])  # no prompts: the hooks are built, never run
+            with marked_chunked(model, attention_rows):
+                intervention.hooks(model, prompts=[])  # no prompts: the hooks are built, never run
         except ValueError as err:
             raise SettingError(f"{name!r} does not fit the model ({model.cfg.n_layers} layers, "
                                f"{model.cfg.n_heads} heads): {err}") from None
+        except ChunkedAttentionError as err:
+            raise SettingError(f"{name!r} cannot run with --attention-rows {attention_rows}: {err}") from None
 
 
 def placebo_of(setting: str, seed: int = PLACEBO_SEED, profiles: dict[str, Any] | None = None,

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from at_probe.interventions.sink_calibration import SinkCalibration, calibrate_sinks_, hidden_sinks, placebo_sinks
+from at_probe.interventions.sink_calibration import (
+    SinkCalibration,
+    calibrate_sinks_,
+    hidden_sinks,
+    placebo_sinks,
+)
 from at_probe.models.chunked import ChunkedAttentionError, chunked_attention
 from at_probe.models.names import pattern_hook
 from at_probe.models.prompts import build_prompt
@@ -126,3 +131,39 @@ def test_chunked_attention_is_refused_with_the_reason(tiny_model, prompt):
 def test_bad_parameters_are_refused_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SinkCalibration(**kwargs)
+
+
+def test_each_prompt_finds_its_own_sinks(tiny_model, prompt, sample_text):
+    """Under one set of hooks, a second prompt is calibrated with its own hidden sinks, not the
+    first prompt's (the per-prompt memory is emptied at each new prompt)."""
+    other = build_prompt(tiny_model.tokenizer, sample_text[1000:2800])
+    edit = SinkCalibration(layers=(LAYER,), threshold=THRESHOLD)
+    with torch.inference_mode():
+        alone = tiny_model.run_with_hooks(other.tensor(), fwd_hooks=edit.hooks(tiny_model, prompts=[other]))
+        with edit.applied(tiny_model):
+            tiny_model(prompt.tensor())
+            after_first = tiny_model(other.tensor())
+    torch.testing.assert_close(after_first, alone)
+
+
+def test_teacher_forced_rows_use_the_prompts_sinks(tiny_model, prompt):
+    """A pass holding the prompt and more tokens finds the sinks from the prompt's rows only:
+    its prompt rows are calibrated exactly as the prompt's own prefill."""
+    edit = SinkCalibration(layers=(LAYER,), threshold=THRESHOLD)
+    _, prefill = _patterns(tiny_model, prompt, edit)
+    n = len(prompt)
+    tokens = torch.tensor([list(prompt.ids) + list(prompt.ids[10:60])])
+    seen = {}
+    pairs = edit.hooks(tiny_model, prompts=[prompt]) + \
+        [(pattern_hook(LAYER), lambda pattern, *, hook: seen.setdefault("after", pattern.detach().clone()))]
+    with torch.inference_mode():
+        tiny_model.run_with_hooks(tokens, fwd_hooks=pairs)
+    torch.testing.assert_close(seen["after"][..., :n, :n], prefill)
+
+
+def test_placebo_draws_per_head_not_per_position_in_the_selection():
+    sinks = torch.zeros(2, 50, dtype=torch.bool)
+    sinks[:, [3, 9, 20]] = True
+    both = placebo_sinks(sinks, 0, 4, list(range(50)), heads=[3, 7])
+    alone = placebo_sinks(sinks[1:], 0, 4, list(range(50)), heads=[7])
+    assert torch.equal(both[1], alone[0]) and not torch.equal(both[0], both[1])

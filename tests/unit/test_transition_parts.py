@@ -11,7 +11,7 @@ import torch
 from at_probe.interventions.registry import method
 from at_probe.interventions.transition import PaperTransition, PlaceboTransition, dispense
 from at_probe.interventions.transition_ops import PARTS, RowStats, check_parts, dispense_span_
-from at_probe.xsum.settings import SettingError, parse_settings
+from at_probe.xsum.settings import SettingError, parse_settings, placebo_of
 from tests.unit.test_transition import causal_pattern
 
 SPANS = [(40, 50), (50, 60)]  # the second span's window [30, 50) overlaps the first's rows
@@ -60,6 +60,10 @@ def test_the_full_version_is_its_three_parts_together(spans):
     p = causal_pattern(t=90)
     full = dispense(p, spans, ALPHA, BETA)
     assert torch.equal(dispense(p, spans, ALPHA, BETA, parts=("move", "sink", "prune")), full)
+    apart = p.clone()  # the three parts' own code path (check_parts would name them None)
+    for span in spans:
+        dispense_span_(apart, span, ALPHA, BETA, conserve_mass=False, parts=PARTS)
+    assert torch.equal(apart, full)
     removed = dispense(p, spans, ALPHA, BETA, parts=("prune", "sink"))
     added = dispense(p, spans, ALPHA, BETA, parts=("move",)) - p
     torch.testing.assert_close(removed + added, full)
@@ -77,9 +81,10 @@ def test_move_alone_adds_the_mass_the_full_version_frees():
     torch.testing.assert_close(stats_move.freed[0], torch.zeros_like(stats_move.freed[0]), atol=1e-6, rtol=0)
 
 
-def test_a_placebo_without_the_move_is_the_same_edit():
+def test_a_placebo_without_the_move_is_the_same_edit_and_refused():
     """Nothing is moved, so the placebo's random window changes nothing: the twin of a
-    removals-only setting is the setting itself (and with the move it differs)."""
+    removals-only setting would be the setting itself (with the move it differs), so it is
+    refused, as a class and as a setting."""
     p = causal_pattern(t=90)
     for parts, same in ((("prune", "sink"), True), (("move",), False)):
         real = dispense(p, SPANS, ALPHA, BETA, parts=parts)
@@ -87,6 +92,11 @@ def test_a_placebo_without_the_move_is_the_same_edit():
         for span in SPANS:
             dispense_span_(moved, span, ALPHA, BETA, conserve_mass=False, target_start=0, parts=parts)
         assert torch.equal(real, moved) is same
+    with pytest.raises(ValueError, match="include 'move'"):
+        PlaceboTransition(parts=("prune", "sink"))
+    with pytest.raises(SettingError, match="include 'move'"):
+        placebo_of("paper:parts=sink")
+    assert placebo_of("paper:parts=sink+move") == "placebo:alpha=1.0,beta=0.5,k=2,parts=sink+move,seed=0"
 
 
 def test_parts_are_checked_and_named_once():

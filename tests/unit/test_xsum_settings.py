@@ -110,3 +110,16 @@ def test_test_settings_pair_each_paper_setting_with_its_placebo():
     assert placebo_of("paper:k=3,alpha=1,beta=0.3", seed=7) == "placebo:alpha=1.0,beta=0.3,k=3,seed=7"
     with pytest.raises(SettingError):
         placebo_of("sra:")
+
+
+def test_a_setting_chunked_attention_refuses_is_caught_before_the_run():
+    from at_probe.models.loading import SMOLLM2_SHAPE
+    from at_probe.xsum import SettingError, check_settings, parse_settings
+
+    settings = parse_settings("sink_calibration:;sink_scaling:rate=2")
+    check_settings(settings, SMOLLM2_SHAPE)
+    with pytest.raises(SettingError, match=r"sink_calibration.*--attention-rows 128.*hidden sinks"):
+        check_settings(settings, SMOLLM2_SHAPE, attention_rows=128)
+    assert "_at_probe_chunked" not in vars(SMOLLM2_SHAPE)
+    check_settings({k: v for k, v in settings.items() if k.startswith("sink_scaling")}, SMOLLM2_SHAPE,
+                   attention_rows=128)
