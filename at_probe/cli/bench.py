@@ -3,8 +3,8 @@
 * transition: a forward pass of a ``--tokens``-token document with the paper transition on all
   scheduled layers (and SRA) vs the same forward without it;
 * alternatives: the same forward with ``EmphasisSteering``, ``PositionCalibration``,
-  ``AttentionTemperature``, ``SinkScaling``, ``SinkCalibration`` and ``AdaptiveTemperature``
-  (``alternatives``) vs without;
+  ``AttentionTemperature``, ``SinkScaling``, ``SinkCalibration``, ``AdaptiveTemperature`` and
+  ``MultiScalePositions`` (``alternatives``) vs without;
 * decode steps: the forward time of a KV-cache decode step (after that document as the prompt)
   with each transition and each alternative active vs none, timed inside ``generate`` from the
   embedding's input to the unembedding's output (``--decode-steps`` steps per call). The
@@ -62,6 +62,7 @@ from at_probe.flow.probe import FlowProbe
 from at_probe.interventions.adaptive_temperature import AdaptiveTemperature
 from at_probe.interventions.calibration import PositionBias, PositionCalibration
 from at_probe.interventions.emphasis import EmphasisSteering
+from at_probe.interventions.multiscale_positions import MultiScalePositions
 from at_probe.interventions.sink_calibration import SinkCalibration
 from at_probe.interventions.sink_scaling import SinkScaling
 from at_probe.interventions.temperature import AttentionTemperature
@@ -81,22 +82,23 @@ def _sync(device: torch.device) -> None:
 
 
 ALTERNATIVE_KEYS = ("emphasis_steering", "position_calibration", "attention_temperature", "sink_scaling",
-                    "sink_calibration", "adaptive_temperature")
+                    "sink_calibration", "adaptive_temperature", "multiscale_positions")
 
 
 def alternatives(model: Any) -> dict[str, Any]:
     """The alternatives as timed: emphasis on one head in each layer of the last half (the
     document emphasised, the last 16 tokens standing for the instruction), calibration with a
     non-flat bias of 8 regions and temperature 0.8, both on the last half of the layers; sink
-    scaling (rate 2) and adaptive temperature on every head of every layer and sink calibration
-    on every head of layers ``2 .. L-2``, their defaults."""
+    scaling (rate 2) and adaptive temperature on every head of every layer, sink calibration
+    on every head of layers ``2 .. L-2`` and multi-scale positions on layers ``2 .. L-1``, their
+    defaults."""
     n_layers = int(model.cfg.n_layers)
     last_half = range(n_layers // 2, n_layers)
     bias = PositionBias(tuple(tuple(1.0 + 0.1 * r for r in range(8)) for _ in range(n_layers)), 1)
     return {"emphasis_steering": EmphasisSteering({l: (0,) for l in last_half}),
             "position_calibration": PositionCalibration(bias), "attention_temperature": AttentionTemperature(0.8),
             "sink_scaling": SinkScaling(2.0), "sink_calibration": SinkCalibration(),
-            "adaptive_temperature": AdaptiveTemperature()}
+            "adaptive_temperature": AdaptiveTemperature(), "multiscale_positions": MultiScalePositions()}
 
 
 def paired_ratio(plain: Callable[[], Any], treated: Callable[[], Any], repeats: int,

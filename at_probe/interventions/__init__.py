@@ -2,7 +2,7 @@
 (``tracking``), one registry of methods (``registry``), and one module per method: the
 transition (paper 2023, its placebo, SRA 2025; arithmetic in ``transition_ops``), PASTA-style
 emphasis, position calibration, temperature, ZeroTuning-style sink scaling, ACT-style sink
-calibration, adaptive temperature.
+calibration, adaptive temperature, Ms-PoE-style multi-scale positions.
 
 May import: ``at_probe.runs``, ``at_probe.models``, ``at_probe.flow`` (position calibration
 measures its bias with the probe).
@@ -15,4 +15,5 @@ measures its bias with the probe).
 # (This order is the order of the kinds in error messages.)
 from at_probe.interventions import (  # noqa: F401, I001
     transition, temperature, calibration, emphasis, sink_scaling, sink_calibration, adaptive_temperature,
+    multiscale_positions,
 )

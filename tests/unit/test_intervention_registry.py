@@ -69,6 +69,9 @@ CANONICAL = {  # setting string -> its canonical name before the registry
     "sink_calibration:layers=2-27,beta=0.3": "sink_calibration:beta=0.3,layers=2-27,threshold=0.1",
     "sink_calibration_placebo:seed=2": "sink_calibration_placebo:beta=0.4,seed=2,threshold=0.1",
     "adaptive_temperature:": "adaptive_temperature:",
+    "multiscale_positions:": "multiscale_positions:high=1.8,low=1.2",
+    "multiscale_positions:low=1.5,layers=2-29": "multiscale_positions:high=1.8,layers=2-29,low=1.5",
+    "multiscale_positions_placebo:seed=3": "multiscale_positions_placebo:high=1.8,low=1.2,seed=3",
     "adaptive_temperature:layers=15-29": "adaptive_temperature:layers=15-29",
     "temperature:tau=0.8": "temperature:tau=0.8",
     "temperature:tau=1": "temperature:tau=1.0",
@@ -182,7 +185,7 @@ def test_duplicate_registration_is_refused():
 
 def test_every_placebo_twin_is_registered_with_the_methods_keys_and_a_seed():
     twins = {m.kind: m.placebo for m in map(registry.method, registry.kinds()) if m.placebo is not None}
-    assert set(twins) == {"paper", "calibration", "emphasis", "sink_scaling", "sink_calibration"}
+    assert set(twins) == {"paper", "calibration", "emphasis", "sink_scaling", "sink_calibration", "multiscale_positions"}
     for kind, placebo in twins.items():
         assert placebo.kind in registry.kinds() and registry.is_placebo(placebo.kind)
         twin_keys = registry.method(placebo.kind).keys

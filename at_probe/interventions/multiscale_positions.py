@@ -1,0 +1,284 @@
+"""Ms-PoE-style multi-scale positions (Zhang et al., NeurIPS 2024, "Found in the Middle: How
+Language Models Use Long Contexts Better via Plug-and-Play Positional Encoding").
+
+On each chosen layer, every head's rotary positions are compressed by its own ratio: a token at
+position ``p`` is rotated as if it stood at ``p / r_h``, in the queries and the keys alike, so
+attention still depends on relative position only, at a scale that differs between heads. The
+ratios run from ``low`` to ``high`` (1.2 and 1.8) as in the authors' code
+(``VITA-Group/Ms-PoE``, ``utils/modify_arch/llama.py``: ``low + (high - low) i / n`` for
+``i = 0 .. n-1``), and the heads that attend to few keys strongly get the smallest: at the
+prompt's prefill, each head's *outlier* share is the fraction of keys whose weight in the last
+prompt row's position-free attention (queries and keys before the rotation) exceeds three times
+the row's mean, and the head with the largest share gets ``low``. Layers ``2 .. L-1`` by default,
+as in the authors' scripts.
+
+How it is applied: the bridge rotates queries and keys before ``hook_rot_q`` / ``hook_rot_k``;
+those hooks rotate them further by ``p (1 / r - 1)`` per frequency, which composes to the
+rotation of ``p / r``. Positions are read off the layer's own ``cos`` / ``sin`` (``hook_cos`` /
+``hook_sin``: the angle of the lowest frequency), so any position convention of the caller
+(left padding, a KV cache) is kept. The keys go into the KV cache compressed, and the ratios
+found at prefill serve the prompt's decode steps and cache-less continuations.
+
+Where we differ from the authors' code, deliberately: it gives head ``j`` the ratio of the
+``j``-th ranked head's index (``cos[head_order]``), not the ``j``-th ratio of the ranking, which
+scrambles the paper's rule; here the rule is the paper's. It ranks from batch row 0 only and
+ignores padding; here each sequence ranks its own heads on its own keys. Under grouped-query
+attention its keys take the ratio of one query head of their group while the other query heads
+use theirs, which breaks the relative-position property; here each key-value head and its query
+heads share one ratio, ranked by the group's mean outlier share (with one query head per
+key-value head this is the authors' scheme).
+
+The ranking reads the prompt's last row before any row is rotated, so chunked attention (which
+rotates a block of rows at a time) is refused. The pass's left padding is read at layer 0's
+scores, so layer 0 is never edited (the authors' scripts leave layers 0 and 1 alone).
+The placebo (``placebo_seed``) gives the same ratios to the heads in a random order, drawn per
+layer and document: it keeps the compression and drops the ranking.
+
+Example:
+    >>> from at_probe.interventions.multiscale_positions import MultiScalePositions
+    >>> with MultiScalePositions().applied(model), torch.inference_mode():
+    ...     logits = model(tokens)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from at_probe.interventions.base import HookLifetime, HookPair, int_tuple
+from at_probe.interventions.registry import (
+    PLACEBO_SEED,
+    Key,
+    Method,
+    Placebo,
+    layer_range,
+    register,
+    show_layer_range,
+)
+from at_probe.interventions.tracking import PromptTracker, lengths_of
+from at_probe.models.chunked import ChunkedAttentionError, current_block, refuse_chunked
+from at_probe.models.hooked import pass_padding
+from at_probe.models.names import EMBED_INPUT_HOOK, resolve_layers, scores_hook
+from at_probe.runs.seeding import draw_generator, prompt_digest
+
+if TYPE_CHECKING:
+    from at_probe.models.prompts import Prompt
+
+_WHY_WHOLE = ("the heads are ranked from the prompt's last row before any row is rotated, and chunked attention "
+              "rotates a block of rows at a time")
+
+
+def compression_ratios(n: int, low: float, high: float) -> Tensor:
+    """The authors' ``n`` ratios ``low + (high - low) i / n``, ``i = 0 .. n-1`` (``high`` itself
+    is never reached): ``[n]`` float32."""
+    return low + (high - low) * torch.arange(n, dtype=torch.float32) / n
+
+
+def outlier_shares(query: Tensor, keys: Tensor) -> Tensor:
+    """Per query head, the share of keys whose weight in the position-free attention of one row
+    exceeds three times the row's mean weight.
+
+    Args:
+        query: the row's query ``[head, d_head]`` before the rotation.
+        keys: the keys it sees ``[head, keys, d_head]`` before the rotation (repeated per query
+            head under GQA).
+
+    Returns:
+        ``[head]`` shares in ``[0, 1]``.
+    """
+    weights = torch.softmax((keys.float() @ query.float()[:, :, None])[..., 0] / math.sqrt(query.shape[-1]), -1)
+    return (weights > 3 * weights.mean(-1, keepdim=True)).float().mean(-1)
+
+
+def group_ratios(shares: Tensor, groups: int, low: float, high: float, order: Tensor | None = None) -> Tensor:
+    """Each key-value head's ratio ``[kv_head]``: its query heads' mean outlier share ranks it, and
+    the ``j``-th ranked (largest share first) gets the ``j``-th of ``compression_ratios``; ``order``
+    (a permutation of the key-value heads) replaces the ranking (the placebo)."""
+    n = shares.numel() // groups
+    ranked = torch.argsort(-shares.view(n, groups).mean(-1), stable=True) if order is None else order
+    ratios = torch.empty(n)
+    ratios[ranked] = compression_ratios(n, low, high)
+    return ratios
+
+
+def rope_positions(cos: Tensor, sin: Tensor, inv_freq: Tensor) -> Tensor:
+    """The positions ``[batch, T]`` a rotary ``cos`` / ``sin`` ``[batch, T, d_head]`` encode, read
+    off the lowest frequency's angle (one turn there spans ``2 pi / min(inv_freq)`` positions:
+    47k at base 10,000 and 64 dimensions), rounded to whole positions."""
+    j = int(torch.argmin(inv_freq))
+    angle = torch.atan2(sin[..., j].float(), cos[..., j].float()) % (2 * math.pi)
+    return torch.round(angle / inv_freq[j].float())
+
+
+def rotate_(x: Tensor, angle: Tensor) -> Tensor:
+    """Rotate ``x`` ``[batch, T, heads, d_head]`` by ``angle`` ``[batch, T, heads, d_head / 2]``
+    per frequency, in place (Llama's rotate-half layout); returns ``x``."""
+    cos, sin = (torch.cat((f, f), dim=-1) for f in (angle.cos(), angle.sin()))
+    half = x.shape[-1] // 2
+    turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    x.copy_((x.to(cos.dtype) * cos + turned.to(cos.dtype) * sin).to(x.dtype))
+    return x
+
+
+@dataclass
+class PositionScalesReport:
+    """The ratio of every key-value head, per layer, of each sequence of the current prompt
+    (``ratios[layer]``: ``[batch, kv_head]``)."""
+
+    ratios: dict[int, Tensor] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.ratios:
+            return "nothing edited"
+        return "\n".join(f"layer {l:3d}: " + "; ".join(" ".join(f"{r:.3f}" for r in row) for row in t.tolist())
+                         for l, t in sorted(self.ratios.items()))
+
+
+class _Run(PromptTracker):
+    """One set of hooks: the pass's padding and rotary positions, and the prompt's ratios."""
+
+    def __init__(self, model: Any, lengths: list[int] | None):
+        super().__init__(model)
+        self.fixed_lengths = lengths
+        self.new_prompt()
+
+    def new_prompt(self) -> None:
+        self.lengths = self.fixed_lengths
+        self.ratios: dict[int, Tensor] = {}
+        self.offsets: list[int] = []
+        self.cos: Tensor | None = None
+        self.sin: Tensor | None = None
+        self.queries: Tensor | None = None
+        self.keys: Tensor | None = None
+
+    def report(self) -> PositionScalesReport:
+        return PositionScalesReport(dict(self.ratios))
+
+
+@dataclass(frozen=True)
+class MultiScalePositions(HookLifetime):
+    """Ms-PoE's per-head compression of rotary positions (module docstring).
+
+    Args:
+        low, high: the ratios' range, ``1 <= low <= high`` (default 1.2 and 1.8, the authors').
+        layers: layers to edit, each ``>= 1``; ``None`` (default): ``2 .. L-1``, the authors'.
+        placebo_seed: if set, the ratios go to the key-value heads in a random order, drawn per
+            layer and document, instead of by outlier share (the control for the ranking).
+
+    Raises:
+        ValueError: bad ``low`` / ``high`` / ``layers`` (at construction), layer 0 or layers outside
+            the model, or a model whose rotary embedding is not Llama's (at ``hooks``).
+        ChunkedAttentionError: under chunked attention (at ``hooks`` and at run time).
+    """
+
+    low: float = 1.2
+    high: float = 1.8
+    layers: tuple[int, ...] | None = None
+    placebo_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not 1.0 <= self.low <= self.high:
+            raise ValueError(f"the ratios must satisfy 1 <= low <= high (a ratio below 1 stretches positions past "
+                             f"the trained range), got low={self.low:g}, high={self.high:g}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", int_tuple("layers", self.layers))
+        if self.placebo_seed is not None:
+            object.__setattr__(self, "placebo_seed", int_tuple("placebo_seed", [self.placebo_seed])[0])
+
+    def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
+              prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
+        """``(hook_name, fn)`` pairs: layer 0's scores (the pass's padding) and, per edited layer,
+        ``hook_q`` / ``hook_k`` (kept for the ranking), ``hook_cos`` (positions), ``hook_rot_q`` and
+        ``hook_rot_k`` (the edit). ``prompt_lengths`` / ``prompts``: as ``AttentionEdit.hooks``."""
+        refuse_chunked(model, "MultiScalePositions", _WHY_WHOLE)
+        n_layers = int(model.cfg.n_layers)
+        layers = range(2, n_layers) if self.layers is None else resolve_layers(self.layers, range(n_layers))
+        if 0 in layers:
+            raise ValueError("MultiScalePositions reads each pass's padding at layer 0: it edits layers 1 .. L-1")
+        inv_freq = _inv_freq(model)
+        groups = int(model.cfg.n_heads) // int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+        run = _Run(model, lengths_of(prompt_lengths, prompts))
+        object.__setattr__(self, "_last_run", run)
+
+        def read_padding(scores: Tensor, *, hook: Any) -> None:
+            run.see_attention(scores)
+            run.offsets = pass_padding(scores)
+
+        def keep(name: str) -> Any:
+            def fn(tensor: Tensor, *, hook: Any) -> None:
+                setattr(run, name, tensor.detach())
+            return fn
+
+        def edit(kind: str, layer: int) -> Any:
+            def fn(tensor: Tensor, *, hook: Any) -> Tensor:
+                block = current_block()
+                if block is not None and not (block.first and block.last):
+                    raise ChunkedAttentionError(f"MultiScalePositions cannot run under chunked attention: {_WHY_WHOLE}")
+                if layer not in run.ratios:
+                    run.ratios[layer] = self._ratios(run, layer, groups)
+                ratios = run.ratios[layer].to(tensor.device)  # [batch, kv_head]
+                if kind == "q":
+                    ratios = ratios.repeat_interleave(groups, dim=1)
+                positions = rope_positions(run.cos, run.sin, inv_freq.to(tensor.device))  # [batch, T]
+                scale = 1.0 / ratios.double() - 1.0  # float64 angles: the turn adds no rounding of its own
+                angle = positions.double()[:, :, None, None] * inv_freq.to(tensor.device).double() * scale[:, None, :, None]
+                return rotate_(tensor.clone(), angle)
+            return fn
+
+        pairs: list[HookPair] = [(EMBED_INPUT_HOOK, run.see_tokens), (scores_hook(0), read_padding)]
+        for layer in layers:
+            attn = f"blocks.{layer}.attn."
+            pairs += [(attn + "hook_q", keep("queries")), (attn + "hook_k", keep("keys")),
+                      (attn + "hook_cos", keep("cos")), (attn + "hook_sin", keep("sin")),
+                      (attn + "hook_rot_q", edit("q", layer)), (attn + "hook_rot_k", edit("k", layer))]
+        return pairs
+
+    def _ratios(self, run: _Run, layer: int, groups: int) -> Tensor:
+        """At a prompt's first pass: each sequence's key-value head ratios ``[batch, kv_head]``."""
+        if run.queries is None or run.keys is None or not run.offsets:
+            raise RuntimeError("MultiScalePositions: a pass without its prompt's prefill under the same hooks "
+                               "(register every pair that .hooks(model) returns)")
+        batch, total = run.queries.shape[:2]
+        if run.lengths is None:
+            run.lengths = [total - o for o in run.offsets]
+        out = []
+        for b, (offset, length) in enumerate(zip(run.offsets, run.lengths)):
+            last = offset + length - 1
+            keys = run.keys[b, offset : last + 1].transpose(0, 1).repeat_interleave(groups, dim=0)
+            shares = outlier_shares(run.queries[b, last], keys)
+            order = None
+            if self.placebo_seed is not None:
+                ids = [] if run.prompt is None else run.prompt[b, offset : last + 1].tolist()
+                gen = draw_generator(self.placebo_seed, "multiscale-heads", layer, prompt_digest(ids))
+                order = torch.randperm(shares.numel() // groups, generator=gen)
+            out.append(group_ratios(shares, groups, self.low, self.high, order))
+        return torch.stack(out)
+
+
+def _inv_freq(model: Any) -> Tensor:
+    """The rotary frequencies ``[d_head / 2]`` of a Llama-family bridge."""
+    rotary = getattr(getattr(model, "rotary_emb", None), "original_component", None)
+    inv_freq = getattr(rotary, "inv_freq", None)
+    if not isinstance(inv_freq, Tensor):
+        raise ValueError("MultiScalePositions needs a model with Llama's rotary embedding (model.rotary_emb.inv_freq)")
+    return inv_freq.detach().float()
+
+
+# ``multiscale_positions:low=1.2,high=1.8`` (layers 2 .. L-1) and its placebo
+_MULTISCALE_KEYS = {"low": Key(float), "high": Key(float), "layers": Key(layer_range, show=show_layer_range)}
+register(Method("multiscale_positions", MultiScalePositions, _MULTISCALE_KEYS,
+                summary="Ms-PoE: each head's rotary positions compressed by its ratio (MultiScalePositions)",
+                placebo=Placebo("multiscale_positions_placebo")))
+register(Method("multiscale_positions_placebo", MultiScalePositions,
+                {**_MULTISCALE_KEYS, "seed": Key(int, field="placebo_seed", default=PLACEBO_SEED)},
+                summary="the same ratios in a random order of heads"))
