@@ -103,21 +103,30 @@ def calibrate_sinks_(pattern: Pattern, sinks: SinkMask, beta: float, *, heads: T
         The total-variation shift ``[head, rows]`` of each edited row.
     """
     rows = pattern[0] if heads is None else pattern[0, heads]
-    before = rows.float()
-    mask = torch.zeros(before.shape[0], before.shape[-1], dtype=torch.bool, device=before.device)
-    width = min(sinks.shape[-1], before.shape[-1])
-    mask[:, :width] = sinks[:, :width].to(before.device)
-    mask = mask[:, None, :]
-    others = torch.where(mask, 0.0, before)
-    other_mass = others.sum(-1, keepdim=True)
-    freed = (1.0 - beta) * torch.where(mask, before, 0.0).sum(-1, keepdim=True)
-    after = torch.where(mask, beta * before, before + freed * others / other_mass.clamp_min(torch.finfo(torch.float32).tiny))
-    after = torch.where(other_mass > 0, after, before)
-    shift = 0.5 * (after - before).abs().sum(-1)  # before writing: ``before`` may share the storage
-    if heads is None:
-        pattern[0] = after.to(pattern.dtype)
-    else:
-        pattern[0, heads] = after.to(pattern.dtype)
+    work = rows.float()  # ``rows`` itself for float32 and all heads: edited in place
+    mask = torch.zeros(work.shape[0], work.shape[-1], dtype=torch.bool, device=work.device)
+    width = min(sinks.shape[-1], work.shape[-1])
+    mask[:, :width] = sinks[:, :width].to(work.device)
+    # each row's mass on the sinks and off them, in one pass: [head, rows, 2]
+    masses = work @ torch.stack((mask.float(), (~mask).float()), dim=-1)
+    sink_mass, other_mass = masses[..., 0], masses[..., 1]
+    given = other_mass > 0  # rows with somewhere to give the freed mass
+    factor = torch.where(given, 1.0 + (1.0 - beta) * sink_mass / other_mass.clamp_min(torch.finfo(torch.float32).tiny),
+                         torch.ones_like(other_mass))
+    for h in range(work.shape[0]):
+        keys = mask[h].nonzero().flatten()
+        if not keys.numel():
+            continue  # no hidden sink: the head's rows stay as they are
+        kept = work[h][:, keys].clone()
+        work[h].mul_(factor[h][:, None])
+        work[h][:, keys] = torch.where(given[h][:, None], beta * kept, kept)
+    # the total-variation shift in closed form: the sinks lose (1 - beta) S, the other keys gain it
+    shift = torch.where(given, (1.0 - beta) * sink_mass, torch.zeros_like(sink_mass))
+    if work is not rows or heads is not None:
+        if heads is None:
+            pattern[0] = work.to(pattern.dtype)
+        else:
+            pattern[0, heads] = work.to(pattern.dtype)
     return shift
 
 

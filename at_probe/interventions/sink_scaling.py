@@ -82,16 +82,19 @@ def scale_column_(pattern: Pattern, column: int, rate: float, *, first_row: int 
     if first_row >= pattern.shape[-2] or column >= pattern.shape[-1]:
         return pattern.new_zeros(0)
     rows = pattern[0, :, first_row:] if heads is None else pattern[0, heads, first_row:]
-    before = rows.float()
-    key = before[..., column : column + 1]
-    total = before.sum(-1, keepdim=True) + (rate - 1.0) * key
-    after = before / total.clamp_min(torch.finfo(torch.float32).tiny)
-    after[..., column : column + 1] *= rate
-    shift = 0.5 * (after - before).abs().sum(-1)  # before writing: ``before`` may share the storage
-    if heads is None:
-        pattern[0, :, first_row:] = after.to(pattern.dtype)
-    else:
-        pattern[0, heads, first_row:] = after.to(pattern.dtype)
+    work = rows.float()  # ``rows`` itself for float32 and all heads: edited in place
+    key = work[..., column].clone()  # [head, rows]
+    total = work.sum(-1)
+    denom = (total + (rate - 1.0) * key).clamp_min(torch.finfo(torch.float32).tiny)
+    work.div_(denom[..., None])
+    work[..., column] = rate * key / denom
+    # the total-variation shift in closed form: the key moves by |a'_c - a_c|, every other key by a_j |1/D - 1|
+    shift = 0.5 * ((work[..., column] - key).abs() + (total - key) * (1.0 / denom - 1.0).abs())
+    if work is not rows or heads is not None:
+        if heads is None:
+            pattern[0, :, first_row:] = work.to(pattern.dtype)
+        else:
+            pattern[0, heads, first_row:] = work.to(pattern.dtype)
     return shift
 
 
