@@ -152,9 +152,9 @@ def _longctx_report() -> dict:
     return json.loads((ROOT / "figures" / "longctx-smollm2" / "report.json").read_text())
 
 
-def _longctx_row(comparison: str, metric: str, lengths: list[int]) -> dict:
+def _longctx_row(comparison: str, metric: str, lengths: list[int], task: str = "passkey") -> dict:
     (row,) = [r for r in _longctx_report()["comparisons"]
-              if (r["comparison"], r["metric"], r["lengths"]) == (comparison, metric, lengths)]
+              if (r["comparison"], r["metric"], r["lengths"], r["task"]) == (comparison, metric, lengths, task)]
     return row
 
 
