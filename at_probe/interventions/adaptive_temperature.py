@@ -48,7 +48,7 @@ def adaptive_beta(scores: Tensor) -> Tensor:
     """Each row's inverse temperature ``[..., rows, 1]`` from its scores ``[..., rows, keys]``
     (masked entries hold at most half the dtype's minimum: their weight is 0), in float32."""
     p = torch.softmax(scores.float(), dim=-1)
-    entropy = -(p * torch.log(p + 1e-9)).sum(-1, keepdim=True)
+    entropy = -p.add(1e-9).log_().mul_(p).sum(-1, keepdim=True)  # one temporary, as -sum p log(p + 1e-9)
     poly = torch.zeros_like(entropy)
     for c in POLY:  # Horner's rule, highest power first, as numpy's polyval
         poly = poly * entropy + c
@@ -56,19 +56,21 @@ def adaptive_beta(scores: Tensor) -> Tensor:
 
 
 def temper_adaptively_(scores: Scores, heads: Tensor | None = None) -> Tensor:
-    """Multiply each unmasked row of ``heads`` (None: all) by its ``adaptive_beta``, in place.
+    """Multiply each row of ``heads`` (None: all) by its ``adaptive_beta``, in place. Masked
+    entries stay masked: at most half the dtype's minimum times ``beta >= 1`` is at most that
+    still (or ``-inf``, which the softmax also gives weight 0).
 
     Returns:
         The inverse temperature of each edited row ``[batch, head, rows]``.
     """
     view = scores if heads is None else scores[:, heads]
     beta = adaptive_beta(view)
-    masked = view <= torch.finfo(view.dtype).min / 2
-    tempered = torch.where(masked, view, (view.float() * beta).to(view.dtype))
-    if heads is None:
-        scores.copy_(tempered)
+    if heads is None and scores.dtype == torch.float32:
+        scores.mul_(beta)
+    elif heads is None:
+        scores.copy_((scores.float() * beta).to(scores.dtype))
     else:
-        scores[:, heads] = tempered
+        scores[:, heads] = (view.float() * beta).to(scores.dtype)
     return beta[..., 0]
 
 
