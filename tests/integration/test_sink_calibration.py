@@ -15,6 +15,7 @@ from at_probe.interventions.sink_calibration import (
 from at_probe.models.chunked import ChunkedAttentionError, chunked_attention
 from at_probe.models.names import pattern_hook
 from at_probe.models.prompts import build_prompt
+from tests.integration.test_sink_scaling import capture_patterns
 
 LAYER = 4
 THRESHOLD = 0.03  # the tiny model's hidden sinks are weaker than llama-7b's 0.1 ones
@@ -46,18 +47,7 @@ def act_reference(head: torch.Tensor, beta: float, threshold: float) -> torch.Te
 
 
 def _patterns(model, prompt, edit, layer=LAYER):
-    seen = {}
-
-    def keep(key):
-        def fn(pattern, *, hook):
-            seen[key] = pattern.detach().clone()
-        return fn
-
-    pairs = [(pattern_hook(layer), keep("before"))] + edit.hooks(model, prompts=[prompt]) + \
-        [(pattern_hook(layer), keep("after"))]
-    with torch.inference_mode():
-        model.run_with_hooks(prompt.tensor(), fwd_hooks=pairs)
-    return seen["before"], seen["after"]
+    return capture_patterns(model, prompt, edit, layer)
 
 
 def test_matches_the_authors_arithmetic(tiny_model, prompt):

@@ -29,7 +29,8 @@ def zerotuning_reference(weights: torch.Tensor, rate: float, heads: list[int]) -
     return out
 
 
-def _patterns(model, prompt, edit, layer=LAYER):
+def capture_patterns(model, prompt, edit, layer=LAYER):
+    """The pattern of ``layer`` before and after ``edit``'s hooks, for one prompt."""
     seen = {}
 
     def keep(key):
@@ -47,7 +48,7 @@ def _patterns(model, prompt, edit, layer=LAYER):
 @pytest.mark.parametrize("rate", [0.3, 4.0])
 def test_matches_the_authors_arithmetic(tiny_model, prompt, rate):
     heads = [1, 2]
-    before, after = _patterns(tiny_model, prompt, SinkScaling(rate=rate, layers=(LAYER,), heads=heads))
+    before, after = capture_patterns(tiny_model, prompt, SinkScaling(rate=rate, layers=(LAYER,), heads=heads))
     torch.testing.assert_close(after, zerotuning_reference(before, rate, heads))
     assert not torch.equal(after, before)
     torch.testing.assert_close(after.sum(-1), torch.ones_like(after.sum(-1)))
@@ -57,7 +58,7 @@ def test_only_the_given_query_heads_change_under_gqa(tiny_model, prompt):
     """Query heads 0 and 1 share a key-value head in the tiny model: editing head 0 leaves head 1."""
     cfg = tiny_model.cfg
     assert cfg.n_key_value_heads is not None and cfg.n_key_value_heads < cfg.n_heads
-    before, after = _patterns(tiny_model, prompt, SinkScaling(rate=3.0, layers=(LAYER,), heads=(0,)))
+    before, after = capture_patterns(tiny_model, prompt, SinkScaling(rate=3.0, layers=(LAYER,), heads=(0,)))
     assert not torch.equal(after[:, 0], before[:, 0])
     assert torch.equal(after[:, 1:], before[:, 1:])
 
@@ -67,7 +68,7 @@ def test_placebo_scales_its_own_key_of_each_document(tiny_model, prompt):
     column = placebo_column(prompt.ids, 2)
     assert 1 <= column < len(prompt) and column == edit.column(_view(prompt))
     assert len({placebo_column(prompt.ids, s) for s in range(20)}) > 10
-    before, after = _patterns(tiny_model, prompt, edit)
+    before, after = capture_patterns(tiny_model, prompt, edit)
     assert torch.equal(after[..., :column, :], before[..., :column, :])  # rows that cannot see the key
     expected = before.clone()
     expected[..., column:, column] *= 4.0
@@ -118,7 +119,7 @@ def test_head_profiling_takes_any_edit_of_one_head(tiny_model, prompt):
 
 def test_head_config_edits_exactly_those_heads(tiny_model, prompt):
     edit = SinkScaling(3.0, head_config={LAYER: (2,)})
-    before, after = _patterns(tiny_model, prompt, edit)
+    before, after = capture_patterns(tiny_model, prompt, edit)
     torch.testing.assert_close(after, zerotuning_reference(before, 3.0, [2]))
     with pytest.raises(ValueError, match="not both"):
         SinkScaling(3.0, layers=(1,), head_config={1: (0,)})
