@@ -11,23 +11,36 @@ Everything here uses development documents only (``int(id) % 4 != 0``); the test
      target (``--targets``; ``--head-ranking-from`` reuses another run's ranking instead).
    Written to ``profile.jsonl`` (one line per document, resumable), then ``profiles.json``
    (reused as it is when the run is resumed), and kept in ``selection.json``.
+   * the sink edits' head search (``sink_head_ranking``): each head alone scaled by rate 0.5 and
+     by 2 (``sink_scaling``'s ``scale_down`` and ``scale_up``), and calibrated as ACT does
+     (``calibration``, layers 2..L-2), ranked the same way.
+   Only what the chosen ``--methods`` need is profiled.
 2. **Sweep** (the first ``--docs`` development documents): baseline and the grid
-   ``ALTERNATIVES_GRID`` (emphasis top 1/2/4/8/16 heads per target, calibration strength
-   0.25/0.5/1 on the last half of the layers, temperature 0.7/0.85/1.15/1.3 on the last half)
-   scored by ``summary_nll``, one forward pass each; per method the lowest mean is selected.
+   ``ALTERNATIVES_GRID`` of the ``--methods`` (default all: emphasis top 1/2/4/8/16 heads per
+   target, calibration strength 0.25/0.5/1 and temperature 0.7/0.85/1.15/1.3 on the last half of
+   the layers, sink scaling, ACT sink calibration, adaptive temperature, Ms-PoE) scored by
+   ``summary_nll``, one forward pass each; per method the lowest mean is selected.
+
+``--parts-of SELECTION`` (the ``selection.json`` of ``xsum_select.py`` on the same bucket) adds
+the paper transition it selected, taken apart (``TRANSITION_PARTS``: each part alone, in pairs,
+all three), as methods ``paper_<parts>`` of the test run, each with its placebo where it moves
+mass; they are not swept (their setting is the selected one's).
 
 ``selection.json`` holds the choices (``selected``), every setting's mean NLL and paired
 difference from the baseline (bootstrap 95% interval over documents), the profiles, and the
 test run's settings and roles: baseline, each method's choice, and the placebos of emphasis
 (``emphasis_placebo``: random heads in the same layers when the document is emphasised, a
 random span of the same length for the instruction; ``emphasis_span_placebo``: the span, for
-either target) and calibration (the weights shuffled across regions).
+either target), calibration (the weights shuffled across regions) and the others that have one
+(``docs/concepts.md``).
 
 ``--fix-text`` repairs the release's mojibake (ftfy) in documents and references, prints how many
 documents it changed and is recorded in the manifest (off by default; the test run must match).
 
 Usage:
     python analyses/alternatives_select.py --bucket 800 --out runs/alt-800
+    python analyses/alternatives_select.py --bucket 800 --methods sink_scaling,multiscale_positions \
+        --parts-of runs/dev-800/selection.json --out runs/peers-800
     python analyses/alternatives_select.py --bucket 1900 --head-ranking-from runs/alt-800/selection.json \\
         --out runs/alt-1900
     python analyses/xsum_eval.py --bucket 800 --selection runs/alt-800/selection.json --out runs/alt-test-800
@@ -38,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +73,11 @@ from at_probe.cli.args import (
     torch_device,
 )
 from at_probe.flow.probe import DEFAULT_REGIONS
-from at_probe.interventions.emphasis import TARGETS, profile_heads
-from at_probe.interventions.profiling import rank_heads
+from at_probe.interventions.emphasis import TARGETS
+from at_probe.interventions.profiling import profile_heads, rank_heads
 from at_probe.models.loading import DEFAULT_MODEL, model_shape
+from at_probe.runs.choices import choice_message
+from at_probe.runs.errors import UsageError
 from at_probe.runs.runfiles import (
     append_jsonl,
     ensure_manifest,
@@ -91,6 +107,8 @@ from at_probe.xsum import (
     setting_roles,
     text_repair_manifest,
 )
+from at_probe.xsum.selection import read_selection
+from at_probe.xsum.settings import transition_parts
 
 
 def emphasis_targets(text: str) -> list[str]:
@@ -99,6 +117,15 @@ def emphasis_targets(text: str) -> list[str]:
     if not targets or any(t not in TARGETS for t in targets):
         raise argparse.ArgumentTypeError(f"must name some of {', '.join(TARGETS)}, got {text!r}")
     return targets
+
+
+def method_list(text: str) -> list[str]:
+    """An argparse type: a comma-separated list of the methods of ``ALTERNATIVES_GRID``."""
+    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in ALTERNATIVES]
+    if not methods or unknown:
+        raise argparse.ArgumentTypeError(choice_message("method", (unknown or [text])[0], ALTERNATIVES))
+    return methods
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -121,6 +148,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=4,
         help="the next N development documents: the profiling (default 4)",
     )
+    p.add_argument("--methods", type=method_list, default=",".join(ALTERNATIVES),
+                   help=f"methods to profile and sweep (default all: {','.join(ALTERNATIVES)})")
+    p.add_argument("--parts-of", type=existing_file, default=None, metavar="SELECTION",
+                   help="an xsum_select.py selection.json of this bucket: test its paper setting taken apart too")
     p.add_argument(
         "--regions", type=positive_int, default=DEFAULT_REGIONS,
         help=f"document regions of the position bias (default {DEFAULT_REGIONS})"
@@ -153,94 +184,126 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def profile_head_deltas(
-    model: Any, docs: list[dict[str, Any]], target: str, path: Path, max_new_tokens: int
+    model: Any, docs: list[dict[str, Any]], name: str, edit_for: Callable[[int, int], Any], path: Path,
+    max_new_tokens: int, layers: Sequence[int] | None = None,
 ) -> dict[tuple[int, int], float]:
-    """Each head steered alone (``profile_heads``), its NLL change averaged over ``docs``.
+    """Each head edited alone (``profiling.profile_heads``), its NLL change averaged over ``docs``.
 
-    One line per (target, document) in ``path``, appended as each document finishes; a re-run
-    continues with the documents not yet profiled.
+    One line per (profiling ``name``, document) in ``path``, appended as each document finishes;
+    a re-run continues with the documents not yet profiled.
     """
     from at_probe.models.prompts import build_prompt, continuation_ids
 
-    done = {r["doc_id"]: r["deltas"] for r in read_jsonl(path, repair=True) if r["target"] == target}
-    n_heads = int(model.cfg.n_layers) * int(model.cfg.n_heads)
+    done = {r["doc_id"]: r["deltas"] for r in read_jsonl(path, repair=True) if r["target"] == name}
+    n_heads = (int(model.cfg.n_layers) if layers is None else len(layers)) * int(model.cfg.n_heads)
     limit = prompt_limit(model, None, max_new_tokens)
     with (
         open(path, "a", encoding="utf-8") as fh,
-        tqdm(total=len(docs) * n_heads, desc=f"heads ({target})", initial=len(done) * n_heads) as bar,
+        tqdm(total=len(docs) * n_heads, desc=f"heads ({name})", initial=len(done) * n_heads) as bar,
     ):
         for doc in docs:
             if str(doc["id"]) in done:
                 continue
             prompt = build_prompt(model.tokenizer, doc["document"], max_tokens=limit)
-            deltas = profile_heads(
-                model,
-                prompt,
-                continuation_ids(model.tokenizer, doc["summary"]),
-                target=target,
-                progress=bar.update,
-            )
+            deltas = profile_heads(model, prompt, continuation_ids(model.tokenizer, doc["summary"]), edit_for,
+                                   layers=layers, progress=bar.update)
             done[str(doc["id"])] = [[l, h, d] for (l, h), d in deltas.items()]
-            append_jsonl(fh, [{"target": target, "doc_id": str(doc["id"]), "deltas": done[str(doc["id"])]}])
+            append_jsonl(fh, [{"target": name, "doc_id": str(doc["id"]), "deltas": done[str(doc["id"])]}])
     per_doc = [{(l, h): d for l, h, d in done[str(doc["id"])]} for doc in docs]
     return {key: float(np.mean([p[key] for p in per_doc])) for key in per_doc[0]}
 
 
-def build_profiles(
-    args: argparse.Namespace, docs: list[dict[str, Any]], targets: list[str]
-) -> dict[str, Any]:
-    """The position bias and the head ranking per target, from the profiling documents."""
+def head_profilings(methods: list[str], targets: list[str], n_layers: int
+                    ) -> dict[str, dict[str, tuple[Callable[[int, int], Any], Sequence[int] | None]]]:
+    """The head profilings the methods need: ``{profile: {ranking: (edit_for, layers)}}``
+    (``head_ranking`` per emphasis target, ``sink_head_ranking`` per sink profiling)."""
+    from at_probe.interventions import sink_calibration, sink_scaling
+    from at_probe.interventions.emphasis import EmphasisSteering
+
+    out: dict[str, dict[str, tuple[Callable[[int, int], Any], Sequence[int] | None]]] = {}
+    if "emphasis" in methods:  # PASTA's alpha, the grid's
+        out["head_ranking"] = {t: (lambda l, h, t=t: EmphasisSteering({l: (h,)}, alpha=0.01, target=t), None)
+                               for t in targets}
+    sinks = out.setdefault("sink_head_ranking", {})
+    if "sink_scaling" in methods:
+        for name, rate in sink_scaling.PROFILE_RATES.items():
+            sinks[name] = (lambda l, h, r=rate: sink_scaling.SinkScaling(r, head_config={l: (h,)}), None)
+    if "sink_calibration" in methods:
+        sinks[sink_calibration.PROFILE_RANKING] = (
+            lambda l, h: sink_calibration.SinkCalibration(head_config={l: (h,)}),
+            sink_calibration.profiled_layers(n_layers))
+    return {k: v for k, v in out.items() if v}
+
+
+def build_profiles(args: argparse.Namespace, docs: list[dict[str, Any]], profilings: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """What the methods need from the profiling documents: the position bias (calibration) and
+    the head rankings (``head_profilings``; reused from ``--head-ranking-from`` when given)."""
     from at_probe.interventions.calibration import estimate_position_bias
     from at_probe.models.loading import load_model
     from at_probe.models.prompts import build_prompts
 
     source = None  # a reused ranking is checked before anything is computed
     if args.head_ranking_from is not None:
-        ranking, source = reused_ranking(args.head_ranking_from, args.model, targets)
+        rankings, source = reused_ranking(args.head_ranking_from, args.model, profilings)
     model = load_model(args.model, device=args.device)
-    prompts = build_prompts(
-        model.tokenizer,
-        [d["document"] for d in docs],
-        max_tokens=prompt_limit(model, None, args.max_new_tokens),
-    )
-    with tqdm(total=len(prompts), desc="position bias") as bar:
-        bias = estimate_position_bias(model, prompts, regions=args.regions, progress=bar.update)
+    profiles: dict[str, Any] = {}
+    if "calibration" in args.methods:
+        prompts = build_prompts(model.tokenizer, [d["document"] for d in docs],
+                                max_tokens=prompt_limit(model, None, args.max_new_tokens))
+        with tqdm(total=len(prompts), desc="position bias") as bar:
+            bias = estimate_position_bias(model, prompts, regions=args.regions, progress=bar.update)
+        profiles["position_bias"] = bias.to_json()
     if args.head_ranking_from is None:
-        ranking = {
-            t: rank_heads(
-                profile_head_deltas(model, docs, t, args.out / "profile.jsonl", args.max_new_tokens)
-            )
-            for t in targets
-        }
-    return {"position_bias": bias.to_json(), "head_ranking": ranking,
-            "profile_documents": [str(d["id"]) for d in docs], "head_ranking_source": source}
+        rankings = {profile: {name: rank_heads(profile_head_deltas(model, docs, name, edit_for,
+                                                                   args.out / "profile.jsonl",
+                                                                   args.max_new_tokens, layers))
+                              for name, (edit_for, layers) in names.items()}
+                    for profile, names in profilings.items()}
+    return {**profiles, **rankings, "profile_documents": [str(d["id"]) for d in docs],
+            "head_ranking_source": source}
 
 
-def reused_ranking(path: Path, model: str, targets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The head ranking of another alternatives run, checked (same model, development documents),
-    and where it came from (path, sha256, bucket, the documents it was profiled on)."""
+def reused_ranking(path: Path, model: str, profilings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The head rankings ``profilings`` names, from another alternatives run, checked (same model,
+    development documents), and where they came from (path, sha256, bucket, the documents they
+    were profiled on)."""
     try:
         selection = json.loads(path.read_text())
         manifest = json.loads((path.parent / "manifest.json").read_text())
-        ranking = selection["profiles"]["head_ranking"]
+        profiles = selection["profiles"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not the selection.json of an alternatives_select.py run: {err!r}") from None
     if manifest.get("split") != "development" or manifest.get("model") != model:
         raise ValueError(f"{path} was profiled with model {manifest.get('model')!r} on split "
                          f"{manifest.get('split')!r}, not on development documents with {model!r}")
-    missing = [t for t in targets if t not in ranking]
+    missing = [f"{p}[{n!r}]" for p, names in profilings.items() for n in names if n not in profiles.get(p, {})]
     if missing:
-        raise ValueError(f"{path} has no head ranking for {', '.join(missing)}")
+        raise ValueError(f"{path} has no head ranking {', '.join(missing)}")
     source = {"path": str(path), "sha256": file_sha256(path), "bucket": manifest.get("bucket"),
-              "profile_documents": selection["profiles"].get("profile_documents")}
-    return {t: ranking[t] for t in targets}, source
+              "profile_documents": profiles.get("profile_documents")}
+    return {p: {n: profiles[p][n] for n in names} for p, names in profilings.items()}, source
 
 
-def sweep_settings(targets: list[str]) -> list[str]:
-    """Baseline and the grid, emphasis restricted to the profiled targets."""
+def parts_of(path: Path, expected: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """The paper setting an ``xsum_select.py`` selection chose, taken apart (``transition_parts``),
+    and where it came from (path, sha256, the setting).
+
+    Raises:
+        UsageError: not such a selection, or one made for another model, bucket or data file.
+    """
+    selection = read_selection(path, expected)
+    if "paper" not in selection:
+        raise UsageError(f"--parts-of: {path} is not an xsum_select.py selection (it chose no paper setting)")
+    return transition_parts(selection["paper"]), {"path": str(path), "sha256": file_sha256(path),
+                                                  "paper": selection["paper"]}
+
+
+def sweep_settings(targets: list[str], methods: Sequence[str] = ALTERNATIVES) -> list[str]:
+    """Baseline and the grid of ``methods``, emphasis restricted to the profiled targets."""
     grid = [
         s
-        for method in ALTERNATIVES
+        for method in methods
         for s in ALTERNATIVES_GRID[method]
         if not s.startswith("emphasis:") or any(f"target={t}," in s for t in targets)
     ]
@@ -263,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"the bucket has {len(development)} development documents, fewer than "
                 f"--docs + --profile-docs = {args.docs + args.profile_docs}"
             )
-        settings = sweep_settings(targets)
+        settings = sweep_settings(targets, args.methods)
         shape = model_shape(args.model)  # a bad --model: exit 2 before the directory exists
+        profilings = head_profilings(args.methods, targets, shape.cfg.n_layers)
+        parts, parts_source = ({}, None) if args.parts_of is None else parts_of(args.parts_of, {
+            "model": args.model, "bucket": args.bucket, "data_sha256": file_sha256(data_file),
+            "max_new_tokens": args.max_new_tokens, **text_repair_manifest(args.fix_text)})
         config = {
             "model": args.model,
             "data_file": data_file.name,
@@ -274,15 +341,17 @@ def main(argv: list[str] | None = None) -> int:
             "documents": [str(d["id"]) for d in docs],
             "profile_documents": [str(d["id"]) for d in profile_docs],
             "regions": args.regions,
+            "methods": args.methods,
             "targets": targets,
             "settings": settings,
+            "parts_of": parts_source,
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
             "metric": "summary_nll",
             **text_repair_manifest(args.fix_text),
             # the reused ranking itself, not its file's bytes: a refreshed file of the same ranking resumes
             "head_ranking_from": (
-                json_sha256(reused_ranking(args.head_ranking_from, args.model, targets)[0])
+                json_sha256(reused_ranking(args.head_ranking_from, args.model, profilings)[0])
                 if args.head_ranking_from else None
             ),
             "at_probe_version": at_probe.__version__,
@@ -294,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             if profiles_path.is_file():
                 profiles = json.loads(profiles_path.read_text())
             else:
-                profiles = build_profiles(args, profile_docs, targets)
+                profiles = build_profiles(args, profile_docs, profilings)
                 write_json_atomic(profiles_path, profiles)
             built = parse_settings(";".join(settings), profiles)  # canonical; all build before any work
             check_settings(built, shape)
@@ -308,9 +377,12 @@ def main(argv: list[str] | None = None) -> int:
             ) as bar:
                 run_units(units, factory, sink.write, progress=lambda unit: bar.update(len(unit.docs)),
                           **options)
-            selection = select_alternatives(sink.records, ALTERNATIVES)
+            selection = select_alternatives(sink.records, args.methods)
+            selection["selected"].update(parts)  # the transition's parts: chosen with its setting
             selection["minus_baseline"] = minus_baseline(sink.records, [str(d["id"]) for d in docs])
             selection["profiles"] = profiles
+            if parts_source is not None:
+                selection["parts_of"] = parts_source
             selection["test_settings"] = run_settings(selection)
             selection["roles"] = setting_roles(selection)
             write_json_atomic(args.out / "selection.json", selection)
@@ -318,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog('alternatives_select.py')}: error: {err}", file=sys.stderr)
         return 2
     for method, name in selection["selected"].items():
-        print(f"{method}: {name}  {describe(selection['minus_baseline'][name])} nats vs baseline")
+        swept = selection["minus_baseline"].get(name)
+        print(f"{method}: {name}  " + (f"{describe(swept)} nats vs baseline" if swept else
+                                       "(a part of the selected paper setting, not swept)"))
     print(f"wrote {args.out / 'selection.json'}")
     return 0
 

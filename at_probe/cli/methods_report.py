@@ -1,7 +1,8 @@
 """The transition and its alternatives side by side on the XSum test set: one table, one figure.
 
-Reads two reports of ``xsum_experiment.py`` (the transitions' and the alternatives', each with
-its own baseline run on the same held-out documents) and puts every method's paired difference
+Reads reports of ``xsum_experiment.py`` (the transitions', the alternatives', and the sink and
+position peers' with the transition taken apart, each with its own baseline run on the same
+held-out documents) and puts every method's paired difference
 from the baseline, and from its placebo where it has one, on the same axes, per bucket present
 in both reports (settings chosen on development documents only, bootstrap 95% intervals over
 documents). Writes ``methods_compared.csv`` + ``.png`` (the forest plot, redrawn by
@@ -24,6 +25,7 @@ import pandas as pd
 from at_probe.cli.args import ArgumentParser, existing_file, output_dir, prog
 from at_probe.runs.stats import MIN_DOCS_FOR_INTERVAL, comparison_label, describe
 from at_probe.xsum import PRIMARY_METRIC
+from at_probe.xsum.settings import TRANSITION_PARTS
 
 METRICS = (PRIMARY_METRIC, "rougeL", "summary_nll")
 """The metrics of the table, the primary first (its column is marked)."""
@@ -38,6 +40,17 @@ CONTRASTS = (  # (report comparison, method, against)
     ("calibration_selected - baseline", "calibration (FitM)", "baseline"),
     ("calibration_selected - calibration_placebo", "calibration (FitM)", "placebo"),
     ("temperature_selected - baseline", "temperature", "baseline"),
+    ("sink_scaling_selected - baseline", "sink scaling (ZeroTuning)", "baseline"),
+    ("sink_scaling_selected - sink_scaling_placebo", "sink scaling (ZeroTuning)", "placebo"),
+    ("sink_calibration_selected - baseline", "sink calibration (ACT)", "baseline"),
+    ("sink_calibration_selected - sink_calibration_placebo", "sink calibration (ACT)", "placebo"),
+    ("adaptive_temperature_selected - baseline", "adaptive temperature", "baseline"),
+    ("multiscale_positions_selected - baseline", "multi-scale positions (Ms-PoE)", "baseline"),
+    ("multiscale_positions_selected - multiscale_positions_placebo", "multi-scale positions (Ms-PoE)", "placebo"),
+    *((f"paper_{name}_selected - {against_role}", f"transition parts: {'+'.join(parts)}", against)
+      for name, parts in TRANSITION_PARTS.items()
+      for against_role, against in (("baseline", "baseline"), (f"paper_{name}_placebo", "placebo"))
+      if against == "baseline" or "move" in parts),
 )
 
 

@@ -4,9 +4,9 @@ pre-declared primary metric and comparison.
 Each run directory is a test run of ``xsum_eval.py --selection`` (its manifest maps the roles
 ``baseline``, ``paper_example``, ``paper_selected``, ``placebo_example``, ``placebo_selected``,
 ``sra_selected`` to the settings chosen on that bucket's development documents; or, for an
-``alternatives_select.py`` selection, ``emphasis_selected``, ``emphasis_placebo``,
-``calibration_selected``, ``calibration_placebo``, ``temperature_selected``, compared with the
-baseline and their placebos). Documents
+``alternatives_select.py`` selection, ``<method>_selected`` and its placebo roles (e.g.
+``emphasis_selected``, ``emphasis_placebo``, ``sink_scaling_selected``, ``paper_move_placebo``),
+each method compared with the baseline and its placebos: ``alternative_comparisons``). Documents
 scored under every setting of their run are used; each comparison is a paired difference per
 document, pooled over the buckets with a bootstrap that resamples documents within their
 bucket (95% interval), and given per bucket too. A metric that is undefined for some outputs
@@ -75,20 +75,45 @@ METRICS = (PRIMARY_METRIC, "rouge1", "rouge2", "rougeL", "summary_nll", "repetit
 COMPARISONS = (PRIMARY_COMPARISON, ("paper_example", "placebo_example"), ("paper_selected", "baseline"),
                ("paper_example", "baseline"), ("sra_selected", "baseline"), ("placebo_selected", "baseline"),
                ("placebo_example", "baseline"))
-ALTERNATIVE_COMPARISONS = (("emphasis_selected", "baseline"), ("emphasis_selected", "emphasis_placebo"),
-                           ("emphasis_selected", "emphasis_span_placebo"),
-                           ("calibration_selected", "baseline"), ("calibration_selected", "calibration_placebo"),
-                           ("temperature_selected", "baseline"), ("emphasis_placebo", "baseline"),
-                           ("emphasis_span_placebo", "baseline"), ("calibration_placebo", "baseline"))
-"""Runs of an ``alternatives_select.py`` selection: each method against the baseline and its
-placebos, on the same primary metric; no single comparison was declared primary for them."""
+TRANSITION_ROLES = frozenset({"baseline", *(r for c in COMPARISONS for r in c)})
+"""The roles of an ``xsum_select.py`` selection (``setting_roles``); any other role makes a run one
+of an ``alternatives_select.py`` selection."""
 OPTIONAL_ROLES = frozenset({"emphasis_span_placebo"})
 """Roles a run made before they existed lacks: their comparisons are left out (and listed)."""
 
 
-def comparisons_for(roles: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    """The comparisons of a run's family (transitions or alternatives), from its roles."""
-    return ALTERNATIVE_COMPARISONS if "emphasis_selected" in roles else COMPARISONS
+def alternative_comparisons(roles: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The comparisons of runs of an ``alternatives_select.py`` selection, from their roles: each
+    method (a role ``<m>_selected``) against the baseline and against each of its placebo roles
+    (``<m>_<suffix>`` for the suffixes its setting's method declares, ``registry.Placebo.roles``),
+    then each placebo role against the baseline; methods in the order of the roles. No single
+    comparison was declared primary for them."""
+    from at_probe.interventions import registry
+
+    names = list(dict.fromkeys(r for run in roles for r in run))
+    settings = {r: run[r] for run in reversed(roles) for r in run}
+    methods = [r.removesuffix("_selected") for r in names if r.endswith("_selected")]
+    placebos = {}
+    for m in methods:
+        kind = settings[f"{m}_selected"].partition(":")[0]
+        twin = registry.method(kind).placebo if kind in registry.kinds() else None
+        suffixes = twin.roles if twin is not None else {}
+        placebos[m] = [f"{m}_{suffix}" for suffix in suffixes if f"{m}_{suffix}" in names]
+    return (*((c for m in methods for c in [(f"{m}_selected", "baseline"),
+                                             *((f"{m}_selected", p) for p in placebos[m])])),
+            *((p, "baseline") for m in methods for p in placebos[m]))
+
+
+def comparisons_for(roles: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The comparisons of runs of one family (transitions or alternatives), from their roles.
+
+    Raises:
+        ReportError: runs of both families mixed.
+    """
+    transitions = {set(run) <= TRANSITION_ROLES for run in roles}
+    if len(transitions) != 1:
+        raise ReportError("the runs mix a transitions selection and an alternatives selection: report them apart")
+    return COMPARISONS if transitions.pop() else alternative_comparisons(roles)
 
 
 class ReportError(Exception):
@@ -182,10 +207,7 @@ def experiment_report(runs: list[tuple[dict[str, Any], pd.DataFrame]], *, seed: 
         ReportError: runs of different families (transitions and alternatives) mixed, or a
             NaN or infinite value of a metric that is always defined (not ``OPTIONAL_METRICS``).
     """
-    families = {comparisons_for(m["roles"]) for m, _ in runs}
-    if len(families) != 1:
-        raise ReportError("the runs mix a transitions selection and an alternatives selection: report them apart")
-    family = families.pop()
+    family = comparisons_for([m["roles"] for m, _ in runs])
     comparisons, left_out = usable_comparisons(family, [m["roles"] for m, _ in runs],
                                                subset=any(m.get("roles_subset") for m, _ in runs))
     primary = PRIMARY_COMPARISON if family is COMPARISONS and PRIMARY_COMPARISON in comparisons else None

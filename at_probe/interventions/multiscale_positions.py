@@ -63,6 +63,7 @@ from at_probe.interventions.registry import (
 from at_probe.interventions.tracking import PromptTracker, lengths_of
 from at_probe.models.chunked import ChunkedAttentionError, current_block, refuse_chunked
 from at_probe.models.hooked import pass_padding
+from at_probe.models.loading import ModelShape
 from at_probe.models.names import EMBED_INPUT_HOOK, resolve_layers, scores_hook
 from at_probe.runs.seeding import draw_generator, prompt_digest
 
@@ -205,7 +206,8 @@ class MultiScalePositions(HookLifetime):
         layers = range(2, n_layers) if self.layers is None else resolve_layers(self.layers, range(n_layers))
         if 0 in layers:
             raise ValueError("MultiScalePositions reads each pass's padding at layer 0: it edits layers 1 .. L-1")
-        inv_freq = _inv_freq(model)
+        # a ModelShape (settings checked before a run loads the weights) has no rotary embedding
+        inv_freq = torch.ones(1) if isinstance(model, ModelShape) else _inv_freq(model)
         groups = int(model.cfg.n_heads) // int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
         run = _Run(model, lengths_of(prompt_lengths, prompts))
         object.__setattr__(self, "_last_run", run)

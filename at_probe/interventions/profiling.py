@@ -30,6 +30,7 @@ def profile_heads(
     reference: Sequence[int],
     edit_for: Callable[[int, int], Any],
     *,
+    layers: Sequence[int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[tuple[int, int], float]:
     """Head profiling on one document: the reference's NLL change when each head alone is edited.
@@ -44,6 +45,7 @@ def profile_heads(
             (teacher-forced after the prompt).
         edit_for: ``(layer, head) ->`` an intervention that edits that head of that layer only
             (e.g. ``EmphasisSteering({layer: (head,)})``); its hooks get ``prompts=[prompt]``.
+        layers: the layers whose heads are profiled (default every layer; ACT searches ``2 .. L-2``).
         progress: called with 1 after each head.
 
     Returns:
@@ -62,7 +64,7 @@ def profile_heads(
     inputs, kwargs, logits = block_inputs(model, tokens)
     base = nll(logits)
     deltas = {}
-    for layer in range(int(model.cfg.n_layers)):
+    for layer in range(int(model.cfg.n_layers)) if layers is None else layers:
         for head in range(int(model.cfg.n_heads)):
             edit = edit_for(layer, head)
             with model.hooks(fwd_hooks=edit.hooks(model, prompts=[prompt])), torch.inference_mode():

@@ -68,10 +68,18 @@ class Placebo:
         roles: test-run role suffix -> extra ``key=value`` text of the twin in that role
             (``<method>_<suffix>``, e.g. emphasis's ``{"placebo": {}, "span_placebo":
             {"placebo": "span"}}``); default one role, ``<method>_placebo``.
+        applies: which of the method's settings have the twin, from the key texts of their
+            canonical name (``setting_parts``); None (default): all of them. The paper
+            transition's parts without ``move`` have none (their twin would be the edit itself).
     """
 
     kind: str
     roles: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=lambda: {"placebo": {}})
+    applies: Callable[[Mapping[str, str]], bool] | None = None
+
+    def applies_to(self, name: str) -> bool:
+        """Whether the canonical setting ``name`` (of the twin's method) has this placebo."""
+        return self.applies is None or self.applies(setting_parts(name)[1])
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ class Method:
         placebo: its placebo twin, or None.
         profile: the development profile it needs (a key of a selection's ``profiles``), or None.
         profile_args: ``(profile, {key: value}) -> constructor arguments`` (with ``profile``).
+        profile_when: ``{key: value} -> whether this setting needs the profile``; None
+            (default): every setting does. (The sink edits need a head ranking only with ``top``.)
 
     Raises:
         ValueError: a kind that is not a plain word, ``profile`` without ``profile_args`` (or
@@ -99,6 +109,11 @@ class Method:
     placebo: Placebo | None = None
     profile: str | None = None
     profile_args: Callable[[Any, Mapping[str, Any]], Mapping[str, Any]] | None = None
+    profile_when: Callable[[Mapping[str, Any]], bool] | None = None
+
+    def needs_profile(self, values: Mapping[str, Any]) -> bool:
+        """Whether a setting of these parsed key values needs ``self.profile``."""
+        return self.profile is not None and (self.profile_when is None or self.profile_when(values))
 
     def __post_init__(self) -> None:
         if not self.kind.replace("_", "").isalnum() or self.kind == _RESERVED:

@@ -54,6 +54,7 @@ from at_probe.interventions.base import (
     config_heads,
     int_tuple,
 )
+from at_probe.interventions.profiling import top_heads
 from at_probe.interventions.registry import (
     PLACEBO_SEED,
     Key,
@@ -210,7 +211,7 @@ class SinkCalibration(AttentionEdit):
 
     def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
         if self.head_config is None:
-            layers = range(2, n_layers - 1) if self.layers is None else resolve_layers(self.layers, range(n_layers))
+            layers = profiled_layers(n_layers) if self.layers is None else resolve_layers(self.layers, range(n_layers))
             return {layer: None for layer in layers}
         return config_heads(self.head_config, n_layers, n_heads)
 
@@ -239,12 +240,39 @@ class SinkCalibration(AttentionEdit):
         return seq.shape[-2], calibrate_sinks_(seq, sinks, self.beta, heads=heads)
 
 
-# ``sink_calibration:beta=0.4,threshold=0.1,layers=2-28`` (every head of those layers) and its placebo
+# ---------------------------------------------------------------------------------------------
+# Head search and settings (``at_probe.interventions.registry``)
+# ---------------------------------------------------------------------------------------------
+
+PROFILE_RANKING = "calibration"
+"""The name of ACT's head search in a selection's ``profiles["sink_head_ranking"]``: each head of
+the default layers (``2 .. L-2``) calibrated alone with the default beta and threshold on
+development documents (``at_probe.interventions.profiling``; the authors search by accuracy)."""
+
+
+def profiled_layers(n_layers: int) -> tuple[int, ...]:
+    """The layers ACT searches and calibrates by default: ``2 .. L-2``."""
+    return tuple(range(2, n_layers - 1))
+
+
+def _top_args(rankings: Mapping[str, Any] | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    """With ``top``: the ``top`` best heads of the ``calibration`` ranking as ``head_config``."""
+    if "top" not in values:
+        return {}
+    if not rankings or PROFILE_RANKING not in rankings:
+        raise ValueError(f"the sink head profile has no {PROFILE_RANKING!r} ranking")
+    return {"head_config": top_heads(rankings[PROFILE_RANKING], values["top"])}
+
+
+# ``sink_calibration:beta=0.4,threshold=0.1`` (every head of layers 2..L-2), ``...,top=4`` (the
+# profile's best 4 heads) and the placebo of each
 _SINK_CALIBRATION_KEYS = {"beta": Key(float), "threshold": Key(float),
-                          "layers": Key(layer_range, show=show_layer_range)}
+                          "layers": Key(layer_range, show=show_layer_range), "top": Key(int, field=None)}
+_SINK_PROFILE = {"profile": "sink_head_ranking", "profile_args": _top_args,
+                 "profile_when": lambda values: "top" in values}
 register(Method("sink_calibration", SinkCalibration, _SINK_CALIBRATION_KEYS,
                 summary="ACT calibration: hidden sinks damped by beta, their mass given back (SinkCalibration)",
-                placebo=Placebo("sink_calibration_placebo")))
+                placebo=Placebo("sink_calibration_placebo"), **_SINK_PROFILE))
 register(Method("sink_calibration_placebo", SinkCalibration,
                 {**_SINK_CALIBRATION_KEYS, "seed": Key(int, field="placebo_seed", default=PLACEBO_SEED)},
-                summary="the same damping of as many random keys per head"))
+                summary="the same damping of as many random keys per head", **_SINK_PROFILE))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -43,6 +43,7 @@ from at_probe.interventions.base import (
     int_tuple,
     resolve_heads,
 )
+from at_probe.interventions.profiling import top_heads
 from at_probe.interventions.registry import (
     PLACEBO_SEED,
     Key,
@@ -189,11 +190,41 @@ class SinkScaling(AttentionEdit):
         return max(0, seq.shape[-2] - first_row), shift
 
 
-# ``sink_scaling:rate=2,layers=0-29`` (``at_probe.interventions.registry``) and its placebo
-_SINK_SCALING_KEYS = {"rate": Key(float, required=True), "layers": Key(layer_range, show=show_layer_range)}
+# ---------------------------------------------------------------------------------------------
+# Head search and settings (``at_probe.interventions.registry``)
+# ---------------------------------------------------------------------------------------------
+
+PROFILE_RATES: dict[str, float] = {"scale_down": 0.5, "scale_up": 2.0}
+"""The head profilings of sink scaling: each head alone scaled by this rate on development
+documents (``at_probe.interventions.profiling``), one ranking per direction, kept under these
+names in a selection's ``profiles["sink_head_ranking"]``. ZeroTuning picks its heads by hand,
+per task, in either direction; a setting with ``top`` takes the ranking of its rate's direction."""
+
+
+def ranking_name(rate: float) -> str:
+    """The profiling whose ranking a setting of this rate uses (``PROFILE_RATES``)."""
+    return "scale_down" if rate < 1 else "scale_up"
+
+
+def _top_args(rankings: Mapping[str, Any] | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    """With ``top``: the ``top`` best heads of the ranking of the rate's direction as ``head_config``."""
+    if "top" not in values:
+        return {}
+    name = ranking_name(values["rate"])
+    if not rankings or name not in rankings:
+        raise ValueError(f"the sink head profile has no {name!r} ranking")
+    return {"head_config": top_heads(rankings[name], values["top"])}
+
+
+# ``sink_scaling:rate=2`` (every head), ``sink_scaling:rate=0.5,top=4`` (the profile's best 4) and
+# the placebo of each
+_SINK_SCALING_KEYS = {"rate": Key(float, required=True), "layers": Key(layer_range, show=show_layer_range),
+                      "top": Key(int, field=None)}
+_SINK_PROFILE = {"profile": "sink_head_ranking", "profile_args": _top_args,
+                 "profile_when": lambda values: "top" in values}
 register(Method("sink_scaling", SinkScaling, _SINK_SCALING_KEYS,
                 summary="ZeroTuning sink scaling: the sink's attention times rate, rows renormalised (SinkScaling)",
-                placebo=Placebo("sink_scaling_placebo")))
+                placebo=Placebo("sink_scaling_placebo"), **_SINK_PROFILE))
 register(Method("sink_scaling_placebo", SinkScaling,
                 {**_SINK_SCALING_KEYS, "seed": Key(int, field="placebo_seed", default=PLACEBO_SEED)},
-                summary="the same scaling of one random non-sink key per document"))
+                summary="the same scaling of one random non-sink key per document", **_SINK_PROFILE))

@@ -403,7 +403,10 @@ def corpus_differences(df: pd.DataFrame) -> Figure:
     by_region = df["region"].fillna("").astype(str).str.len().gt(0).any()
     facet = "region" if by_region else "measure"
     panels = _region_order(df, "region") if by_region else list(dict.fromkeys(df["measure"]))
-    colors = dict(zip(dict.fromkeys(df["condition"]), sns.color_palette()))
+    conditions = list(dict.fromkeys(df["condition"]))
+    # the default palette has 10 colours: more conditions (the peers' run has 12) take tab20's
+    colors = dict(zip(conditions, sns.color_palette(None if len(conditions) <= 10 else "tab20",
+                                                    n_colors=len(conditions))))
     legend_rows = -(-len(colors) // 4)  # _figure_legend's 4 columns, below the panels
     fig, (axes,) = _panels([len(panels)], 3.6, 2.9, max_cols=4, extra_height=0.3 + 0.25 * legend_rows)
     for ax, panel in zip(axes, panels):

@@ -72,7 +72,7 @@ def parse_setting(text: str, profiles: dict[str, Any] | None = None) -> tuple[st
     if missing:
         raise SettingError(f"{text!r} needs {', '.join(missing)}")
     try:
-        profile = None if method.profile is None else _profile(profiles, method.profile, kind)
+        profile = _profile(profiles, method.profile, kind) if method.needs_profile(params) else None
         intervention, name = method.build(params, profile)
     except ValueError as err:
         raise SettingError(f"invalid {text!r}: {err}") from None
@@ -163,14 +163,15 @@ def placebo_of(setting: str, seed: int = PLACEBO_SEED, profiles: dict[str, Any] 
 def placebo_twins(setting: str, profiles: dict[str, Any] | None = None,
                   seed: int = PLACEBO_SEED) -> dict[str, str]:
     """A setting's placebos by test-run role suffix (``{"placebo": name}``; emphasis also
-    ``"span_placebo"``), as its method's ``Placebo.roles`` declare; ``{}`` for a method without one.
+    ``"span_placebo"``), as its method's ``Placebo.roles`` declare; ``{}`` for a setting without
+    one (its method has no twin, or the twin does not apply: ``Placebo.applies``).
 
     Raises:
         SettingError: a bad setting.
     """
     name, _ = parse_setting(setting, profiles)
     placebo = _declared_placebo(name)
-    if placebo is None:
+    if placebo is None or not placebo.applies_to(name):
         return {}
     return {suffix: _twin_name(name, placebo.kind, extra, seed, profiles)
             for suffix, extra in placebo.roles.items()}
@@ -215,12 +216,46 @@ ALTERNATIVES_GRID: dict[str, tuple[str, ...]] = {
                       for k in (1, 2, 4, 8, 16)),
     "calibration": tuple(f"calibration:strength={s}" for s in (0.25, 0.5, 1)),
     "temperature": tuple(f"temperature:tau={t}" for t in (0.7, 0.85, 1.15, 1.3)),
+    "sink_scaling": (*(f"sink_scaling:rate={r}" for r in (0.5, 0.8, 1.25, 2)),
+                     *(f"sink_scaling:rate={r},top={k}" for r in (0.5, 2) for k in (4, 16))),
+    "sink_calibration": ("sink_calibration:", "sink_calibration:beta=0.7",
+                         *(f"sink_calibration:top={k}" for k in (4, 16))),
+    "adaptive_temperature": ("adaptive_temperature:",),
+    "multiscale_positions": ("multiscale_positions:", "multiscale_positions:low=1.1,high=1.4",
+                             "multiscale_positions:low=1.5,high=2.5"),
 }
-"""The alternatives' development grid (PASTA's alpha = 0.01; FitM's last half of the layers)."""
+"""The alternatives' development grid: PASTA's alpha = 0.01; FitM's last half of the layers; the
+sink rate both ways on every head and on the profiled best heads (ZeroTuning tunes both); ACT's
+beta 0.4 and threshold 0.1 on every head of layers 2..L-2 and on its searched heads; adaptive
+temperature as published (no parameter); Ms-PoE's ratios [1.2, 1.8] and a narrower and a wider
+range (its layers 2..L-1)."""
 
 ALTERNATIVES: tuple[str, ...] = tuple(registry.method(kind).kind for kind in ALTERNATIVES_GRID)  # registered
 """The alternative interventions, the methods of ``ALTERNATIVES_GRID`` (``at_probe.interventions.emphasis``,
-``.calibration``, ``.temperature``); their placebos and profiles are the registry's."""
+``.calibration``, ``.temperature``, ``.sink_scaling``, ``.sink_calibration``, ``.adaptive_temperature``,
+``.multiscale_positions``); their placebos and profiles are the registry's."""
+
+TRANSITION_PARTS: dict[str, tuple[str, ...]] = {
+    "prune": ("prune",), "sink": ("sink",), "move": ("move",), "prune_sink": ("prune", "sink"),
+    "prune_move": ("prune", "move"), "sink_move": ("sink", "move"), "all": ("prune", "sink", "move"),
+}
+"""The paper transition taken apart for a test run (``alternatives_select.py --parts-of``): each
+part alone, in pairs, and all three (the full version), by the name of their test-run method
+``paper_<name>`` (``PaperTransition.parts``)."""
+
+
+def transition_parts(paper: str) -> dict[str, str]:
+    """The canonical settings of ``TRANSITION_PARTS`` of one paper setting, by ``paper_<name>``.
+
+    Raises:
+        SettingError: not a ``paper`` setting, or one that already names its parts.
+    """
+    name, _ = parse_setting(paper)
+    kind, keys = registry.setting_parts(name)
+    if kind != "paper" or "parts" in keys:
+        raise SettingError(f"the parts are taken of a full paper setting, not {paper!r}")
+    return {f"paper_{label}": parse_setting(f"{name},parts={'+'.join(parts)}")[0]
+            for label, parts in TRANSITION_PARTS.items()}
 
 
 def development_sweep_settings() -> dict[str, Any]:

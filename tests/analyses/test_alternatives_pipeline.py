@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from at_probe.xsum import ALTERNATIVES
 from tests.analyses.conftest import load_script
 from tests.conftest import XSUM_DIR, require_shared
 
@@ -58,7 +59,10 @@ def test_selection_profiles_and_roles(selection_run):
     ranking = sel["profiles"]["head_ranking"]["instruction"]
     assert len(ranking) == 8 * 4 and [r["delta"] for r in ranking] == sorted(r["delta"] for r in ranking)
     assert len(sel["profiles"]["position_bias"]["density"]) == 8
-    assert set(sel["selected"]) == {"emphasis", "calibration", "temperature"}
+    sinks = sel["profiles"]["sink_head_ranking"]  # both scaling directions on every head, ACT on layers 2..L-2
+    assert {name: len(r) for name, r in sinks.items()} == {"scale_down": 32, "scale_up": 32, "calibration": 5 * 4}
+    assert {r["layer"] for r in sinks["calibration"]} == set(range(2, 7))
+    assert set(sel["selected"]) == set(ALTERNATIVES)  # every method by default
     for method, setting in sel["selected"].items():  # the lowest development NLL of its method
         ours = {n: v for n, v in sel["mean_nll"].items() if n.split(":")[0] == method}
         assert sel["mean_nll"][setting] == min(ours.values())
@@ -71,6 +75,13 @@ def test_selection_profiles_and_roles(selection_run):
         "calibration_selected",
         "calibration_placebo",
         "temperature_selected",
+        "sink_scaling_selected",
+        "sink_scaling_placebo",
+        "sink_calibration_selected",
+        "sink_calibration_placebo",
+        "adaptive_temperature_selected",  # no placebo: its control is the fixed temperature
+        "multiscale_positions_selected",
+        "multiscale_positions_placebo",
     ]
 
 
@@ -109,7 +120,7 @@ def test_test_run_and_corpus_flow_of_the_selection(selection_run, tmp_path):
     )
     records = [json.loads(l) for l in (test / "records.jsonl").read_text().splitlines()]
     manifest = json.loads((test / "manifest.json").read_text())
-    assert len(records) == 2 * 6 and set(manifest["roles"]) >= {"emphasis_placebo", "calibration_placebo"}
+    assert len(records) == 2 * 13 and set(manifest["roles"]) >= {"emphasis_placebo", "calibration_placebo"}
     nll = {(r["doc_id"], r["setting"]): r["summary_nll"] for r in records}
     for setting in manifest["settings"][1:]:  # every intervention and placebo acts
         assert any(abs(v - nll[(d, "baseline")]) > 1e-5 for (d, s), v in nll.items() if s == setting), setting
@@ -208,7 +219,9 @@ def test_flow_runs_each_placebo_of_a_document_emphasis_once(selection_run, tmp_p
     (tmp_path / "manifest.json").write_text((out / "manifest.json").read_text())
     conditions = flow.selection_conditions(tmp_path / "selection.json", {"model": "tiny"})
     assert list(conditions) == ["baseline", "emphasis", "emphasis_placebo", "emphasis_span_placebo",
-                                "calibration", "calibration_placebo", "temperature"]
+                                "calibration", "calibration_placebo", "temperature", "sink_scaling",
+                                "sink_scaling_placebo", "sink_calibration", "sink_calibration_placebo",
+                                "adaptive_temperature", "multiscale_positions", "multiscale_positions_placebo"]
     assert conditions["emphasis_placebo"].placebo == "heads"
     assert conditions["emphasis_span_placebo"].placebo == "span"
     instruction = flow.selection_conditions(out / "selection.json", {"model": "tiny"})
@@ -279,3 +292,43 @@ def test_methods_table_says_why_an_interval_is_missing_and_marks_few_documents(t
     assert "| +0.100, interval n/a (1 document; an interval needs >= 2) |" in table
     assert "+0.100 [+0.090, +0.110] (5 documents < 10: unreliable)" in table
     assert "Warning: the marked intervals are over fewer than 10 documents" in table
+
+
+def _transitions_selection(tmp_path, paper: str = "paper:alpha=1.5,beta=0.8,k=1", **manifest):
+    """A development sweep of xsum_select.py as its selection.json and manifest.json would be."""
+    from at_probe.runs.runfiles import file_sha256
+    from at_probe.xsum import bucket_file, run_settings
+
+    run = tmp_path / "transitions"
+    run.mkdir()
+    selection = {"paper": paper, "sra": "sra:"}
+    (run / "selection.json").write_text(json.dumps({**selection, "test_settings": run_settings(selection)}))
+    data = bucket_file(require_shared(XSUM_DIR), "800")
+    (run / "manifest.json").write_text(json.dumps({"model": "tiny", "bucket": "800", "split": "development",
+                                                   "data_sha256": file_sha256(data), "max_new_tokens": 12,
+                                                   **manifest}))
+    return run / "selection.json"
+
+
+def test_parts_of_a_transition_selection_become_methods_of_the_test_run(tmp_path):
+    args = ["--model", "tiny", "--bucket", "800", "--docs", "1", "--profile-docs", "1", "--max-new-tokens", "12",
+            "--methods", "adaptive_temperature", "--batch-size", "1"]
+    parts = _transitions_selection(tmp_path)
+    assert alternatives_select.main([*args, "--parts-of", str(parts), "--out", str(tmp_path / "run")]) == 0
+    sel = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert sel["parts_of"]["paper"] == "paper:alpha=1.5,beta=0.8,k=1"
+    roles = sel["roles"]
+    assert roles["paper_all_selected"] == "paper:alpha=1.5,beta=0.8,k=1"  # all three parts: the full version
+    assert roles["paper_prune_sink_selected"] == "paper:alpha=1.5,beta=0.8,k=1,parts=prune+sink"
+    placebos = sorted(r for r in roles if r.startswith("paper_") and r.endswith("_placebo"))
+    assert placebos == ["paper_all_placebo", "paper_move_placebo", "paper_prune_move_placebo",
+                        "paper_sink_move_placebo"], "only a part that moves mass has a placebo"
+    assert roles["paper_sink_move_placebo"] == "placebo:alpha=1.5,beta=0.8,k=1,parts=sink+move,seed=0"
+    swept = json.loads((tmp_path / "run" / "manifest.json").read_text())["settings"]
+    assert swept == ["baseline", "adaptive_temperature:"], "the parts are not swept"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong = _transitions_selection(other, bucket="1900")
+    assert alternatives_select.main([*args, "--parts-of", str(wrong), "--out", str(tmp_path / "wrong")]) == 2
+    assert not (tmp_path / "wrong").exists(), "refused before the run directory is made"

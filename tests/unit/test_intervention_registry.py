@@ -37,6 +37,8 @@ PROFILES = {
     "head_ranking": {t: rank_heads({(l, h): 0.01 * (l * 5 + h) * (1 if t == "document" else -1)
                                     for l in range(4) for h in range(5)})
                      for t in ("document", "instruction")},
+    "sink_head_ranking": {name: rank_heads({(l, h): sign * 0.01 * (l * 5 + h) for l in range(4) for h in range(5)})
+                          for name, sign in (("scale_down", 1), ("scale_up", -1), ("calibration", 1))},
 }
 
 _SRA = "elimi_factor_inter=0.5,elimi_factor_outer=0.3,strengthen_factor_inter=4.0,strengthen_factor_outer="
@@ -65,6 +67,9 @@ CANONICAL = {  # setting string -> its canonical name before the registry
     "sink_scaling:rate=2": "sink_scaling:rate=2.0",
     "sink_scaling:rate=0.5,layers=2-5": "sink_scaling:layers=2-5,rate=0.5",
     "sink_scaling_placebo:rate=2": "sink_scaling_placebo:rate=2.0,seed=0",
+    "sink_scaling:rate=0.5,top=4": "sink_scaling:rate=0.5,top=4",
+    "sink_scaling_placebo:top=16,rate=2": "sink_scaling_placebo:rate=2.0,seed=0,top=16",
+    "sink_calibration:top=4": "sink_calibration:beta=0.4,threshold=0.1,top=4",
     "sink_calibration:": "sink_calibration:beta=0.4,threshold=0.1",
     "sink_calibration:layers=2-27,beta=0.3": "sink_calibration:beta=0.3,layers=2-27,threshold=0.1",
     "sink_calibration_placebo:seed=2": "sink_calibration_placebo:beta=0.4,seed=2,threshold=0.1",
@@ -113,6 +118,8 @@ TWINS = {  # (setting, seed, emphasis_placebo) -> placebo_of before the registry
         "emphasis_placebo:alpha=0.01,placebo=span,seed=0,target=instruction,top=1",
     ("emphasis:top=1,target=instruction", 0, "heads"):
         "emphasis_placebo:alpha=0.01,placebo=heads,seed=0,target=instruction,top=1",
+    ("paper:parts=sink+move", 2, None): "placebo:alpha=1.0,beta=0.5,k=2,parts=sink+move,seed=2",
+    ("sink_calibration:top=4", 0, None): "sink_calibration_placebo:beta=0.4,seed=0,threshold=0.1,top=4",
 }
 
 ROLES = {  # setting_roles of an alternatives' selection before the registry
@@ -126,7 +133,11 @@ ROLES = {  # setting_roles of an alternatives' selection before the registry
 }
 
 GRID_SHA256 = "9b07cb9beb035eb5462bef4f51144dde27906fb07779e0f0ad4a5f2773ed1a60"
-"""sha256 of the 91 canonical names of PAPER_GRID, SRA_CANDIDATES and ALTERNATIVES_GRID, one a line."""
+"""sha256 of the 91 canonical names of PAPER_GRID, SRA_CANDIDATES and ALTERNATIVES_GRID's first
+three methods (emphasis, calibration, temperature), one a line."""
+PEERS_GRID_SHA256 = "e4e748bef1765b8eaf2f842e12bbe9b2c803519dff64f0f61252f1bf396bfddb"
+"""sha256 of the 16 canonical names of the sink and position peers' grid (pinned when it was
+added: the committed ``peers-dev-*`` runs store them)."""
 
 
 @pytest.mark.parametrize("setting", CANONICAL)
@@ -140,9 +151,13 @@ def test_every_registered_kind_has_pinned_names():
 
 
 def test_the_development_grids_keep_their_names():
-    grid = [*PAPER_GRID, *SRA_CANDIDATES, *(s for g in ALTERNATIVES_GRID.values() for s in g)]
+    first = ("emphasis", "calibration", "temperature")
+    grid = [*PAPER_GRID, *SRA_CANDIDATES, *(s for m in first for s in ALTERNATIVES_GRID[m])]
     names = list(parse_settings(";".join(grid), PROFILES))
     assert len(names) == 91 and hashlib.sha256("\n".join(names).encode()).hexdigest() == GRID_SHA256
+    peers = [s for m, g in ALTERNATIVES_GRID.items() if m not in first for s in g]
+    names = list(parse_settings(";".join(peers), PROFILES))
+    assert len(names) == 16 and hashlib.sha256("\n".join(names).encode()).hexdigest() == PEERS_GRID_SHA256
 
 
 @pytest.mark.parametrize("case", TWINS)
@@ -160,8 +175,42 @@ def test_roles_and_placebo_draws_are_unchanged():
     assert set(draws) == {"emphasis_placebo", "emphasis_span_placebo", "calibration_placebo"}
     assert draws["calibration_placebo"] == [f"calibration_placebo:seed={s},strength=0.5" for s in range(3)]
     assert PLACEBO_ROLES == {"placebo_example", "placebo_selected", "emphasis_placebo",
-                             "emphasis_span_placebo", "calibration_placebo"}
-    assert ALTERNATIVES == ("emphasis", "calibration", "temperature")
+                             "emphasis_span_placebo", "calibration_placebo", "sink_scaling_placebo",
+                             "sink_calibration_placebo", "multiscale_positions_placebo"}
+    assert ALTERNATIVES == ("emphasis", "calibration", "temperature", "sink_scaling", "sink_calibration",
+                            "adaptive_temperature", "multiscale_positions")
+
+
+def test_a_transition_part_without_the_move_has_no_placebo():
+    from at_probe.xsum.settings import placebo_twins
+
+    for parts in ("prune", "sink", "prune+sink"):
+        assert placebo_twins(f"paper:parts={parts}") == {}
+        with pytest.raises(SettingError, match="is the edit itself"):
+            placebo_of(f"paper:parts={parts}")
+    assert placebo_twins("paper:parts=prune+move") == {"placebo": "placebo:alpha=1.0,beta=0.5,k=2,parts=prune+move,seed=0"}
+    selection = {"selected": {"paper_sink": "paper:parts=sink", "paper_move": "paper:parts=move"}}
+    assert set(setting_roles(selection)) == {"baseline", "paper_sink_selected", "paper_move_selected",
+                                             "paper_move_placebo"}
+
+
+def test_a_sink_edit_takes_its_heads_from_the_ranking_of_its_direction():
+    from at_probe.interventions.profiling import top_heads
+
+    rankings = PROFILES["sink_head_ranking"]
+    down = parse_setting("sink_scaling:rate=0.5,top=3", PROFILES)[1]
+    up = parse_setting("sink_scaling_placebo:rate=2,top=3", PROFILES)[1]
+    act = parse_setting("sink_calibration:top=3", PROFILES)[1]
+    assert down.head_config == top_heads(rankings["scale_down"], 3) == {0: (0, 1, 2)}
+    assert up.head_config == top_heads(rankings["scale_up"], 3) == {3: (2, 3, 4)}
+    assert act.head_config == top_heads(rankings["calibration"], 3)
+    assert parse_setting("sink_scaling:rate=2")[1].head_config is None  # no top: every head, no profile needed
+    with pytest.raises(SettingError, match="need the development profile 'sink_head_ranking'"):
+        parse_setting("sink_scaling:rate=2,top=3")
+    with pytest.raises(SettingError, match="no 'scale_up' ranking"):
+        parse_setting("sink_scaling:rate=2,top=3", {"sink_head_ranking": {"scale_down": rankings["scale_down"]}})
+    with pytest.raises(SettingError, match="head_config, or layers"):
+        parse_setting("sink_scaling:rate=2,top=3,layers=1-2", PROFILES)
 
 
 def test_an_unknown_kind_lists_the_registered_ones_and_the_nearest():
