@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from at_probe.cli.args import ArgumentParser, existing_dir, nonnegative_int, output_dir, prog
+from at_probe.interventions import registry
 from at_probe.runs.runfiles import (
     append_jsonl,
     file_sha256,
@@ -88,20 +89,17 @@ def alternative_comparisons(roles: list[dict[str, str]]) -> tuple[tuple[str, str
     (``<m>_<suffix>`` for the suffixes its setting's method declares, ``registry.Placebo.roles``),
     then each placebo role against the baseline; methods in the order of the roles. No single
     comparison was declared primary for them."""
-    from at_probe.interventions import registry
-
     names = list(dict.fromkeys(r for run in roles for r in run))
     settings = {r: run[r] for run in reversed(roles) for r in run}
     methods = [r.removesuffix("_selected") for r in names if r.endswith("_selected")]
-    placebos = {}
+    against, placebo_rows = [], []
     for m in methods:
         kind = settings[f"{m}_selected"].partition(":")[0]
         twin = registry.method(kind).placebo if kind in registry.kinds() else None
-        suffixes = twin.roles if twin is not None else {}
-        placebos[m] = [f"{m}_{suffix}" for suffix in suffixes if f"{m}_{suffix}" in names]
-    return (*((c for m in methods for c in [(f"{m}_selected", "baseline"),
-                                             *((f"{m}_selected", p) for p in placebos[m])])),
-            *((p, "baseline") for m in methods for p in placebos[m]))
+        placebos = [f"{m}_{suffix}" for suffix in (twin.roles if twin else {}) if f"{m}_{suffix}" in names]
+        against += [(f"{m}_selected", "baseline"), *((f"{m}_selected", p) for p in placebos)]
+        placebo_rows += [(p, "baseline") for p in placebos]
+    return (*against, *placebo_rows)
 
 
 def comparisons_for(roles: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
