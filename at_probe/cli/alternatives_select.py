@@ -39,7 +39,7 @@ documents it changed and is recorded in the manifest (off by default; the test r
 
 Usage:
     python analyses/alternatives_select.py --bucket 800 --out runs/alt-800
-    python analyses/alternatives_select.py --bucket 800 --methods sink_scaling,multiscale_positions \
+    python analyses/alternatives_select.py --bucket 800 --methods sink_scaling,multiscale_positions \\
         --parts-of runs/dev-800/selection.json --out runs/peers-800
     python analyses/alternatives_select.py --bucket 1900 --head-ranking-from runs/alt-800/selection.json \\
         --out runs/alt-1900
@@ -120,12 +120,12 @@ def emphasis_targets(text: str) -> list[str]:
 
 
 def method_list(text: str) -> list[str]:
-    """An argparse type: a comma-separated list of the methods of ``ALTERNATIVES_GRID``."""
-    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    unknown = [m for m in methods if m not in ALTERNATIVES]
+    """An argparse type: a comma-separated list of the methods of ``ALTERNATIVES_GRID``, in its order."""
+    methods = {m.strip() for m in text.split(",") if m.strip()}
+    unknown = sorted(methods - set(ALTERNATIVES))
     if not methods or unknown:
         raise argparse.ArgumentTypeError(choice_message("method", (unknown or [text])[0], ALTERNATIVES))
-    return methods
+    return [m for m in ALTERNATIVES if m in methods]  # one order, whatever the order given
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -153,13 +153,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parts-of", type=existing_file, default=None, metavar="SELECTION",
                    help="an xsum_select.py selection.json of this bucket: test its paper setting taken apart too")
     p.add_argument(
-        "--regions", type=positive_int, default=DEFAULT_REGIONS,
-        help=f"document regions of the position bias (default {DEFAULT_REGIONS})"
+        "--regions", type=positive_int, default=None,
+        help=f"document regions of calibration's position bias (default {DEFAULT_REGIONS})"
     )
     p.add_argument(
         "--targets",
         type=emphasis_targets,
-        default=",".join(TARGETS),
+        default=None,
         help="emphasis targets to profile and sweep (default: document,instruction)",
     )
     p.add_argument(
@@ -180,7 +180,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", type=torch_device, default=None)
     p.add_argument("--out", type=output_dir, required=True, help="run directory")
     add_sweep_arguments(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value, method in (("--regions", args.regions, "calibration"), ("--targets", args.targets, "emphasis")):
+        if value is not None and method not in args.methods:
+            p.error(f"argument {flag}: applies to {method}, which --methods leaves out")
+    args.regions = DEFAULT_REGIONS if args.regions is None else args.regions
+    args.targets = list(TARGETS) if args.targets is None else args.targets
+    return args
 
 
 def profile_head_deltas(
@@ -221,8 +227,8 @@ def head_profilings(methods: list[str], targets: list[str], n_layers: int
     from at_probe.interventions.emphasis import EmphasisSteering
 
     out: dict[str, dict[str, tuple[Callable[[int, int], Any], Sequence[int] | None]]] = {}
-    if "emphasis" in methods:  # PASTA's alpha, the grid's
-        out["head_ranking"] = {t: (lambda l, h, t=t: EmphasisSteering({l: (h,)}, alpha=0.01, target=t), None)
+    if "emphasis" in methods:  # the class's alpha: PASTA's, the grid's
+        out["head_ranking"] = {t: (lambda l, h, t=t: EmphasisSteering({l: (h,)}, target=t), None)
                                for t in targets}
     sinks = out.setdefault("sink_head_ranking", {})
     if "sink_scaling" in methods:
@@ -273,13 +279,15 @@ def reused_ranking(path: Path, model: str, profilings: dict[str, Any]) -> tuple[
         manifest = json.loads((path.parent / "manifest.json").read_text())
         profiles = selection["profiles"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not the selection.json of an alternatives_select.py run: {err!r}") from None
+        raise UsageError(f"--head-ranking-from: {path} is not the selection.json of an alternatives_select.py "
+                         f"run: {err!r}") from None
     if manifest.get("split") != "development" or manifest.get("model") != model:
-        raise ValueError(f"{path} was profiled with model {manifest.get('model')!r} on split "
-                         f"{manifest.get('split')!r}, not on development documents with {model!r}")
+        raise UsageError(f"--head-ranking-from: {path} was profiled with model {manifest.get('model')!r} on "
+                         f"split {manifest.get('split')!r}, not on development documents with {model!r}")
     missing = [f"{p}[{n!r}]" for p, names in profilings.items() for n in names if n not in profiles.get(p, {})]
     if missing:
-        raise ValueError(f"{path} has no head ranking {', '.join(missing)}")
+        raise UsageError(f"--head-ranking-from: {path} has no head ranking {', '.join(missing)} (profiled "
+                         "for other --methods, or by an older at_probe)")
     source = {"path": str(path), "sha256": file_sha256(path), "bucket": manifest.get("bucket"),
               "profile_documents": profiles.get("profile_documents")}
     return {p: {n: profiles[p][n] for n in names} for p, names in profilings.items()}, source
@@ -292,11 +300,14 @@ def parts_of(path: Path, expected: dict[str, Any]) -> tuple[dict[str, str], dict
     Raises:
         UsageError: not such a selection, or one made for another model, bucket or data file.
     """
-    selection = read_selection(path, expected)
-    if "paper" not in selection:
-        raise UsageError(f"--parts-of: {path} is not an xsum_select.py selection (it chose no paper setting)")
-    return transition_parts(selection["paper"]), {"path": str(path), "sha256": file_sha256(path),
-                                                  "paper": selection["paper"]}
+    try:
+        selection = read_selection(path, expected)
+        if "paper" not in selection:
+            raise UsageError(f"{path} is not an xsum_select.py selection (it chose no paper setting)")
+        parts = transition_parts(selection["paper"])
+    except ValueError as err:  # UsageError and SettingError: the flag named
+        raise UsageError(f"--parts-of: {err}") from None
+    return parts, {"path": str(path), "sha256": file_sha256(path), "paper": parts["paper_all"]}
 
 
 def sweep_settings(targets: list[str], methods: Sequence[str] = ALTERNATIVES) -> list[str]:
@@ -329,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = sweep_settings(targets, args.methods)
         shape = model_shape(args.model)  # a bad --model: exit 2 before the directory exists
         profilings = head_profilings(args.methods, targets, shape.cfg.n_layers)
+        if args.head_ranking_from is not None and not profilings:
+            raise UsageError(f"--head-ranking-from: --methods {','.join(args.methods)} use no head ranking")
         parts, parts_source = ({}, None) if args.parts_of is None else parts_of(args.parts_of, {
             "model": args.model, "bucket": args.bucket, "data_sha256": file_sha256(data_file),
             "max_new_tokens": args.max_new_tokens, **text_repair_manifest(args.fix_text)})
@@ -344,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             "methods": args.methods,
             "targets": targets,
             "settings": settings,
-            "parts_of": parts_source,
+            # the setting taken apart, not the file: a refreshed selection of the same choice resumes
+            "parts_of": None if parts_source is None else parts_source["paper"],
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
             "metric": "summary_nll",

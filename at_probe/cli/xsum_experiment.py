@@ -80,7 +80,8 @@ TRANSITION_ROLES = frozenset({"baseline", *(r for c in COMPARISONS for r in c)})
 """The roles of an ``xsum_select.py`` selection (``setting_roles``); any other role makes a run one
 of an ``alternatives_select.py`` selection."""
 OPTIONAL_ROLES = frozenset({"emphasis_span_placebo"})
-"""Roles a run made before they existed lacks: their comparisons are left out (and listed)."""
+"""Roles a run made before they existed lacks: their comparisons are left out (listed when
+another run of the report has the role)."""
 
 
 def alternative_comparisons(roles: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -121,6 +121,8 @@ class Method:
                              f"{_RESERVED!r}, got {self.kind!r}")
         if (self.profile is None) != (self.profile_args is None):
             raise ValueError(f"{self.kind}: profile and profile_args go together")
+        if self.profile_when is not None and self.profile is None:
+            raise ValueError(f"{self.kind}: profile_when without a profile")
         unread = [k for k, key in self.keys.items() if key.field is None and self.profile_args is None]
         if unread:
             raise ValueError(f"{self.kind}: keys {unread} set no constructor field and no "

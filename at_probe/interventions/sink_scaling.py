@@ -203,7 +203,8 @@ per task, in either direction; a setting with ``top`` takes the ranking of its r
 
 def ranking_name(rate: float) -> str:
     """The profiling whose ranking a setting of this rate uses (``PROFILE_RATES``)."""
-    return "scale_down" if rate < 1 else "scale_up"
+    down, up = PROFILE_RATES  # the names, in the order of their rates (below 1, above 1)
+    return down if rate < 1 else up
 
 
 def _top_args(rankings: Mapping[str, Any] | None, values: Mapping[str, Any]) -> dict[str, Any]:

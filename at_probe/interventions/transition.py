@@ -444,7 +444,7 @@ def _parts(text: str) -> tuple[str, ...] | None:
 _PAPER_KEYS = {"alpha": Key(float), "beta": Key(float), "k": Key(int, field="intervals_per_layer"),
                "parts": Key(_parts, show="+".join)}
 register(Method("paper", PaperTransition, _PAPER_KEYS, summary="the 2023 transition (PaperTransition)",
-                placebo=Placebo("placebo", applies=lambda keys: "move" in keys.get("parts", "move"))))
+                placebo=Placebo("placebo", applies=lambda keys: "move" in keys.get("parts", "move").split("+"))))
 register(Method("placebo", PlaceboTransition, {**_PAPER_KEYS, "seed": Key(int)},
                 summary="the paper's rows and mass, random targets (PlaceboTransition)"))
 register(Method("sra", SRATransition, {name: Key(parse) for name, parse in (

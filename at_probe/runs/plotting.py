@@ -404,7 +404,8 @@ def corpus_differences(df: pd.DataFrame) -> Figure:
     facet = "region" if by_region else "measure"
     panels = _region_order(df, "region") if by_region else list(dict.fromkeys(df["measure"]))
     conditions = list(dict.fromkeys(df["condition"]))
-    # the default palette has 10 colours: more conditions (the peers' run has 12) take tab20's
+    # the default palette has 10 colours: more conditions (a flow run of the peers' selection
+    # has 18) take tab20's 20
     colors = dict(zip(conditions, sns.color_palette(None if len(conditions) <= 10 else "tab20",
                                                     n_colors=len(conditions))))
     legend_rows = -(-len(colors) // 4)  # _figure_legend's 4 columns, below the panels

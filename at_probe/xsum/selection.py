@@ -116,8 +116,9 @@ def setting_roles(selection: dict[str, Any]) -> dict[str, str]:
     ``paper_selected``, ``placebo_example``, ``placebo_selected``, ``sra_selected``.
     An alternatives' selection (``{"selected": {method: setting}, "profiles"}``):
     ``baseline``, then ``<method>_selected`` for each method and ``<method>_<suffix>`` for each
-    placebo role its method declares (``at_probe.interventions.registry.Placebo.roles``):
-    ``<method>_placebo`` for emphasis and calibration, and for emphasis also
+    placebo role its method declares (``at_probe.interventions.registry.Placebo.roles``) where the
+    setting has one (``Placebo.applies``): ``<method>_placebo`` for every method with a placebo
+    (not adaptive temperature and temperature, nor a transition part without ``move``), and for emphasis also
     ``emphasis_span_placebo``, a random span of the emphasised part's length (the same setting as
     ``emphasis_placebo`` when the instruction is emphasised; random heads are the document's
     default placebo).

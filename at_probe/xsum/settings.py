@@ -34,6 +34,12 @@ def parse_setting(text: str, profiles: dict[str, Any] | None = None) -> tuple[st
       ``profiles["head_ranking"][target]``), ``alpha`` (default 0.01), ``target``
       (``document`` or ``instruction``); the placebo's ``placebo`` (``heads`` for the
       document, ``span`` for the instruction by default; see ``EmphasisSteering``).
+    * ``sink_scaling``: ``rate`` (required), ``layers`` or ``top``; ``sink_calibration``: ``beta``,
+      ``threshold``, ``layers`` or ``top``; with ``top`` they need
+      ``profiles["sink_head_ranking"]`` (the ``top`` best heads of the ranking of the rate's
+      direction, or of ACT's search). ``adaptive_temperature``: ``layers``;
+      ``multiscale_positions``: ``low``, ``high``, ``layers``. The paper's ``parts``
+      (``prune+sink``, ...) select parts of the transition.
 
     Placebo kinds take ``seed`` (default 0).
 

@@ -164,6 +164,19 @@ def test_methods_report_puts_both_families_on_one_table(tmp_path):
     assert (tmp_path / "methods_compared.png").is_file()
 
 
+def test_methods_report_names_the_peers_and_the_transitions_parts(tmp_path):
+    roles = {"sink_scaling_selected": "sink_scaling:rate=2.0", "paper_move_selected": "paper:parts=move",
+             "paper_move_placebo": "placebo:parts=move,seed=0", "paper_prune_sink_selected": "paper:parts=prune+sink"}
+    comparisons = {"sink_scaling_selected - sink_scaling_placebo": 0.1, "paper_move_selected - paper_move_placebo": 0.2,
+                   "paper_prune_sink_selected - baseline": 0.3}
+    (tmp_path / "p.json").write_text(json.dumps(_report(comparisons, roles)))
+    assert methods_report.main([str(tmp_path / "p.json"), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "methods_table.md").read_text()
+    assert "| sink scaling (ZeroTuning) | placebo | 800 | 5 | +0.100" in table
+    assert "| transition parts: move | placebo | 800 | 5 | +0.200" in table
+    assert "| transition parts: prune+sink | baseline | 800 | 5 | +0.300" in table
+
+
 def test_methods_report_names_each_emphasis_placebo_by_kind(tmp_path):
     heads = "emphasis_placebo:alpha=0.01,placebo=heads,seed=0,target=document,top=2"
     span = "emphasis_placebo:alpha=0.01,placebo=span,seed=0,target=document,top=2"
@@ -203,6 +216,11 @@ def test_reused_head_ranking_is_checked_and_recorded(selection_run, tmp_path):
     first = json.loads((out / "selection.json").read_text())["profiles"]
     assert source["profile_documents"] == first["profile_documents"]
     assert profiles["head_ranking"] == first["head_ranking"] and not (tmp_path / "reuse" / "profile.jsonl").exists()
+    assert profiles["sink_head_ranking"] == first["sink_head_ranking"]
+    del sel["profiles"]["sink_head_ranking"]  # a run profiled before the sink edits: refused, naming the flag
+    sel["profiles"]["head_ranking"]["instruction"] = first["head_ranking"]["instruction"]
+    (tmp_path / "source" / "selection.json").write_text(json.dumps(sel))
+    assert alternatives_select.main([*reuse[:-1], str(tmp_path / "old")]) == 2
     other = [*reuse[:1], "smollm2", *reuse[2:-1], str(tmp_path / "other")]  # another model: refused
     assert alternatives_select.main(other) == 2
 
@@ -326,6 +344,9 @@ def test_parts_of_a_transition_selection_become_methods_of_the_test_run(tmp_path
     assert roles["paper_sink_move_placebo"] == "placebo:alpha=1.5,beta=0.8,k=1,parts=sink+move,seed=0"
     swept = json.loads((tmp_path / "run" / "manifest.json").read_text())["settings"]
     assert swept == ["baseline", "adaptive_temperature:"], "the parts are not swept"
+    profiles = json.loads((tmp_path / "run" / "profiles.json").read_text())
+    assert set(profiles) == {"profile_documents", "head_ranking_source"}, "nothing profiled that no method needs"
+    assert not (tmp_path / "run" / "profile.jsonl").exists()
 
     other = tmp_path / "other"
     other.mkdir()

@@ -30,9 +30,11 @@ def test_every_region_count_default_is_the_probe_default():
     assert inspect.signature(FlowProbe).parameters["regions"].default == DEFAULT_REGIONS
     assert inspect.signature(estimate_position_bias).parameters["regions"].default == DEFAULT_REGIONS
     assert flow.parse_args([]).regions == DEFAULT_REGIONS
-    for script in ("alternatives_select", "attribution_agreement"):
-        source = (REPO / "at_probe" / "cli" / f"{script}.py").read_text()
-        assert "--regions\", type=positive_int, default=DEFAULT_REGIONS" in source.replace("\n        ", " ")
+    from at_probe.cli import alternatives_select
+
+    assert alternatives_select.parse_args(["--out", "unused"]).regions == DEFAULT_REGIONS
+    source = (REPO / "at_probe" / "cli" / "attribution_agreement.py").read_text()
+    assert "--regions\", type=positive_int, default=DEFAULT_REGIONS" in source.replace("\n        ", " ")
 
 
 def test_readme_example_spells_the_defaults():
