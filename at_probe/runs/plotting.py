@@ -319,6 +319,23 @@ def longctx_paired(df: pd.DataFrame) -> Figure:
     return _forest_by_bucket(df, ("exact", "logprob"), "exact", lower_is_better=set(), bucket_label="{} tokens")
 
 
+def axis_limit(bounds: np.ndarray, *, factor: float = 8.0) -> float | None:
+    """A symmetric x-limit that keeps a forest plot's ordinary intervals readable when a few lie
+    far off: with ``bounds`` ``[rows, 2]`` (each interval's lo, hi), the rows whose largest
+    ``|bound|`` exceeds ``factor`` times the median of those values are off the axis,
+    and the limit is 1.15 times the largest of the others; None when no row is that far off (or
+    all are). Rows off the axis are drawn as an arrow at the edge with their values in words."""
+    reach = np.fmax(np.abs(bounds[:, 0]), np.abs(bounds[:, 1])) if len(bounds) else np.array([])
+    reach = reach[np.isfinite(reach)]
+    if len(reach) < 2:
+        return None
+    typical = float(np.median(reach))
+    kept = reach[reach <= factor * typical]
+    if typical == 0 or len(kept) in (0, len(reach)):
+        return None
+    return 1.15 * float(kept.max())
+
+
 def _forest_by_bucket(df: pd.DataFrame, order: Sequence[str], primary: str, *, lower_is_better: set[str],
                       bucket_label: str) -> Figure:
     """One panel per metric of ``order`` present in ``df``; per comparison a row of intervals,
@@ -331,13 +348,24 @@ def _forest_by_bucket(df: pd.DataFrame, order: Sequence[str], primary: str, *, l
     fig, axes = plt.subplots(1, len(metrics), squeeze=False, sharey=True, layout="constrained",
                              figsize=(4.0 * len(metrics) + 2.4, 0.55 * len(comparisons) + 2.2))
     for ax, m in zip(axes[0], metrics):
+        rows = df[df.metric == m]
+        limit = axis_limit(rows[["lo", "hi"]].to_numpy(dtype=float))
         for j, bucket in enumerate(buckets):
-            part = df[(df.metric == m) & (df.bucket.astype(str) == bucket)].set_index("comparison")
+            part = rows[rows.bucket.astype(str) == bucket].set_index("comparison")
             part = part.reindex([c for c in comparisons if c in part.index])
             y = np.array([comparisons.index(c) for c in part.index]) + (j - (len(buckets) - 1) / 2) * 0.22
-            ax.errorbar(part["mean"], y, xerr=[part["mean"] - part["lo"], part["hi"] - part["mean"]], fmt="o",
-                        ms=4, capsize=2, color=colors[bucket],
+            inside = part[["lo", "hi"]].abs().max(axis=1).to_numpy() <= (limit or np.inf)
+            ax.errorbar(part["mean"][inside], y[inside], fmt="o", ms=4, capsize=2, color=colors[bucket],
+                        xerr=[(part["mean"] - part["lo"])[inside], (part["hi"] - part["mean"])[inside]],
                         label="pooled" if bucket == "all" else bucket_label.format(bucket))
+            for row, yy in zip(part[~inside].itertuples(), y[~inside]):  # off the axis: its value in words
+                edge = np.sign(row.mean) * limit
+                ax.annotate(f"{row.mean:+.2f} [{row.lo:+.2f}, {row.hi:+.2f}]", (edge, yy), fontsize=7,
+                            xytext=(-8 if edge > 0 else 8, 0), textcoords="offset points",
+                            ha="right" if edge > 0 else "left", va="center", color=colors[bucket])
+                ax.plot(edge, yy, marker=">" if edge > 0 else "<", ms=5, color=colors[bucket])
+        if limit is not None:
+            ax.set_xlim(-limit, limit)
         ax.set_yticks(range(len(comparisons)), comparisons, fontsize=8)
         _forest_axes(ax, m + (" (primary)" if m == primary else "")
                      + (" (lower is better)" if m in lower_is_better else ""))

@@ -276,3 +276,19 @@ def test_every_data_axes_names_its_axes(drawn):
         named = [a for a in ax.get_shared_y_axes().get_siblings(ax)
                  if a.get_ylabel() or any(not _is_number(t.get_text()) for t in _labels(a.yaxis))]
         assert named, f"{name}: panel '{ax.get_title()}' does not say what its y axis shows"
+
+
+def test_a_forest_plot_keeps_ordinary_intervals_readable_beside_a_far_one():
+    from at_probe.runs.plotting import axis_limit, xsum_roles
+
+    bounds = np.array([[-0.05, 0.01], [-0.02, 0.03], [1.30, 1.58], [-0.10, -0.05]])
+    assert axis_limit(bounds) == pytest.approx(1.15 * 0.10)  # the far row off the axis
+    assert axis_limit(bounds[[0, 1, 3]]) is None  # none far off: the plot's own limits
+    assert axis_limit(np.array([[np.nan, np.nan], [0.1, 0.2]])) is None
+    rows = [{"comparison": c, "metric": "summary_nll", "bucket": "800", "mean": (lo + hi) / 2, "lo": lo, "hi": hi}
+            for c, (lo, hi) in zip("abcd", bounds)]
+    fig = xsum_roles(pd.DataFrame(rows))
+    ax = fig.axes[0]
+    assert ax.get_xlim() == pytest.approx((-0.115, 0.115))
+    assert [t.get_text() for t in ax.texts] == ["+1.44 [+1.30, +1.58]"], "the far row's values in words"
+    plt.close(fig)
