@@ -87,7 +87,8 @@ another run of the report has the role)."""
 def alternative_comparisons(roles: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
     """The comparisons of runs of an ``alternatives_select.py`` selection, from their roles: each
     method (a role ``<m>_selected``) against the baseline and against each of its placebo roles
-    (``<m>_<suffix>`` for the suffixes its setting's method declares, ``registry.Placebo.roles``),
+    (``<m>_<suffix>`` for the suffixes its setting's method declares, ``registry.Placebo.roles``,
+    where the twin applies to the setting),
     then each placebo role against the baseline; methods in the order of the roles. No single
     comparison was declared primary for them."""
     names = list(dict.fromkeys(r for run in roles for r in run))
@@ -97,7 +98,10 @@ def alternative_comparisons(roles: list[dict[str, str]]) -> tuple[tuple[str, str
     for m in methods:
         kind = settings[f"{m}_selected"].partition(":")[0]
         twin = registry.method(kind).placebo if kind in registry.kinds() else None
-        placebos = [f"{m}_{suffix}" for suffix in (twin.roles if twin else {}) if f"{m}_{suffix}" in names]
+        # every placebo role its setting implies, present or not: a run that lacks one is refused
+        # (or, for OPTIONAL_ROLES, the comparison is left out and listed) by usable_comparisons
+        has = twin is not None and twin.applies_to(settings[f"{m}_selected"])
+        placebos = [f"{m}_{suffix}" for suffix in twin.roles] if has else []
         against += [(f"{m}_selected", "baseline"), *((f"{m}_selected", p) for p in placebos)]
         placebo_rows += [(p, "baseline") for p in placebos]
     return (*against, *placebo_rows)

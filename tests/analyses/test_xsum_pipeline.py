@@ -431,11 +431,16 @@ def test_experiment_report_pools_role_differences_over_buckets():
 
 
 def test_alternatives_report_keeps_the_comparisons_every_run_has():
-    roles = {"baseline": "baseline", "emphasis_selected": "E", "emphasis_placebo": "H",
-             "calibration_selected": "C", "calibration_placebo": "D", "temperature_selected": "T"}
-    values = {"baseline": [0, 0], "E": [1, 2], "H": [0, 1], "C": [0, 0], "D": [0, 0], "T": [0, 0]}
+    # the comparisons come from the roles' settings (their methods' placebos): real setting names
+    E, H, S = ("emphasis:alpha=0.01,target=document,top=2",
+               "emphasis_placebo:alpha=0.01,placebo=heads,seed=0,target=document,top=2",
+               "emphasis_placebo:alpha=0.01,placebo=span,seed=0,target=document,top=2")
+    C, D, T = "calibration:strength=0.5", "calibration_placebo:seed=0,strength=0.5", "temperature:tau=1.15"
+    roles = {"baseline": "baseline", "emphasis_selected": E, "emphasis_placebo": H,
+             "calibration_selected": C, "calibration_placebo": D, "temperature_selected": T}
+    values = {"baseline": [0, 0], E: [1, 2], H: [0, 1], C: [0, 0], D: [0, 0], T: [0, 0]}
     old = _synthetic_run("800", values, roles)  # made before the span placebo existed
-    new = _synthetic_run("1900", {**values, "S": [3, 3]}, {**roles, "emphasis_span_placebo": "S"})
+    new = _synthetic_run("1900", {**values, S: [3, 3]}, {**roles, "emphasis_span_placebo": S})
     alone = xsum_experiment.experiment_report([new])["comparisons"]
     assert alone["emphasis_selected - emphasis_span_placebo"]["rougeL"]["1900"]["mean"] == pytest.approx(-1.5)
     both = xsum_experiment.experiment_report([old, new])
@@ -443,7 +448,7 @@ def test_alternatives_report_keeps_the_comparisons_every_run_has():
     assert "emphasis_selected - emphasis_span_placebo" in both["left_out"]
     kept = both["comparisons"]["emphasis_selected - emphasis_placebo"]
     assert kept["rougeL"]["all"]["mean"] == pytest.approx(1)
-    same = _synthetic_run("1900", values, {**roles, "emphasis_span_placebo": "H"})  # the instruction's case
+    same = _synthetic_run("1900", values, {**roles, "emphasis_span_placebo": H})  # the instruction's case
     left_out = xsum_experiment.experiment_report([same])["left_out"]
     assert "emphasis_selected - emphasis_span_placebo" in left_out
     broken = _synthetic_run("800", values, {k: v for k, v in roles.items() if k != "calibration_placebo"})

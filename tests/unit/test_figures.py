@@ -292,3 +292,13 @@ def test_a_forest_plot_keeps_ordinary_intervals_readable_beside_a_far_one():
     assert ax.get_xlim() == pytest.approx((-0.115, 0.115))
     assert [t.get_text() for t in ax.texts] == ["+1.44 [+1.30, +1.58]"], "the far row's values in words"
     plt.close(fig)
+
+
+def test_a_forest_plot_with_an_undefined_interval_draws_the_others():
+    from at_probe.runs.plotting import xsum_roles
+
+    rows = [{"comparison": c, "metric": "summary_nll", "bucket": "800", "mean": m, "lo": m - 0.01, "hi": m + 0.01}
+            for c, m in (("a", 0.1), ("b", float("nan")))]
+    fig = xsum_roles(pd.DataFrame(rows))
+    assert not fig.axes[0].texts, "nothing is off the axis"
+    plt.close(fig)
