@@ -354,8 +354,7 @@ def _forest_by_bucket(df: pd.DataFrame, order: Sequence[str], primary: str, *, l
             part = rows[rows.bucket.astype(str) == bucket].set_index("comparison")
             part = part.reindex([c for c in comparisons if c in part.index])
             y = np.array([comparisons.index(c) for c in part.index]) + (j - (len(buckets) - 1) / 2) * 0.22
-            # off the axis only past the limit (an undefined interval, NaN, is plotted as before: not at all)
-            inside = ~(part[["lo", "hi"]].abs().max(axis=1).to_numpy() > (np.inf if limit is None else limit))
+            inside = ~(part[["lo", "hi"]].abs().max(axis=1).to_numpy() > (limit or np.inf))  # NaN: inside
             ax.errorbar(part["mean"][inside], y[inside], fmt="o", ms=4, capsize=2, color=colors[bucket],
                         xerr=[(part["mean"] - part["lo"])[inside], (part["hi"] - part["mean"])[inside]],
                         label="pooled" if bucket == "all" else bucket_label.format(bucket))
