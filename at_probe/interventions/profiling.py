@@ -86,6 +86,20 @@ def rank_heads(deltas: Mapping[tuple[int, int], float]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["delta"], r["layer"], r["head"]))
 
 
+def top_head_config(rankings: Mapping[str, Any] | None, name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A setting's ``head_config`` from a development profile of rankings (``{name: ranking}``):
+    ``{}`` without a ``top`` key, else the ``top`` best heads of ``rankings[name]``.
+
+    Raises:
+        ValueError: ``top`` given and the profile has no ``name`` ranking, or ``top`` outside it.
+    """
+    if "top" not in values:
+        return {}
+    if not rankings or name not in rankings:
+        raise ValueError(f"the sink head profile has no {name!r} ranking")
+    return {"head_config": top_heads(rankings[name], values["top"])}
+
+
 def top_heads(ranking: Sequence[Mapping[str, Any]], k: int) -> dict[int, tuple[int, ...]]:
     """The ``k`` best heads of a ``profile_heads`` ranking as a ``{layer: heads}`` head config.
 

@@ -54,7 +54,7 @@ from at_probe.interventions.base import (
     config_heads,
     int_tuple,
 )
-from at_probe.interventions.profiling import top_heads
+from at_probe.interventions.profiling import top_head_config
 from at_probe.interventions.registry import (
     PLACEBO_SEED,
     Key,
@@ -257,11 +257,7 @@ def profiled_layers(n_layers: int) -> tuple[int, ...]:
 
 def _top_args(rankings: Mapping[str, Any] | None, values: Mapping[str, Any]) -> dict[str, Any]:
     """With ``top``: the ``top`` best heads of the ``calibration`` ranking as ``head_config``."""
-    if "top" not in values:
-        return {}
-    if not rankings or PROFILE_RANKING not in rankings:
-        raise ValueError(f"the sink head profile has no {PROFILE_RANKING!r} ranking")
-    return {"head_config": top_heads(rankings[PROFILE_RANKING], values["top"])}
+    return top_head_config(rankings, PROFILE_RANKING, values)
 
 
 # ``sink_calibration:beta=0.4,threshold=0.1`` (every head of layers 2..L-2), ``...,top=4`` (the

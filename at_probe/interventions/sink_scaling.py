@@ -43,7 +43,7 @@ from at_probe.interventions.base import (
     int_tuple,
     resolve_heads,
 )
-from at_probe.interventions.profiling import top_heads
+from at_probe.interventions.profiling import top_head_config
 from at_probe.interventions.registry import (
     PLACEBO_SEED,
     Key,
@@ -209,12 +209,7 @@ def ranking_name(rate: float) -> str:
 
 def _top_args(rankings: Mapping[str, Any] | None, values: Mapping[str, Any]) -> dict[str, Any]:
     """With ``top``: the ``top`` best heads of the ranking of the rate's direction as ``head_config``."""
-    if "top" not in values:
-        return {}
-    name = ranking_name(values["rate"])
-    if not rankings or name not in rankings:
-        raise ValueError(f"the sink head profile has no {name!r} ranking")
-    return {"head_config": top_heads(rankings[name], values["top"])}
+    return top_head_config(rankings, ranking_name(values["rate"]), values)
 
 
 # ``sink_scaling:rate=2`` (every head), ``sink_scaling:rate=0.5,top=4`` (the profile's best 4) and
