@@ -49,6 +49,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -73,6 +74,7 @@ from at_probe.cli.args import (
     torch_device,
 )
 from at_probe.flow.probe import DEFAULT_REGIONS
+from at_probe.interventions import registry
 from at_probe.interventions.emphasis import TARGETS
 from at_probe.interventions.profiling import profile_heads, rank_heads
 from at_probe.models.loading import DEFAULT_MODEL, model_shape
@@ -241,8 +243,44 @@ def head_profilings(methods: list[str], targets: list[str], n_layers: int
     return {k: v for k, v in out.items() if v}
 
 
-def build_profiles(args: argparse.Namespace, docs: list[dict[str, Any]], profilings: dict[str, Any]
-                   ) -> dict[str, Any]:
+def profiling_edits(profilings: dict[str, dict[str, tuple[Callable[[int, int], Any], Sequence[int] | None]]],
+                    n_layers: int) -> dict[str, dict[str, str]]:
+    """What each head profiling does, for the manifest: ``{profile: {ranking: "Class(fields) on
+    layers ..."}}`` (the edit of one head without its head, the layers profiled), so a run resumed
+    or a ranking reused after a change of an edit's defaults (a profiling rate, ACT's beta) is
+    refused instead of mixing deltas of two edits."""
+    out: dict[str, dict[str, str]] = {}
+    for profile, names in profilings.items():
+        for name, (edit_for, layers) in names.items():
+            edit = edit_for(layers[0] if layers else 0, 0)
+            fields = ", ".join(f"{f.name}={getattr(edit, f.name)!r}" for f in dataclasses.fields(edit)
+                               if f.name != "head_config")
+            span = "all layers" if layers is None else f"layers {layers[0]}-{layers[-1]}"
+            out.setdefault(profile, {})[name] = f"{type(edit).__name__}({fields}) on {span}"
+    return out
+
+
+def check_rankings_fit(settings: Sequence[str], profilings: dict[str, Any], shape: Any) -> None:
+    """Build the settings that read a head ranking against rankings of the size the profiling
+    will give (every head of its layers), so a ``top`` larger than a ranking fails at once, not
+    after hours of profiling.
+
+    Raises:
+        SettingError: a setting that cannot be built or does not fit the model.
+    """
+    n_heads = int(shape.cfg.n_heads)
+    sized = {profile: {name: [{"layer": l, "head": h, "delta": 0.0}
+                              for l in (range(int(shape.cfg.n_layers)) if layers is None else layers)
+                              for h in range(n_heads)]
+                       for name, (_, layers) in names.items()}
+             for profile, names in profilings.items()}
+    reads = [s for s in settings if s != "baseline" and registry.method(s.split(":")[0]).profile in sized]
+    if reads:
+        check_settings(parse_settings(";".join(reads), sized), shape)
+
+
+def build_profiles(args: argparse.Namespace, docs: list[dict[str, Any]], profilings: dict[str, Any],
+                   edits: dict[str, dict[str, str]]) -> dict[str, Any]:
     """What the methods need from the profiling documents: the position bias (calibration) and
     the head rankings (``head_profilings``; reused from ``--head-ranking-from`` when given)."""
     from at_probe.interventions.calibration import estimate_position_bias
@@ -251,7 +289,7 @@ def build_profiles(args: argparse.Namespace, docs: list[dict[str, Any]], profili
 
     source = None  # a reused ranking is checked before anything is computed
     if args.head_ranking_from is not None:
-        rankings, source = reused_ranking(args.head_ranking_from, args.model, profilings)
+        rankings, source = reused_ranking(args.head_ranking_from, args.model, profilings, edits)
     model = load_model(args.model, device=args.device)
     profiles: dict[str, Any] = {}
     if "calibration" in args.methods:
@@ -270,10 +308,12 @@ def build_profiles(args: argparse.Namespace, docs: list[dict[str, Any]], profili
             "head_ranking_source": source}
 
 
-def reused_ranking(path: Path, model: str, profilings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def reused_ranking(path: Path, model: str, profilings: dict[str, Any], edits: dict[str, dict[str, str]]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The head rankings ``profilings`` names, from another alternatives run, checked (same model,
-    development documents), and where they came from (path, sha256, bucket, the documents they
-    were profiled on)."""
+    development documents, the same profiling ``edits`` where its manifest records them: runs
+    before ``profiling_edits`` do not), and where they came from (path, sha256, bucket, the
+    documents they were profiled on)."""
     try:
         selection = json.loads(path.read_text())
         manifest = json.loads((path.parent / "manifest.json").read_text())
@@ -288,6 +328,12 @@ def reused_ranking(path: Path, model: str, profilings: dict[str, Any]) -> tuple[
     if missing:
         raise UsageError(f"--head-ranking-from: {path} has no head ranking {', '.join(missing)} (profiled "
                          "for other --methods, or by an older at_probe)")
+    theirs = manifest.get("head_profilings") or {}
+    changed = [f"{p}[{n!r}]" for p, names in profilings.items() for n in names
+               if n in theirs.get(p, {}) and theirs[p][n] != edits[p][n]]
+    if changed:
+        raise UsageError(f"--head-ranking-from: {path} profiled {', '.join(changed)} with another edit than "
+                         "this at_probe's (see head_profilings in its manifest.json); profile again")
     source = {"path": str(path), "sha256": file_sha256(path), "bucket": manifest.get("bucket"),
               "profile_documents": profiles.get("profile_documents")}
     return {p: {n: profiles[p][n] for n in names} for p, names in profilings.items()}, source
@@ -342,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         profilings = head_profilings(args.methods, targets, shape.cfg.n_layers)
         if args.head_ranking_from is not None and not profilings:
             raise UsageError(f"--head-ranking-from: --methods {','.join(args.methods)} use no head ranking")
+        check_rankings_fit(settings, profilings, shape)  # a top too large: before any profiling
+        edits = profiling_edits(profilings, shape.cfg.n_layers)
         parts, parts_source = ({}, None) if args.parts_of is None else parts_of(args.parts_of, {
             "model": args.model, "bucket": args.bucket, "data_sha256": file_sha256(data_file),
             "max_new_tokens": args.max_new_tokens, **text_repair_manifest(args.fix_text)})
@@ -365,9 +413,11 @@ def main(argv: list[str] | None = None) -> int:
             **text_repair_manifest(args.fix_text),
             # the reused ranking itself, not its file's bytes: a refreshed file of the same ranking resumes
             "head_ranking_from": (
-                json_sha256(reused_ranking(args.head_ranking_from, args.model, profilings)[0])
+                json_sha256(reused_ranking(args.head_ranking_from, args.model, profilings, edits)[0])
                 if args.head_ranking_from else None
             ),
+            # what each ranking's profiling edits: a change of an edit's defaults is a different run
+            "head_profilings": edits,
             "at_probe_version": at_probe.__version__,
         }
         # one driver; the manifest (which profile.jsonl and profiles.json belong to) checked first
@@ -377,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             if profiles_path.is_file():
                 profiles = json.loads(profiles_path.read_text())
             else:
-                profiles = build_profiles(args, profile_docs, profilings)
+                profiles = build_profiles(args, profile_docs, profilings, edits)
                 write_json_atomic(profiles_path, profiles)
             built = parse_settings(";".join(settings), profiles)  # canonical; all build before any work
             check_settings(built, shape)

@@ -223,6 +223,44 @@ def test_reused_head_ranking_is_checked_and_recorded(selection_run, tmp_path):
     assert alternatives_select.main([*reuse[:-1], str(tmp_path / "old")]) == 2
     other = [*reuse[:1], "smollm2", *reuse[2:-1], str(tmp_path / "other")]  # another model: refused
     assert alternatives_select.main(other) == 2
+    sel["profiles"]["sink_head_ranking"] = first["sink_head_ranking"]
+    (tmp_path / "source" / "selection.json").write_text(json.dumps(sel))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert alternatives_select.main([*reuse[:-1], str(tmp_path / "same")]) == 0
+    manifest["head_profilings"]["sink_head_ranking"]["scale_up"] = "SinkScaling(rate=3.0, ...) on all layers"
+    (tmp_path / "source" / "manifest.json").write_text(json.dumps(manifest))
+    assert alternatives_select.main([*reuse[:-1], str(tmp_path / "edited")]) == 2, "profiled with another edit"
+
+
+def test_a_changed_profiling_edit_is_another_run(selection_run, monkeypatch, capsys):
+    from at_probe.interventions import sink_scaling
+
+    out, args = selection_run
+    recorded = json.loads((out / "manifest.json").read_text())["head_profilings"]
+    assert recorded["sink_head_ranking"]["scale_up"].startswith("SinkScaling(rate=2.0,")
+    assert recorded["sink_head_ranking"]["calibration"].endswith("on layers 2-6")
+    monkeypatch.setitem(sink_scaling.PROFILE_RATES, "scale_up", 3.0)  # profile.jsonl holds rate-2 deltas
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert alternatives_select.main(args) == 2
+    assert "head_profilings" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_top_larger_than_its_ranking_is_refused_before_profiling(monkeypatch, tmp_path, capsys):
+    from at_probe.xsum import ALTERNATIVES_GRID
+
+    # the tiny model's ACT search covers layers 2..6 x 4 heads: 20 heads
+    monkeypatch.setitem(ALTERNATIVES_GRID, "sink_calibration", ("sink_calibration:top=21",))
+    args = ["--model", "tiny", "--data", str(require_shared(XSUM_DIR)), "--bucket", "800", "--docs", "1",
+            "--profile-docs", "1", "--methods", "sink_calibration", "--out", str(tmp_path / "run")]
+    assert alternatives_select.main(args) == 2
+    assert "sink_calibration:top=21" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    monkeypatch.setitem(ALTERNATIVES_GRID, "sink_calibration", ("sink_calibration:top=20",))
+    from at_probe.cli.alternatives_select import check_rankings_fit, head_profilings
+    from at_probe.models.loading import model_shape
+
+    shape = model_shape("tiny")
+    check_rankings_fit(["baseline", "sink_calibration:top=20"], head_profilings(["sink_calibration"], [], 8), shape)
 
 
 def test_flow_runs_each_placebo_of_a_document_emphasis_once(selection_run, tmp_path):
