@@ -28,8 +28,11 @@ use theirs, which breaks the relative-position property; here each key-value hea
 heads share one ratio, ranked by the group's mean outlier share (with one query head per
 key-value head this is the authors' scheme).
 
-The ranking reads the prompt's last row before any row is rotated, so chunked attention (which
-rotates a block of rows at a time) is refused. The pass's left padding is read at layer 0's
+The ranking needs the prompt's last query and every key before any row is rotated. It computes
+them at the layer's input (``ln1.hook_out``, which sees the whole pass) with the layer's own query
+and key projections (the same product as ``hook_q`` / ``hook_k``, bit for bit), so under chunked
+attention, where the first block is rotated before the last row exists inside the attention,
+every block gets the ratios an unchunked pass gives. The pass's left padding is read at layer 0's
 scores, so layer 0 is never edited (the authors' scripts leave layers 0 and 1 alone).
 The placebo (``placebo_seed``) gives the same ratios to the heads in a random order, drawn per
 layer and document: it keeps the compression and drops the ranking.
@@ -61,7 +64,7 @@ from at_probe.interventions.registry import (
     show_layer_range,
 )
 from at_probe.interventions.tracking import PromptTracker, lengths_of
-from at_probe.models.chunked import ChunkedAttentionError, current_block, refuse_chunked
+from at_probe.models.chunked import query_block
 from at_probe.models.hooked import pass_padding
 from at_probe.models.loading import ModelShape
 from at_probe.models.names import EMBED_INPUT_HOOK, resolve_layers, scores_hook
@@ -69,9 +72,8 @@ from at_probe.runs.seeding import draw_generator, prompt_digest
 
 if TYPE_CHECKING:
     from at_probe.models.prompts import Prompt
-
-_WHY_WHOLE = ("the heads are ranked from the prompt's last row before any row is rotated, and chunked attention "
-              "rotates a block of rows at a time")
+_UNRANKED = ("MultiScalePositions: a pass without its prompt's prefill under the same hooks (register every pair "
+             "that .hooks(model) returns, before the prompt's first pass)")
 
 
 def compression_ratios(n: int, low: float, high: float) -> Tensor:
@@ -154,8 +156,7 @@ class _Run(PromptTracker):
         self.offsets: list[int] = []
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
-        self.queries: Tensor | None = None
-        self.keys: Tensor | None = None
+        self.cached = False  # whether the current pass runs on a KV cache
 
     def report(self) -> PositionScalesReport:
         return PositionScalesReport(dict(self.ratios))
@@ -174,7 +175,6 @@ class MultiScalePositions(HookLifetime):
     Raises:
         ValueError: bad ``low`` / ``high`` / ``layers`` (at construction), layer 0 or layers outside
             the model, or a model whose rotary embedding is not Llama's (at ``hooks``).
-        ChunkedAttentionError: under chunked attention (at ``hooks`` and at run time).
     """
 
     low: float = 1.2
@@ -199,9 +199,9 @@ class MultiScalePositions(HookLifetime):
     def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
               prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
         """``(hook_name, fn)`` pairs: layer 0's scores (the pass's padding) and, per edited layer,
-        ``hook_q`` / ``hook_k`` (kept for the ranking), ``hook_cos`` (positions), ``hook_rot_q`` and
-        ``hook_rot_k`` (the edit). ``prompt_lengths`` / ``prompts``: as ``AttentionEdit.hooks``."""
-        refuse_chunked(model, "MultiScalePositions", _WHY_WHOLE)
+        ``ln1.hook_out`` (the ranking, at a prompt's first pass), ``hook_cos`` / ``hook_sin``
+        (positions), ``hook_rot_q`` and ``hook_rot_k`` (the edit). ``prompt_lengths`` /
+        ``prompts``: as ``AttentionEdit.hooks``."""
         n_layers = int(model.cfg.n_layers)
         layers = range(2, n_layers) if self.layers is None else resolve_layers(self.layers, range(n_layers))
         if 0 in layers:
@@ -215,19 +215,26 @@ class MultiScalePositions(HookLifetime):
         def read_padding(scores: Tensor, *, hook: Any) -> None:
             run.see_attention(scores)
             run.offsets = pass_padding(scores)
+            run.cached = query_block(scores).past > 0
 
         def keep(name: str) -> Any:
             def fn(tensor: Tensor, *, hook: Any) -> None:
                 setattr(run, name, tensor.detach())
             return fn
 
+        def rank(layer: int) -> Any:
+            def fn(hidden: Tensor, *, hook: Any) -> None:
+                if layer in run.ratios:  # a later pass of the prompt keeps its first pass's ratios
+                    return
+                if run.cached:  # a decode step whose prompt was not ranked: its keys are in the cache
+                    raise RuntimeError(_UNRANKED)
+                run.ratios[layer] = self._ratios(run, layer, groups, *_queries_keys(model, layer, hidden))
+            return fn
+
         def edit(kind: str, layer: int) -> Any:
             def fn(tensor: Tensor, *, hook: Any) -> Tensor:
-                block = current_block()
-                if block is not None and not (block.first and block.last):
-                    raise ChunkedAttentionError(f"MultiScalePositions cannot run under chunked attention: {_WHY_WHOLE}")
                 if layer not in run.ratios:
-                    run.ratios[layer] = self._ratios(run, layer, groups)
+                    raise RuntimeError(_UNRANKED)
                 ratios = run.ratios[layer].to(tensor.device)  # [batch, kv_head]
                 if kind == "q":
                     ratios = ratios.repeat_interleave(groups, dim=1)
@@ -240,24 +247,25 @@ class MultiScalePositions(HookLifetime):
         pairs: list[HookPair] = [(EMBED_INPUT_HOOK, run.see_tokens), (scores_hook(0), read_padding)]
         for layer in layers:
             attn = f"blocks.{layer}.attn."
-            pairs += [(attn + "hook_q", keep("queries")), (attn + "hook_k", keep("keys")),
+            pairs += [(f"blocks.{layer}.ln1.hook_out", rank(layer)),
                       (attn + "hook_cos", keep("cos")), (attn + "hook_sin", keep("sin")),
                       (attn + "hook_rot_q", edit("q", layer)), (attn + "hook_rot_k", edit("k", layer))]
         return pairs
 
-    def _ratios(self, run: _Run, layer: int, groups: int) -> Tensor:
-        """At a prompt's first pass: each sequence's key-value head ratios ``[batch, kv_head]``."""
-        if run.queries is None or run.keys is None or not run.offsets:
-            raise RuntimeError("MultiScalePositions: a pass without its prompt's prefill under the same hooks "
-                               "(register every pair that .hooks(model) returns)")
-        batch, total = run.queries.shape[:2]
+    def _ratios(self, run: _Run, layer: int, groups: int, queries: Tensor, keys: Tensor) -> Tensor:
+        """At a prompt's first pass: each sequence's key-value head ratios ``[batch, kv_head]``,
+        from the pass's queries ``[batch, T, head, d_head]`` and keys ``[batch, T, kv_head,
+        d_head]`` before the rotation."""
+        if not run.offsets:
+            raise RuntimeError(_UNRANKED)
+        total = queries.shape[1]
         if run.lengths is None:
             run.lengths = [total - o for o in run.offsets]
         out = []
         for b, (offset, length) in enumerate(zip(run.offsets, run.lengths)):
             last = offset + length - 1
-            keys = run.keys[b, offset : last + 1].transpose(0, 1).repeat_interleave(groups, dim=0)
-            shares = outlier_shares(run.queries[b, last], keys)
+            seen = keys[b, offset : last + 1].transpose(0, 1).repeat_interleave(groups, dim=0)
+            shares = outlier_shares(queries[b, last], seen)
             order = None
             if self.placebo_seed is not None:
                 ids = [] if run.prompt is None else run.prompt[b, offset : last + 1].tolist()
@@ -265,6 +273,21 @@ class MultiScalePositions(HookLifetime):
                 order = torch.randperm(shares.numel() // groups, generator=gen)
             out.append(group_ratios(shares, groups, self.low, self.high, order))
         return torch.stack(out)
+
+
+def _queries_keys(model: Any, layer: int, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """A layer's queries ``[batch, T, head, d_head]`` and keys ``[batch, T, kv_head, d_head]``
+    before the rotation, from its attention input ``hidden`` ``[batch, T, d_model]``: the
+    projections' own weights (not their bridge modules, whose hooks would fire), the product
+    ``hook_q`` / ``hook_k`` see."""
+    attn = model.blocks[layer].attn.original_component
+    d_head = int(model.cfg.d_head)
+    out = []
+    for proj in (attn.q_proj, attn.k_proj):
+        linear = getattr(proj, "original_component", proj)
+        x = torch.nn.functional.linear(hidden, linear.weight, linear.bias)
+        out.append(x.view(*hidden.shape[:2], -1, d_head))
+    return out[0], out[1]
 
 
 def _inv_freq(model: Any) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from at_probe.interventions.multiscale_positions import MultiScalePositions, compression_ratios
-from at_probe.models.chunked import ChunkedAttentionError, chunked_attention
+from at_probe.models.chunked import chunked_attention
 from at_probe.models.prompts import build_prompt
 from at_probe.xsum import left_pad
 
@@ -133,8 +133,53 @@ def test_refusals(tiny_model, prompts):
     for low, high in ((0.5, 1.8), (1.9, 1.8), (float("nan"), 2.0)):
         with pytest.raises(ValueError, match="low|high"):
             MultiScalePositions(low=low, high=high)
-    with chunked_attention(tiny_model, rows=64), pytest.raises(ChunkedAttentionError, match="ranked"):
-        MultiScalePositions().hooks(tiny_model)
-    with MultiScalePositions().applied(tiny_model), chunked_attention(tiny_model, rows=64), torch.inference_mode():
-        with pytest.raises(ChunkedAttentionError, match="ranked"):
-            tiny_model(prompts[0].tensor())
+    pairs = MultiScalePositions().hooks(tiny_model)
+    skipped = []
+
+    def unranked(fn):  # the ranking misses the prompt's prefill: the decode steps must not rank from one row
+        def wrapped(tensor, *, hook):
+            if not skipped:
+                return skipped.append(hook)
+            return fn(tensor, hook=hook)
+        return wrapped
+
+    pairs = [(n, unranked(fn) if n == "blocks.2.ln1.hook_out" else fn) for n, fn in pairs]
+    kw = dict(max_new_tokens=2, do_sample=False, verbose=False, use_past_kv_cache=True)
+    with tiny_model.hooks(fwd_hooks=pairs), torch.inference_mode(), pytest.raises(RuntimeError, match="prefill"):
+        tiny_model.generate(prompts[1].tensor(), **kw)
+
+
+@pytest.mark.parametrize("rows", [64, 100])
+def test_chunked_attention_gives_the_unchunked_ratios_and_logits(tiny_model, prompts, rows):
+    """The ranking reads the layer's input, which sees the whole pass: every block is rotated
+    with the ratios an unchunked pass gives (the left-padded batch's real rows, bit for bit)."""
+    edit = MultiScalePositions(low=1.5, high=4.0, layers=tuple(range(1, 8)))
+    ids, mask = left_pad(tiny_model, [list(p.ids) for p in prompts])
+    offsets = [ids.shape[1] - len(p) for p in prompts]
+    with torch.inference_mode():
+        with edit.applied(tiny_model, prompts=list(prompts)):
+            ref = tiny_model(ids, attention_mask=mask)
+            ref_ratios = edit.last_report().ratios
+            with chunked_attention(tiny_model, rows=rows):
+                out = tiny_model(ids, attention_mask=mask)
+        plain = tiny_model(ids, attention_mask=mask)
+    assert (ref - plain).abs().max() > 1e-3
+    for b, off in enumerate(offsets):
+        torch.testing.assert_close(out[b, off:], ref[b, off:], rtol=0, atol=1e-5)
+    ratios = edit.last_report().ratios
+    assert sorted(ratios) == sorted(ref_ratios) and all(torch.equal(ratios[l], ref_ratios[l]) for l in ratios)
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["kv-cache", "no-cache"])
+def test_chunked_generation_gives_the_unchunked_tokens(tiny_model, prompts, cache):
+    edit = MultiScalePositions(low=2.0, high=6.0, layers=tuple(range(1, 8)))
+    ids, mask = left_pad(tiny_model, [list(p.ids) for p in prompts])
+    kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, verbose=False, stop_at_eos=False,
+              use_past_kv_cache=cache)
+    with edit.applied(tiny_model, prompts=list(prompts)), torch.inference_mode():
+        ref = tiny_model.generate(ids, **kw)
+        with chunked_attention(tiny_model, rows=64):
+            out = tiny_model.generate(ids, **kw)
+    with torch.inference_mode():
+        plain = tiny_model.generate(ids, **kw)
+    assert torch.equal(out, ref) and not torch.equal(ref, plain)

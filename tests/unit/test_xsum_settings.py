@@ -123,3 +123,5 @@ def test_a_setting_chunked_attention_refuses_is_caught_before_the_run():
     assert "_at_probe_chunked" not in vars(SMOLLM2_SHAPE)
     check_settings({k: v for k, v in settings.items() if k.startswith("sink_scaling")}, SMOLLM2_SHAPE,
                    attention_rows=128)
+    check_settings(parse_settings("multiscale_positions:;multiscale_positions_placebo:"), SMOLLM2_SHAPE,
+                   attention_rows=128)  # its ranking reads the layer's input, which sees the whole pass
