@@ -22,7 +22,12 @@ and every later row (decode steps, cache-less continuations, teacher-forced toke
 calibrated with them. So cached and cache-less generation agree.
 
 Detection reads every prompt row of a layer before any of them is edited: a row's edit depends
-on later rows, so chunked attention (which sees a block of rows at a time) is refused.
+on later rows. Under chunked attention (a block of rows at a time) the layer's blocks therefore
+run twice (``at_probe.models.chunked.request_prepass``): a pre-pass up to the softmax sums each
+key's received attention over the prompt rows, then the pass edits every block with the sinks
+found. The pre-pass sees the layer's pattern before any hook edits it; unchunked, detection sees
+the pattern as it reaches this edit's hook, which is the same unless another edit of the same
+layer's queries, keys, scores or pattern runs before it. Sums are taken in float64 in both modes.
 
 The placebo (``placebo_seed``) damps as many random keys as each head has hidden sinks,
 drawn among the prompt's other keys (never key 0, never a hidden sink) per layer, head and
@@ -40,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -64,7 +70,7 @@ from at_probe.interventions.registry import (
     register,
     show_layer_range,
 )
-from at_probe.models.chunked import ChunkedAttentionError, refuse_chunked
+from at_probe.models.chunked import ChunkedAttentionError, QueryBlock, chunking, request_prepass
 from at_probe.models.names import resolve_layers
 from at_probe.runs.seeding import draw_generator, prompt_digest
 
@@ -74,8 +80,7 @@ if TYPE_CHECKING:
 Pattern = Float[Tensor, "batch head query_pos key_pos"]
 SinkMask = Bool[Tensor, "head key_pos"]
 
-_WHY_WHOLE = ("hidden sinks are found from every prompt row of a layer before any row is edited, and chunked "
-              "attention shows a block of rows at a time")
+_WHY_WHOLE = "hidden sinks are found from every prompt row of a layer before any row is edited"
 
 
 def hidden_sinks(pattern: Float[Tensor, "head rows keys"], prompt_length: int, threshold: float) -> SinkMask:
@@ -86,9 +91,14 @@ def hidden_sinks(pattern: Float[Tensor, "head rows keys"], prompt_length: int, t
         pattern: one sequence's attention ``[head, rows, keys]``, rows and keys from its first
             token, at least ``P = prompt_length`` of each.
     """
-    p = prompt_length
-    received = pattern[:, :p, :p].float().sum(-2)  # [head, P]
-    seen_by = torch.arange(p, 0, -1, device=pattern.device, dtype=torch.float32)  # rows j .. P-1
+    return sinks_of(pattern[:, :prompt_length, :prompt_length].double().sum(-2), threshold)
+
+
+def sinks_of(received: Float[Tensor, "head P"], threshold: float) -> SinkMask:
+    """``hidden_sinks`` from each key's attention summed over the prompt rows that see it
+    (float64, ``[head, P]``): key ``j``'s mean over rows ``j .. P-1`` above ``threshold``."""
+    p = received.shape[-1]
+    seen_by = torch.arange(p, 0, -1, device=received.device, dtype=torch.float64)  # rows j .. P-1
     sinks = received / seen_by > threshold
     sinks[:, 0] = False
     return sinks
@@ -131,6 +141,26 @@ def calibrate_sinks_(pattern: Pattern, sinks: SinkMask, beta: float, *, heads: T
     return shift
 
 
+def _sum_received(prepass: dict[int, dict[int, Tensor]], layer: int, lengths: list[int] | None,
+                  pattern: Tensor, block: QueryBlock) -> None:
+    """A pre-pass reader: add one block's attention ``[batch, head, rows, keys]`` over each
+    sequence's prompt rows to its keys' sums (float64, ``[head, P]`` in the sequence's own
+    coordinates, ``P`` its prompt length: the hooks' ``prompt_lengths``, else all its tokens)."""
+    if block.padding is None:
+        raise ValueError("the attention mask is not left padding: pad on the left (tokenizer.padding_side = 'left')")
+    if block.first:
+        prepass[layer] = {}
+    sums = prepass[layer]
+    for b, off in enumerate(block.padding):
+        p = lengths[b] if lengths is not None else block.total_keys - off
+        lo, hi = max(block.start, off), min(block.end, off + p)  # the block's rows of the prompt
+        if b not in sums:
+            sums[b] = torch.zeros(pattern.shape[1], p, dtype=torch.float64, device=pattern.device)
+        if hi > lo:
+            width = min(p, block.keys - off)
+            sums[b][:, :width] += pattern[b, :, lo - block.start : hi - block.start, off : off + width].double().sum(-2)
+
+
 def placebo_sinks(sinks: SinkMask, seed: int, layer: int, prompt_ids: Sequence[int] | Tensor,
                   heads: Sequence[int] | None = None) -> SinkMask:
     """As many random keys per head as ``sinks`` marks, among keys ``1 .. P-1`` that are not
@@ -166,7 +196,8 @@ class SinkCalibration(AttentionEdit):
         placebo_seed: if set, damp random keys instead (``placebo_sinks``); needs the prompts.
 
     Raises:
-        ChunkedAttentionError: (at ``hooks`` and at run time) under chunked attention.
+        ChunkedAttentionError: (at run time) a prompt's rows of a layer seen in parts without
+            their pre-pass (hooks registered by hand without the ``ln1.hook_out`` pairs).
     """
 
     head_config: Mapping[int, Sequence[int]] | None = None
@@ -205,9 +236,23 @@ class SinkCalibration(AttentionEdit):
 
     def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
               prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
-        """``AttentionEdit.hooks``; also raises ``ChunkedAttentionError`` under chunked attention."""
-        refuse_chunked(model, "SinkCalibration", _WHY_WHOLE)
-        return super().hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)
+        """``AttentionEdit.hooks``, and per calibrated layer ``ln1.hook_out``, which under chunked
+        attention asks for the layer's pre-pass (module docstring)."""
+        pairs = super().hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)
+        run = self._last_run
+        prepass: dict[int, dict[int, Tensor]] = {}  # layer -> sequence -> summed attention [head, P]
+        object.__setattr__(run, "prepass", prepass)
+
+        def request(layer: int) -> Any:
+            def fn(hidden: Tensor, *, hook: Any) -> None:
+                prepass.pop(layer, None)  # sums belong to the pass that measured them
+                chunks = chunking(model)
+                if chunks is not None and hidden.shape[1] > chunks.rows:
+                    request_prepass(model, layer, partial(_sum_received, prepass, layer, run.fixed_lengths))
+            return fn
+
+        return pairs + [(f"blocks.{layer}.ln1.hook_out", request(layer))
+                        for layer in self._layer_heads(int(model.cfg.n_layers), int(model.cfg.n_heads))]
 
     def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
         if self.head_config is None:
@@ -221,13 +266,16 @@ class SinkCalibration(AttentionEdit):
         key = ("sinks", layer)
         if key not in view.memory:
             p = view.prompt_length
-            if view.query_start != 0 or seq.shape[-2] < p:
+            summed = getattr(self._last_run, "prepass", {}).get(layer, {}).get(view.index)
+            if view.query_start == 0 and seq.shape[-2] >= p:  # every prompt row at hand
+                found = hidden_sinks(seq[0] if heads is None else seq[0, heads], p, self.threshold)
+            elif summed is not None and view.query_start == 0 and summed.shape[-1] == p:  # this pass's pre-pass
+                found = sinks_of(summed if heads is None else summed[heads.to(summed.device)], self.threshold)
+            else:
                 raise ChunkedAttentionError(
-                    f"SinkCalibration needs the prompt's {p} rows of layer {layer} in one pass (got rows "
-                    f"{view.query_start}..{view.query_start + seq.shape[-2] - 1}): {_WHY_WHOLE}, and a decode "
-                    "step needs its prompt's prefill under the same hooks")
-            rows = seq[0] if heads is None else seq[0, heads]
-            found = hidden_sinks(rows, p, self.threshold)
+                    f"SinkCalibration needs the prompt's {p} rows of layer {layer} in one pass or a pre-pass (got "
+                    f"rows {view.query_start}..{view.query_start + seq.shape[-2] - 1}): {_WHY_WHOLE}; register "
+                    "every pair .hooks(model) returns, and a decode step needs its prompt's prefill under them")
             if self.placebo_seed is not None:
                 assert view.prompt is not None  # needs_prompts: hooks() refuses to build without them
                 ids = None if heads is None else heads.tolist()

@@ -17,6 +17,11 @@ block of one and a KV-cache decode step, so one hook serves all three.
 query rows ``[s, e)`` gets ``K = past + e`` keys. ``causal_keys=False`` gives every block all
 ``past + T`` keys (the keys after a row are masked, as in the stock pattern).
 
+An edit whose rows depend on later rows asks for a pre-pass (``request_prepass``): the
+layer's blocks run once more up to the softmax, every other hook of the attention suspended,
+and a reader sees each block's pattern first (ACT's hidden sinks are column means over every
+prompt row).
+
 What needs the whole pattern refuses: ``run_with_cache`` (it would keep only the last block of
 each attention hook) raises ``ChunkedAttentionError``, and so does ``FlowProbe(rollout=True)``.
 
@@ -40,7 +45,8 @@ Example:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -51,6 +57,8 @@ from torch import Tensor
 
 _ACTIVE: list[QueryBlock] = []  # the block whose hooks are running (forwards run one at a time)
 _STATE = "_at_probe_chunked"  # model attribute: the ChunkedAttention in force
+_PREPASS = "_at_probe_prepass"  # attention module attribute: the readers of its next forward's pre-pass
+PrepassReader = Callable[[Tensor, "QueryBlock"], None]
 
 
 class ChunkedAttentionError(RuntimeError):
@@ -82,6 +90,7 @@ class QueryBlock:
         length: query rows of the whole pass.
         padding: left padding of each sequence, read from the pass's attention mask, or None
             where the hook must read it from the scores (an unchunked pass).
+        prepass: whether the block belongs to a pre-pass (``request_prepass``), not the pass.
     """
 
     start: int
@@ -90,6 +99,7 @@ class QueryBlock:
     past: int
     length: int
     padding: tuple[int, ...] | None = None
+    prepass: bool = False
 
     @property
     def end(self) -> int:
@@ -140,6 +150,22 @@ def refuse_chunked(model: Any, what: str, why: str) -> None:
     if chunking(model) is not None:
         raise ChunkedAttentionError(f"{what} is not available under chunked attention: {why}; "
                                     "run it outside at_probe.chunked_attention(model)")
+
+
+def request_prepass(model: Any, layer: int, reader: PrepassReader) -> None:
+    """Ask for a pre-pass of ``layer``'s next chunked attention forward: before its blocks run,
+    they run once more up to the softmax, with every hook of the attention module suspended,
+    and ``reader(pattern, block)`` gets each block's pattern ``[batch, head, rows, keys]`` as the
+    bridge computes it (``block.prepass`` is True).
+
+    For edits whose rows depend on later rows (ACT's hidden sinks are column means over every
+    prompt row): call it from a hook that fires before the layer's attention, such as
+    ``blocks.{layer}.ln1.hook_out``. The next forward of that attention takes the request: a
+    pass of one block runs no pre-pass (its hooks see every row), nor does a pass on a KV cache
+    (the pre-pass never writes the cache, so it sees only a prefill's keys). Costs the scores and
+    softmax of the layer once more, not the product with the values.
+    """
+    vars(model.blocks[layer].attn).setdefault(_PREPASS, []).append(reader)
 
 
 @contextmanager
@@ -347,6 +373,59 @@ def _past_length(cache: Any, layer: int | None) -> int:
     return int(cache.get_seq_length(layer))
 
 
+def _spans(n: int, rows: int) -> list[tuple[int, int]]:
+    """The blocks' query rows ``[s, e)`` of a pass of ``n`` rows."""
+    return [(s, min(n, s + rows)) for s in range(0, n, rows)]
+
+
+def _block_kwargs(kwargs: dict[str, Any], keys: _BlockKeys, mask: Tensor, s: int, e: int, n: int) -> dict[str, Any]:
+    """The stock forward's keyword arguments for the block of rows ``[s, e)`` of an ``n``-row pass."""
+    out = dict(kwargs, past_key_values=keys, attention_mask=mask[..., s:e, :])
+    embeddings = kwargs.get("position_embeddings")
+    if embeddings is not None:
+        out["position_embeddings"] = tuple(p[..., s:e, :] for p in embeddings)
+    for name in ("position_ids", "cache_position"):
+        value = kwargs.get(name)
+        if isinstance(value, Tensor) and value.shape[-1] == n:
+            out[name] = value[..., s:e]
+    return out
+
+
+class _PrepassDone(Exception):
+    """Raised after a pre-pass block's pattern: the rest of that block's forward is not needed."""
+
+
+def _run_prepass(attn: Any, stock: Any, readers: list[PrepassReader],
+                 blocks: list[tuple[QueryBlock, Tensor, dict[str, Any]]], rest: tuple[Any, ...]) -> None:
+    """Each block's forward up to its pattern, every hook of the attention module suspended
+    (``request_prepass``), the pattern handed to ``readers``."""
+    def read(module: Any, args: Any, pattern: Tensor) -> None:
+        for reader in readers:
+            reader(pattern, _ACTIVE[-1])
+        raise _PrepassDone
+
+    modules = list(attn.modules())
+    saved = [(m, m._forward_hooks, m._forward_pre_hooks) for m in modules]
+    for m in modules:  # past the bridge's own __setattr__, which would forward to the wrapped module
+        object.__setattr__(m, "_forward_hooks", OrderedDict())
+        object.__setattr__(m, "_forward_pre_hooks", OrderedDict())
+    attn.hook_pattern.register_forward_hook(read)
+    try:
+        with torch.no_grad():
+            for block, hidden, kwargs in blocks:
+                _ACTIVE.append(block)
+                try:
+                    stock(hidden, *rest, **kwargs)
+                except _PrepassDone:
+                    pass
+                finally:
+                    _ACTIVE.pop()
+    finally:
+        for m, hooks, pre_hooks in saved:
+            object.__setattr__(m, "_forward_hooks", hooks)
+            object.__setattr__(m, "_forward_pre_hooks", pre_hooks)
+
+
 def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
     """The bridge's own forward run over blocks of ``rows`` query rows (module docstring)."""
     stock = type(attn).forward.__get__(attn)
@@ -357,6 +436,7 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
         else:
             hidden, rest = args[0], args[1:]
         n = int(hidden.shape[1])
+        readers: list[PrepassReader] = vars(attn).pop(_PREPASS, [])  # this forward takes the requests
         mask = kwargs.get("attention_mask")
         cache = kwargs.get("past_key_values")
         past = _past_length(cache, getattr(attn, "_layer_idx", None))
@@ -377,21 +457,18 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
         hf_attn = attn.original_component
         groups = int(getattr(hf_attn, "num_key_value_groups", 1))
         keys = _BlockKeys(cache, causal_keys, past, total, groups)
-        embeddings = kwargs.get("position_embeddings")
         padded: list[Tensor] = []  # one zeroed [batch, head, rows, total] buffer, made by the first block
         outputs = []
         if keys.expanded and groups > 1:
             hf_attn.num_key_value_groups = 1  # the keys come repeated (_BlockKeys); restored below
         try:
-            for s in range(0, n, rows):
-                e = min(n, s + rows)
-                block_kwargs = dict(kwargs, past_key_values=keys, attention_mask=mask[..., s:e, :])
-                if embeddings is not None:
-                    block_kwargs["position_embeddings"] = tuple(p[..., s:e, :] for p in embeddings)
-                for name in ("position_ids", "cache_position"):
-                    value = kwargs.get(name)
-                    if isinstance(value, Tensor) and value.shape[-1] == n:
-                        block_kwargs[name] = value[..., s:e]
+            if readers and not past:
+                prepass = _BlockKeys(None, causal_keys, past, total, groups)
+                _run_prepass(attn, stock, readers, [
+                    (QueryBlock(s, e - s, e if causal_keys else total, 0, n, padding, prepass=True),
+                     hidden[:, s:e], _block_kwargs(kwargs, prepass, mask, s, e, n)) for s, e in _spans(n, rows)], rest)
+            for s, e in _spans(n, rows):
+                block_kwargs = _block_kwargs(kwargs, keys, mask, s, e, n)
                 _ACTIVE.append(QueryBlock(past + s, e - s, past + e if causal_keys else total, past, n, padding))
                 # registered last, so it runs after every other hook on the pattern
                 handle = attn.hook_pattern.register_forward_hook(partial(_pad_keys, padded=padded, total=total))

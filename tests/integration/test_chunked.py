@@ -15,6 +15,7 @@ from at_probe.flow.region import RegionProbe
 from at_probe.interventions.calibration import PositionBias, PositionCalibration
 from at_probe.interventions.emphasis import EmphasisSteering
 from at_probe.interventions.adaptive_temperature import AdaptiveTemperature
+from at_probe.interventions.sink_calibration import SinkCalibration
 from at_probe.interventions.sink_scaling import SinkScaling
 from at_probe.interventions.temperature import AttentionTemperature
 from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
@@ -53,6 +54,8 @@ EDITS = {
     "sink_scaling": lambda: SinkScaling(rate=0.3, layers=(2, 5)),
     "sink_scaling_placebo": lambda: SinkScaling(rate=4.0, placebo_seed=2),
     "adaptive_temperature": lambda: AdaptiveTemperature(),
+    "sink_calibration": lambda: SinkCalibration(threshold=0.03, beta=0.1),  # sinks found in a pre-pass
+    "sink_calibration_placebo": lambda: SinkCalibration(head_config={3: (0, 1), 5: (2,)}, threshold=0.03, placebo_seed=4),
 }
 
 
@@ -163,7 +166,7 @@ def test_every_intervention_equals_its_stock_run(tiny_model, prompts, batch, nam
 
 
 @pytest.mark.parametrize("name", ["paper", "placebo", "sra", "emphasis", "calibration", "temperature", "sink_scaling",
-                                  "adaptive_temperature"])
+                                  "adaptive_temperature", "sink_calibration"])
 @pytest.mark.parametrize("cache", [True, False], ids=["kv-cache", "no-cache"])
 def test_generate_gives_the_stock_tokens(tiny_model, prompts, name, cache):
     edit = EDITS[name]()
@@ -190,7 +193,8 @@ def test_decode_steps_see_one_row_at_the_new_position(tiny_model, prompts):
 
 
 @pytest.mark.parametrize("rows,causal", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("transition", [None, "paper"], ids=["plain", "after-paper"])
+@pytest.mark.parametrize("transition", [None, "paper", "sink_calibration"],
+                         ids=["plain", "after-paper", "after-act"])  # ACT: its pre-pass unseen by the probe
 def test_flow_probe_equals_its_stock_result(tiny_model, prompts, rows, causal, transition):
     prompt = prompts[0]
 

@@ -1,5 +1,5 @@
 """ACT-style sink calibration on the tiny model: the authors' arithmetic, detection from the
-prompt's rows only, the placebo's keys, and the refusal under chunked attention."""
+prompt's rows only, the placebo's keys, and chunked attention's pre-pass."""
 
 from __future__ import annotations
 
@@ -65,13 +65,14 @@ def test_matches_the_authors_arithmetic(tiny_model, prompt):
 
 
 def test_hidden_sinks_by_hand():
-    """Mean over the rows that see each key; key 0 never counts; strictly above the threshold."""
+    """Mean over the rows that see each key; key 0 never counts; strictly above the threshold
+    (weights that are exact in binary, so the means are exact)."""
     p = torch.zeros(1, 4, 4)
-    p[0] = torch.tensor([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.2, 0.6, 0.2, 0], [0.1, 0.1, 0.4, 0.4]])
-    # received / rows that see it: key 1: 1.2 / 3 = 0.4, key 2: 0.6 / 2 = 0.3, key 3: 0.4 / 1
+    p[0] = torch.tensor([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.25, 0.5, 0.25, 0], [0.125, 0.125, 0.375, 0.375]])
+    # received / rows that see it: key 1: 1.125 / 3 = 0.375, key 2: 0.625 / 2 = 0.3125, key 3: 0.375 / 1
     assert hidden_sinks(p, 4, 0.35).tolist() == [[False, True, False, True]]
-    assert hidden_sinks(p, 4, 0.4).tolist() == [[False, False, False, False]]
-    assert hidden_sinks(p, 3, 0.25).tolist() == [[False, True, False]]  # prompt rows only: 1.1 / 2, 0.2 / 1
+    assert hidden_sinks(p, 4, 0.375).tolist() == [[False, False, False, False]]
+    assert hidden_sinks(p, 3, 0.3).tolist() == [[False, True, False]]  # prompt rows only: 1.0 / 2, 0.25 / 1
 
 
 def test_calibration_keeps_row_sums_and_damps_by_beta():
@@ -104,12 +105,26 @@ def test_placebo_damps_as_many_other_keys(tiny_model, prompt):
     torch.testing.assert_close(after, expected)
 
 
-def test_chunked_attention_is_refused_with_the_reason(tiny_model, prompt):
+def test_chunked_attention_finds_the_sinks_in_a_prepass(tiny_model, prompt):
+    """Blocks of 64 rows: a pre-pass sums the attention over every prompt row before the first
+    block is edited, so every block gets the unchunked pass's sinks (bit for bit)."""
     edit = SinkCalibration(threshold=THRESHOLD)
-    with chunked_attention(tiny_model, rows=64), pytest.raises(ChunkedAttentionError, match="hidden sinks"):
-        edit.hooks(tiny_model)
-    with edit.applied(tiny_model), chunked_attention(tiny_model, rows=64), torch.inference_mode():
-        with pytest.raises(ChunkedAttentionError, match="in one pass"):
+    with edit.applied(tiny_model), torch.inference_mode():
+        ref = tiny_model(prompt.tensor())
+        ref_sinks = {k: v.clone() for k, v in edit._last_run.memory[0].items()}
+        with chunked_attention(tiny_model, rows=64):
+            out = tiny_model(prompt.tensor())
+        sinks = edit._last_run.memory[0]
+    assert sorted(sinks) == sorted(ref_sinks) and all(torch.equal(sinks[k], ref_sinks[k]) for k in sinks)
+    assert any(v.any() for v in sinks.values())
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+def test_chunked_without_the_prepass_hooks_is_refused_with_the_reason(tiny_model, prompt):
+    edit = SinkCalibration(threshold=THRESHOLD)
+    pairs = [(n, fn) for n, fn in edit.hooks(tiny_model) if not n.endswith("ln1.hook_out")]
+    with tiny_model.hooks(fwd_hooks=pairs), chunked_attention(tiny_model, rows=64), torch.inference_mode():
+        with pytest.raises(ChunkedAttentionError, match="hidden sinks.*pre-pass|pre-pass.*hidden sinks"):
             tiny_model(prompt.tensor())
 
 

@@ -113,15 +113,30 @@ def test_test_settings_pair_each_paper_setting_with_its_placebo():
 
 
 def test_a_setting_chunked_attention_refuses_is_caught_before_the_run():
+    from dataclasses import dataclass
+
+    from at_probe.interventions import registry
+    from at_probe.models.chunked import refuse_chunked
     from at_probe.models.loading import SMOLLM2_SHAPE
     from at_probe.xsum import SettingError, check_settings, parse_settings
 
-    settings = parse_settings("sink_calibration:;sink_scaling:rate=2")
-    check_settings(settings, SMOLLM2_SHAPE)
-    with pytest.raises(SettingError, match=r"sink_calibration.*--attention-rows 128.*hidden sinks"):
-        check_settings(settings, SMOLLM2_SHAPE, attention_rows=128)
+    @dataclass(frozen=True)
+    class WholeRows:  # a method that needs every row at once, as a user may register
+        def hooks(self, model, **kwargs):
+            refuse_chunked(model, "WholeRows", "it reads whole patterns")
+            return []
+
+    registry.register(registry.Method("whole_rows", WholeRows, {}))
+    try:
+        settings = parse_settings("whole_rows:;sink_scaling:rate=2")
+        check_settings(settings, SMOLLM2_SHAPE)
+        with pytest.raises(SettingError, match=r"whole_rows.*--attention-rows 128.*whole patterns"):
+            check_settings(settings, SMOLLM2_SHAPE, attention_rows=128)
+    finally:
+        registry.unregister("whole_rows")
     assert "_at_probe_chunked" not in vars(SMOLLM2_SHAPE)
-    check_settings({k: v for k, v in settings.items() if k.startswith("sink_scaling")}, SMOLLM2_SHAPE,
+    # every built-in method runs under chunked attention: ACT's sinks come from a pre-pass, Ms-PoE's
+    # ranking from the layer's input
+    check_settings(parse_settings("sink_calibration:;sink_calibration_placebo:;multiscale_positions:;"
+                                  "multiscale_positions_placebo:;sink_scaling:rate=2"), SMOLLM2_SHAPE,
                    attention_rows=128)
-    check_settings(parse_settings("multiscale_positions:;multiscale_positions_placebo:"), SMOLLM2_SHAPE,
-                   attention_rows=128)  # its ranking reads the layer's input, which sees the whole pass
