@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from at_probe.flow.probe import FlowProbe
+from at_probe.interventions.multiscale_positions import MultiScalePositions
+from at_probe.interventions.sink_calibration import SinkCalibration
 from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
 from at_probe.models.chunked import chunked_attention
 from at_probe.models.prompts import build_prompt
@@ -62,3 +64,24 @@ def test_greedy_tokens_with_and_without_the_cache(smollm2_model, long_prompt):
             cached = model.generate(ids, **kwargs)
             uncached = model.generate(ids, use_past_kv_cache=False, **kwargs)
     assert torch.equal(cached, ref) and torch.equal(uncached, ref)
+
+
+@pytest.mark.parametrize("edit", [SinkCalibration(), MultiScalePositions(low=1.1, high=1.4)], ids=["act", "ms-poe"])
+def test_the_peers_that_need_every_row_equal_the_stock_run(smollm2_model, long_prompt, edit):
+    """ACT (hidden sinks from a pre-pass) and Ms-PoE (ranking from the layer's input) over blocks
+    of 512 rows: the unchunked logits, sinks and ratios."""
+    model, prompt = smollm2_model, long_prompt
+
+    def run():
+        with edit.applied(model, prompts=[prompt]), torch.inference_mode():
+            logits = model(prompt.tensor())
+        run = edit._last_run
+        state = run.memory[0] if hasattr(run, "memory") else run.ratios
+        return logits, {k: v.clone() for k, v in state.items()}
+
+    ref_logits, ref_state = run()
+    with chunked_attention(model, rows=512):
+        logits, state = run()
+    assert any(bool((v != v.flatten()[0]).any()) for v in ref_state.values())  # some sinks; unequal ratios
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=ATOL)
+    assert sorted(state) == sorted(ref_state) and all(torch.equal(state[k], ref_state[k]) for k in state)
