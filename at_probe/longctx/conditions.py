@@ -3,6 +3,9 @@
 Each role names a canonical setting string (``at_probe.xsum.parse_setting``); a placebo role
 names several draws (seeds 0-2), averaged per prompt before a comparison. ``PRIMARY`` are the
 two declared primary comparisons (passkey exact match pooled over ``PRIMARY_LENGTHS``).
+``ROLES`` are the bench's conditions (the primary and secondary runs); ``PEER_ROLES`` the sink
+and position peers and the transition's parts (issue #23, a run of their own), with
+``PEERS`` their comparisons; ``ALL_ROLES`` both, as the report reads them.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ PLACEBO_SEEDS = (0, 1, 2)
 
 
 def _draws(setting: str) -> tuple[str, ...]:
-    return tuple(f"{setting},seed={s}" for s in PLACEBO_SEEDS)
+    """The placebo draws of ``setting`` (``{seed}`` marks where the seed goes in the canonical
+    name; at the end when absent)."""
+    template = setting if "{seed}" in setting else setting + ",seed={seed}"
+    return tuple(template.format(seed=s) for s in PLACEBO_SEEDS)
 
 
 ROLES: dict[str, tuple[str, ...]] = {
@@ -32,6 +38,32 @@ ROLES: dict[str, tuple[str, ...]] = {
     "temperature": ("temperature:tau=1.15",),
 }
 """Role -> its settings (one, or a placebo's draws)."""
+
+PEER_PROFILES = "figures/xsum-smollm2/peers-dev-1900/selection.json"
+"""The development selection the peers' settings come from (its ``profiles`` hold the sink head
+rankings their ``top=16`` reads: ``longctx.py --profiles``)."""
+
+PEER_ROLES: dict[str, tuple[str, ...]] = {
+    "sink_scaling": ("sink_scaling:rate=2.0,top=16",),
+    "sink_scaling_placebo": _draws("sink_scaling_placebo:rate=2.0,seed={seed},top=16"),
+    "sink_calibration": ("sink_calibration:beta=0.4,threshold=0.1,top=16",),
+    "sink_calibration_placebo": _draws("sink_calibration_placebo:beta=0.4,seed={seed},threshold=0.1,top=16"),
+    "adaptive_temperature": ("adaptive_temperature:",),
+    "multiscale_positions": ("multiscale_positions:high=1.4,low=1.1",),
+    "multiscale_positions_placebo": _draws("multiscale_positions_placebo:high=1.4,low=1.1,seed={seed}"),
+    "paper_sink": ("paper:alpha=0.5,beta=0.8,k=1,parts=sink",),
+    "paper_move": ("paper:alpha=0.5,beta=0.8,k=1,parts=move",),
+    "paper_move_placebo": _draws("placebo:alpha=0.5,beta=0.8,k=1,parts=move,seed={seed}"),
+}
+"""The peers' roles: each peer's XSum development choice for 1,900 tokens (``PEER_PROFILES``)
+and its placebo's draws, and the XSum-selected paper setting's sink part alone and move part
+alone (with its placebo); the full setting is ``paper_selected``."""
+
+PEERS_RUN_ROLES = ("baseline", *PEER_ROLES)
+"""The roles of the peers' run (``figures/longctx-smollm2/peers``)."""
+
+ALL_ROLES: dict[str, tuple[str, ...]] = {**ROLES, **PEER_ROLES}
+"""Every role the report reads."""
 
 PRIMARY_ROLES = ("baseline", "sra", "paper_example", "placebo_example")
 """The roles of the primary run (``figures/longctx-smollm2/primary``)."""
@@ -66,7 +98,14 @@ SECONDARY = (
 )
 """The declared secondary comparisons (each also per task and length)."""
 
+PEERS = (
+    *(Comparison(role, f"{role}_placebo") for role in PEER_ROLES if f"{role}_placebo" in PEER_ROLES),
+    Comparison("adaptive_temperature", "temperature"),  # its control: one fixed temperature for every row
+    *(Comparison(role, "baseline") for role in PEER_ROLES),
+)
+"""The peers' declared comparisons (docs/longctx.md, "The sink and position peers")."""
+
 
 def settings_of(roles: tuple[str, ...] | list[str]) -> list[str]:
-    """The settings of ``roles``, in order, each once."""
-    return list(dict.fromkeys(s for role in roles for s in ROLES[role]))
+    """The settings of ``roles`` (of ``ALL_ROLES``), in order, each once."""
+    return list(dict.fromkeys(s for role in roles for s in ALL_ROLES[role]))

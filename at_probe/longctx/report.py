@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from at_probe.longctx.conditions import (
+    ALL_ROLES,
     PRIMARY,
     PRIMARY_LENGTHS,
     PRIMARY_LEVEL,
     PRIMARY_PROMPTS,
     PRIMARY_TASK,
-    ROLES,
+    PEERS,
     SECONDARY,
     Comparison,
 )
@@ -50,7 +51,7 @@ def pool_records(runs: Iterable[list[dict[str, Any]]]) -> dict[tuple[str, str], 
 
 def role_values(pooled: dict[tuple[str, str], dict[str, Any]], role: str, metric: str) -> dict[str, float]:
     """Prompt id -> the role's value (mean over its settings), for prompts scored under all of them."""
-    settings = ROLES[role]
+    settings = ALL_ROLES[role]
     by_prompt: dict[str, list[float]] = defaultdict(list)
     for (prompt, setting), r in pooled.items():
         if setting in settings:
@@ -101,7 +102,7 @@ def accuracy(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, An
     """Exact-match rate per (task, length, depth, role), for the figure and the tables."""
     cells = _cells(pooled)
     rows = []
-    for role in ROLES:
+    for role in ALL_ROLES:
         values = role_values(pooled, role, "exact")
         groups: dict[tuple[str, int, float], list[float]] = defaultdict(list)
         for prompt, v in values.items():
@@ -116,7 +117,7 @@ def needle(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]
     cells = _cells(pooled)
     sums: dict[tuple[str, int, str], list[np.ndarray]] = defaultdict(list)
     for (prompt, setting), r in pooled.items():
-        for role, settings in ROLES.items():
+        for role, settings in ALL_ROLES.items():
             if setting in settings:
                 sums[(*cells[prompt][:2], role)].append(np.array([r["needle_mass"], r["needle_flow"]]))
     rows = []
@@ -133,7 +134,7 @@ def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     cells = _cells(pooled)
     tasks = sorted({c[0] for c in cells.values()})
     comparisons = []
-    for comparison in (*PRIMARY, *SECONDARY):
+    for comparison in (*PRIMARY, *SECONDARY, *PEERS):
         for task in tasks:
             lengths = sorted({c[1] for c in cells.values() if c[0] == task})
             for metric in METRICS:

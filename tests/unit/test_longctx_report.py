@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from at_probe.longctx.conditions import PRIMARY_LENGTHS, PRIMARY_PROMPTS, ROLES, Comparison
+from at_probe.longctx.conditions import ALL_ROLES, PRIMARY_LENGTHS, PRIMARY_PROMPTS, ROLES, Comparison
 from at_probe.longctx.report import accuracy, needle, paired, pool_records, primary, report, role_values
 from at_probe.runs.stats import stratified_bootstrap_mean, stratified_interval
 
@@ -27,7 +27,7 @@ def _run(n: int, effect: dict[str, float], lengths=PRIMARY_LENGTHS, seed: int = 
         for i in range(n):
             prompt = f"passkey-{length}-0.5-{i:03d}"
             for role, rate in effect.items():
-                for setting in ROLES[role]:
+                for setting in ALL_ROLES[role]:
                     hit = bool(rng.random() < rate)
                     out.append(_record(prompt, setting, hit, -0.5 if hit else -3.0, length=length))
     return out
@@ -98,3 +98,33 @@ def test_the_report_holds_pooled_and_per_length_comparisons():
     sra = [r for r in result["comparisons"] if r["comparison"] == "sra - baseline" and r["metric"] == "exact"]
     assert [r["lengths"] for r in sra] == [list(PRIMARY_LENGTHS), *([l] for l in PRIMARY_LENGTHS)]
     assert result["prompts"] == 15 and len(result["primary"]) == 2
+
+
+def test_the_peers_comparisons_pool_with_the_bench_runs():
+    """A peers run pooled with a bench run: each peer against its placebo's mean draw, adaptive
+    temperature against the fixed temperature of the bench's run."""
+    bench = _run(4, {"baseline": 0.5, "temperature": 0.5})
+    peers = _run(4, {"sink_scaling": 1.0, "sink_scaling_placebo": 0.0, "adaptive_temperature": 1.0}, seed=1)
+    result = report(pool_records([bench, peers]))
+    rows = {r["comparison"]: r for r in result["comparisons"]
+            if r["metric"] == "exact" and r["lengths"] == list(PRIMARY_LENGTHS)}
+    assert rows["sink_scaling - sink_scaling_placebo"]["mean"] == 1.0 and rows["sink_scaling - sink_scaling_placebo"]["n"] == 12
+    assert rows["adaptive_temperature - temperature"]["n"] == 12
+    assert {"sink_scaling", "adaptive_temperature"} <= {r["condition"] for r in result["accuracy"]}
+
+
+def test_the_peers_settings_are_canonical_and_run_under_chunked_attention():
+    """Each peer setting is its own canonical name under the development profiles it names, and
+    builds for SmolLM2 with the bench's blocks of 128 query rows."""
+    import json
+    from pathlib import Path
+
+    from at_probe.longctx.conditions import PEER_PROFILES, PEER_ROLES, PEERS_RUN_ROLES, settings_of
+    from at_probe.models.loading import SMOLLM2_SHAPE
+    from at_probe.xsum import check_settings, parse_settings
+
+    profiles = json.loads((Path(__file__).parents[2] / PEER_PROFILES).read_text())["profiles"]
+    settings = settings_of(PEERS_RUN_ROLES)
+    built = parse_settings(";".join(settings), profiles)
+    assert list(built) == settings and len(settings) == 1 + sum(len(v) for v in PEER_ROLES.values())
+    check_settings(built, SMOLLM2_SHAPE, attention_rows=128)
