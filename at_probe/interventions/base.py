@@ -391,7 +391,7 @@ class AttentionEdit(HookLifetime):
                 )
                 tally.rows += rows
                 if shift is not None and shift.numel():
-                    tally.shift_sum += float(shift.float().sum())
+                    tally.shift_sum += float(shift.detach().float().sum())
                     tally.shift_count += shift.numel()
             return tensor
 

@@ -30,9 +30,10 @@ key-value head this is the authors' scheme).
 
 The ranking needs the prompt's last query and every key before any row is rotated. It computes
 them at the layer's input (``ln1.hook_out``, which sees the whole pass) with the layer's own query
-and key projections (the same product as ``hook_q`` / ``hook_k``, bit for bit), so under chunked
-attention, where the first block is rotated before the last row exists inside the attention,
-every block gets the ratios an unchunked pass gives. The pass's left padding is read at layer 0's
+and key projections (the same product as ``hook_q`` / ``hook_k``, bit for bit; an edit another
+hook makes at ``hook_q`` / ``hook_k`` is not seen by the ranking), so under chunked attention,
+where the first block is rotated before the last row exists inside the attention, every block
+gets the ratios an unchunked pass gives. The pass's left padding is read at layer 0's
 scores, so layer 0 is never edited (the authors' scripts leave layers 0 and 1 alone).
 The placebo (``placebo_seed``) gives the same ratios to the heads in a random order, drawn per
 layer and document: it keeps the compression and drops the ranking.

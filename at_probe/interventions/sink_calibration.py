@@ -71,7 +71,7 @@ from at_probe.interventions.registry import (
     show_layer_range,
 )
 from at_probe.models.chunked import ChunkedAttentionError, QueryBlock, chunking, request_prepass
-from at_probe.models.names import resolve_layers
+from at_probe.models.names import resolve_layers, scores_hook
 from at_probe.runs.seeding import draw_generator, prompt_digest
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ Pattern = Float[Tensor, "batch head query_pos key_pos"]
 SinkMask = Bool[Tensor, "head key_pos"]
 
 _WHY_WHOLE = "hidden sinks are found from every prompt row of a layer before any row is edited"
+_SUM_ROWS = 256  # rows per float64 slice of a column sum
 
 
 def hidden_sinks(pattern: Float[Tensor, "head rows keys"], prompt_length: int, threshold: float) -> SinkMask:
@@ -91,7 +92,17 @@ def hidden_sinks(pattern: Float[Tensor, "head rows keys"], prompt_length: int, t
         pattern: one sequence's attention ``[head, rows, keys]``, rows and keys from its first
             token, at least ``P = prompt_length`` of each.
     """
-    return sinks_of(pattern[:, :prompt_length, :prompt_length].double().sum(-2), threshold)
+    return sinks_of(column_sums(pattern[:, :prompt_length, :prompt_length]), threshold)
+
+
+def column_sums(rows: Float[Tensor, "head rows keys"]) -> Float[Tensor, "head keys"]:
+    """Each key's weight summed over ``rows``, in float64 (so the order of a sum, whole or block
+    by block, does not move a key across the threshold), a slice of rows at a time (no float64
+    copy of the whole pattern)."""
+    out = torch.zeros(rows.shape[0], rows.shape[-1], dtype=torch.float64, device=rows.device)
+    for start in range(0, rows.shape[1], _SUM_ROWS):
+        out += rows[:, start : start + _SUM_ROWS].double().sum(-2)
+    return out
 
 
 def sinks_of(received: Float[Tensor, "head P"], threshold: float) -> SinkMask:
@@ -141,16 +152,24 @@ def calibrate_sinks_(pattern: Pattern, sinks: SinkMask, beta: float, *, heads: T
     return shift
 
 
-def _sum_received(prepass: dict[int, dict[int, Tensor]], layer: int, lengths: list[int] | None,
+def _sum_received(measured: dict[int, dict[int, Tensor]], layer: int, lengths: list[int] | None,
                   pattern: Tensor, block: QueryBlock) -> None:
     """A pre-pass reader: add one block's attention ``[batch, head, rows, keys]`` over each
-    sequence's prompt rows to its keys' sums (float64, ``[head, P]`` in the sequence's own
-    coordinates, ``P`` its prompt length: the hooks' ``prompt_lengths``, else all its tokens)."""
+    sequence's prompt rows to its keys' sums (``column_sums``, ``[head, P]`` in the sequence's
+    own coordinates, ``P`` its prompt length: the hooks' ``prompt_lengths``, else all its tokens).
+
+    Raises:
+        ValueError: a mask that is not left padding, or ``prompt_lengths`` that do not fit the pass.
+    """
     if block.padding is None:
         raise ValueError("the attention mask is not left padding: pad on the left (tokenizer.padding_side = 'left')")
+    if lengths is not None and (len(lengths) != len(block.padding)
+                                or any(o + p > block.total_keys for o, p in zip(block.padding, lengths))):
+        raise ValueError(f"prompt_lengths {lengths} do not fit a pass of {len(block.padding)} sequences of "
+                         f"{block.total_keys} positions (left padding {list(block.padding)})")
     if block.first:
-        prepass[layer] = {}
-    sums = prepass[layer]
+        measured[layer] = {}
+    sums = measured[layer]
     for b, off in enumerate(block.padding):
         p = lengths[b] if lengths is not None else block.total_keys - off
         lo, hi = max(block.start, off), min(block.end, off + p)  # the block's rows of the prompt
@@ -158,7 +177,7 @@ def _sum_received(prepass: dict[int, dict[int, Tensor]], layer: int, lengths: li
             sums[b] = torch.zeros(pattern.shape[1], p, dtype=torch.float64, device=pattern.device)
         if hi > lo:
             width = min(p, block.keys - off)
-            sums[b][:, :width] += pattern[b, :, lo - block.start : hi - block.start, off : off + width].double().sum(-2)
+            sums[b][:, :width] += column_sums(pattern[b, :, lo - block.start : hi - block.start, off : off + width])
 
 
 def placebo_sinks(sinks: SinkMask, seed: int, layer: int, prompt_ids: Sequence[int] | Tensor,
@@ -236,23 +255,35 @@ class SinkCalibration(AttentionEdit):
 
     def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
               prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
-        """``AttentionEdit.hooks``, and per calibrated layer ``ln1.hook_out``, which under chunked
-        attention asks for the layer's pre-pass (module docstring)."""
+        """``AttentionEdit.hooks``, and per calibrated layer ``ln1.hook_out`` (under chunked
+        attention, asks for the layer's pre-pass; module docstring) and a second scores hook (hands
+        the pre-pass's sums to the prompt's memory once the pass is known to start a prompt)."""
         pairs = super().hooks(model, prompt_lengths=prompt_lengths, prompts=prompts)
         run = self._last_run
-        prepass: dict[int, dict[int, Tensor]] = {}  # layer -> sequence -> summed attention [head, P]
-        object.__setattr__(run, "prepass", prepass)
+        measured: dict[int, dict[int, Tensor]] = {}  # this pass's pre-pass: layer -> sequence -> sums [head, P]
 
         def request(layer: int) -> Any:
             def fn(hidden: Tensor, *, hook: Any) -> None:
-                prepass.pop(layer, None)  # sums belong to the pass that measured them
+                measured.pop(layer, None)  # sums belong to the pass that measured them
                 chunks = chunking(model)
-                if chunks is not None and hidden.shape[1] > chunks.rows:
-                    request_prepass(model, layer, partial(_sum_received, prepass, layer, run.fixed_lengths))
+                if chunks is None or hidden.shape[1] <= chunks.rows:
+                    return
+                known = [("sinks", layer) in run.memory.get(b, {}) for b in range(hidden.shape[0])]
+                if run.pass_decided and all(known):  # a later pass of a prompt whose sinks are found
+                    return
+                request_prepass(model, layer, partial(_sum_received, measured, layer, run.fixed_lengths),
+                                owner=measured)
             return fn
 
-        return pairs + [(f"blocks.{layer}.ln1.hook_out", request(layer))
-                        for layer in self._layer_heads(int(model.cfg.n_layers), int(model.cfg.n_heads))]
+        def hand_over(layer: int) -> Any:
+            def fn(scores: Tensor, *, hook: Any) -> None:  # after the base's scores hook decided the prompt
+                for b, sums in measured.pop(layer, {}).items():
+                    run.memory.setdefault(b, {})[("prepass", layer)] = sums
+            return fn
+
+        layers = list(self._layer_heads(int(model.cfg.n_layers), int(model.cfg.n_heads)))
+        return (pairs + [(f"blocks.{layer}.ln1.hook_out", request(layer)) for layer in layers]
+                + [(scores_hook(layer), hand_over(layer)) for layer in layers])
 
     def _layer_heads(self, n_layers: int, n_heads: int) -> dict[int, Tensor | None]:
         if self.head_config is None:
@@ -266,11 +297,11 @@ class SinkCalibration(AttentionEdit):
         key = ("sinks", layer)
         if key not in view.memory:
             p = view.prompt_length
-            summed = getattr(self._last_run, "prepass", {}).get(layer, {}).get(view.index)
-            if view.query_start == 0 and seq.shape[-2] >= p:  # every prompt row at hand
-                found = hidden_sinks(seq[0] if heads is None else seq[0, heads], p, self.threshold)
-            elif summed is not None and view.query_start == 0 and summed.shape[-1] == p:  # this pass's pre-pass
+            summed = view.memory.pop(("prepass", layer), None)  # this pass's pre-pass, if it ran one
+            if summed is not None and view.query_start == 0 and summed.shape[-1] == p:
                 found = sinks_of(summed if heads is None else summed[heads.to(summed.device)], self.threshold)
+            elif view.query_start == 0 and seq.shape[-2] >= p:  # every prompt row at hand
+                found = hidden_sinks(seq[0] if heads is None else seq[0, heads], p, self.threshold)
             else:
                 raise ChunkedAttentionError(
                     f"SinkCalibration needs the prompt's {p} rows of layer {layer} in one pass or a pre-pass (got "

@@ -154,6 +154,12 @@ class PromptTracker:
     def new_prompt(self) -> None:
         """Reset what belongs to one prompt (subclasses)."""
 
+    @property
+    def pass_decided(self) -> bool:
+        """Whether the running pass's first attention hook has run, so the pass is known to start
+        a prompt (``new_prompt`` was called) or to continue the current one."""
+        return not self._undecided
+
     def see_tokens(self, tokens: Tensor, *, hook: Any = None) -> None:
         """``embed.hook_in``: a pass starts; keep its token ids (None when fed embeddings)."""
         ids = tokens.ndim == 2 and not tokens.is_floating_point()

@@ -152,7 +152,7 @@ def refuse_chunked(model: Any, what: str, why: str) -> None:
                                     "run it outside at_probe.chunked_attention(model)")
 
 
-def request_prepass(model: Any, layer: int, reader: PrepassReader) -> None:
+def request_prepass(model: Any, layer: int, reader: PrepassReader, *, owner: object = None) -> None:
     """Ask for a pre-pass of ``layer``'s next chunked attention forward: before its blocks run,
     they run once more up to the softmax, with every hook of the attention module suspended,
     and ``reader(pattern, block)`` gets each block's pattern ``[batch, head, rows, keys]`` as the
@@ -162,10 +162,13 @@ def request_prepass(model: Any, layer: int, reader: PrepassReader) -> None:
     prompt row): call it from a hook that fires before the layer's attention, such as
     ``blocks.{layer}.ln1.hook_out``. The next forward of that attention takes the request: a
     pass of one block runs no pre-pass (its hooks see every row), nor does a pass on a KV cache
-    (the pre-pass never writes the cache, so it sees only a prefill's keys). Costs the scores and
-    softmax of the layer once more, not the product with the values.
+    (the pre-pass never writes the cache, so it sees only a prefill's keys). A later request of
+    the same ``owner`` (default: the reader) replaces an earlier one not yet taken; enabling or
+    disabling chunked attention drops them all. Costs the layer's query, key and value
+    projections, rotation, scores and softmax once more, not the product with the values.
     """
-    vars(model.blocks[layer].attn).setdefault(_PREPASS, []).append(reader)
+    requests = vars(model.blocks[layer].attn).setdefault(_PREPASS, {})
+    requests[id(reader if owner is None else owner)] = reader
 
 
 @contextmanager
@@ -221,7 +224,9 @@ def enable_chunked_attention(model: Any, rows: int = 512, *, causal_keys: bool =
     """
     rows = _check_rows(rows)
     modules = attention_modules(model)
-    for attn in modules:  # the instance attribute shadows the class's forward (the bridge's setattr would forward it)
+    for attn in modules:
+        vars(attn).pop(_PREPASS, None)
+        # the instance attribute shadows the class's forward (the bridge's setattr would forward it)
         object.__setattr__(attn, "forward", _chunked_forward(attn, rows, causal_keys))
     object.__setattr__(model, _STATE, ChunkedAttention(rows, bool(causal_keys)))
     object.__setattr__(model, "run_with_cache", _refusing_run_with_cache)
@@ -231,6 +236,7 @@ def disable_chunked_attention(model: Any) -> None:
     """Undo ``enable_chunked_attention`` (a no-op when it is not in force)."""
     for block in getattr(model, "blocks", []):
         vars(block.attn).pop("forward", None)
+        vars(block.attn).pop(_PREPASS, None)
     vars(model).pop(_STATE, None)
     vars(model).pop("run_with_cache", None)
 
@@ -436,7 +442,7 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
         else:
             hidden, rest = args[0], args[1:]
         n = int(hidden.shape[1])
-        readers: list[PrepassReader] = vars(attn).pop(_PREPASS, [])  # this forward takes the requests
+        readers = list(vars(attn).pop(_PREPASS, {}).values())  # this forward takes the requests
         mask = kwargs.get("attention_mask")
         cache = kwargs.get("past_key_values")
         past = _past_length(cache, getattr(attn, "_layer_idx", None))
@@ -462,11 +468,12 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
         if keys.expanded and groups > 1:
             hf_attn.num_key_value_groups = 1  # the keys come repeated (_BlockKeys); restored below
         try:
-            if readers and not past:
-                prepass = _BlockKeys(None, causal_keys, past, total, groups)
+            if readers and not past:  # its own keys and values (freed after it), never the cache
+                prepass = _BlockKeys(None, causal_keys, 0, total, groups)
                 _run_prepass(attn, stock, readers, [
                     (QueryBlock(s, e - s, e if causal_keys else total, 0, n, padding, prepass=True),
                      hidden[:, s:e], _block_kwargs(kwargs, prepass, mask, s, e, n)) for s, e in _spans(n, rows)], rest)
+                del prepass
             for s, e in _spans(n, rows):
                 block_kwargs = _block_kwargs(kwargs, keys, mask, s, e, n)
                 _ACTIVE.append(QueryBlock(past + s, e - s, past + e if causal_keys else total, past, n, padding))

@@ -238,7 +238,7 @@ def test_region_probe_equals_its_stock_result(tiny_model, prompts):
     torch.testing.assert_close(ref.mass[3], expected, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("transition", [None, "placebo"], ids=["plain", "with-placebo"])
+@pytest.mark.parametrize("transition", [None, "placebo", "sink_calibration"], ids=["plain", "with-placebo", "with-act"])
 def test_knockout_and_attribution_equal_their_stock_results(tiny_model, prompts, transition):
     prompt = prompts[1].tensor()
     bounds = torch.tensor([0, 1, 100, 250, 350, len(prompts[1]) - 1])

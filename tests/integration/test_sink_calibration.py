@@ -172,3 +172,85 @@ def test_placebo_draws_per_head_not_per_position_in_the_selection():
     both = placebo_sinks(sinks, 0, 4, list(range(50)), heads=[3, 7])
     alone = placebo_sinks(sinks[1:], 0, 4, list(range(50)), heads=[7])
     assert torch.equal(both[1], alone[0]) and not torch.equal(both[0], both[1])
+
+
+def _logits(model, ids, pairs, rows=None, **kwargs):
+    with torch.inference_mode():
+        if rows is None:
+            return model.run_with_hooks(ids, fwd_hooks=pairs, **kwargs)
+        with chunked_attention(model, rows=rows):
+            return model.run_with_hooks(ids, fwd_hooks=pairs, **kwargs)
+
+
+def test_chunked_teacher_forcing_detects_from_the_prompt_rows_only(tiny_model, prompt):
+    """A pass of prompt + continuation with ``prompt_lengths``: the pre-pass sums the prompt's rows
+    only, as the unchunked pass does; lengths that do not fit the pass are refused."""
+    edit = SinkCalibration(threshold=THRESHOLD, beta=0.1)
+    ids = torch.cat([prompt.tensor(), prompt.tensor()[:, 5:45]], dim=1)
+    ref = _logits(tiny_model, ids, edit.hooks(tiny_model, prompt_lengths=[len(prompt)]))
+    ref_sinks = {k: v.clone() for k, v in edit._last_run.memory[0].items() if k[0] == "sinks"}
+    out = _logits(tiny_model, ids, edit.hooks(tiny_model, prompt_lengths=[len(prompt)]), rows=64)
+    sinks = {k: v for k, v in edit._last_run.memory[0].items() if k[0] == "sinks"}
+    assert sorted(sinks) == sorted(ref_sinks) and all(torch.equal(sinks[k], ref_sinks[k]) for k in sinks)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="prompt_lengths"):
+        _logits(tiny_model, ids, edit.hooks(tiny_model, prompt_lengths=[ids.shape[1] + 3]), rows=64)
+
+
+def test_each_set_of_hooks_reads_its_own_prepass(tiny_model, prompt):
+    """Hooks built twice from one edit: the first set, registered alone, still finds its sinks."""
+    edit = SinkCalibration(threshold=THRESHOLD, beta=0.1)
+    ref = _logits(tiny_model, prompt.tensor(), edit.hooks(tiny_model))
+    first = edit.hooks(tiny_model)
+    edit.hooks(tiny_model)  # a newer set, never registered
+    torch.testing.assert_close(_logits(tiny_model, prompt.tensor(), first, rows=64), ref, rtol=0, atol=1e-5)
+
+
+def test_later_passes_of_a_prompt_measure_nothing_again(tiny_model, prompt, monkeypatch):
+    """A cache-less continuation knows its prompt's sinks: only the first calibrated layer, where
+    the pass is not yet known to continue the prompt, asks for a pre-pass."""
+    import at_probe.interventions.sink_calibration as module
+    from at_probe.interventions.tracking import generating
+
+    asked = []
+    real = module.request_prepass
+    monkeypatch.setattr(module, "request_prepass", lambda model, layer, *a, **k: (asked.append(layer), real(model, layer, *a, **k)))
+    edit = SinkCalibration(threshold=THRESHOLD, layers=(2, 4, 6))
+    longer = torch.cat([prompt.tensor(), prompt.tensor()[:, 5:6]], dim=1)
+    with tiny_model.hooks(fwd_hooks=edit.hooks(tiny_model)), chunked_attention(tiny_model, rows=64), \
+            generating(tiny_model), torch.inference_mode():
+        tiny_model(prompt.tensor())
+        assert asked == [2, 4, 6]
+        tiny_model(longer)  # a step of generate(..., use_past_kv_cache=False)
+    assert asked == [2, 4, 6, 2]
+
+
+def test_a_failing_prepass_leaves_every_hook_in_place(tiny_model, prompt):
+    """A right-padded batch: the pre-pass refuses it, and the attention's hooks are restored."""
+    from at_probe.models.chunked import request_prepass
+
+    ids = prompt.tensor()[:, :200].repeat(2, 1)
+    mask = torch.ones_like(ids)
+    mask[1, -20:] = 0  # right padding
+    seen = []
+    probe = (pattern_hook(3), lambda t, *, hook: seen.append(t.shape[-2]))
+
+    def refuse(pattern, block):
+        raise ValueError("refused")
+
+    with chunked_attention(tiny_model, rows=64), torch.inference_mode():
+        request_prepass(tiny_model, 3, refuse)
+        with pytest.raises(ValueError, match="refused"):
+            tiny_model.run_with_hooks(ids, fwd_hooks=[probe], attention_mask=mask)
+        seen.clear()
+        tiny_model.run_with_hooks(ids, fwd_hooks=[probe])
+    assert seen == [64, 64, 64, 8]  # the probe fires once per block, nothing suspended
+    assert "_at_probe_prepass" not in vars(tiny_model.blocks[3].attn)
+
+
+def test_pending_requests_are_dropped_with_chunked_attention(tiny_model):
+    from at_probe.models.chunked import request_prepass
+
+    with chunked_attention(tiny_model, rows=64):
+        request_prepass(tiny_model, 2, lambda pattern, block: None)
+    assert "_at_probe_prepass" not in vars(tiny_model.blocks[2].attn)
