@@ -22,7 +22,10 @@
   inactive; ``--profile FILE`` writes where the bridge's time goes (cProfile, one batch).
 
 * long context (``--long-context 2048,4096,8192``): the budgets of chunked attention against an
-  HF SDPA forward (``at_probe.cli.bench_context``).
+  HF SDPA forward (``at_probe.cli.bench_context``);
+* chunked prefill (``--attention-rows R`` without ``--long-context``): the transitions', the
+  alternatives' and the probe's prefill ratios with attention over blocks of ``R`` query rows,
+  each against the plain forward run the same way (ACT's pre-pass included).
 
 Each timing ratio is the median over ``--repeats`` interleaved (paired) runs.
 
@@ -32,6 +35,7 @@ Usage:
     python analyses/bench.py --model DIR --device cuda         # a local checkpoint on a GPU
     python analyses/bench.py --model random-llama-7b --device cuda   # llama-7b's shape, random weights, bf16
     python analyses/bench.py --long-context 2048,4096,8192 --repeats 3 --json figures/bench-cpu/long_context.json
+    python analyses/bench.py --tokens 4096 --attention-rows 128 --repeats 3    # chunked prefill ratios
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,6 +72,7 @@ from at_probe.interventions.sink_calibration import SinkCalibration
 from at_probe.interventions.sink_scaling import SinkScaling
 from at_probe.interventions.temperature import AttentionTemperature
 from at_probe.interventions.transition import PaperTransition, SRATransition
+from at_probe.models.chunked import chunked_attention
 from at_probe.models.loading import DEFAULT_MODEL, load_model, random_llama
 from at_probe.models.prompts import Prompt
 from at_probe.runs.runfiles import write_json_atomic
@@ -272,6 +278,14 @@ def generation_rates(model: Any, docs: list[dict], batch_size: int, max_new_toke
     return result
 
 
+def print_ratios(results: dict[str, Any], keys: Sequence[str]) -> None:
+    """One line per timed condition: its median ratio, the spread, the plain forward's time."""
+    for key in keys:
+        r = results[key]
+        print(f"{key:<20} {r['ratio_median']:.3f}x  (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}; "
+              f"plain forward {r['plain_seconds_median'] * 1000:.0f} ms)")
+
+
 def until_eos(tokens: torch.Tensor, eos: int) -> list[list[int]]:
     """Each row up to and including its first EOS (HF pads finished rows; the bridge goes on)."""
     rows = tokens.tolist()
@@ -337,9 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     given = p.given(argv)
     if args.long_context:
         return bench_context.run_long_context(p, args, given, finish)
-    for flag in ("--attention-rows", "--stock-up-to", "--data"):
+    for flag in ("--stock-up-to", "--data"):
         if flag in given:
             p.error(f"argument {flag}: needs --long-context")
+    rows = args.attention_rows if "--attention-rows" in given else None  # chunked prefill ratios
+    if rows is not None:
+        p.refuse(given, ("--decode-only", "--memory-only", "--profile", "--decode-steps", "--skip-memory",
+                         "--throughput-docs", "--generation-batch"),
+                 "is not used with --attention-rows without --long-context (prefill ratios only)")
     if args.decode_only:
         if args.decode_steps < 1:
             p.error("argument --decode-steps: must be >= 1 with --decode-only")
@@ -397,17 +416,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode_only:
         results["decode_step"] = decode_comparison(model, tokens, paper, sra, layout, args, device)
         return finish(results, args.json)
-    results["paper_transition"] = paired_ratio(plain, hooked(lambda: paper.hooks(model)), args.repeats, device)
-    results["sra_transition"] = paired_ratio(plain, hooked(lambda: sra.hooks(model)), args.repeats, device)
+    edits: dict[str, Callable[[], list]] = {"paper_transition": lambda: paper.hooks(model),
+                                            "sra_transition": lambda: sra.hooks(model)}
+    edits.update({key: lambda e=edit: e.hooks(model, prompts=layout) for key, edit in alternatives(model).items()})
+    if rows is not None:  # prefill ratios alone, each against the plain forward, both chunked
+        results["attention_rows"] = rows
+        with chunked_attention(model, rows=rows):
+            results.update({key: paired_ratio(plain, hooked(make), args.repeats, device) for key, make in edits.items()})
+            results["probe"] = paired_ratio(plain, probed(False), args.repeats, device)
+        print_ratios(results, ("paper_transition", "sra_transition", *ALTERNATIVE_KEYS, "probe"))
+        return finish(results, args.json)
+    results.update({key: paired_ratio(plain, hooked(make), args.repeats, device) for key, make in edits.items()})
     results["probe"] = paired_ratio(plain, probed(False), args.repeats, device)
     results["probe_with_rollout"] = paired_ratio(plain, probed(True), args.repeats, device)
-    for key, edit in alternatives(model).items():
-        results[key] = paired_ratio(plain, hooked(lambda e=edit: e.hooks(model, prompts=layout)), args.repeats,
-                                    device)
-    for key in ("paper_transition", "sra_transition", *ALTERNATIVE_KEYS, "probe", "probe_with_rollout"):
-        r = results[key]
-        print(f"{key:<20} {r['ratio_median']:.3f}x  (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}; "
-              f"plain forward {r['plain_seconds_median'] * 1000:.0f} ms)")
+    print_ratios(results, ("paper_transition", "sra_transition", *ALTERNATIVE_KEYS, "probe", "probe_with_rollout"))
     if args.decode_steps > 0:
         results["decode_step"] = decode_comparison(model, tokens, paper, sra, layout, args, device)
     if not args.skip_memory and device.type == "cuda":

@@ -179,7 +179,8 @@ def add_arguments(p: Any, data: Path) -> None:
                    help="the chunked-attention budgets at these prompt lengths instead "
                         "(at_probe.cli.bench_context: vs an HF SDPA forward, time here, memory in fresh processes)")
     p.add_argument("--attention-rows", type=positive_int, default=512,
-                   help="with --long-context: query rows per attention block (default 512)")
+                   help="query rows per attention block: with --long-context (default 512), or alone: "
+                        "the prefill ratios under chunked attention")
     p.add_argument("--stock-up-to", type=nonnegative_int, default=4096,
                    help="with --long-context: also time the stock (unchunked) bridge up to this length (default 4096)")
     p.add_argument("--data", type=existing_dir, default=data,

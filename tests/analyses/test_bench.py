@@ -84,3 +84,16 @@ def test_memory_ratio_runs_both_children(tmp_path):
     args = argparse.Namespace(model="tiny", device="cpu", tokens=64, xsum=xsum)
     result = bench.memory_ratio(args, f"{xsum.name}#0", "--transition", "none")
     assert result["plain_forward_peak_rss_mib"] > 0 and result["ratio"] > 0
+
+
+def test_chunked_prefill_ratios_time_every_edit_under_chunked_attention(tmp_path):
+    """``--attention-rows`` alone: the prefill ratios, each edit and its plain forward both over
+    blocks of query rows (a pre-pass included), and nothing else."""
+    import json
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--model", "tiny", "--tokens", "420", "--attention-rows", "64", "--repeats", "1",
+                       "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["attention_rows"] == 64 and "sink_calibration" in results and "probe" in results
+    assert not {"probe_with_rollout", "decode_step", "generation", "memory"} & set(results)

@@ -203,6 +203,7 @@ def test_a_bad_value_exits_2_naming_its_flag(name, argv, flag, files, capsys):
     ("train_tiny", ["--data", "{dir}", "--seq-len", "8192"], "--seq-len"),  # longer than --context 4096
     ("bench", ["--model", "tiny", "--decode-only", "--generation-batch", "4"], "--generation-batch"),
     ("bench", [*BENCH, "--generation-batch", "0", "--profile", "{out}"], "--profile"),
+    ("bench", ["--model", "tiny", "--attention-rows", "64", "--decode-only"], "--decode-only"),  # prefill ratios only
 ])
 def test_inconsistent_flags_exit_2(name, argv, flag, files, capsys):
     assert_flag_error(capsys, name, [a.format(**files) for a in argv], flag)
