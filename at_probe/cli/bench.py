@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"argument {flag}: needs --long-context")
     rows = args.attention_rows if "--attention-rows" in given else None  # chunked prefill ratios
     if rows is not None:
-        p.refuse(given, ("--decode-only", "--memory-only", "--profile", "--decode-steps", "--skip-memory",
-                         "--throughput-docs", "--generation-batch"),
+        p.refuse(given, ("--decode-only", "--memory-only", "--memory-tokens", "--profile", "--decode-steps",
+                         "--skip-memory", "--throughput-docs", "--generation-batch"),
                  "is not used with --attention-rows without --long-context (prefill ratios only)")
     if args.decode_only:
         if args.decode_steps < 1:
