@@ -110,7 +110,8 @@ def report_corpus(args: argparse.Namespace, conditions: dict[str, Any], docs: li
         print(f"notice: {len(cut)} documents were truncated to fit the prompt limit "
               "(dropped_tokens in docs.jsonl)")
     wanted = {str(d["id"]) for d in docs}
-    frame = pd.DataFrame([row for doc_id, r in done.items() if doc_id in wanted for row in r["rows"]])
+    frame = pd.DataFrame([row for doc_id, r in done.items() if doc_id in wanted
+                          for row in corpus.unpack_record(r)])
     summary = corpus.summarise(frame)
     summary.to_csv(args.out / "corpus_summary.csv", index=False)
     diffs = summary[summary.kind == "difference"]

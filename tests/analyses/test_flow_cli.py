@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from at_probe.flow import corpus
 from tests.analyses.conftest import load_script
 from tests.conftest import XSUM_DIR, require_shared
 
@@ -119,7 +120,7 @@ def test_corpus_causal_map_is_each_documents_attribution_estimate(tmp_path, tiny
     assert flow.main(["--model", "tiny", "--xsum", str(data), "--docs", "2", "--regions", "4", "--attribution",
                       "--no-placebo", "--out", str(out)]) == 0
     record = json.loads((out / "docs.jsonl").read_text().splitlines()[1])
-    rows = [r for r in record["rows"] if r["measure"] == "attribution_nll"]
+    rows = [r for r in corpus.unpack_record(record) if r["measure"] == "attribution_nll"]
     band = -(-tiny_model.cfg.n_layers // 3)
     assert {r["condition"] for r in rows} == {"baseline", "paper"}
     doc = next(d for d in flow.load_records(data) if str(d["id"]) == record["doc_id"])
@@ -162,7 +163,8 @@ def _causal_run(out, rng) -> dict[tuple[str, str, int], float]:
                 sums[(doc_id, cond, layer)] = float(values[2] + values[3])
                 rows += [{"doc_id": doc_id, "condition": cond, "measure": "attribution_nll", "layer": layer,
                           "region": region, "value": float(v)} for region, v in zip(regions, values)]
-        lines.append(json.dumps({"doc_id": doc_id, "prompt_tokens": 100, "dropped_tokens": 0, "rows": rows}))
+        lines.append(json.dumps({"doc_id": doc_id, "prompt_tokens": 100, "dropped_tokens": 0,
+                                 "series": corpus.pack_rows(rows)}))
     (out / "docs.jsonl").write_text("\n".join(lines) + "\n")
     (out / "corpus.json").write_text(json.dumps({"seconds": 123.4}))
     return sums
@@ -210,12 +212,11 @@ def test_committed_causal_map_is_computed_from_the_committed_documents(bucket):
     are what early_document_attribution gives on the committed docs.jsonl: no stale copy."""
     from pathlib import Path
 
-    from at_probe.flow import corpus
 
     run = Path(__file__).resolve().parents[2] / "figures" / "flow-smollm2" / f"{bucket}-causal"
     committed = json.loads((run / "corpus.json").read_text())["causal_map"]
     frame = pd.DataFrame([row for line in (run / "docs.jsonl").read_text().splitlines()
-                          for row in json.loads(line)["rows"] if row["measure"] == "attribution_nll"])
+                          for row in corpus.unpack_record(json.loads(line)) if row["measure"] == "attribution_nll"])
     contrasts = [("paper", "baseline"), ("placebo", "baseline"), ("paper", "placebo")]
     recomputed = corpus.early_document_attribution(frame, contrasts, n_layers=30)
     assert json.loads(json.dumps(recomputed)) == committed  # floats survive JSON exactly

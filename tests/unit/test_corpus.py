@@ -35,6 +35,47 @@ def test_document_rows_headline_is_early_document_mass_in_deep_layers():
         corpus.document_rows(_result(profile[..., :2], ["sink", "1-9"]), doc_id="8", condition="paper")
 
 
+def test_series_give_back_every_row_exactly_and_in_order():
+    """A docs.jsonl record's series (pack_rows) unpack to the document's rows (grouped by series,
+    each series in its rows' order), the same floats through JSON; an older run's record
+    (``rows``) reads as it is."""
+    import json
+
+    labels = ["sink", "template", "doc 01", "doc 02", "instruction"]
+    profile = torch.rand(5, 3, len(labels), generator=torch.Generator().manual_seed(0))
+    rows = [*corpus.document_rows(_result(profile, labels), doc_id="8", condition="baseline"),
+            *corpus.document_rows(_result(profile.flip(0), labels), doc_id="8", condition="paper")]
+    rows.append({"doc_id": "8", "condition": "paper", "measure": corpus.ATTRIBUTION, "layer": 3, "region": "doc 01",
+                 "value": -1 / 3})
+    record = {"doc_id": "8", "series": corpus.pack_rows(rows)}
+    line = json.dumps(record)
+    back = corpus.unpack_record(json.loads(line))
+    key = lambda r: (r["condition"], r["measure"], r["region"], r["layer"])  # noqa: E731
+    assert sorted(back, key=key) == sorted(rows, key=key) and len(back) == len(rows)
+    assert [r for r in back if r["measure"] == "entropy" and r["condition"] == "paper"] == [
+        r for r in rows if r["measure"] == "entropy" and r["condition"] == "paper"]
+    assert len(line) < len(json.dumps({"doc_id": "8", "rows": rows})) / 2
+    assert corpus.unpack_record({"doc_id": "8", "rows": rows[:3]}) == rows[:3]
+    with pytest.raises(ValueError):  # layers and values of one series must pair up
+        corpus.unpack_record({"doc_id": "8", "series": [["paper", "entropy", "", [0, 1], [0.5]]]})
+
+
+def test_committed_corpus_runs_are_series_and_no_tracked_file_is_over_20_mib():
+    """The committed flow runs' docs.jsonl use series (the rows layout made them 44 MB), and no
+    file git tracks is over 20 MiB (what a clone and the CI copy carry)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: no tracked files to size")
+    paths = [root / p for p in listed.stdout.decode().split("\0") if p]
+    assert [p for p in paths if p.is_file() and p.stat().st_size > 20 * 2**20] == []
+    runs = [p for p in paths if p.name == "docs.jsonl" and (p.parent / "corpus.json").is_file()]
+    assert runs and all('"series"' in p.open().readline() for p in runs)
+
+
 def _frame(effect: float, n_docs: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
