@@ -28,12 +28,14 @@ use theirs, which breaks the relative-position property; here each key-value hea
 heads share one ratio, ranked by the group's mean outlier share (with one query head per
 key-value head this is the authors' scheme).
 
-The ranking needs the prompt's last query and every key before any row is rotated. It computes
-them at the layer's input (``ln1.hook_out``, which sees the whole pass) with the layer's own query
-and key projections (the same product as ``hook_q`` / ``hook_k``, bit for bit; an edit another
-hook makes at ``hook_q`` / ``hook_k`` is not seen by the ranking), so under chunked attention,
-where the first block is rotated before the last row exists inside the attention, every block
-gets the ratios an unchunked pass gives. The pass's left padding is read at layer 0's
+The ranking needs the prompt's last query and every key before any row is rotated. A whole
+pass has them at ``hook_q`` / ``hook_k``, which rank for free. Under chunked attention those fire
+once per block, and the first block is rotated before the last row exists inside the attention,
+so there the ranking computes them at the layer's input (``ln1.hook_out``, which sees the whole
+pass) with the layer's own query and key projections: the product ``hook_q`` / ``hook_k`` see,
+bit for bit, so every block gets the ratios an unchunked pass gives, at the cost of one more
+query and key projection per edited layer at a prompt's first pass (an edit another hook makes
+at ``hook_q`` / ``hook_k`` is seen by a whole pass's ranking, not by a chunked one's). The pass's left padding is read at layer 0's
 scores, so layer 0 is never edited (the authors' scripts leave layers 0 and 1 alone).
 The placebo (``placebo_seed``) gives the same ratios to the heads in a random order, drawn per
 layer and document: it keeps the compression and drops the ranking.
@@ -65,7 +67,7 @@ from at_probe.interventions.registry import (
     show_layer_range,
 )
 from at_probe.interventions.tracking import PromptTracker, lengths_of
-from at_probe.models.chunked import query_block
+from at_probe.models.chunked import chunking, query_block
 from at_probe.models.hooked import pass_padding
 from at_probe.models.loading import ModelShape
 from at_probe.models.names import EMBED_INPUT_HOOK, resolve_layers, scores_hook
@@ -158,6 +160,7 @@ class _Run(PromptTracker):
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
         self.cached = False  # whether the current pass runs on a KV cache
+        self.queries: Tensor | None = None  # a whole pass's hook_q, until its hook_k ranks
 
     def report(self) -> PositionScalesReport:
         return PositionScalesReport(dict(self.ratios))
@@ -175,7 +178,8 @@ class MultiScalePositions(HookLifetime):
 
     Raises:
         ValueError: bad ``low`` / ``high`` / ``layers`` (at construction), layer 0 or layers outside
-            the model, or a model whose rotary embedding is not Llama's (at ``hooks``).
+            the model, or a model whose rotary embedding is not Llama's (at ``hooks``), or
+            ``prompt_lengths`` that do not fit the pass (at its first pass).
     """
 
     low: float = 1.2
@@ -200,9 +204,9 @@ class MultiScalePositions(HookLifetime):
     def hooks(self, model: Any, *, prompt_lengths: Sequence[int] | int | None = None,
               prompts: Sequence[Prompt] | None = None) -> list[HookPair]:
         """``(hook_name, fn)`` pairs: layer 0's scores (the pass's padding) and, per edited layer,
-        ``ln1.hook_out`` (the ranking, at a prompt's first pass), ``hook_cos`` / ``hook_sin``
-        (positions), ``hook_rot_q`` and ``hook_rot_k`` (the edit). ``prompt_lengths`` /
-        ``prompts``: as ``AttentionEdit.hooks``."""
+        ``hook_q`` / ``hook_k`` (the ranking, at a prompt's first pass; ``ln1.hook_out`` under
+        chunked attention), ``hook_cos`` / ``hook_sin`` (positions), ``hook_rot_q`` and
+        ``hook_rot_k`` (the edit). ``prompt_lengths`` / ``prompts``: as ``AttentionEdit.hooks``."""
         n_layers = int(model.cfg.n_layers)
         layers = range(2, n_layers) if self.layers is None else resolve_layers(self.layers, range(n_layers))
         if 0 in layers:
@@ -223,13 +227,33 @@ class MultiScalePositions(HookLifetime):
                 setattr(run, name, tensor.detach())
             return fn
 
-        def rank(layer: int) -> Any:
+        def unranked(layer: int, chunked: bool) -> bool:
+            """Whether this hook ranks ``layer``: a prompt's first pass, chunked or whole as asked."""
+            if layer in run.ratios or (chunking(model) is not None) != chunked:
+                return False  # a later pass of the prompt keeps its first pass's ratios
+            if run.cached:  # a decode step whose prompt was not ranked: its keys are in the cache
+                raise RuntimeError(_UNRANKED)
+            return True
+
+        def rank_input(layer: int) -> Any:
             def fn(hidden: Tensor, *, hook: Any) -> None:
-                if layer in run.ratios:  # a later pass of the prompt keeps its first pass's ratios
-                    return
-                if run.cached:  # a decode step whose prompt was not ranked: its keys are in the cache
-                    raise RuntimeError(_UNRANKED)
-                run.ratios[layer] = self._ratios(run, layer, groups, *_queries_keys(model, layer, hidden))
+                if unranked(layer, chunked=True):
+                    run.ratios[layer] = self._ratios(run, layer, groups, *_queries_keys(model, layer, hidden))
+            return fn
+
+        def keep_queries(layer: int) -> Any:
+            def fn(queries: Tensor, *, hook: Any) -> None:
+                if unranked(layer, chunked=False):
+                    run.queries = queries.detach()
+            return fn
+
+        def rank_keys(layer: int) -> Any:
+            def fn(keys: Tensor, *, hook: Any) -> None:
+                if unranked(layer, chunked=False):
+                    if run.queries is None:
+                        raise RuntimeError(_UNRANKED)
+                    queries, run.queries = run.queries, None
+                    run.ratios[layer] = self._ratios(run, layer, groups, queries, keys.detach())
             return fn
 
         def edit(kind: str, layer: int) -> Any:
@@ -248,7 +272,8 @@ class MultiScalePositions(HookLifetime):
         pairs: list[HookPair] = [(EMBED_INPUT_HOOK, run.see_tokens), (scores_hook(0), read_padding)]
         for layer in layers:
             attn = f"blocks.{layer}.attn."
-            pairs += [(f"blocks.{layer}.ln1.hook_out", rank(layer)),
+            pairs += [(f"blocks.{layer}.ln1.hook_out", rank_input(layer)),
+                      (attn + "hook_q", keep_queries(layer)), (attn + "hook_k", rank_keys(layer)),
                       (attn + "hook_cos", keep("cos")), (attn + "hook_sin", keep("sin")),
                       (attn + "hook_rot_q", edit("q", layer)), (attn + "hook_rot_k", edit("k", layer))]
         return pairs
@@ -262,6 +287,9 @@ class MultiScalePositions(HookLifetime):
         total = queries.shape[1]
         if run.lengths is None:
             run.lengths = [total - o for o in run.offsets]
+        if len(run.lengths) != len(run.offsets) or any(not 0 < p <= total - o for o, p in zip(run.offsets, run.lengths)):
+            raise ValueError(f"prompt_lengths {run.lengths} do not fit a pass of {len(run.offsets)} sequences of "
+                             f"{total} positions (left padding {run.offsets})")
         out = []
         for b, (offset, length) in enumerate(zip(run.offsets, run.lengths)):
             last = offset + length - 1
@@ -280,7 +308,7 @@ def _queries_keys(model: Any, layer: int, hidden: Tensor) -> tuple[Tensor, Tenso
     """A layer's queries ``[batch, T, head, d_head]`` and keys ``[batch, T, kv_head, d_head]``
     before the rotation, from its attention input ``hidden`` ``[batch, T, d_model]``: the
     projections' own weights (not their bridge modules, whose hooks would fire), the product
-    ``hook_q`` / ``hook_k`` see."""
+    ``hook_q`` / ``hook_k`` see in a whole pass (chunked attention's ranking)."""
     attn = model.blocks[layer].attn.original_component
     d_head = int(model.cfg.d_head)
     out = []

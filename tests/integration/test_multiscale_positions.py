@@ -134,19 +134,62 @@ def test_refusals(tiny_model, prompts):
         with pytest.raises(ValueError, match="low|high"):
             MultiScalePositions(low=low, high=high)
     pairs = MultiScalePositions().hooks(tiny_model)
-    skipped = []
 
     def unranked(fn):  # the ranking misses the prompt's prefill: the decode steps must not rank from one row
+        skipped = []
+
         def wrapped(tensor, *, hook):
             if not skipped:
                 return skipped.append(hook)
             return fn(tensor, hook=hook)
         return wrapped
 
-    pairs = [(n, unranked(fn) if n == "blocks.2.ln1.hook_out" else fn) for n, fn in pairs]
+    pairs = [(n, unranked(fn) if n in ("blocks.2.attn.hook_q", "blocks.2.attn.hook_k") else fn) for n, fn in pairs]
     kw = dict(max_new_tokens=2, do_sample=False, verbose=False, use_past_kv_cache=True)
     with tiny_model.hooks(fwd_hooks=pairs), torch.inference_mode(), pytest.raises(RuntimeError, match="prefill"):
         tiny_model.generate(prompts[1].tensor(), **kw)
+
+
+def test_prompt_lengths_rank_the_prompts_last_row_and_must_fit(tiny_model, prompts):
+    """A pass longer than its prompts (a reference after each, as the causal map runs) ranks each
+    sequence at its prompt's last row, as the prompt alone does; lengths that do not fit refuse."""
+    edit = MultiScalePositions(layers=tuple(range(1, 8)))
+    extra = [list(p.ids) + list(range(100, 140)) for p in prompts]
+    ids, mask = left_pad(tiny_model, extra)
+    lengths = [len(p) for p in prompts]
+    with torch.inference_mode():
+        with edit.applied(tiny_model, prompt_lengths=lengths):
+            tiny_model(ids, attention_mask=mask)
+        longer = edit.last_report().ratios
+        with edit.applied(tiny_model):  # ranked at each sequence's last row
+            tiny_model(ids, attention_mask=mask)
+        at_end = edit.last_report().ratios
+    for b, p in enumerate(prompts):
+        _capture(tiny_model, p, edit)
+        alone = edit.last_report().ratios
+        assert all(torch.equal(longer[l][b], alone[l][0]) for l in alone)
+    assert any(not torch.equal(longer[l], at_end[l]) for l in longer)
+    for bad in ([len(extra[0]) + 1, lengths[1]], lengths[:1]):
+        with edit.applied(tiny_model, prompt_lengths=bad), torch.inference_mode(), pytest.raises(
+                ValueError, match="do not fit"):
+            tiny_model(ids, attention_mask=mask)
+
+
+def test_only_chunked_passes_project_again(tiny_model, prompts, monkeypatch):
+    """A whole pass ranks from hook_q / hook_k (no projection of its own: Ms-PoE's prefill cost);
+    only a chunked pass computes queries and keys again from the layer's input."""
+    from at_probe.interventions import multiscale_positions
+
+    calls = []
+    projections = multiscale_positions._queries_keys
+    monkeypatch.setattr(multiscale_positions, "_queries_keys", lambda *a: calls.append(a[1]) or projections(*a))
+    edit = MultiScalePositions(layers=(2, 3))
+    with edit.applied(tiny_model, prompts=[prompts[0]]), torch.inference_mode():
+        tiny_model(prompts[0].tensor())
+        assert calls == []
+        with chunked_attention(tiny_model, rows=64):
+            tiny_model(prompts[0].tensor())
+    assert calls == [2, 3]
 
 
 @pytest.mark.parametrize("rows", [64, 100])
