@@ -115,6 +115,7 @@ def unpack_record(record: dict[str, Any]) -> list[dict[str, Any]]:
 
     Raises:
         KeyError: the record has neither.
+        ValueError: a series whose layers and values differ in number, or not of five entries.
     """
     if "rows" in record:
         return record["rows"]

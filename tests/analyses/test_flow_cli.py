@@ -120,6 +120,7 @@ def test_corpus_causal_map_is_each_documents_attribution_estimate(tmp_path, tiny
     assert flow.main(["--model", "tiny", "--xsum", str(data), "--docs", "2", "--regions", "4", "--attribution",
                       "--no-placebo", "--out", str(out)]) == 0
     record = json.loads((out / "docs.jsonl").read_text().splitlines()[1])
+    assert "series" in record and "rows" not in record  # the compact layout (pack_rows)
     rows = [r for r in corpus.unpack_record(record) if r["measure"] == "attribution_nll"]
     band = -(-tiny_model.cfg.n_layers // 3)
     assert {r["condition"] for r in rows} == {"baseline", "paper"}
@@ -211,7 +212,6 @@ def test_committed_causal_map_is_computed_from_the_committed_documents(bucket):
     """The README's causal-map numbers (figures/flow-smollm2/<B>-causal/corpus.json, causal_map)
     are what early_document_attribution gives on the committed docs.jsonl: no stale copy."""
     from pathlib import Path
-
 
     run = Path(__file__).resolve().parents[2] / "figures" / "flow-smollm2" / f"{bucket}-causal"
     committed = json.loads((run / "corpus.json").read_text())["causal_map"]

@@ -52,8 +52,15 @@ def test_series_give_back_every_row_exactly_and_in_order():
     back = corpus.unpack_record(json.loads(line))
     key = lambda r: (r["condition"], r["measure"], r["region"], r["layer"])  # noqa: E731
     assert sorted(back, key=key) == sorted(rows, key=key) and len(back) == len(rows)
+    firsts = list(dict.fromkeys((r["condition"], r["measure"], r["region"]) for r in rows))
+    assert list(dict.fromkeys((r["condition"], r["measure"], r["region"]) for r in back)) == firsts
     assert [r for r in back if r["measure"] == "entropy" and r["condition"] == "paper"] == [
         r for r in rows if r["measure"] == "entropy" and r["condition"] == "paper"]
+    def two_docs(rs):  # the report reads both orders alike (the attribution row has no baseline: left out)
+        return pd.DataFrame([{**r, "doc_id": d} for d in ("8", "9") for r in rs if r["measure"] != corpus.ATTRIBUTION])
+
+    table = {name: corpus.summarise(two_docs(rs), n_boot=50) for name, rs in (("rows", rows), ("series", back))}
+    pd.testing.assert_frame_equal(table["rows"], table["series"])
     assert len(line) < len(json.dumps({"doc_id": "8", "rows": rows})) / 2
     assert corpus.unpack_record({"doc_id": "8", "rows": rows[:3]}) == rows[:3]
     with pytest.raises(ValueError):  # layers and values of one series must pair up
