@@ -156,7 +156,9 @@ class SummaryWorkerFactory:
     """Worker of ``xsum_eval.py``: greedy summary, its scores and ``summary_nll`` per document.
 
     ``settings`` is the run's settings string (parsed again in each worker process, with the
-    development ``profiles`` the alternatives need); ``rouge_tokenizer`` as ``score_summary``'s.
+    development ``profiles`` the alternatives need); ``rouge_tokenizer`` as ``score_summary``'s;
+    ``attention_rows``: chunked attention (``at_probe.models.chunked``, the same numbers), noted
+    in each record (``attention_rows``) when set.
     """
 
     model: str
@@ -165,12 +167,14 @@ class SummaryWorkerFactory:
     max_new_tokens: int
     profiles: dict[str, Any] | None = None
     rouge_tokenizer: str = "default"
+    attention_rows: int | None = None
 
     def __call__(self) -> FunctionWorker:
         from at_probe.models.loading import load_model, model_description
         from at_probe.runs.sweep import FunctionWorker
 
-        model = load_model(self.model, device=self.device)
+        model = load_model(self.model, device=self.device, attention_rows=self.attention_rows)
+        chunked = {} if self.attention_rows is None else {"attention_rows": self.attention_rows}
         transitions = parse_settings(self.settings, self.profiles)
 
         def run(unit: Any) -> list[dict[str, Any]]:
@@ -183,7 +187,8 @@ class SummaryWorkerFactory:
             seconds = (time.perf_counter() - t0) / len(unit.docs)
             return [{"doc_id": str(d["id"]), "setting": unit.setting, "output": o,
                      **score_summary(o, d, rouge_tokenizer=self.rouge_tokenizer),
-                     "summary_nll": nll, "wall_seconds": seconds} for d, o, nll in zip(unit.docs, outputs, nlls)]
+                     "summary_nll": nll, "wall_seconds": seconds, **chunked}
+                    for d, o, nll in zip(unit.docs, outputs, nlls)]
 
         return FunctionWorker(model_description(model), run)
 

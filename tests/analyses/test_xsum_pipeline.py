@@ -58,6 +58,26 @@ def test_batch_equals_batch_size_one(full_run, tmp_path):
         assert r["summary_nll"] == pytest.approx(batched[key(r)]["summary_nll"], abs=1e-4)
 
 
+def test_chunked_attention_gives_the_same_records_and_resumes_a_stock_run(full_run, tmp_path, capsys):
+    """--attention-rows: the stock run's summaries and NLLs (blocks of 16 query rows); a run
+    begun without it resumes with it, each record noting how it was computed; a bad value exits 2."""
+    out = tmp_path / "chunked"
+    out.mkdir()
+    (out / "manifest.json").write_text((full_run / "manifest.json").read_text())
+    stock = _records(full_run)
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stock[:4]))
+    assert xsum_eval.main(_args(out, "--batch-size", "4", "--attention-rows", "16")) == 0
+    want = {(r["doc_id"], r["setting"]): r for r in stock}
+    got = _records(out)
+    assert len(got) == 12 and [r.get("attention_rows") for r in got] == [None] * 4 + [16] * 8
+    for r in got[4:]:
+        assert r["output"] == want[(r["doc_id"], r["setting"])]["output"]
+        assert r["summary_nll"] == pytest.approx(want[(r["doc_id"], r["setting"])]["summary_nll"], abs=1e-6)
+    with pytest.raises(SystemExit) as exit_info:
+        xsum_eval.main(_args(tmp_path / "bad", "--attention-rows", "0"))
+    assert exit_info.value.code == 2 and "argument --attention-rows" in capsys.readouterr().err
+
+
 def test_kill_and_resume(full_run, tmp_path):
     """A run cut mid-line and re-run ends with each (document, setting) exactly once."""
     out = tmp_path / "resume"
