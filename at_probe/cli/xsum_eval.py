@@ -37,9 +37,9 @@ heads, profiles) before anything is written.
 Work goes in units of (``--batch-size`` documents, setting), planned the same way on every run;
 ``--workers N`` spreads them over N Ray actors (a local Ray), ``--ray-address ADDR`` over a
 cluster's; only this process writes the run directory (``at_probe.runs.sweep``).
-``--attention-rows R`` computes attention over blocks of ``R`` query rows (chunked attention:
-the stock forward's numbers, without its ``T x T`` pattern); like ``--workers`` it changes how
-the run is computed, not what, so a run may resume with or without it.
+``--attention-rows R`` computes attention over blocks of ``R`` query rows (chunked attention,
+without the stock forward's ``T x T`` pattern: the same summaries, NLLs within about 1e-6); like
+``--workers`` it changes how the run is computed, not what, so a run may resume with or without it.
 
 Usage:
     python analyses/xsum_eval.py --data ../shared/data/xsum-at-release --bucket 800 --limit 20 --out runs/smol800
@@ -125,8 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--attention-rows", type=positive_int, default=None,
                    help="run attention over blocks of this many query rows (at_probe.chunked_attention): the same "
-                        "summaries and NLLs in less time on long prompts (128: about half on a CPU at 1,900 "
-                        "tokens); a run may resume with or without it; each record notes it")
+                        "summaries, NLLs within about 1e-6, in less time on long prompts; a run may resume with or "
+                        "without it; each record notes it")
     p.add_argument("--device", type=torch_device, default=None)
     p.add_argument("--out", type=output_dir, required=True, help="run directory")
     add_sweep_arguments(p)
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                            "(it picks among the selection's roles)")
         names = [*roles.values(), *(s for d in draws.values() for s in d)] if selection else [args.settings]
         settings = parse_settings(";".join(dict.fromkeys(names)), profiles)
-        check_settings(settings, model_shape(args.model))  # a bad --model or setting: exit 2, nothing written
+        # a bad --model or setting, or one that cannot run chunked: exit 2, nothing written
+        check_settings(settings, model_shape(args.model), attention_rows=args.attention_rows)
         records = docs = load_records(data_file, fix_text=args.fix_text)
         if args.split == "heldout":
             docs = [d for d in docs if is_heldout(d["id"])]

@@ -34,9 +34,10 @@ once per block, and the first block is rotated before the last row exists inside
 so there the ranking computes them at the layer's input (``ln1.hook_out``, which sees the whole
 pass) with the layer's own query and key projections: the product ``hook_q`` / ``hook_k`` see,
 bit for bit, so every block gets the ratios an unchunked pass gives, at the cost of one more
-query and key projection per edited layer at a prompt's first pass (an edit another hook makes
-at ``hook_q`` / ``hook_k`` is seen by a whole pass's ranking, not by a chunked one's). The pass's left padding is read at layer 0's
-scores, so layer 0 is never edited (the authors' scripts leave layers 0 and 1 alone).
+query and key projection per edited layer at a prompt's first pass (an edit that a hook
+registered before these makes at ``hook_q`` / ``hook_k`` is seen by a whole pass's ranking, not
+by a chunked one's). The pass's left padding is read at layer 0's scores, so layer 0 is never
+edited (the authors' scripts leave layers 0 and 1 alone).
 The placebo (``placebo_seed``) gives the same ratios to the heads in a random order, drawn per
 layer and document: it keeps the compression and drops the ranking.
 

@@ -58,9 +58,14 @@ def test_batch_equals_batch_size_one(full_run, tmp_path):
         assert r["summary_nll"] == pytest.approx(batched[key(r)]["summary_nll"], abs=1e-4)
 
 
-def test_chunked_attention_gives_the_same_records_and_resumes_a_stock_run(full_run, tmp_path, capsys):
+def test_chunked_attention_gives_the_same_records_and_resumes_a_stock_run(full_run, tmp_path, capsys, monkeypatch):
     """--attention-rows: the stock run's summaries and NLLs (blocks of 16 query rows); a run
     begun without it resumes with it, each record noting how it was computed; a bad value exits 2."""
+    from at_probe.models import loading
+    from at_probe.models.chunked import chunking
+
+    loaded, load = [], loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loaded.append(chunking(m := load(*a, **k))) or m)
     out = tmp_path / "chunked"
     out.mkdir()
     (out / "manifest.json").write_text((full_run / "manifest.json").read_text())
@@ -70,6 +75,7 @@ def test_chunked_attention_gives_the_same_records_and_resumes_a_stock_run(full_r
     want = {(r["doc_id"], r["setting"]): r for r in stock}
     got = _records(out)
     assert len(got) == 12 and [r.get("attention_rows") for r in got] == [None] * 4 + [16] * 8
+    assert [c.rows for c in loaded] == [16]  # the worker's model ran chunked
     for r in got[4:]:
         assert r["output"] == want[(r["doc_id"], r["setting"])]["output"]
         assert r["summary_nll"] == pytest.approx(want[(r["doc_id"], r["setting"])]["summary_nll"], abs=1e-6)

@@ -133,21 +133,30 @@ def test_refusals(tiny_model, prompts):
     for low, high in ((0.5, 1.8), (1.9, 1.8), (float("nan"), 2.0)):
         with pytest.raises(ValueError, match="low|high"):
             MultiScalePositions(low=low, high=high)
-    pairs = MultiScalePositions().hooks(tiny_model)
-
-    def unranked(fn):  # the ranking misses the prompt's prefill: the decode steps must not rank from one row
-        skipped = []
-
-        def wrapped(tensor, *, hook):
-            if not skipped:
-                return skipped.append(hook)
-            return fn(tensor, hook=hook)
-        return wrapped
-
-    pairs = [(n, unranked(fn) if n in ("blocks.2.attn.hook_q", "blocks.2.attn.hook_k") else fn) for n, fn in pairs]
     kw = dict(max_new_tokens=2, do_sample=False, verbose=False, use_past_kv_cache=True)
-    with tiny_model.hooks(fwd_hooks=pairs), torch.inference_mode(), pytest.raises(RuntimeError, match="prefill"):
-        tiny_model.generate(prompts[1].tensor(), **kw)
+
+    def missing(skip):
+        """Generate with the hooks named by ``skip(name)`` silent in the prefill (pass 1); the
+        number of the pass that raised."""
+        passes = []
+
+        def wrapped(name, fn):
+            def run(tensor, *, hook):
+                if name == "embed.hook_in":
+                    passes.append(hook)
+                if len(passes) == 1 and skip(name):
+                    return None
+                return fn(tensor, hook=hook)
+            return run
+
+        pairs = [(n, wrapped(n, fn)) for n, fn in MultiScalePositions().hooks(tiny_model)]
+        with tiny_model.hooks(fwd_hooks=pairs), torch.inference_mode(), pytest.raises(RuntimeError, match="prefill"):
+            tiny_model.generate(prompts[1].tensor(), **kw)
+        return len(passes)
+
+    # a decode step whose prompt was never ranked must not rank from its one row: it raises
+    assert missing(lambda name: name != "embed.hook_in") == 2
+    assert missing(lambda name: name == "blocks.2.attn.hook_q") == 1  # the ranking's keys without queries
 
 
 def test_prompt_lengths_rank_the_prompts_last_row_and_must_fit(tiny_model, prompts):
