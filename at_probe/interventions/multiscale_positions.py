@@ -67,7 +67,7 @@ from at_probe.interventions.registry import (
     register,
     show_layer_range,
 )
-from at_probe.interventions.tracking import PromptTracker, lengths_of
+from at_probe.interventions.tracking import PromptTracker, check_lengths_fit, lengths_of
 from at_probe.models.chunked import chunking, query_block
 from at_probe.models.hooked import pass_padding
 from at_probe.models.loading import ModelShape
@@ -288,9 +288,7 @@ class MultiScalePositions(HookLifetime):
         total = queries.shape[1]
         if run.lengths is None:
             run.lengths = [total - o for o in run.offsets]
-        if len(run.lengths) != len(run.offsets) or any(not 0 < p <= total - o for o, p in zip(run.offsets, run.lengths)):
-            raise ValueError(f"prompt_lengths {run.lengths} do not fit a pass of {len(run.offsets)} sequences of "
-                             f"{total} positions (left padding {run.offsets})")
+        check_lengths_fit(run.lengths, run.offsets, total)
         out = []
         for b, (offset, length) in enumerate(zip(run.offsets, run.lengths)):
             last = offset + length - 1

@@ -70,6 +70,7 @@ from at_probe.interventions.registry import (
     register,
     show_layer_range,
 )
+from at_probe.interventions.tracking import check_lengths_fit
 from at_probe.models.chunked import ChunkedAttentionError, QueryBlock, chunking, request_prepass
 from at_probe.models.names import resolve_layers, scores_hook
 from at_probe.runs.seeding import draw_generator, prompt_digest
@@ -163,10 +164,8 @@ def _sum_received(measured: dict[int, dict[int, Tensor]], layer: int, lengths: l
     """
     if block.padding is None:
         raise ValueError("the attention mask is not left padding: pad on the left (tokenizer.padding_side = 'left')")
-    if lengths is not None and (len(lengths) != len(block.padding)
-                                or any(o + p > block.total_keys for o, p in zip(block.padding, lengths))):
-        raise ValueError(f"prompt_lengths {lengths} do not fit a pass of {len(block.padding)} sequences of "
-                         f"{block.total_keys} positions (left padding {list(block.padding)})")
+    if lengths is not None:
+        check_lengths_fit(lengths, block.padding, block.total_keys)
     if block.first:
         measured[layer] = {}
     sums = measured[layer]

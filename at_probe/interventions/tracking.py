@@ -38,6 +38,18 @@ def lengths_of(
     return lengths
 
 
+def check_lengths_fit(lengths: Sequence[int], padding: Sequence[int], total: int) -> None:
+    """Refuse ``prompt_lengths`` that do not fit a pass: one per sequence, each at least 1 and
+    ending within the pass's ``total`` positions after its left ``padding``.
+
+    Raises:
+        ValueError: naming the lengths, the batch, ``total`` and the padding.
+    """
+    if len(lengths) != len(padding) or any(not 0 < p <= total - o for o, p in zip(padding, lengths)):
+        raise ValueError(f"prompt_lengths {list(lengths)} do not fit a pass of {len(padding)} sequences of "
+                         f"{total} positions (left padding {list(padding)})")
+
+
 _GENERATIONS: dict[int, list[object]] = {}
 """Per model (``id``), the generations in progress (a fresh marker each, innermost last). An
 entry lives only while a ``generating`` block, which holds the model, is open."""
