@@ -15,8 +15,8 @@ as in the authors' scripts.
 How it is applied: the bridge rotates queries and keys before ``hook_rot_q`` / ``hook_rot_k``;
 those hooks rotate them further by ``p (1 / r - 1)`` per frequency, which composes to the
 rotation of ``p / r``. Positions are read off the layer's own ``cos`` / ``sin`` (``hook_cos`` /
-``hook_sin``: the angle of the lowest frequency), so any position convention of the caller
-(left padding, a KV cache) is kept. The keys go into the KV cache compressed, and the ratios
+``hook_sin``: the angle of the lowest frequency; once per pass when its layers share them), so
+any position convention of the caller (left padding, a KV cache) is kept. The keys go into the KV cache compressed, and the ratios
 found at prefill serve the prompt's decode steps and cache-less continuations.
 
 Where we differ from the authors' code, deliberately: it gives head ``j`` the ratio of the
@@ -122,10 +122,16 @@ def rope_positions(cos: Tensor, sin: Tensor, inv_freq: Tensor) -> Tensor:
     return torch.round(angle / inv_freq[j].float())
 
 
-def rotate_(x: Tensor, angle: Tensor) -> Tensor:
-    """Rotate ``x`` ``[batch, T, heads, d_head]`` by ``angle`` ``[batch, T, heads, d_head / 2]``
-    per frequency, in place (Llama's rotate-half layout); returns ``x``."""
-    cos, sin = (torch.cat((f, f), dim=-1) for f in (angle.cos(), angle.sin()))
+def turn_tables(angle: Tensor) -> tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` ``[..., d_head]`` of ``angle`` ``[..., d_head / 2]`` per frequency, in
+    Llama's rotate-half layout (each frequency in both halves), for ``rotate_``."""
+    cos, sin = angle.cos(), angle.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+
+def rotate_(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` ``[..., d_head]`` by the angles whose ``cos`` / ``sin`` (``turn_tables``,
+    broadcastable to ``x``) are given, in place (Llama's rotate-half layout); returns ``x``."""
     half = x.shape[-1] // 2
     turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     x.copy_((x.to(cos.dtype) * cos + turned.to(cos.dtype) * sin).to(x.dtype))
@@ -158,8 +164,11 @@ class _Run(PromptTracker):
         self.lengths = self.fixed_lengths
         self.ratios: dict[int, Tensor] = {}
         self.offsets: list[int] = []
+        # the last hook_cos / hook_sin as given (not detached: rotary tables never need grad)
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
+        self.positions: Tensor | None = None  # [batch, T] read off cos / sin while they stay the same
+        self.turn: tuple[int, Tensor, Tensor] | None = None  # a layer's extra turn, until its keys take it
         self.cached = False  # whether the current pass runs on a KV cache
         self.queries: Tensor | None = None  # a whole pass's hook_q, until its hook_k ranks
 
@@ -223,10 +232,29 @@ class MultiScalePositions(HookLifetime):
             run.offsets = pass_padding(scores)
             run.cached = query_block(scores).past > 0
 
-        def keep(name: str) -> Any:
-            def fn(tensor: Tensor, *, hook: Any) -> None:
-                setattr(run, name, tensor.detach())
-            return fn
+        # Positions are read again only when cos / sin are new objects: a whole pass's layers share
+        # one (a decode step reads them once, not twice per layer); chunked blocks get new slices.
+        def keep_cos(cos: Tensor, *, hook: Any) -> None:
+            if cos is not run.cos:
+                run.cos, run.positions, run.turn = cos, None, None
+
+        def keep_sin(sin: Tensor, *, hook: Any) -> None:
+            if sin is not run.sin:
+                run.sin, run.positions, run.turn = sin, None, None
+
+        def turn(layer: int, device: torch.device) -> tuple[Tensor, Tensor]:
+            """The layer's extra turn ``p (1 / r - 1)`` per key-value head, as float64 tables
+            ``[batch, T, kv_head, d_head]`` (float64: the turn adds no rounding of its own),
+            computed once for its queries and keys."""
+            if run.turn is None or run.turn[0] != layer:
+                freq = inv_freq.to(device)
+                if run.positions is None:
+                    assert run.cos is not None and run.sin is not None
+                    run.positions = rope_positions(run.cos.detach(), run.sin.detach(), freq).double()
+                scale = 1.0 / run.ratios[layer].to(device).double() - 1.0  # [batch, kv_head]
+                angle = run.positions[:, :, None, None] * freq.double() * scale[:, None, :, None]
+                run.turn = (layer, *turn_tables(angle))
+            return run.turn[1], run.turn[2]
 
         def unranked(layer: int, chunked: bool) -> bool:
             """Whether this hook ranks ``layer``: a prompt's first pass, chunked or whole as asked."""
@@ -261,13 +289,14 @@ class MultiScalePositions(HookLifetime):
             def fn(tensor: Tensor, *, hook: Any) -> Tensor:
                 if layer not in run.ratios:
                     raise RuntimeError(_UNRANKED)
-                ratios = run.ratios[layer].to(tensor.device)  # [batch, kv_head]
-                if kind == "q":
-                    ratios = ratios.repeat_interleave(groups, dim=1)
-                positions = rope_positions(run.cos, run.sin, inv_freq.to(tensor.device))  # [batch, T]
-                scale = 1.0 / ratios.double() - 1.0  # float64 angles: the turn adds no rounding of its own
-                angle = positions.double()[:, :, None, None] * inv_freq.to(tensor.device).double() * scale[:, None, :, None]
-                return rotate_(tensor.clone(), angle)
+                cos, sin = turn(layer, tensor.device)
+                if kind == "k":  # the bridge rotates queries first: the keys are the turn's last use
+                    run.turn = None  # (not kept past the layer: float64 [batch, T, kv_head, d_head] x 2)
+                    return rotate_(tensor.clone(), cos, sin)
+                # query heads [batch, T, kv_head * groups, d_head]: each group takes its key-value head's turn
+                b, t, heads, d = tensor.shape
+                grouped = tensor.reshape(b, t, heads // groups, groups, d).clone()
+                return rotate_(grouped, cos[:, :, :, None], sin[:, :, :, None]).view(b, t, heads, d)
             return fn
 
         pairs: list[HookPair] = [(EMBED_INPUT_HOOK, run.see_tokens), (scores_hook(0), read_padding)]
@@ -275,7 +304,7 @@ class MultiScalePositions(HookLifetime):
             attn = f"blocks.{layer}.attn."
             pairs += [(f"blocks.{layer}.ln1.hook_out", rank_input(layer)),
                       (attn + "hook_q", keep_queries(layer)), (attn + "hook_k", rank_keys(layer)),
-                      (attn + "hook_cos", keep("cos")), (attn + "hook_sin", keep("sin")),
+                      (attn + "hook_cos", keep_cos), (attn + "hook_sin", keep_sin),
                       (attn + "hook_rot_q", edit("q", layer)), (attn + "hook_rot_k", edit("k", layer))]
         return pairs
 

@@ -201,6 +201,22 @@ def test_only_chunked_passes_project_again(tiny_model, prompts, monkeypatch):
     assert calls == [2, 3]
 
 
+def test_positions_once_per_pass_and_the_turn_once_per_layer(tiny_model, prompts, monkeypatch):
+    """A whole pass (prefill or decode step) reads its positions once for every edited layer, and
+    each layer computes its turn once for its queries and keys (Ms-PoE's decode-step cost)."""
+    from at_probe.interventions import multiscale_positions
+
+    positions, turns = [], []
+    read, tables = multiscale_positions.rope_positions, multiscale_positions.turn_tables
+    monkeypatch.setattr(multiscale_positions, "rope_positions", lambda *a: positions.append(1) or read(*a))
+    monkeypatch.setattr(multiscale_positions, "turn_tables", lambda a: turns.append(1) or tables(a))
+    edit = MultiScalePositions(layers=(2, 3, 5))
+    with edit.applied(tiny_model, prompts=[prompts[0]]), torch.inference_mode():
+        tiny_model.generate(prompts[0].tensor(), max_new_tokens=3, do_sample=False, verbose=False,
+                            stop_at_eos=False, use_past_kv_cache=True)
+    assert (len(positions), len(turns)) == (3, 3 * 3)  # the prefill and 2 decode steps; 3 layers each
+
+
 @pytest.mark.parametrize("rows", [64, 100])
 def test_chunked_attention_gives_the_unchunked_ratios_and_logits(tiny_model, prompts, rows):
     """The ranking reads the layer's input, which sees the whole pass: every block is rotated
