@@ -48,6 +48,19 @@ def _assert_same_records(got: list[dict], want: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray for this module's in-process sweeps: `run_units` joins a running Ray and
+    leaves it up, so each test skips a cluster start (seconds on 2 cores). The driver test's
+    subprocess still starts and stops its own, the path the CLI takes."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def single_process(tmp_path_factory) -> list[dict]:
     """The reference: every unit in this process, Ray not used."""
     run = tmp_path_factory.mktemp("single")
@@ -96,7 +109,7 @@ def test_single_process_starts_once_before_any_unit():
 
 @pytest.mark.slow
 @needs_ray
-def test_two_ray_workers_give_the_single_process_records(single_process, tmp_path):
+def test_two_ray_workers_give_the_single_process_records(ray_cluster, single_process, tmp_path):
     with owned_run(tmp_path):
         sink = RecordSink(tmp_path / "records.jsonl")
     described = []
@@ -110,7 +123,7 @@ def test_two_ray_workers_give_the_single_process_records(single_process, tmp_pat
 
 @pytest.mark.slow
 @needs_ray
-def test_a_killed_worker_loses_and_duplicates_nothing(single_process, tmp_path):
+def test_a_killed_worker_loses_and_duplicates_nothing(ray_cluster, single_process, tmp_path):
     units = plan_units(SETTINGS.split(";"), _docs(), 2)
     marker = tmp_path / "killed"
     with owned_run(tmp_path):
@@ -127,7 +140,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(single_process, tmp_path):
 
 @pytest.mark.slow
 @needs_ray
-def test_an_actor_that_dies_while_loading_the_model_is_replaced(single_process, tmp_path):
+def test_an_actor_that_dies_while_loading_the_model_is_replaced(ray_cluster, single_process, tmp_path):
     """A worker process killed while it loads the model (out of memory, say) is started again,
     like a unit whose worker died; a start that always dies fails after max_attempts."""
     units = plan_units(SETTINGS.split(";"), _docs(), 2)[:2]
@@ -188,7 +201,7 @@ def test_without_flags_ray_is_never_imported():
 
 @pytest.mark.slow
 @needs_ray
-def test_errors_inside_actors_keep_their_type(tmp_path):
+def test_errors_inside_actors_keep_their_type(ray_cluster, tmp_path):
     units = plan_units(SETTINGS.split(";"), _docs(2), 2)
     with pytest.raises(FileNotFoundError):  # the factory fails in every actor: a bad model directory
         run_units(units, SummaryWorkerFactory(str(tmp_path / "no-model"), "cpu", SETTINGS, 4),
