@@ -29,8 +29,12 @@ $(STAMP): pyproject.toml Makefile
 flow: $(STAMP)
 	$(BIN)/python analyses/flow.py --attribution --out out/flow
 
+# one pytest-xdist worker per CPU core (TEST_WORKERS=0: every test in one process), each with one torch
+# thread: two 2-thread torch processes on 2 cores slow each other about 6x. A test file runs
+# whole on one worker, so its module fixtures (a SmolLM2 prompt, a Ray cluster) are made once.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # the unit tier only (no model, about 30 s): tests/unit
 test-fast: $(STAMP)
