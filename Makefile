@@ -29,12 +29,13 @@ $(STAMP): pyproject.toml Makefile
 flow: $(STAMP)
 	$(BIN)/python analyses/flow.py --attribution --out out/flow
 
-# one pytest-xdist worker per CPU core (TEST_WORKERS=0: every test in one process), each with one torch
-# thread: two 2-thread torch processes on 2 cores slow each other about 6x. A test file runs
-# whole on one worker, so its module fixtures (a SmolLM2 prompt, a Ray cluster) are made once.
-TEST_WORKERS ?= auto
+# pytest-xdist workers, one per CPU core this process may use, at most 4 (each holds its own
+# SmolLM2, about 1 GB), each with one torch thread: two 2-thread torch processes on 2 cores slow
+# each other about 6x. A test file runs whole on one worker, so its module fixtures (a SmolLM2
+# prompt, a Ray cluster) are made once. TEST_WORKERS=0 runs every test in one process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffinity(0)), 4))")
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1 )$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # the unit tier only (no model, about 30 s): tests/unit
 test-fast: $(STAMP)

@@ -16,8 +16,9 @@ How it is applied: the bridge rotates queries and keys before ``hook_rot_q`` / `
 those hooks rotate them further by ``p (1 / r - 1)`` per frequency, which composes to the
 rotation of ``p / r``. Positions are read off the layer's own ``cos`` / ``sin`` (``hook_cos`` /
 ``hook_sin``: the angle of the lowest frequency; once per pass when its layers share them), so
-any position convention of the caller (left padding, a KV cache) is kept. The keys go into the KV cache compressed, and the ratios
-found at prefill serve the prompt's decode steps and cache-less continuations.
+any position convention of the caller (left padding, a KV cache) is kept. The keys go into the
+KV cache compressed, and the ratios found at prefill serve the prompt's decode steps and
+cache-less continuations.
 
 Where we differ from the authors' code, deliberately: it gives head ``j`` the ratio of the
 ``j``-th ranked head's index (``cos[head_order]``), not the ``j``-th ratio of the ranking, which

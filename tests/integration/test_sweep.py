@@ -50,8 +50,8 @@ def _assert_same_records(got: list[dict], want: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray for this module's in-process sweeps: `run_units` joins a running Ray and
-    leaves it up, so each test skips a cluster start (seconds on 2 cores). The driver test's
-    subprocess still starts and stops its own, the path the CLI takes."""
+    leaves it up, so each test skips a cluster start (seconds on 2 cores). The driver test, placed
+    before the first user of this one, starts and stops its own in a subprocess, as the CLI does."""
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -109,6 +109,30 @@ def test_single_process_starts_once_before_any_unit():
 
 @pytest.mark.slow
 @needs_ray
+def test_a_killed_driver_resumes_from_its_records(single_process, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "analyses" / "xsum_eval.py"), "--model", "tiny", "--data",
+           str(XSUM_DIR), "--bucket", "800", "--limit", "4", "--batch-size", "2", "--max-new-tokens", "6",
+           "--device", "cpu", "--settings", SETTINGS, "--out", str(out)]
+    driver = subprocess.Popen([*cmd, "--workers", "2"], cwd=REPO, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = out / "records.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        if records.is_file() and len(records.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the driver finished before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    driver.wait()
+    written = len(records.read_text().splitlines())
+    assert 2 <= written < 12
+    subprocess.run([*cmd, "--workers", "2"], cwd=REPO, check=True, capture_output=True)
+    _assert_same_records([json.loads(line) for line in records.read_text().splitlines()], single_process)
+
+
+@pytest.mark.slow
+@needs_ray
 def test_two_ray_workers_give_the_single_process_records(ray_cluster, single_process, tmp_path):
     with owned_run(tmp_path):
         sink = RecordSink(tmp_path / "records.jsonl")
@@ -153,30 +177,6 @@ def test_an_actor_that_dies_while_loading_the_model_is_replaced(ray_cluster, sin
     with pytest.raises(SweepError, match="while starting 3 times"):
         run_units(units, KillStart(_factory(), always, times=99), lambda unit, recs: None, workers=1)
     assert always.read_bytes() == b"xxx"
-
-
-@pytest.mark.slow
-@needs_ray
-def test_a_killed_driver_resumes_from_its_records(single_process, tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, str(REPO / "analyses" / "xsum_eval.py"), "--model", "tiny", "--data",
-           str(XSUM_DIR), "--bucket", "800", "--limit", "4", "--batch-size", "2", "--max-new-tokens", "6",
-           "--device", "cpu", "--settings", SETTINGS, "--out", str(out)]
-    driver = subprocess.Popen([*cmd, "--workers", "2"], cwd=REPO, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    records = out / "records.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and driver.poll() is None:
-        if records.is_file() and len(records.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
-    assert driver.poll() is None, "the driver finished before it could be killed"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    driver.wait()
-    written = len(records.read_text().splitlines())
-    assert 2 <= written < 12
-    subprocess.run([*cmd, "--workers", "2"], cwd=REPO, check=True, capture_output=True)
-    _assert_same_records([json.loads(line) for line in records.read_text().splitlines()], single_process)
 
 
 def test_a_worker_returning_the_wrong_records_is_an_error(tmp_path):
