@@ -40,6 +40,10 @@ cluster's; only this process writes the run directory (``at_probe.runs.sweep``).
 ``--attention-rows R`` computes attention over blocks of ``R`` query rows (chunked attention,
 without the stock forward's ``T x T`` pattern: the same summaries, NLLs within about 1e-6); like
 ``--workers`` it changes how the run is computed, not what, so a run may resume with or without it.
+``--reuse-records RUN`` takes the records this run plans from an earlier run made with the same
+model, data and generation options (e.g. the test run of the same selection, when a run adds
+placebo draws beside it): each taken record is marked ``reused_from``, the rest is computed
+(``at_probe.runs.reuse``); a run made with other options is refused before anything is written.
 
 Usage:
     python analyses/xsum_eval.py --data ../shared/data/xsum-at-release --bucket 800 --limit 20 --out runs/smol800
@@ -74,8 +78,9 @@ from at_probe.cli.args import (
 )
 from at_probe.interventions import registry
 from at_probe.models.loading import DEFAULT_MODEL, model_shape
+from at_probe.runs.reuse import reusable_records
 from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run
-from at_probe.runs.sweep import RecordSink, plan_units, run_units
+from at_probe.runs.sweep import RecordSink, Unit, plan_units, run_units
 from at_probe.xsum import (
     BUCKETS,
     SettingError,
@@ -127,6 +132,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run attention over blocks of this many query rows (at_probe.chunked_attention): the same "
                         "summaries, NLLs within about 1e-6, in less time on long prompts; a run may resume with or "
                         "without it; each record notes it")
+    p.add_argument("--reuse-records", type=existing_dir, default=None, metavar="RUN",
+                   help="take the records this run plans (same documents and settings) from an earlier run "
+                        "directory made with the same model, data and generation options; each is marked "
+                        "reused_from, the rest is computed")
     p.add_argument("--device", type=torch_device, default=None)
     p.add_argument("--out", type=output_dir, required=True, help="run directory")
     add_sweep_arguments(p)
@@ -148,6 +157,25 @@ def test_roles(selection: dict[str, Any], only: list[str] | None, seeds: int
     if seeds > 1 and not draws:
         raise UsageError("argument --placebo-seeds: none of the chosen roles is a placebo")
     return roles, draws
+
+
+def take_records(source: Path, out: Path, sink: RecordSink, plan: list[Unit], config: dict[str, Any],
+                 growth: dict[str, Any]) -> None:
+    """Adopt ``source``'s records of the planned (document, setting) keys into ``sink``, after
+    writing ``out``'s manifest with the facts of ``source``'s model (``at_probe.runs.reuse``).
+
+    Raises:
+        ValueError: ``source`` is ``out``, or was made with other options (named, flag first).
+    """
+    if source.resolve() == out.resolve():
+        raise ValueError(f"argument --reuse-records: {source} is the --out directory itself")
+    wanted = {(d, u.setting) for u in plan for d in u.doc_ids} - sink.done
+    try:
+        facts, records = reusable_records(source, config, wanted)
+    except ValueError as err:
+        raise ValueError(f"argument --reuse-records: {err}") from None
+    ensure_manifest(out, {**config, **facts}, **growth)
+    print(f"reused {sink.adopt(records)} records from {source}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             position = {str(d["id"]): i for i, d in enumerate(docs)}
             # document-major: a run stopped early holds whole documents (every setting) for a report
             plan = sorted(plan_units(list(settings), docs, args.batch_size), key=lambda u: position[u.doc_ids[0]])
+            if args.reuse_records:
+                take_records(args.reuse_records, args.out, sink, plan, config, growth)
             units = sink.pending(plan)
             print(f"{len(docs)} documents x {len(settings)} settings: {len(sink.done)} done, "
                   f"{sum(len(u.docs) for u in units)} to go")

@@ -114,6 +114,13 @@ class RecordSink:
         """Units with at least one record missing, in plan order."""
         return [u for u in units if any((d, u.setting) not in self.done for d in u.doc_ids)]
 
+    def adopt(self, records: list[dict[str, Any]]) -> int:
+        """Append (fsynced) records computed elsewhere (``at_probe.runs.reuse``) whose key is not
+        on disk yet; returns how many."""
+        new = list({self.key(r): r for r in records if self.key(r) not in self.done}.values())
+        self._append(new)
+        return len(new)
+
     def write(self, unit: Unit, records: list[dict[str, Any]]) -> int:
         """Append (fsynced) the unit's records that are not on disk yet; returns how many.
 
@@ -127,12 +134,15 @@ class RecordSink:
             raise ValueError(f"unit {unit.key} returned records for {sorted(keys)}, "
                              f"expected {sorted(expected)}")
         new = [r for r, k in zip(records, keys) if k not in self.done]
+        self._append(new)
+        return len(new)
+
+    def _append(self, new: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             append_jsonl(fh, new)
         self.done.update(self.key(r) for r in new)
         self.records.extend(new)
-        return len(new)
 
 
 def run_units(
