@@ -41,9 +41,12 @@ cluster's; only this process writes the run directory (``at_probe.runs.sweep``).
 without the stock forward's ``T x T`` pattern: the same summaries, NLLs within about 1e-6); like
 ``--workers`` it changes how the run is computed, not what, so a run may resume with or without it.
 ``--reuse-records RUN`` takes the records this run plans from an earlier run made with the same
-model, data and generation options (e.g. the test run of the same selection, when a run adds
-placebo draws beside it): each taken record is marked ``reused_from``, the rest is computed
-(``at_probe.runs.reuse``); a run made with other options is refused before anything is written.
+model, data, documents (``--split``, ``--limit``), ``--batch-size`` and generation and scoring
+options (e.g. the test run of the same selection, when a run adds placebo draws beside it):
+each taken record is marked ``reused_from``, the rest is computed (``at_probe.runs.reuse``). A
+run made with other options is refused before anything is written, one whose model setup
+(device, dtype, versions) differs from the one loaded here once the model is loaded, before
+the manifest is written.
 
 Usage:
     python analyses/xsum_eval.py --data ../shared/data/xsum-at-release --bucket 800 --limit 20 --out runs/smol800
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +82,9 @@ from at_probe.cli.args import (
 )
 from at_probe.interventions import registry
 from at_probe.models.loading import DEFAULT_MODEL, model_shape
-from at_probe.runs.reuse import reusable_records
+from at_probe.runs.reuse import check_model_facts, check_source, reused_records
 from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run
-from at_probe.runs.sweep import RecordSink, Unit, plan_units, run_units
+from at_probe.runs.sweep import RecordSink, plan_units, run_units
 from at_probe.xsum import (
     BUCKETS,
     SettingError,
@@ -134,8 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "without it; each record notes it")
     p.add_argument("--reuse-records", type=existing_dir, default=None, metavar="RUN",
                    help="take the records this run plans (same documents and settings) from an earlier run "
-                        "directory made with the same model, data and generation options; each is marked "
-                        "reused_from, the rest is computed")
+                        "directory made with the same model, data, documents, batch size and generation and "
+                        "scoring options; each is marked reused_from, the rest is computed")
     p.add_argument("--device", type=torch_device, default=None)
     p.add_argument("--out", type=output_dir, required=True, help="run directory")
     add_sweep_arguments(p)
@@ -159,23 +163,35 @@ def test_roles(selection: dict[str, Any], only: list[str] | None, seeds: int
     return roles, draws
 
 
-def take_records(source: Path, out: Path, sink: RecordSink, plan: list[Unit], config: dict[str, Any],
-                 growth: dict[str, Any]) -> None:
-    """Adopt ``source``'s records of the planned (document, setting) keys into ``sink``, after
-    writing ``out``'s manifest with the facts of ``source``'s model (``at_probe.runs.reuse``).
+def reuse_source(source: Path | None, config: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    """The manifest of the ``--reuse-records`` run, checked against this run's (``check_source``);
+    None without the flag.
 
     Raises:
-        ValueError: ``source`` is ``out``, or was made with other options (named, flag first).
+        UsageError: the source is ``--out``, holds no run, or was made with other options.
     """
-    if source.resolve() == out.resolve():
-        raise ValueError(f"argument --reuse-records: {source} is the --out directory itself")
-    wanted = {(d, u.setting) for u in plan for d in u.doc_ids} - sink.done
+    if source is None:
+        return None
     try:
-        facts, records = reusable_records(source, config, wanted)
-    except ValueError as err:
-        raise ValueError(f"argument --reuse-records: {err}") from None
-    ensure_manifest(out, {**config, **facts}, **growth)
-    print(f"reused {sink.adopt(records)} records from {source}")
+        return check_source(source, config, out)
+    except (ValueError, OSError) as err:
+        raise UsageError(f"argument --reuse-records: {err}") from None
+
+
+def starter(out: Path, config: dict[str, Any], growth: dict[str, Any], sink: RecordSink,
+            source: Path | None, theirs: dict[str, Any] | None, reused: list[dict[str, Any]]
+            ) -> Callable[[dict[str, Any]], None]:
+    """What runs once the model is loaded: refuse reused records of another model setup, write
+    the manifest with the loaded model's facts, then adopt the reused records."""
+    def start(described: dict[str, Any]) -> None:
+        if reused:
+            try:
+                check_model_facts(source, theirs, described)
+            except ValueError as err:
+                raise ValueError(f"argument --reuse-records: {err}") from None
+        ensure_manifest(out, {**config, **described}, **growth)
+        sink.adopt(reused)
+    return start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                   "rouge_tokenizer": args.rouge_tokenizer, **text_repair_manifest(args.fix_text),
                   "batch_size": args.batch_size,
                   "at_probe_version": at_probe.__version__}
+        theirs = reuse_source(args.reuse_records, config, args.out)  # before --out is created
     except (SettingError, UsageError, FileNotFoundError, ValueError, OSError) as err:
         print(f"{prog('xsum_eval.py')}: error: {err}", file=sys.stderr)
         return 2
@@ -228,18 +245,19 @@ def main(argv: list[str] | None = None) -> int:
             position = {str(d["id"]): i for i, d in enumerate(docs)}
             # document-major: a run stopped early holds whole documents (every setting) for a report
             plan = sorted(plan_units(list(settings), docs, args.batch_size), key=lambda u: position[u.doc_ids[0]])
-            if args.reuse_records:
-                take_records(args.reuse_records, args.out, sink, plan, config, growth)
-            units = sink.pending(plan)
+            wanted = {(d, u.setting) for u in plan for d in u.doc_ids} - sink.done
+            reused = reused_records(args.reuse_records, wanted) if theirs else []
+            units = sink.pending(plan, coming=[(r["doc_id"], r["setting"]) for r in reused])
             print(f"{len(docs)} documents x {len(settings)} settings: {len(sink.done)} done, "
-                  f"{sum(len(u.docs) for u in units)} to go")
+                  + (f"{len(reused)} to take from {args.reuse_records}, " if theirs else "")
+                  + f"{sum(len(u.docs) for u in units)} to go")
             factory = SummaryWorkerFactory(args.model, args.device, ";".join(settings), args.max_new_tokens,
                                            profiles, args.rouge_tokenizer, args.attention_rows)
             with tqdm(total=sum(len(u.docs) for u in units), desc="xsum", unit="summary") as bar:
                 # written once the model is loaded (with its facts): a model that fails to load writes none
-                run_units(units, factory, sink.write, start=lambda described: ensure_manifest(
-                    args.out, {**config, **described}, **growth),
-                    progress=lambda unit: bar.update(len(unit.docs)), **options)
+                run_units(units, factory, sink.write,
+                          start=starter(args.out, config, growth, sink, args.reuse_records, theirs, reused),
+                          progress=lambda unit: bar.update(len(unit.docs)), **options)
     except (ValueError, OSError) as err:  # another driver or run in --out, a reference that does not fit
         print(f"{prog('xsum_eval.py')}: error: {err}", file=sys.stderr)
         return 2

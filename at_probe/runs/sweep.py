@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -110,9 +110,11 @@ class RecordSink:
         self.records = read_jsonl(path, repair=True)
         self.done = {self.key(r) for r in self.records}
 
-    def pending(self, units: Sequence[Unit]) -> list[Unit]:
-        """Units with at least one record missing, in plan order."""
-        return [u for u in units if any((d, u.setting) not in self.done for d in u.doc_ids)]
+    def pending(self, units: Sequence[Unit], coming: Collection[tuple[str, str]] = ()) -> list[Unit]:
+        """Units with at least one record missing, in plan order; keys in ``coming`` (records
+        about to be adopted) count as done."""
+        done = self.done | set(coming)
+        return [u for u in units if any((d, u.setting) not in done for d in u.doc_ids)]
 
     def adopt(self, records: list[dict[str, Any]]) -> int:
         """Append (fsynced) records computed elsewhere (``at_probe.runs.reuse``) whose key is not

@@ -386,21 +386,23 @@ def test_test_run_of_chosen_roles_with_placebo_draws(development_run, small_rele
 def test_placebo_draws_reuse_the_records_of_the_test_run(development_run, small_release, tmp_path, capsys):
     """``--reuse-records`` takes the (document, setting) records an earlier run of the same options
     holds, marked ``reused_from``, and computes only the rest (the same records a run from scratch
-    makes); a source of other options is refused before anything is written, and a source whose
-    model facts this machine does not have is refused once the model is loaded, never mixed."""
+    makes); a source of other options (documents and batches included) is refused before
+    anything is written, and a source whose model setup differs from the one loaded here is
+    refused before the manifest is written: nothing taken, the directory still usable."""
     import shutil
 
     dev, _ = development_run
     selection = ("--selection", str(dev / "selection.json"))
-    draws = ("--roles", "paper_selected,placebo_selected", "--placebo-seeds", "2", "--batch-size", "1")
+    roles = ("--roles", "paper_selected,placebo_selected", "--placebo-seeds", "2")
+    draws = (*roles, "--batch-size", "1")
     source, run, scratch = tmp_path / "test", tmp_path / "draws", tmp_path / "scratch"
     assert xsum_eval.main(_eval_args(small_release, source, *selection, "--batch-size", "1")) == 0  # every role
     assert xsum_eval.main(_eval_args(small_release, run, *selection, *draws, "--reuse-records", str(source))) == 0
-    assert "reused 4 records" in capsys.readouterr().out
+    assert "4 to take from" in capsys.readouterr().out
     assert xsum_eval.main(_eval_args(small_release, scratch, *selection, *draws)) == 0
     taken = {(r["doc_id"], r["setting"]): r for r in _records(source)}
     records, fresh = _records(run), {(r["doc_id"], r["setting"]): r for r in _records(scratch)}
-    assert len(records) == len(fresh) == 6
+    assert len(records) == len(fresh) == 6 and sum("reused_from" in r for r in records) == 4
     for r in records:
         key = (r["doc_id"], r["setting"])
         if key in taken:
@@ -409,23 +411,37 @@ def test_placebo_draws_reuse_the_records_of_the_test_run(development_run, small_
             assert "reused_from" not in r
         scored = {k: v for k, v in r.items() if k != "wall_seconds"}
         assert scored == {k: v for k, v in fresh[key].items() if k != "wall_seconds"}
-    assert json.loads((run / "manifest.json").read_text())["versions"] == \
-        json.loads((source / "manifest.json").read_text())["versions"]
-    # other scoring options: exit 2 naming the flag and the key, nothing written
-    assert xsum_eval.main(_eval_args(small_release, tmp_path / "bad", *selection, *draws, "--rouge-tokenizer", "unicode",
-                                     "--reuse-records", str(source))) == 2
-    err = capsys.readouterr().err
-    assert "argument --reuse-records" in err and "rouge_tokenizer 'default' there, 'unicode' here" in err
-    assert not (tmp_path / "bad" / "manifest.json").exists() and not (tmp_path / "bad" / "records.jsonl").exists()
-    # a source made with another torch: this machine's model is refused, its records stay apart
+    # a second reuse keeps the first source's name
+    assert xsum_eval.main(_eval_args(small_release, tmp_path / "again", *selection, *draws,
+                                     "--reuse-records", str(run))) == 0
+    assert {r.get("reused_from") for r in _records(tmp_path / "again")} == {"test", "draws"}
+    # other options, the documents and batches included, or the directory itself: exit 2 naming the
+    # flag and the key, nothing written
+    for other, named in ((("--rouge-tokenizer", "unicode"), "rouge_tokenizer 'default' there, 'unicode' here"),
+                         (("--limit", "1"), "limit None there, 1 here"),
+                         ((*roles, "--batch-size", "2"), "batch_size 1 there, 2 here")):
+        bad = tmp_path / "bad"
+        args = [*selection, *(draws if "--batch-size" not in other else ()), *other]
+        assert xsum_eval.main(_eval_args(small_release, bad, *args, "--reuse-records", str(source))) == 2
+        err = capsys.readouterr().err
+        assert "argument --reuse-records" in err and named in err and not bad.exists()
+    assert xsum_eval.main(_eval_args(small_release, run, *selection, *draws, "--reuse-records", str(run))) == 2
+    assert "is the output directory itself" in capsys.readouterr().err
+    # a source made with another torch: refused once the model is loaded, before anything is written
     other = tmp_path / "other"
     shutil.copytree(source, other)
     manifest = json.loads((other / "manifest.json").read_text())
     (other / "manifest.json").write_text(json.dumps({**manifest, "versions": {**manifest["versions"], "torch": "0.0"}}))
-    assert xsum_eval.main(_eval_args(small_release, tmp_path / "mixed", *selection, *draws,
-                                     "--reuse-records", str(other))) == 2
-    assert "versions" in capsys.readouterr().err
-    assert all(r["reused_from"] == "other" for r in _records(tmp_path / "mixed"))
+    mixed = tmp_path / "mixed"
+    assert xsum_eval.main(_eval_args(small_release, mixed, *selection, *draws, "--reuse-records", str(other))) == 2
+    err = capsys.readouterr().err
+    assert "argument --reuse-records" in err and "versions" in err and "'0.0'" in err
+    assert not (mixed / "manifest.json").exists() and not _records_or_none(mixed)
+    assert xsum_eval.main(_eval_args(small_release, mixed, *selection, *draws)) == 0  # still usable
+
+
+def _records_or_none(out) -> list[dict]:
+    return _records(out) if (out / "records.jsonl").exists() else []
 
 
 xsum_experiment = load_script("xsum_experiment")
