@@ -339,8 +339,9 @@ def axis_limit(bounds: np.ndarray, *, factor: float = 8.0) -> float | None:
 def _forest_by_bucket(df: pd.DataFrame, order: Sequence[str], primary: str, *, lower_is_better: set[str],
                       bucket_label: str) -> Figure:
     """One panel per metric of ``order`` present in ``df``; per comparison a row of intervals,
-    one per bucket (``all``: pooled, in black)."""
+    one per bucket (``all``: pooled, in black, unless it only repeats the one bucket)."""
     plt, sns = _plt()
+    df = df[df.bucket.astype(str) != "all"] if df.bucket.astype(str).nunique() == 2 else df
     metrics = [m for m in order if m in set(df.metric)]
     comparisons = list(dict.fromkeys(df.comparison))
     buckets = list(dict.fromkeys(df.bucket.astype(str)))
@@ -379,8 +380,7 @@ def longctx_accuracy(df: pd.DataFrame) -> Figure:
     one panel per condition, a row of panels per task, one 0-1 colour scale for all.
     ``df``: task, condition, length, depth, accuracy."""
     _plt()
-    tasks = list(dict.fromkeys(df["task"]))
-    conditions = list(dict.fromkeys(df["condition"]))
+    tasks, conditions = list(dict.fromkeys(df["task"])), list(dict.fromkeys(df["condition"]))
     fig, axes = _panels([len(conditions)] * len(tasks), 2.4, 2.4, max_cols=len(conditions))
     from matplotlib.colors import Normalize
 

@@ -294,6 +294,20 @@ def test_a_forest_plot_keeps_ordinary_intervals_readable_beside_a_far_one():
     plt.close(fig)
 
 
+def test_a_forest_plot_of_one_bucket_does_not_repeat_it_as_pooled():
+    from at_probe.runs.plotting import xsum_roles
+
+    rows = [{"comparison": c, "metric": "summary_nll", "bucket": b, "mean": m, "lo": m - 0.01, "hi": m + 0.01}
+            for c, m in (("a", 0.1), ("b", 0.2)) for b in ("all", "800")]
+    fig = xsum_roles(pd.DataFrame(rows))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["bucket 800"]
+    plt.close(fig)
+    two = [*rows, *({**r, "bucket": "1900"} for r in rows if r["bucket"] == "800")]
+    fig = xsum_roles(pd.DataFrame(two))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["pooled", "bucket 800", "bucket 1900"]
+    plt.close(fig)
+
+
 def test_a_forest_plot_with_an_undefined_interval_draws_the_others():
     from at_probe.runs.plotting import xsum_roles
 
