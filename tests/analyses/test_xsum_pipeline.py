@@ -440,7 +440,6 @@ def test_placebo_draws_reuse_the_records_of_the_test_run(development_run, small_
     assert xsum_eval.main(_eval_args(small_release, mixed, *selection, *draws)) == 0  # still usable
 
 
-
 xsum_experiment = load_script("xsum_experiment")
 
 
