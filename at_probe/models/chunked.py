@@ -26,13 +26,15 @@ What needs the whole pattern refuses: ``run_with_cache`` (it would keep only the
 each attention hook) raises ``ChunkedAttentionError``, and so does ``FlowProbe(rollout=True)``.
 
 Exactness: every real (non-padding) token's output equals the stock forward's bit for bit in
-the tests (CPU, blocks of 32 rows or more; the product with V runs over all keys in the stock
-order). Rows of left padding, which attend to nothing real, spread their weight over the keys
-of their block rather than of the pass, so their (unused) outputs differ. With
+the tests (CPU, blocks of 32 rows or more; the product with V adds the keys as the stock one
+does: over each block's keys rounded up to 512 where this device's kernels give the same sums
+that way, ``at_probe.models.value_product``, else over every key). Rows of left padding, which
+attend to nothing real, spread their weight over the keys of their block rather than of the
+pass, so their (unused) outputs differ. With
 ``causal_keys=False`` on an empty cache the keys after the block are zero placeholders (masked
 for every row that may not see them), so a scores hook sees the mask's value there.
 Limits: forward hooks only on the attention's hook points (a backward hook on
-``hook_pattern`` would see the pattern padded to all keys); one forward at a time (the running
+``hook_pattern`` would see the pattern padded with zero weights); one forward at a time (the running
 block is process-wide state); exactness on GPUs is untested.
 
 Example:
@@ -54,6 +56,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from at_probe.models.value_product import PRODUCT_KEYS, product_span, sums_in_key_order
 
 _ACTIVE: list[QueryBlock] = []  # the block whose hooks are running (forwards run one at a time)
 _STATE = "_at_probe_chunked"  # model attribute: the ChunkedAttention in force
@@ -299,8 +303,10 @@ class _BlockKeys:
     every block would copy them ``T / rows`` times. The real cache gets the pass's keys once,
     after the last block. On a cache that already holds keys each block is appended to it."""
 
-    def __init__(self, cache: Any, causal_keys: bool, past: int, total: int, groups: int) -> None:
+    def __init__(self, cache: Any, causal_keys: bool, past: int, total: int, groups: int,
+                 unit: int | None) -> None:
         self.cache, self.causal_keys, self.past, self.total, self.groups = cache, causal_keys, past, total, groups
+        self.unit = unit  # product_span's: the values returned cover the keys the product sums over
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
         self.filled = 0
@@ -313,12 +319,9 @@ class _BlockKeys:
     def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         if not self.expanded:
             keys, values = self.cache.update(k, v, layer_idx, *args, **kwargs)
-            pad = self.total - keys.shape[-2]
-            if pad:
-                values = torch.cat([values, values.new_zeros(*values.shape[:-2], pad, values.shape[-1])], dim=-2)
-                if not self.causal_keys:
-                    keys = torch.cat([keys, keys.new_zeros(*keys.shape[:-2], pad, keys.shape[-1])], dim=-2)
-            return keys, values
+            if not self.causal_keys:
+                keys = _zero_pad(keys, self.total)
+            return keys, _zero_pad(values, product_span(keys.shape[-2], self.total, self.unit))
         if torch.is_grad_enabled():  # autograd may save any block's keys: no shared buffer then
             return self._differentiable(k, v, layer_idx)
         if self.keys is None:  # zeros past the filled rows: masked for every row that cannot see them
@@ -334,7 +337,7 @@ class _BlockKeys:
             self.cache.update(self.keys[:, :: self.groups].contiguous(), self.values[:, :: self.groups].contiguous(),
                               layer_idx, *args, **kwargs)
         stop = self.filled if self.causal_keys else self.total
-        return self.keys[..., :stop, :], self.values
+        return self.keys[..., :stop, :], self.values[..., : product_span(stop, self.total, self.unit), :]
 
     def _differentiable(self, k: Tensor, v: Tensor, layer_idx: int) -> tuple[Tensor, Tensor]:
         """``update`` without writing into a buffer that autograd saved for an earlier block
@@ -343,32 +346,38 @@ class _BlockKeys:
         self.keys = k if self.keys is None else torch.cat([self.keys, k], dim=-2)
         self.values = v if self.values is None else torch.cat([self.values, v], dim=-2)
         self.filled = self.keys.shape[-2]
-        pad = self.total - self.filled
-        if self.cache is not None and not pad:
+        if self.cache is not None and self.filled == self.total:
             self.cache.update(self.keys[:, :: self.groups], self.values[:, :: self.groups], layer_idx)
-        zeros = lambda t: t.new_zeros(*t.shape[:-2], pad, t.shape[-1])  # noqa: E731
-        keys = self.keys if self.causal_keys or not pad else torch.cat([self.keys, zeros(self.keys)], dim=-2)
-        values = self.values if not pad else torch.cat([self.values, zeros(self.values)], dim=-2)
-        return keys, values
+        keys = self.keys if self.causal_keys else _zero_pad(self.keys, self.total)
+        return keys, _zero_pad(self.values, product_span(keys.shape[-2], self.total, self.unit))
 
 
-def _pad_keys(module: Any, args: Any, pattern: Tensor, *, padded: list[Tensor], total: int) -> Tensor:
-    """The block's pattern with zero weights on the keys it cannot see, for the product with the
-    values: that product then sums over as many keys as the stock forward's does, in the same
-    order, so the output is the stock output bit for bit (a sum over fewer keys rounds
+def _zero_pad(t: Tensor, length: int) -> Tensor:
+    """``t`` ``[..., n, d]`` with zero rows appended up to ``length``."""
+    pad = length - t.shape[-2]
+    return t if pad <= 0 else torch.cat([t, t.new_zeros(*t.shape[:-2], pad, t.shape[-1])], dim=-2)
+
+
+def _pad_keys(module: Any, args: Any, pattern: Tensor, *, padded: list[Tensor], total: int,
+              unit: int | None) -> Tensor:
+    """The block's pattern with zero weights on the keys it cannot see, up to
+    ``product_span``'s keys, for the product with the values: that product then adds the
+    visible keys as the stock forward's product over all keys does, in the same order, so the
+    output is the stock output bit for bit (a sum over just the visible keys can round
     differently in the matrix-multiply kernels).
 
     One zeroed buffer serves every block of a layer's pass: a block writes its first ``K``
     columns, and the causal blocks that follow have at least as many, so the columns past a
     block's keys are still zero (a fresh buffer per block costs more than the product itself)."""
     batch, heads, rows, keys = pattern.shape
-    if keys >= total:
+    span = product_span(keys, total, unit)
+    if keys >= span:
         return pattern
     if torch.is_grad_enabled():  # autograd may keep each block's padded pattern: no shared buffer
-        return torch.nn.functional.pad(pattern, (0, total - keys))
+        return torch.nn.functional.pad(pattern, (0, span - keys))
     if not padded:
         padded.append(pattern.new_zeros(batch, heads, rows, total))
-    out = padded[0][:, :, :rows]
+    out = padded[0][:, :, :rows, :span]
     out[..., :keys] = pattern
     return out
 
@@ -462,14 +471,16 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
         padding = mask_padding(mask, int(hidden.shape[0]))  # a block's last row may be padding
         hf_attn = attn.original_component
         groups = int(getattr(hf_attn, "num_key_value_groups", 1))
-        keys = _BlockKeys(cache, causal_keys, past, total, groups)
+        exact_short = sums_in_key_order(str(hidden.device), hidden.dtype, rows, int(hf_attn.head_dim))
+        unit = PRODUCT_KEYS if exact_short else None  # else every key, as the stock product
+        keys = _BlockKeys(cache, causal_keys, past, total, groups, unit)
         padded: list[Tensor] = []  # one zeroed [batch, head, rows, total] buffer, made by the first block
         outputs = []
         if keys.expanded and groups > 1:
             hf_attn.num_key_value_groups = 1  # the keys come repeated (_BlockKeys); restored below
         try:
             if readers and not past:  # its own keys and values (freed after it), never the cache
-                prepass = _BlockKeys(None, causal_keys, 0, total, groups)
+                prepass = _BlockKeys(None, causal_keys, 0, total, groups, unit)
                 _run_prepass(attn, stock, readers, [
                     (QueryBlock(s, e - s, e if causal_keys else total, 0, n, padding, prepass=True),
                      hidden[:, s:e], _block_kwargs(kwargs, prepass, mask, s, e, n)) for s, e in _spans(n, rows)], rest)
@@ -478,7 +489,8 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
                 block_kwargs = _block_kwargs(kwargs, keys, mask, s, e, n)
                 _ACTIVE.append(QueryBlock(past + s, e - s, past + e if causal_keys else total, past, n, padding))
                 # registered last, so it runs after every other hook on the pattern
-                handle = attn.hook_pattern.register_forward_hook(partial(_pad_keys, padded=padded, total=total))
+                pad = partial(_pad_keys, padded=padded, total=total, unit=unit)
+                handle = attn.hook_pattern.register_forward_hook(pad)
                 try:
                     out, _ = stock(hidden[:, s:e], *rest, **block_kwargs)
                 finally:

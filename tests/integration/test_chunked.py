@@ -19,6 +19,7 @@ from at_probe.interventions.sink_calibration import SinkCalibration
 from at_probe.interventions.sink_scaling import SinkScaling
 from at_probe.interventions.temperature import AttentionTemperature
 from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
+from at_probe.models import chunked
 from at_probe.models.chunked import (
     ChunkedAttentionError,
     QueryBlock,
@@ -30,6 +31,7 @@ from at_probe.models.chunked import (
 )
 from at_probe.models.names import pattern_hook, scores_hook, value_hook
 from at_probe.models.prompts import build_prompt
+from at_probe.models.value_product import product_span, sums_in_key_order
 from at_probe.xsum import left_pad
 
 ATOL = 1e-5  # issue #22: chunked == stock within 1e-5 (observed: bit for bit)
@@ -105,14 +107,29 @@ def test_logits_equal_the_stock_forward(tiny_model, prompts, batch, rows, causal
     _assert_real_rows_close(padded, ref_batch, offsets)
 
 
-def test_chunking_is_exact_not_merely_close(tiny_model, prompts):
-    """The product with V runs over every key in the stock order (``_pad_keys``), so with blocks
-    of 64 rows the logits are the stock logits bit for bit; a change there shows here first."""
+@pytest.mark.parametrize("every_key", [False, True], ids=["as-checked", "every-key"])
+def test_chunking_is_exact_not_merely_close(tiny_model, prompts, monkeypatch, every_key):
+    """The product with V adds the keys in the stock order (``_pad_keys``): over each block's
+    keys rounded up to 512 where this machine's kernels give the stock sums that way
+    (``value_product.sums_in_key_order``), else, or when the check says no, over every key.
+    Either way, with blocks of 64 rows the logits are the stock logits bit for bit; a change
+    there shows here first."""
+    spans = []
+
+    def spy(keys, total, unit):
+        spans.append((product_span(keys, total, unit), total))
+        return spans[-1][0]
+
+    monkeypatch.setattr(chunked, "product_span", spy)
+    if every_key:
+        monkeypatch.setattr(chunked, "sums_in_key_order", lambda *args: False)
     with torch.inference_mode():
         ref = tiny_model(prompts[0].tensor())
         with chunked_attention(tiny_model, rows=64):
             out = tiny_model(prompts[0].tensor())
     assert torch.equal(out, ref)
+    short = not every_key and sums_in_key_order("cpu", torch.float32, 64, tiny_model.cfg.d_head)
+    assert spans and any(span < total for span, total in spans) == short
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal-keys", "all-keys"])
