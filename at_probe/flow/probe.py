@@ -232,7 +232,7 @@ class FlowProbe:
         self._sums: dict[str, Tensor] = {}
         self._norms: Tensor | None = None
         self._scratch: Tensor | None = None
-        self._columns: tuple[Tensor, Tensor] | None = None
+        self._rows_and_keys: tuple[Tensor, Tensor] | None = None
         self._edges: list[int] = []
 
     def hooks(self) -> list[tuple[str, Any]]:
@@ -319,7 +319,7 @@ class FlowProbe:
         rows that read only the keys up to each sub-block's last row (a causal pattern's
         other keys are zero). Row 0 can only attend to itself: it is left out of the per-row
         means."""
-        assign, positions = self._region_columns(heads.device)
+        assign, positions = self._assignment_and_positions(heads.device)
         if values is not None and self._grams is not None and self._norms is not None:
             norms = ops.value_norms(values, gram=self._grams[layer])  # [head, rows]
             self._norms[:, start : start + norms.shape[1]] = norms.float().cpu()
@@ -338,14 +338,14 @@ class FlowProbe:
             sums["distance"] += (q - weighted[:, rows] / total).sum(-1).cpu()
             sums["entropy"] += self._row_entropy(p[:, rows], total).sum(-1).cpu()
 
-    def _region_columns(self, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _assignment_and_positions(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """The capture's ``[T, region]`` query-row assignment and ``[T]`` key positions (made
         once per capture, not per block)."""
-        if self._columns is None or self._columns[0].device != device:
+        if self._rows_and_keys is None or self._rows_and_keys[0].device != device:
             assert self._bounds is not None
             assign = ops._assignment(self._bounds.to(device), self._length)
-            self._columns = (assign, torch.arange(self._length, device=device, dtype=torch.float32))
-        return self._columns
+            self._rows_and_keys = (assign, torch.arange(self._length, device=device, dtype=torch.float32))
+        return self._rows_and_keys
 
     def _key_sums(self, p: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Each row's mass on each key region, ``[head, rows, region]``, as a sum over the
