@@ -5,7 +5,9 @@ needles, variable tracking; a haystack of development-split XSum documents (neve
 experiment's test documents); the needle at the sentence end at or before each depth. Each
 (prompt, setting) is scored in one teacher-forced pass (``at_probe.longctx.scoring``): exact
 match of the answer (primary), its log-probability, and the last prompt token's attention mass
-and value-weighted flow on the needle per layer.
+and value-weighted flow on the needle per layer; with ``--knockout-estimate`` also the causal
+map's estimate, per layer, of the answer's log-probability change if the needle were knocked
+out (a backward pass more: about three times the time).
 
 Settings as in ``xsum_eval.py`` (``baseline``, ``paper:...``, ``placebo:...,seed=S``,
 ``sra:...``, ``temperature:...``, ``emphasis:...`` and ``calibration:...`` with the development
@@ -105,6 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="an alternatives_select.py selection.json: the profiles emphasis and calibration need")
     p.add_argument("--attention-rows", type=positive_int, default=DEFAULT_ROWS,
                    help=f"query rows per attention block (default {DEFAULT_ROWS})")
+    p.add_argument("--knockout-estimate", action="store_true",
+                   help="also record needle_knockout: per layer, the first-order estimate of the answer's "
+                        "log-probability change if the needle were knocked out (about 3x the time)")
     p.add_argument("--paired-with", type=existing_dir, action="append", default=[], metavar="DIR",
                    help="another run directory whose (prompt, setting) records are not scored again (repeatable)")
     p.add_argument("--check", type=positive_int, default=None, metavar="N",
@@ -120,7 +125,8 @@ def _config(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any
     return {"model": args.model, "data_sha256": data, "tasks": args.tasks, "lengths": args.lengths,
             "depths": args.depths, "prompts": args.prompts, "settings": list(settings),
             **({"profiles_sha256": file_sha256(args.profiles)} if args.profiles else {}),
-            "attention_rows": args.attention_rows, "at_probe_version": at_probe.__version__}
+            "attention_rows": args.attention_rows, "at_probe_version": at_probe.__version__,
+            **({"knockout_estimate": True} if args.knockout_estimate else {})}
 
 
 _SAME_RECORDS = ("model", "data_sha256")
@@ -149,6 +155,8 @@ def _paired_with(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
         differ = [k for k in keys if k in config and theirs.get(k) != config[k]]
         if differ:
             raise UsageError(f"argument --paired-with: {run} is a run of another {', '.join(differ)}")
+        if config.get("knockout_estimate") and not theirs.get("knockout_estimate"):
+            raise UsageError(f"argument --paired-with: {run} has no knockout estimates, which its pairs would lack here")
     manifest = args.out / "manifest.json"
     if not manifest.is_file():
         return given
@@ -157,6 +165,22 @@ def _paired_with(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
         raise UsageError(f"argument --paired-with: {args.out} was run with "
                          f"{' '.join(recorded) if recorded else 'none'}; give the same")
     return recorded
+
+
+def _same_arithmetic(runs: list[Path], described: dict[str, Any]) -> None:
+    """Refuse ``--paired-with`` runs made in another dtype than this run's model (their records
+    would pair bf16 scores with fp32 ones); the device may differ (fp32 on a GPU agrees with the
+    CPU within the report's pooling check).
+
+    Raises:
+        ValueError: a run's manifest names another dtype.
+    """
+    import json
+
+    for run in runs:
+        theirs = json.loads((run / "manifest.json").read_text()).get("dtype")
+        if theirs is not None and theirs != described.get("dtype"):
+            raise ValueError(f"argument --paired-with: {run} ran in {theirs}, this run's model in {described.get('dtype')}")
 
 
 def _scored_elsewhere(runs: list[Path]) -> set[tuple[str, str]]:
@@ -176,7 +200,7 @@ def check(args: argparse.Namespace, specs: list[dict[str, Any]], profiles: dict[
               file=sys.stderr)
         return 2
     worker = LongctxWorkerFactory(args.model, args.device, ";".join(manifest["settings"]), profiles,
-                                  manifest["attention_rows"])()
+                                  manifest["attention_rows"], manifest.get("knockout_estimate", False))()
     differ = 0
     for spec in chosen:
         for name in manifest["settings"]:
@@ -232,11 +256,13 @@ def main(argv: list[str] | None = None) -> int:
             units = [u for u in pending if (u.doc_ids[0], u.setting) not in elsewhere]
             print(f"{len(specs)} prompts x {len(settings)} settings: {len(sink.done)} done"
                   + (f", {len(pending) - len(units)} in --paired-with runs" if elsewhere else "") + f", {len(units)} to go")
-            factory = LongctxWorkerFactory(args.model, args.device, ";".join(settings), profiles, args.attention_rows)
+            factory = LongctxWorkerFactory(args.model, args.device, ";".join(settings), profiles, args.attention_rows,
+                                           args.knockout_estimate)
             with tqdm(total=len(units), desc="longctx", unit="prompt") as bar:
                 run_units(units, factory, sink.write,
-                          start=lambda described: ensure_manifest(args.out, {**config, **described},
-                                                                  growable=("settings",)),
+                          start=lambda described: (_same_arithmetic(args.paired_with, described),
+                                                   ensure_manifest(args.out, {**config, **described},
+                                                                   growable=("settings",))),
                           progress=lambda unit: bar.update(1), **options)
     except (ValueError, OSError) as err:
         print(f"{prog('longctx.py')}: error: {err}", file=sys.stderr)

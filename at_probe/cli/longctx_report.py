@@ -7,10 +7,13 @@ secondary run pair their shared passkey prompts; ``at_probe.longctx.report``) an
 * ``report.json``: the two primary comparisons (passkey exact match pooled over 1k-4k, 97.5%
   intervals, the answer in words), every declared comparison per task pooled and per length
   (exact match and log-probability, 95% intervals), accuracy per task, length, depth and
-  condition, and the needle's attention mass and value-weighted flow per layer;
+  condition (on the prompts every condition of a cell has), the needle's attention mass and
+  value-weighted flow per layer, the knockout estimate per layer where records hold it, and the
+  prompts' token counts per cell;
 * figures with their CSVs (``analyses/figures.py`` redraws them): ``longctx_paired`` (paired
   differences), ``longctx_accuracy`` (accuracy by depth x length per condition),
-  ``longctx_needle`` (needle attention per layer by condition).
+  ``longctx_needle`` (needle attention per layer by condition), ``longctx_knockout`` (the
+  needle's knockout estimate per layer by condition, from runs made with ``--knockout-estimate``).
 
 The experiment's design and the answer in words: docs/longctx.md.
 
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_figures(result: dict, out: Path) -> None:
-    """The three figures, each beside the CSV of its data."""
+    """The figures (the knockout one where records hold the estimate), each beside the CSV of its data."""
     import pandas as pd
 
     from at_probe.runs.plotting import longctx_accuracy, longctx_needle, longctx_paired, save_figure
@@ -82,10 +85,11 @@ def write_figures(result: dict, out: Path) -> None:
     accuracy = pd.DataFrame(result["accuracy"])
     if not accuracy.empty:
         save_figure(longctx_accuracy(accuracy), out, "longctx_accuracy", accuracy)
-    needle = pd.DataFrame(result["needle"])
-    if not needle.empty:
-        needle = needle[needle.task == ("passkey" if "passkey" in set(needle.task) else needle.task.iloc[0])]
-        save_figure(longctx_needle(needle), out, "longctx_needle", needle)
+    for name, table in (("longctx_needle", "needle"), ("longctx_knockout", "needle_knockout")):
+        rows = pd.DataFrame(result[table])
+        if not rows.empty:
+            rows = rows[rows.task == ("passkey" if "passkey" in set(rows.task) else rows.task.iloc[0])]
+            save_figure(longctx_needle(rows), out, name, rows)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ pass. Per row ``q`` with sum ``s``, mass ``m_r`` on region ``r`` and ``G = dM/dA
     <G_q, dA_q> = -(G A)_q,r + m_r / (s - m_r) * ((G A)_q,total - (G A)_q,r)
 
 so each layer needs only per-row, per-region sums of ``G * A``, reduced inside a gradient hook.
-The metric is the reference's teacher-forced NLL. The next-token KL of exact knockout has no
+``attribution_sweep``'s metric is the reference's teacher-forced NLL; ``pattern_gradients``
+takes any (the long-context bench's: the answer's log-probability, with the needle's keys as the
+region, ``span_knockout_inner_products``). The next-token KL of exact knockout has no
 first-order estimate: ``KL(base || base + d)`` is flat (zero gradient) at ``d = 0``.
 
-Memory: the backward pass is checkpointed per block (``attribution_sweep``), so autograd holds
+Memory: the backward pass is checkpointed per block (``pattern_gradients``), so autograd holds
 one block's graph at a time: the residual stream entering each block (``4 L T d_model``
 bytes) is kept instead of every layer's attention pattern (``4 L H T^2``).
 
@@ -23,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,6 +62,64 @@ def knockout_inner_products(pattern: Tensor, grad: Tensor, bounds: list[int], *,
     return (per_row * after).sum(dim=(0, 1))
 
 
+def span_knockout_inner_products(pattern: Tensor, grad: Tensor, keys: Tensor, ends: Tensor, *,
+                                 first_row: int = 0) -> Tensor:
+    """``<G, dA>`` of knocking out a set of keys, per head summed over rows: ``[head]``.
+
+    Key ``keys[i]`` is knocked out for the rows ``>= ends[i]`` (the end of the span it belongs
+    to, as ``ops.knockout`` does for one span); each such row loses its mass on its knocked-out
+    keys and is rescaled to its old sum. ``pattern`` and ``grad`` are one sequence's ``[head,
+    q, k]`` (a block of query rows whose first is row ``first_row`` under chunked attention).
+    Same per-row formula as ``knockout_inner_products``, with the knocked-out set per row.
+    """
+    a, g = pattern.float(), grad.float()
+    rows = first_row + torch.arange(a.shape[-2], device=a.device)
+    inside = keys < a.shape[-1]
+    knocked = torch.zeros(a.shape[-2:], dtype=torch.bool, device=a.device)  # [q, k]
+    knocked[:, keys[inside]] = rows[:, None] >= ends[inside][None, :]
+    ga = g * a
+    mass, ga_knocked = (a * knocked).sum(-1), (ga * knocked).sum(-1)  # [head, q]
+    rest, ga_rest = (a * ~knocked).sum(-1), (ga * ~knocked).sum(-1)  # summed directly, not s - mass
+    scale = torch.where(rest > 0, mass / rest.clamp(min=1e-30), torch.zeros_like(rest))
+    return (-ga_knocked + scale * ga_rest).sum(-1)
+
+
+def pattern_gradients(model: Any, tokens: Tensor, metric: Callable[[Tensor], Tensor],
+                      reduce: Callable[[int, Tensor, Tensor, int], None], *, edits: list | None = None,
+                      fwd_hooks: list | None = None) -> tuple[Tensor, Tensor]:
+    """One pass of ``tokens``, then the gradient of ``metric`` with respect to every layer's
+    attention pattern, handed to ``reduce`` instead of kept.
+
+    The pass runs without gradients with ``edits`` (an intervention's hooks) and ``fwd_hooks``
+    (e.g. a probe) and keeps each block's input; then from the last block down each block is
+    run again with gradients and ``edits`` and differentiated alone (checkpointed: autograd holds
+    one block's patterns at a time; one extra forward pass of compute). ``metric`` maps the
+    logits ``[batch, T, vocab]`` to a scalar; ``reduce(layer, pattern, grad, first_row)`` gets
+    each ``hook_pattern`` tensor (detached) with its gradient, once per block of query rows
+    under chunked attention. Returns the first pass's logits and the metric's value.
+    """
+    edits = edits or []
+    n_layers = int(model.cfg.n_layers)
+    inputs, block_kwargs, logits = block_inputs(model, tokens, edits + (fwd_hooks or []))
+
+    def watch(pattern: Tensor, *, hook: Any) -> None:
+        layer, kept, first = layer_of(hook.name), pattern.detach(), query_block(pattern).start
+        pattern.register_hook(lambda grad: reduce(layer, kept, grad, first))
+
+    watches = [(pattern_hook(layer), watch) for layer in range(n_layers)]
+    with _weights_frozen(model), torch.enable_grad(), model.hooks(fwd_hooks=edits + watches):
+        for layer in reversed(range(n_layers)):
+            x = inputs.pop(layer).requires_grad_(True)
+            last = layer == n_layers - 1
+            out = run_blocks(model, x, layer, block_kwargs, stop=None if last else layer + 1)
+            if last:
+                value = metric(out)
+                (grad,) = torch.autograd.grad(value, x)  # fires the pattern hooks; no weight gradients
+            else:
+                (grad,) = torch.autograd.grad(out, x, grad_outputs=grad)
+    return logits, value.detach()
+
+
 def attribution_sweep(
     model: Any,
     prompt: Tensor,
@@ -75,43 +135,25 @@ def attribution_sweep(
     Same arguments and region conventions as ``at_probe.flow.knockout.knockout_sweep`` (the final
     prompt token is never knocked out as a key). Returns a ``KnockoutResult`` whose
     ``nll_delta`` holds the estimates and whose ``kl`` is None (no first-order estimate).
-
-    The backward pass is checkpointed per block: a forward pass without gradients keeps each
-    block's input (``[1, T, d_model]``), then from the last block down each block is run again
-    with gradients and differentiated alone, so autograd holds one block's attention pattern at
-    a time instead of all of them (one extra forward pass of compute).
+    One forward and one checkpointed backward pass (``pattern_gradients``).
     """
     t = prompt.shape[1]
     tokens = torch.cat((prompt, reference.to(prompt.device)), dim=1)
-    n_layers = int(model.cfg.n_layers)
-    bands = layer_bands(n_layers, band_size)
+    bands = layer_bands(int(model.cfg.n_layers), band_size)
     labels, edges = knockout_regions(bounds, labels, t)
-    per_layer = torch.zeros(n_layers, len(labels))
+    per_layer = torch.zeros(int(model.cfg.n_layers), len(labels))
+
+    def reduce(layer: int, pattern: Tensor, grad: Tensor, first: int) -> None:
+        per_layer[layer] += knockout_inner_products(pattern[0], grad[0], edges, first_row=first).cpu()
+
+    def nll(logits: Tensor) -> Tensor:
+        logp = logits[0].float().log_softmax(-1)
+        return -logp[t - 1 : -1].gather(-1, tokens[0, t:, None]).mean()
+
     edits = [] if transition is None else transition.hooks(model, prompt_lengths=t)
-    inputs, block_kwargs, _ = block_inputs(model, tokens, edits)
-
-    def watch(pattern: Tensor, *, hook: Any) -> None:
-        layer, kept, first = layer_of(hook.name), pattern.detach(), query_block(pattern).start
-
-        def reduce(grad: Tensor) -> None:  # per block of query rows under chunked attention
-            per_layer[layer] += knockout_inner_products(kept[0], grad[0], edges, first_row=first).cpu()
-
-        pattern.register_hook(reduce)
-
-    watches = [(pattern_hook(layer), watch) for layer in range(n_layers)]
-    with _weights_frozen(model), torch.enable_grad(), model.hooks(fwd_hooks=edits + watches):
-        for layer in reversed(range(n_layers)):
-            x = inputs.pop(layer).requires_grad_(True)
-            last = layer == n_layers - 1
-            out = run_blocks(model, x, layer, block_kwargs, stop=None if last else layer + 1)
-            if last:
-                logp = out[0].float().log_softmax(-1)
-                nll = -logp[t - 1 : -1].gather(-1, tokens[0, t:, None]).mean()
-                (grad,) = torch.autograd.grad(nll, x)  # fires the pattern hook; no weight gradients
-            else:
-                (grad,) = torch.autograd.grad(out, x, grad_outputs=grad)
+    _, value = pattern_gradients(model, tokens, nll, reduce, edits=edits)
     estimate = torch.stack([per_layer[s:e].sum(0) for s, e in bands])
-    return KnockoutResult(bands, labels, None, estimate, float(nll.detach()))
+    return KnockoutResult(bands, labels, None, estimate, float(value))
 
 
 @contextmanager

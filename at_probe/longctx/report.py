@@ -4,8 +4,11 @@ Records of one or more run directories (``longctx.py``) are pooled by (prompt, s
 passkey prompts of the secondary run are the first ones of the primary run, so comparisons
 pair them across runs. A role's value for a prompt is its setting's score, or the mean of its
 draws' scores (a placebo's seeds); a comparison uses the prompts scored under every setting of
-both roles (``n``), and says how many others it left out. Intervals are percentile bootstraps
-over prompts, stratified by length when lengths are pooled (``at_probe.runs.stats``).
+both roles (``n``), and says how many others it left out. Pooled over lengths, each length
+counts alike (the mean of the per-length means, whatever their prompt counts). Intervals are
+percentile bootstraps over prompts, stratified by length when lengths are pooled
+(``at_probe.runs.stats``). The accuracy and needle tables compare conditions on the same
+prompts: in each (task, length) cell, those scored under every condition the cell holds.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from at_probe.runs.stats import bootstrap_mean, stratified_bootstrap_mean, strat
 
 METRICS = ("exact", "logprob")
 """Exact match (primary; 0 or 1 per prompt) and the answer's log-probability (nats)."""
+NEEDLE_FIELDS = ("needle_mass", "needle_flow")
+"""Per-layer needle measures every record holds (``at_probe.longctx.scoring``)."""
+KNOCKOUT = "needle_knockout"
+"""The per-layer knockout estimate, held by the records of runs made with it."""
 
 
 def pool_records(runs: Iterable[list[dict[str, Any]]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -49,14 +56,16 @@ def pool_records(runs: Iterable[list[dict[str, Any]]]) -> dict[tuple[str, str], 
     return pooled
 
 
-def role_values(pooled: dict[tuple[str, str], dict[str, Any]], role: str, metric: str) -> dict[str, float]:
-    """Prompt id -> the role's value (mean over its settings), for prompts scored under all of them."""
+def role_values(pooled: dict[tuple[str, str], dict[str, Any]], role: str, metric: str) -> dict[str, Any]:
+    """Prompt id -> the role's value (mean over its settings), for prompts scored under all of
+    them (and, for a per-layer field, holding it): a float, or an array ``[layer]`` for a list field."""
     settings = ALL_ROLES[role]
-    by_prompt: dict[str, list[float]] = defaultdict(list)
+    by_prompt: dict[str, list[Any]] = defaultdict(list)
     for (prompt, setting), r in pooled.items():
-        if setting in settings:
-            by_prompt[prompt].append(float(r[metric]))
-    return {p: float(np.mean(v)) for p, v in by_prompt.items() if len(v) == len(settings)}
+        if setting in settings and metric in r:
+            by_prompt[prompt].append(r[metric])
+    return {p: (np.mean(np.array(v, dtype=float), axis=0) if isinstance(v[0], list) else float(np.mean(v)))
+            for p, v in by_prompt.items() if len(v) == len(settings)}
 
 
 def _cells(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, tuple[str, int, float]]:
@@ -75,7 +84,8 @@ def paired(pooled: dict[tuple[str, str], dict[str, Any]], comparison: Comparison
         groups.append(np.array([a[p] - b[p] for p in prompts]))
         per_length[str(length)] = len(prompts)
     only_one = sum(1 for p in set(a) ^ set(b) if cells[p][0] == task and cells[p][1] in lengths)
-    estimate = stratified_bootstrap_mean(groups) if len(lengths) > 1 else bootstrap_mean(groups[0])
+    estimate = (stratified_bootstrap_mean(groups, weights="groups") if len(lengths) > 1
+                else bootstrap_mean(groups[0]))
     return {"comparison": comparison.label, "metric": metric, "task": task, "lengths": list(lengths),
             **estimate.to_dict(), "n_per_length": per_length, "n_one_role_only": only_one,
             "_groups": groups}
@@ -88,7 +98,7 @@ def primary(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any
     for comparison in PRIMARY:
         row = paired(pooled, comparison, "exact", PRIMARY_TASK, PRIMARY_LENGTHS)
         groups = row.pop("_groups")
-        lo, hi = stratified_interval(groups, PRIMARY_LEVEL) if row["n"] >= 2 else (None, None)
+        lo, hi = stratified_interval(groups, PRIMARY_LEVEL, weights="groups") if row["n"] >= 2 else (None, None)
         row["ci97_5"] = [lo, hi]
         row["complete"] = all(n >= PRIMARY_PROMPTS for n in row["n_per_length"].values())
         verdict = ("not enough prompts" if lo is None else
@@ -98,12 +108,28 @@ def primary(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
+def _shared(pooled: dict[tuple[str, str], dict[str, Any]], field: str) -> dict[str, dict[str, Any]]:
+    """Role -> prompt -> value of ``field``, each (task, length) cell cut to the prompts that
+    every role with values in the cell has (conditions then compare on the same prompts)."""
+    cells = _cells(pooled)
+    values = {role: role_values(pooled, role, field) for role in ALL_ROLES}
+    common: dict[tuple[str, int], set[str]] = {}
+    for per_prompt in values.values():
+        by_cell: dict[tuple[str, int], set[str]] = defaultdict(set)
+        for prompt in per_prompt:
+            by_cell[cells[prompt][:2]].add(prompt)
+        for cell, prompts in by_cell.items():
+            common[cell] = common[cell] & prompts if cell in common else prompts
+    return {role: {p: v for p, v in per_prompt.items() if p in common[cells[p][:2]]}
+            for role, per_prompt in values.items()}
+
+
 def accuracy(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Exact-match rate per (task, length, depth, role), for the figure and the tables."""
+    """Exact-match rate per (task, length, depth, role) on the prompts every role of the
+    (task, length) cell was scored on, for the figure and the tables."""
     cells = _cells(pooled)
     rows = []
-    for role in ALL_ROLES:
-        values = role_values(pooled, role, "exact")
+    for role, values in _shared(pooled, "exact").items():
         groups: dict[tuple[str, int, float], list[float]] = defaultdict(list)
         for prompt, v in values.items():
             groups[cells[prompt]].append(v)
@@ -112,25 +138,43 @@ def accuracy(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, An
     return rows
 
 
-def needle(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean needle mass and flow per (task, length, role, layer) over the role's prompts."""
+def needle(pooled: dict[tuple[str, str], dict[str, Any]], fields: Sequence[str] = NEEDLE_FIELDS) -> list[dict[str, Any]]:
+    """Mean of per-layer ``fields`` per (task, length, role, layer), on the prompts every role
+    of the (task, length) cell has them for (a placebo: the mean of its draws per prompt)."""
     cells = _cells(pooled)
-    sums: dict[tuple[str, int, str], list[np.ndarray]] = defaultdict(list)
-    for (prompt, setting), r in pooled.items():
-        for role, settings in ALL_ROLES.items():
-            if setting in settings:
-                sums[(*cells[prompt][:2], role)].append(np.array([r["needle_mass"], r["needle_flow"]]))
+    shared = {field: _shared(pooled, field) for field in fields}
     rows = []
-    for (task, length, role), arrays in sorted(sums.items()):
-        mean = np.mean(arrays, axis=0)
-        rows += [{"task": task, "length": length, "condition": role, "layer": l, "needle_mass": float(mean[0, l]),
-                  "needle_flow": float(mean[1, l]), "n": len(arrays)} for l in range(mean.shape[1])]
+    for role in ALL_ROLES:
+        per_cell: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
+        for prompt in shared[fields[0]][role]:
+            if all(prompt in shared[f][role] for f in fields):
+                per_cell[cells[prompt][:2]].append(np.stack([shared[f][role][prompt] for f in fields]))
+        for (task, length), arrays in sorted(per_cell.items()):
+            mean = np.mean(arrays, axis=0)
+            rows += [{"task": task, "length": length, "condition": role, "layer": l,
+                      **{f: float(mean[i, l]) for i, f in enumerate(fields)}, "n": len(arrays)}
+                     for l in range(mean.shape[1])]
     return rows
+
+
+def prompt_lengths(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tokens of prompt and answer per (task, length) cell: how far short of the length the
+    prompts fall (the haystack is cut at a sentence end, and a long stretch without one can
+    leave a prompt well short)."""
+    tokens = {r["doc_id"]: (r["task"], int(r["length"]), r["prompt_tokens"] + r["answer_tokens"])
+              for r in pooled.values()}
+    cells: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for task, length, n in tokens.values():
+        cells[(task, length)].append(n)
+    return [{"task": t, "length": l, "prompts": len(v), "min": int(min(v)), "median": float(np.median(v)),
+             "max": int(max(v)), "short_by_over_5pct": sum(n < 0.95 * l for n in v)}
+            for (t, l), v in sorted(cells.items())]
 
 
 def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """The whole report: primary, every declared comparison per task (pooled and per length),
-    accuracy per cell and role, and the needle's attention per layer."""
+    accuracy per cell and role, the needle's attention per layer, the knockout estimate per
+    layer where records hold it, and the prompts' token counts per cell."""
     cells = _cells(pooled)
     tasks = sorted({c[0] for c in cells.values()})
     comparisons = []
@@ -144,4 +188,5 @@ def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
                     if row["n"]:
                         comparisons.append(row)
     return {"n_records": len(pooled), "prompts": len(cells), "primary": primary(pooled),
-            "comparisons": comparisons, "accuracy": accuracy(pooled), "needle": needle(pooled)}
+            "comparisons": comparisons, "accuracy": accuracy(pooled), "needle": needle(pooled),
+            "needle_knockout": needle(pooled, (KNOCKOUT,)), "prompt_lengths": prompt_lengths(pooled)}

@@ -35,13 +35,15 @@ def record_of(spec: dict[str, Any], setting: str, scores: dict[str, Any]) -> dic
 @dataclass(frozen=True)
 class LongctxWorkerFactory:
     """Worker of ``longctx.py``: loads the model (chunked attention of ``attention_rows``) and
-    scores each unit's prompts under its setting (``at_probe.longctx.scoring.score``)."""
+    scores each unit's prompts under its setting (``at_probe.longctx.scoring.score``; with the
+    needle's knockout estimate if ``knockout``)."""
 
     model: str
     device: str | None
     settings: str
     profiles: dict[str, Any] | None = None
     attention_rows: int | None = None
+    knockout: bool = False
 
     def __call__(self) -> Any:
         from at_probe.longctx.scoring import score
@@ -56,7 +58,8 @@ class LongctxWorkerFactory:
             out = []
             for spec in unit.docs:
                 t0 = time.perf_counter()
-                scores = score(model, build(model.tokenizer, spec), interventions[unit.setting])
+                scores = score(model, build(model.tokenizer, spec), interventions[unit.setting],
+                               knockout=self.knockout)
                 out.append(record_of(spec, unit.setting, {**scores, "wall_seconds": round(time.perf_counter() - t0, 2)}))
             return out
 

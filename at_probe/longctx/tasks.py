@@ -177,7 +177,9 @@ def make_spec(tokenizer: Any, documents: Sequence[str], task: str, *, length: in
     context = _join(pieces)
     ranges = [(0, 0)] * len(needles)
     for j, start in marks:
-        ranges[j] = (max(0, start - 1), start + len(needles[j]))  # the space before joins the first word
+        # a space before the needle is part of its first token; a newline is a token of its own
+        lead = 1 if start and context[start - 1] == " " else 0
+        ranges[j] = (start - lead, start + len(needles[j]))
         assert context[start : start + len(needles[j])] == needles[j]
     return {"id": f"{task}-{length}-{depth}-{index:03d}", "task": task, "length": length, "depth": depth,
             "index": index, "context": context, "needles": ranges, "targets": targets,

@@ -403,22 +403,24 @@ def longctx_accuracy(df: pd.DataFrame) -> Figure:
 
 
 def longctx_needle(df: pd.DataFrame) -> Figure:
-    """Long-context bench: the last prompt token's attention on the needle per layer (mean over
-    heads and prompts), one line per condition, a panel per length; top row attention mass,
-    bottom row value-weighted flow. ``df``: condition, length, layer, needle_mass, needle_flow."""
+    """Long-context bench per layer (mean over prompts): a line per condition, a panel per length, a row per
+    measure ``df`` holds (needle_mass, needle_flow: the last prompt token on the needle, mean over heads;
+    needle_knockout: nats of the answer's log-probability). ``df``: condition, length, layer, measures."""
     plt, sns = _plt()
     lengths = sorted(df["length"].unique())
-    fig, axes = plt.subplots(2, len(lengths), squeeze=False, sharey="row", layout="constrained",
-                             figsize=(3.4 * len(lengths) + 1.0, 6.2))
+    measures = [(c, u) for c, u in (("needle_mass", "attention mass"), ("needle_flow", UNITS["final_token_value_profile"]),
+                                    ("needle_knockout", "knockout estimate (nats)")) if c in df.columns]
+    fig, axes = plt.subplots(len(measures), len(lengths), squeeze=False, sharey="row", layout="constrained",
+                             figsize=(3.4 * len(lengths) + 1.0, 3.1 * len(measures)))
     for j, length in enumerate(lengths):
         part = df[df.length == length]
-        for i, (column, unit) in enumerate((("needle_mass", "attention mass"),
-                                            ("needle_flow", UNITS["final_token_value_profile"]))):
+        for i, (column, unit) in enumerate(measures):
             ax = axes[i][j]
             sns.lineplot(part, x="layer", y=column, hue="condition", ax=ax, legend=(i, j) == (0, 0))
             ax.set(title=f"{length} tokens" if i == 0 else "", ylabel=unit if j == 0 else "", xlabel="layer")
     _figure_legend(fig, axes[0][0], title="condition")
-    fig.suptitle("Last prompt token's attention on the needle, per layer")
+    fig.suptitle("Knocking the needle out: estimated change in the answer's log-probability" if len(measures) == 1
+                 else "Last prompt token's attention on the needle, per layer")
     return fig
 
 
@@ -479,6 +481,7 @@ PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "longctx_paired": longctx_paired,
     "longctx_accuracy": longctx_accuracy,
     "longctx_needle": longctx_needle,
+    "longctx_knockout": longctx_needle,
     "methods_compared": xsum_roles,
     "final_token_profile": final_token_profile,
     "final_token_value_profile": final_token_profile,
@@ -512,9 +515,5 @@ def redraw(directory: str | Path) -> list[Path]:
     """Redraw every ``<name>.png`` in ``directory`` whose ``<name>.csv`` has a known plot."""
     import pandas as pd
 
-    written = []
-    for csv in sorted(Path(directory).glob("*.csv")):
-        plot = PLOTS.get(csv.stem)
-        if plot is not None:
-            written.append(save_figure(plot(pd.read_csv(csv)), directory, csv.stem))
-    return written
+    return [save_figure(PLOTS[csv.stem](pd.read_csv(csv)), directory, csv.stem)
+            for csv in sorted(Path(directory).glob("*.csv")) if csv.stem in PLOTS]

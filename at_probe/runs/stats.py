@@ -193,13 +193,32 @@ def _too_few(values: np.ndarray, n_missing: int | None) -> Estimate:
     return Estimate(nan, (nan, nan), 0, n_missing, f"no documents{left_out}")
 
 
-def stratified_bootstrap_mean(groups: list[np.ndarray], *, missing: Missing = "raise", n_boot: int = 2000,
-                              seed: int = 0) -> Estimate:
-    """Mean over all observations of several groups (e.g. length buckets), each resampled within itself.
+Weights = Literal["observations", "groups"]
+"""How ``stratified_bootstrap_mean`` pools groups: every observation alike, or every group alike."""
 
-    The pooled mean weights every observation equally; the bootstrap keeps each group's size,
-    so the interval does not mix the groups' variability with how many of each were drawn.
-    ``missing`` and the errors are those of ``bootstrap_mean`` (``n_missing`` sums the groups').
+
+def _stratified_means(groups: list[np.ndarray], n_boot: int, seed: int, weights: Weights) -> tuple[float, np.ndarray]:
+    """The pooled mean of non-empty ``groups`` and its ``n_boot`` resampled values (each group
+    resampled within itself, keeping its size)."""
+    if weights not in ("observations", "groups"):
+        raise ValueError(f"weights must be 'observations' or 'groups', got {weights!r}")
+    rng = np.random.default_rng(seed)
+    resampled = [g[rng.integers(0, len(g), (n_boot, len(g)))] for g in groups]
+    if weights == "groups":
+        return float(np.mean([g.mean() for g in groups])), np.mean([r.mean(axis=1) for r in resampled], axis=0)
+    n = sum(len(g) for g in groups)
+    return float(np.concatenate(groups).mean()), sum(r.sum(axis=1) for r in resampled) / n
+
+
+def stratified_bootstrap_mean(groups: list[np.ndarray], *, missing: Missing = "raise", n_boot: int = 2000,
+                              seed: int = 0, weights: Weights = "observations") -> Estimate:
+    """Pooled mean of several groups (e.g. length buckets), each resampled within itself.
+
+    ``weights="observations"``: the mean over all observations (a group of 100 counts ten times
+    one of 10); ``"groups"``: the mean of the groups' means (each group counts alike, whatever
+    its size). The bootstrap keeps each group's size, so the interval does not mix the groups'
+    variability with how many of each were drawn. ``missing`` and the errors are those of
+    ``bootstrap_mean`` (``n_missing`` sums the groups'; empty groups are left out).
     """
     kept = [_observations(g, missing, f"values of group {i}") for i, g in enumerate(groups)]
     n_missing = None if missing == "raise" else sum(m for _, m in kept if m)
@@ -207,16 +226,16 @@ def stratified_bootstrap_mean(groups: list[np.ndarray], *, missing: Missing = "r
     n = sum(len(g) for g in groups)
     if n < 2:
         return _too_few(np.concatenate([np.empty(0), *groups]), n_missing)
-    rng = np.random.default_rng(seed)
-    sums = sum(g[rng.integers(0, len(g), (n_boot, len(g)))].sum(axis=1) for g in groups)
-    lo, hi = np.percentile(sums / n, [2.5, 97.5])
-    return Estimate(float(np.concatenate(groups).mean()), (float(lo), float(hi)), n, n_missing)
+    mean, means = _stratified_means(groups, n_boot, seed, weights)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return Estimate(mean, (float(lo), float(hi)), n, n_missing)
 
 
 def stratified_interval(groups: list[np.ndarray], level: float, *, n_boot: int = 2000,
-                        seed: int = 0) -> tuple[float, float]:
+                        seed: int = 0, weights: Weights = "observations") -> tuple[float, float]:
     """The percentile interval at ``level`` (e.g. 0.975) of ``stratified_bootstrap_mean``'s
-    resampled means (the same resamples for the same ``seed``); NaNs when fewer than 2 values.
+    resampled means (the same resamples for the same ``seed`` and ``weights``); NaNs when fewer
+    than 2 values.
 
     For a comparison whose interval is widened against multiple testing (Bonferroni: level
     ``1 - 0.05 / m`` for ``m`` comparisons). Values must be finite (no NaN policy here).
@@ -225,15 +244,13 @@ def stratified_interval(groups: list[np.ndarray], level: float, *, n_boot: int =
         raise ValueError(f"level must be in (0, 1), got {level}")
     groups = [np.asarray(g, dtype=float).reshape(-1) for g in groups]
     groups = [g for g in groups if len(g)]
-    n = sum(len(g) for g in groups)
-    if n < 2:
+    if sum(len(g) for g in groups) < 2:
         return float("nan"), float("nan")
     if not all(np.isfinite(g).all() for g in groups):
         raise ValueError("stratified_interval needs finite values")
-    rng = np.random.default_rng(seed)
-    sums = sum(g[rng.integers(0, len(g), (n_boot, len(g)))].sum(axis=1) for g in groups)
+    _, means = _stratified_means(groups, n_boot, seed, weights)
     tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(sums / n, [tail, 100 - tail])
+    lo, hi = np.percentile(means, [tail, 100 - tail])
     return float(lo), float(hi)
 
 

@@ -75,6 +75,31 @@ def test_paired_with_skips_what_another_run_holds(tmp_path, capsys):
     assert "0 to go" in capsys.readouterr().out
 
 
+def test_knockout_estimates_are_recorded_and_pair_only_with_runs_that_have_them(tmp_path, capsys):
+    """``--knockout-estimate`` adds ``needle_knockout`` per layer (the manifest says so) and
+    leaves the other scores as they were; a run with estimates refuses to pair with one whose
+    records lack them, and with one made in another dtype."""
+    plain, knock = tmp_path / "plain", tmp_path / "knock"
+    assert longctx.main(_args(plain, "baseline")) == 0
+    assert longctx.main(_args(knock, "baseline", "--knockout-estimate")) == 0
+    assert json.loads((knock / "manifest.json").read_text())["knockout_estimate"] is True
+    ours = _records(knock)
+    assert all(len(r["needle_knockout"]) == 8 for r in ours)
+    strip = [{k: v for k, v in r.items() if k not in ("needle_knockout", "wall_seconds")} for r in ours]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_seconds"} for r in _records(plain)]
+    assert longctx_report.main([str(knock), "--out", str(tmp_path / "report")]) == 0
+    table = json.loads((tmp_path / "report" / "report.json").read_text())["needle_knockout"]
+    assert len(table) == 2 * 8 and (tmp_path / "report" / "longctx_knockout.png").is_file()  # tasks x layers
+    capsys.readouterr()
+    args = _args(tmp_path / "third", "baseline;temperature:tau=1.5,layers=4-7", "--knockout-estimate")
+    assert longctx.main([*args, "--paired-with", str(plain)]) == 2
+    assert "--paired-with" in capsys.readouterr().err and not (tmp_path / "third" / "records.jsonl").exists()
+    manifest = json.loads((knock / "manifest.json").read_text())
+    (knock / "manifest.json").write_text(json.dumps({**manifest, "dtype": "bfloat16"}))
+    assert longctx.main([*args, "--paired-with", str(knock)]) == 2
+    assert "ran in bfloat16" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag,value,message", [
     ("--tasks", "passkey,nope", "--tasks"), ("--lengths", "512,x", "--lengths"), ("--depths", "0.5,1.5", "--depths"),
     ("--settings", "paper:alpha=-1", "alpha"), ("--prompts", "0", "--prompts"), ("--attention-rows", "0", "--attention-rows"),

@@ -35,14 +35,29 @@ def test_a_prompt_fits_its_length_and_holds_its_needles(chat_tokenizer, document
     built = build(chat_tokenizer, spec)
     total = len(built.prompt) + len(built.answer_ids)
     assert length - 120 < total <= length  # as many haystack sentences as fit
-    needles = [spec["context"][a:b].strip() for a, b in spec["needles"]]
+    needles = [spec["context"][a:b] for a, b in spec["needles"]]
     for (start, end), text in zip(built.needles + built.distractors, needles):
-        assert chat_tokenizer.decode(list(built.prompt.ids[start:end])).strip() == text
+        assert chat_tokenizer.decode(list(built.prompt.ids[start:end])) == text
         assert built.prompt.document[0] <= start < end <= built.prompt.document[1]
     assert len(built.needles) == (4 if task == "vt" else 1)
     assert len(built.distractors) == (3 if task == "kv_distractors" else 0)
     assert chat_tokenizer.decode(built.answer_ids) == spec["answer"]
     assert spec["answer"].strip().split(", ")[0] in " ".join(needles)  # the answer is in the first needle
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_needle_span_holds_the_needle_and_no_newline(chat_tokenizer, task):
+    """One-sentence documents: every needle follows a document's blank line, whose last newline
+    is a token of its own and must stay out of the span (a space before the needle is part of
+    its first token and stays in)."""
+    documents = [f"Report {i} says the river rose by {i % 7} metres overnight." for i in range(300)]
+    spec = make_spec(chat_tokenizer, documents, task, length=512, depth=0.5, index=1)
+    built = build(chat_tokenizer, spec)
+    starts = [a for a, _ in spec["needles"]]
+    assert any(spec["context"][a - 1] == "\n" for a in starts if a)  # the case this test is for
+    for (a, b), (start, end) in zip(spec["needles"], built.needles + built.distractors):
+        text = chat_tokenizer.decode(list(built.prompt.ids[start:end]))
+        assert text == spec["context"][a:b] and text.lstrip(" ")[:1].isalpha()
 
 
 def test_prompts_are_seeded_by_their_coordinates(chat_tokenizer, documents):
@@ -126,3 +141,38 @@ def test_scores_under_chunked_attention_equal_the_stock_scores(tiny_model, docum
         ref = score(tiny_model, built, edit())
         with chunked_attention(tiny_model, rows=128):
             assert score(tiny_model, built, edit()) == ref
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_the_needle_knockout_estimate_is_the_first_order_change(tiny_model, documents, edit):
+    """``needle_knockout[l]`` equals d/de logprob(A + e dA_l) at e = 0, where dA_l knocks every
+    target needle out at layer l (variable tracking: four spans, each for the rows after it),
+    taken by autograd through a whole pass with the edit active; the other scores are those of
+    a pass without the estimate, and chunked attention gives the same estimate."""
+    from at_probe.flow import ops
+    from at_probe.models.names import pattern_hook
+
+    tok = tiny_model.tokenizer
+    built = build(tok, make_spec(tok, documents, "vt", length=600, depth=0.3, index=0))
+    result = score(tiny_model, built, EDITS[edit](), knockout=True)
+    assert {k: v for k, v in result.items() if k != "needle_knockout"} == score(tiny_model, built, EDITS[edit]())
+    n, target = len(built.prompt), torch.tensor(built.answer_ids)
+    ids = torch.tensor([[*built.prompt.ids, *built.answer_ids]])
+    for layer in (0, 5, int(tiny_model.cfg.n_layers) - 1):
+        eps = torch.zeros((), requires_grad=True)
+
+        def scaled(pattern, *, hook):
+            knocked = pattern.detach().clone()
+            for a, b in built.needles:
+                knocked = ops.knockout(knocked, a, b)
+            return pattern + eps * (knocked - pattern.detach())
+
+        edit_hooks = [] if EDITS[edit]() is None else EDITS[edit]().hooks(tiny_model, prompts=[built.prompt])
+        logits = tiny_model.run_with_hooks(ids, fwd_hooks=edit_hooks + [(pattern_hook(layer), scaled)])
+        logprob = logits[0, n - 1 : -1].float().log_softmax(-1).gather(-1, target[:, None]).sum()
+        (slope,) = torch.autograd.grad(logprob, eps)
+        assert result["needle_knockout"][layer] == pytest.approx(float(slope), rel=1e-3, abs=2e-5)
+    assert max(abs(v) for v in result["needle_knockout"]) > 1e-3
+    with chunked_attention(tiny_model, rows=128):
+        chunked = score(tiny_model, built, EDITS[edit](), knockout=True)
+    assert chunked["needle_knockout"] == pytest.approx(result["needle_knockout"], rel=1e-4, abs=1e-6)

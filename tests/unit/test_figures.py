@@ -104,6 +104,8 @@ def _frames() -> dict[str, pd.DataFrame]:
         "longctx_paired": _csv(long_pairs),
         "longctx_accuracy": _csv(accuracy),
         "longctx_needle": _csv(needle),
+        "longctx_knockout": _csv([{"condition": r["condition"], "length": r["length"], "layer": r["layer"],
+                                   "needle_knockout": -r["needle_mass"]} for r in needle]),
         "attribution_agreement": _csv(agreement),
         "setting_gains": _csv(gains),
         "xsum_paired": _csv(paired),
@@ -138,7 +140,9 @@ def _drawn(name: str):
 
 @pytest.fixture(scope="module", autouse=True)
 def _close_figures():
-    yield
+    """Every plot's figure stays open for the module's tests (drawn once), then all close."""
+    with plt.rc_context({"figure.max_open_warning": len(PLOTS) + 10}):
+        yield
     _drawn.cache_clear()
     plt.close("all")
 

@@ -16,7 +16,8 @@ N_LAYERS = 3
 def _record(prompt: str, setting: str, exact: bool, logprob: float, *, task: str = "passkey",
             length: int = 1024, depth: float = 0.5) -> dict:
     return {"doc_id": prompt, "setting": setting, "task": task, "length": length, "depth": depth, "exact": exact,
-            "logprob": logprob, "needle_mass": [0.1, 0.2, 0.3], "needle_flow": [1.0, 2.0, 3.0]}
+            "logprob": logprob, "needle_mass": [0.1, 0.2, 0.3], "needle_flow": [1.0, 2.0, 3.0],
+            "prompt_tokens": length - 20, "answer_tokens": 4}
 
 
 def _run(n: int, effect: dict[str, float], lengths=PRIMARY_LENGTHS, seed: int = 0) -> list[dict]:
@@ -90,6 +91,51 @@ def test_accuracy_and_needle_tables():
     assert rows[(0.1, "baseline")]["accuracy"] == 0.5 and rows[(0.9, "baseline")]["accuracy"] == 1.0
     layers = [r for r in needle(pooled) if r["condition"] == "baseline"]
     assert [r["needle_mass"] for r in layers] == pytest.approx([0.1, 0.2, 0.3]) and layers[0]["n"] == 3
+
+
+def test_the_tables_compare_conditions_on_the_same_prompts():
+    """A cell's rows use the prompts every condition in it has: the baseline's three prompts
+    are cut to the one SRA was scored on; other cells keep their own prompts."""
+    sra = ROLES["sra"][0]
+    records = [_record("p1", "baseline", True, -1.0), _record("p2", "baseline", False, -3.0),
+               _record("p3", "baseline", False, -3.0), _record("p1", sra, False, -2.0),
+               _record("q1", "baseline", False, -3.0, length=2048), _record("q2", "baseline", True, -1.0, length=2048)]
+    records[3]["needle_mass"] = [0.3, 0.3, 0.3]
+    pooled = pool_records([records])
+    rows = {(r["length"], r["condition"]): r for r in accuracy(pooled)}
+    assert (rows[(1024, "baseline")]["accuracy"], rows[(1024, "baseline")]["n"]) == (1.0, 1)
+    assert (rows[(1024, "sra")]["accuracy"], rows[(1024, "sra")]["n"]) == (0.0, 1)
+    assert (rows[(2048, "baseline")]["accuracy"], rows[(2048, "baseline")]["n"]) == (0.5, 2)
+    layers = {(r["length"], r["condition"], r["layer"]): r for r in needle(pooled)}
+    assert layers[(1024, "baseline", 0)]["n"] == 1 and layers[(1024, "sra", 0)]["needle_mass"] == pytest.approx(0.3)
+
+
+def test_lengths_count_alike_when_pooled():
+    """Pooled over lengths, a comparison is the mean of the per-length means (10 prompts at 1k
+    with a difference of 1 and 2 at 2k with 0 pool to 0.5, not 10/12)."""
+    temp = ROLES["temperature"][0]
+    records = []
+    for length, n, hit in ((1024, 10, True), (2048, 2, False)):
+        for i in range(n):
+            records += [_record(f"p{length}-{i}", "baseline", False, -3.0, length=length),
+                        _record(f"p{length}-{i}", temp, hit, -3.0, length=length)]
+    row = paired(pool_records([records]), Comparison("temperature", "baseline"), "exact", "passkey", [1024, 2048])
+    assert row["mean"] == pytest.approx(0.5) and row["n"] == 12
+
+
+def test_knockout_estimates_are_tabled_where_records_hold_them():
+    with_estimate = _record("p1", "baseline", True, -1.0) | {"needle_knockout": [-0.5, 0.0, -1.5]}
+    pooled = pool_records([[with_estimate, _record("p2", "baseline", True, -1.0)]])
+    rows = report(pooled)["needle_knockout"]
+    assert [r["needle_knockout"] for r in rows] == pytest.approx([-0.5, 0.0, -1.5]) and rows[0]["n"] == 1
+    assert report(pool_records([[_record("p2", "baseline", True, -1.0)]]))["needle_knockout"] == []
+
+
+def test_the_report_says_how_far_short_of_their_length_the_prompts_fall():
+    short = _record("p2", "baseline", True, -1.0) | {"prompt_tokens": 900}
+    rows = report(pool_records([[_record("p1", "baseline", True, -1.0), short]]))["prompt_lengths"]
+    assert rows == [{"task": "passkey", "length": 1024, "prompts": 2, "min": 904, "median": 956.0, "max": 1008,
+                     "short_by_over_5pct": 1}]
 
 
 def test_the_report_holds_pooled_and_per_length_comparisons():

@@ -71,6 +71,24 @@ def test_coverage_of_the_pooled_mean_over_seeds():
     assert 0.88 <= hits / 200 <= 0.99
 
 
+def test_groups_can_count_alike_whatever_their_sizes():
+    """``weights="groups"``: the mean of the group means, its interval around it, covering the
+    truth over seeds; ``"observations"`` (the default) keeps the observation-weighted mean."""
+    big, small = np.full(90, 1.0), np.zeros(10)
+    assert stratified_bootstrap_mean([big, small]).mean == pytest.approx(0.9)
+    assert stratified_bootstrap_mean([big, small], weights="groups").mean == pytest.approx(0.5)
+    hits = 0
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        a, b = rng.normal(1.0, 1.0, 80), rng.normal(0.0, 1.0, 20)  # truth: (1 + 0) / 2
+        lo, hi = stratified_bootstrap_mean([a, b], n_boot=1000, seed=seed, weights="groups").ci95
+        assert lo < np.mean([a.mean(), b.mean()]) < hi
+        hits += lo < 0.5 < hi
+    assert hits >= 88
+    with pytest.raises(ValueError, match="weights"):
+        stratified_bootstrap_mean([big, small], weights="prompts")
+
+
 def test_strata_keep_group_sizes_fixed():
     # two groups far apart with no spread inside: the pooled mean is known exactly given the
     # group sizes, so only an unstratified bootstrap (which redraws the mix) has a wide interval
