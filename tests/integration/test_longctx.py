@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from at_probe.interventions.temperature import AttentionTemperature
-from at_probe.interventions.transition import PaperTransition
+from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
 from at_probe.longctx.scoring import score
 from at_probe.longctx.tasks import DEPTHS, TASKS, build, development_documents, make_spec
 from at_probe.models.chunked import chunked_attention
@@ -143,7 +143,20 @@ def test_scores_under_chunked_attention_equal_the_stock_scores(tiny_model, docum
             assert score(tiny_model, built, edit()) == ref
 
 
-@pytest.mark.parametrize("edit", list(EDITS))
+def _setting(text):
+    from at_probe.xsum.settings import parse_settings
+
+    return lambda: next(iter(parse_settings(text).values()))
+
+
+# the transitions of the knockout run, and the peers whose hooks keep state across a pass
+# (ACT's hidden sinks from a pre-pass, Ms-PoE's head ranking from the layer's input)
+KNOCKOUT_EDITS = {**EDITS, "sra": lambda: SRATransition(), "placebo": lambda: PlaceboTransition(seed=1),
+                  "act": _setting("sink_calibration:threshold=0.03"),
+                  "ms_poe": _setting("multiscale_positions:low=1.5,high=3")}
+
+
+@pytest.mark.parametrize("edit", list(KNOCKOUT_EDITS))
 def test_the_needle_knockout_estimate_is_the_first_order_change(tiny_model, documents, edit):
     """``needle_knockout[l]`` equals d/de logprob(A + e dA_l) at e = 0, where dA_l knocks every
     target needle out at layer l (variable tracking: four spans, each for the rows after it),
@@ -154,8 +167,8 @@ def test_the_needle_knockout_estimate_is_the_first_order_change(tiny_model, docu
 
     tok = tiny_model.tokenizer
     built = build(tok, make_spec(tok, documents, "vt", length=600, depth=0.3, index=0))
-    result = score(tiny_model, built, EDITS[edit](), knockout=True)
-    assert {k: v for k, v in result.items() if k != "needle_knockout"} == score(tiny_model, built, EDITS[edit]())
+    result = score(tiny_model, built, KNOCKOUT_EDITS[edit](), knockout=True)
+    assert {k: v for k, v in result.items() if k != "needle_knockout"} == score(tiny_model, built, KNOCKOUT_EDITS[edit]())
     n, target = len(built.prompt), torch.tensor(built.answer_ids)
     ids = torch.tensor([[*built.prompt.ids, *built.answer_ids]])
     for layer in (0, 5, int(tiny_model.cfg.n_layers) - 1):
@@ -167,12 +180,12 @@ def test_the_needle_knockout_estimate_is_the_first_order_change(tiny_model, docu
                 knocked = ops.knockout(knocked, a, b)
             return pattern + eps * (knocked - pattern.detach())
 
-        edit_hooks = [] if EDITS[edit]() is None else EDITS[edit]().hooks(tiny_model, prompts=[built.prompt])
+        edit_hooks = [] if KNOCKOUT_EDITS[edit]() is None else KNOCKOUT_EDITS[edit]().hooks(tiny_model, prompts=[built.prompt])
         logits = tiny_model.run_with_hooks(ids, fwd_hooks=edit_hooks + [(pattern_hook(layer), scaled)])
         logprob = logits[0, n - 1 : -1].float().log_softmax(-1).gather(-1, target[:, None]).sum()
         (slope,) = torch.autograd.grad(logprob, eps)
         assert result["needle_knockout"][layer] == pytest.approx(float(slope), rel=1e-3, abs=2e-5)
     assert max(abs(v) for v in result["needle_knockout"]) > 1e-3
     with chunked_attention(tiny_model, rows=128):
-        chunked = score(tiny_model, built, EDITS[edit](), knockout=True)
+        chunked = score(tiny_model, built, KNOCKOUT_EDITS[edit](), knockout=True)
     assert chunked["needle_knockout"] == pytest.approx(result["needle_knockout"], rel=1e-4, abs=1e-6)
