@@ -7,7 +7,8 @@ experiment's test documents); the needle at the sentence end at or before each d
 match of the answer (primary), its log-probability, and the last prompt token's attention mass
 and value-weighted flow on the needle per layer; with ``--knockout-estimate`` also the causal
 map's estimate, per layer, of the answer's log-probability change if the needle were knocked
-out (a backward pass more: about three times the time).
+out, and the exact change with it knocked out at every layer (a backward and a forward pass
+more: about three to four times the time).
 
 Settings as in ``xsum_eval.py`` (``baseline``, ``paper:...``, ``placebo:...,seed=S``,
 ``sra:...``, ``temperature:...``, ``emphasis:...`` and ``calibration:...`` with the development
@@ -108,8 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attention-rows", type=positive_int, default=DEFAULT_ROWS,
                    help=f"query rows per attention block (default {DEFAULT_ROWS})")
     p.add_argument("--knockout-estimate", action="store_true",
-                   help="also record needle_knockout: per layer, the first-order estimate of the answer's "
-                        "log-probability change if the needle were knocked out (about 3x the time)")
+                   help="also record needle_knockout (per layer, the first-order estimate of the answer's "
+                        "log-probability change if the needle were knocked out) and needle_knockout_exact "
+                        "(knocked out at every layer): about 3-4x the time")
     p.add_argument("--paired-with", type=existing_dir, action="append", default=[], metavar="DIR",
                    help="another run directory whose (prompt, setting) records are not scored again (repeatable)")
     p.add_argument("--check", type=positive_int, default=None, metavar="N",
@@ -125,8 +127,8 @@ def _config(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any
     return {"model": args.model, "data_sha256": data, "tasks": args.tasks, "lengths": args.lengths,
             "depths": args.depths, "prompts": args.prompts, "settings": list(settings),
             **({"profiles_sha256": file_sha256(args.profiles)} if args.profiles else {}),
-            "attention_rows": args.attention_rows, "at_probe_version": at_probe.__version__,
-            **({"knockout_estimate": True} if args.knockout_estimate else {})}
+            "attention_rows": args.attention_rows, "knockout_estimate": args.knockout_estimate,
+            "at_probe_version": at_probe.__version__}
 
 
 _SAME_RECORDS = ("model", "data_sha256")

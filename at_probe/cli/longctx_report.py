@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from at_probe.cli.args import ArgumentParser, existing_dir, output_dir, prog
-from at_probe.longctx.report import pool_records, report
+from at_probe.longctx.report import POOL_MIN, pool_records, report
 from at_probe.runs.runfiles import read_jsonl, write_json_atomic
 
 
@@ -61,9 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     for row in result["primary"]:
         lo, hi = row["ci97_5"]
         interval = "n/a" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
+        counts = ", ".join(f"{k}: {v}" for k, v in row["n_per_length"].items())
         print(f"primary {row['comparison']}: {row['mean']:+.3f} exact match, 97.5% CI {interval}, "
-              f"n = {row['n']} ({', '.join(f'{k}: {v}' for k, v in row['n_per_length'].items())}) -> {row['answer']}"
-              if row["n"] else f"primary {row['comparison']}: no paired prompts yet")
+              f"n = {row['n']} ({counts}) -> {row['answer']}" if row["n"] else
+              f"primary {row['comparison']}: {row['answer']}: paired prompts per length {counts}; "
+              f"a length is pooled from {POOL_MIN}")
+    for row in result["knockout_totals"]:
+        print(f"knockout {row['task']} {row['length']} {row['condition']}: first-order estimate {row['estimate']:+.2f}, "
+              f"exact {row['exact']:+.2f} nats (n = {row['n']})")
     if not args.no_figures:
         write_figures(result, out)
     print(f"wrote {out / 'report.json'}")

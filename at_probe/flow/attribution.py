@@ -98,9 +98,15 @@ def pattern_gradients(model: Any, tokens: Tensor, metric: Callable[[Tensor], Ten
     each ``hook_pattern`` tensor (detached) with its gradient, once per block of query rows
     under chunked attention. Returns the first pass's logits and the metric's value.
     """
-    edits = edits or []
+    with torch.inference_mode(False):  # callable inside an inference-mode block too
+        return _pattern_gradients(model, tokens, metric, reduce, edits or [], fwd_hooks or [])
+
+
+def _pattern_gradients(model: Any, tokens: Tensor, metric: Callable[[Tensor], Tensor],
+                       reduce: Callable[[int, Tensor, Tensor, int], None], edits: list,
+                       fwd_hooks: list) -> tuple[Tensor, Tensor]:
     n_layers = int(model.cfg.n_layers)
-    inputs, block_kwargs, logits = block_inputs(model, tokens, edits + (fwd_hooks or []))
+    inputs, block_kwargs, logits = block_inputs(model, tokens, edits + fwd_hooks)
 
     def watch(pattern: Tensor, *, hook: Any) -> None:
         layer, kept, first = layer_of(hook.name), pattern.detach(), query_block(pattern).start

@@ -5,10 +5,12 @@ passkey prompts of the secondary run are the first ones of the primary run, so c
 pair them across runs. A role's value for a prompt is its setting's score, or the mean of its
 draws' scores (a placebo's seeds); a comparison uses the prompts scored under every setting of
 both roles (``n``), and says how many others it left out. Pooled over lengths, each length
-counts alike (the mean of the per-length means, whatever their prompt counts). Intervals are
+with at least ``POOL_MIN`` paired prompts counts alike (the mean of the per-length means,
+whatever their prompt counts; a cell still running is left out until it has them). Intervals are
 percentile bootstraps over prompts, stratified by length when lengths are pooled
-(``at_probe.runs.stats``). The accuracy and needle tables compare conditions on the same
-prompts: in each (task, length) cell, those scored under every condition the cell holds.
+(``at_probe.runs.stats``). The accuracy and needle tables give each condition over its own
+prompts (the primary conditions have 100 per cell, the others 30, a run under way fewer) and,
+beside it, the baseline's value on the same prompts: the paired reference.
 """
 
 from __future__ import annotations
@@ -38,10 +40,15 @@ NEEDLE_FIELDS = ("needle_mass", "needle_flow")
 """Per-layer needle measures every record holds (``at_probe.longctx.scoring``)."""
 KNOCKOUT = "needle_knockout"
 """The per-layer knockout estimate, held by the records of runs made with it."""
+POOL_MIN = 20
+"""Paired prompts a length needs to enter a comparison pooled over lengths (each counts alike)."""
+REFERENCE = "baseline"
+"""The role whose values on the same prompts the accuracy and needle tables give beside each role's."""
 
 
 def pool_records(runs: Iterable[list[dict[str, Any]]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(prompt id, setting) -> record, over runs; a pair scored in two runs must agree.
+    """(prompt id, setting) -> record, over runs; a pair scored in two runs must agree, and its
+    record holds the fields of both (e.g. a knockout estimate only one run recorded).
 
     Raises:
         ValueError: two runs disagree on a pair's exact match or log-probability.
@@ -51,8 +58,11 @@ def pool_records(runs: Iterable[list[dict[str, Any]]]) -> dict[tuple[str, str], 
         for r in records:
             key = (r["doc_id"], r["setting"])
             old = pooled.setdefault(key, r)
-            if old is not r and (old["exact"] != r["exact"] or abs(old["logprob"] - r["logprob"]) > 1e-3):
+            if old is r:
+                continue
+            if old["exact"] != r["exact"] or abs(old["logprob"] - r["logprob"]) > 1e-3:
                 raise ValueError(f"two runs disagree on {key}: {old['logprob']} vs {r['logprob']}")
+            pooled[key] = {**r, **old}
     return pooled
 
 
@@ -74,21 +84,27 @@ def _cells(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, tuple[str
 
 def paired(pooled: dict[tuple[str, str], dict[str, Any]], comparison: Comparison, metric: str, task: str,
            lengths: Sequence[int]) -> dict[str, Any]:
-    """``comparison`` on ``task`` over ``lengths`` (pooled, stratified by length): mean paired
-    difference, 95% interval, prompts per length, and prompts of one role only (left out)."""
+    """``comparison`` on ``task`` over ``lengths``: mean paired difference, 95% interval, prompts
+    per length, and prompts of one role only (left out). Over several lengths, the mean of the
+    per-length means (stratified bootstrap), over the lengths with at least ``POOL_MIN`` paired
+    prompts (the others, a cell still running, are named in ``lengths_left_out``)."""
     cells = _cells(pooled)
     a, b = role_values(pooled, comparison.treated, metric), role_values(pooled, comparison.control, metric)
-    groups, per_length = [], {}
+    groups, per_length = {}, {}
     for length in lengths:
         prompts = sorted(p for p in set(a) & set(b) if cells[p][:2] == (task, length))
-        groups.append(np.array([a[p] - b[p] for p in prompts]))
+        groups[length] = np.array([a[p] - b[p] for p in prompts])
         per_length[str(length)] = len(prompts)
     only_one = sum(1 for p in set(a) ^ set(b) if cells[p][0] == task and cells[p][1] in lengths)
-    estimate = (stratified_bootstrap_mean(groups, weights="groups") if len(lengths) > 1
-                else bootstrap_mean(groups[0]))
+    if len(lengths) == 1:
+        kept, estimate = list(groups.values()), bootstrap_mean(groups[lengths[0]])
+    else:
+        kept = [g for g in groups.values() if len(g) >= POOL_MIN]
+        estimate = stratified_bootstrap_mean(kept, weights="groups")
+    left_out = [l for l, g in groups.items() if len(lengths) > 1 and len(g) < POOL_MIN]
     return {"comparison": comparison.label, "metric": metric, "task": task, "lengths": list(lengths),
-            **estimate.to_dict(), "n_per_length": per_length, "n_one_role_only": only_one,
-            "_groups": groups}
+            **estimate.to_dict(), "n_per_length": per_length, "lengths_left_out": left_out,
+            "n_one_role_only": only_one, "_groups": kept}
 
 
 def primary(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -108,52 +124,72 @@ def primary(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
-def _shared(pooled: dict[tuple[str, str], dict[str, Any]], field: str) -> dict[str, dict[str, Any]]:
-    """Role -> prompt -> value of ``field``, each (task, length) cell cut to the prompts that
-    every role with values in the cell has (conditions then compare on the same prompts)."""
-    cells = _cells(pooled)
-    values = {role: role_values(pooled, role, field) for role in ALL_ROLES}
-    common: dict[tuple[str, int], set[str]] = {}
-    for per_prompt in values.values():
-        by_cell: dict[tuple[str, int], set[str]] = defaultdict(set)
-        for prompt in per_prompt:
-            by_cell[cells[prompt][:2]].add(prompt)
-        for cell, prompts in by_cell.items():
-            common[cell] = common[cell] & prompts if cell in common else prompts
-    return {role: {p: v for p, v in per_prompt.items() if p in common[cells[p][:2]]}
-            for role, per_prompt in values.items()}
-
-
 def accuracy(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Exact-match rate per (task, length, depth, role) on the prompts every role of the
-    (task, length) cell was scored on, for the figure and the tables."""
+    """Exact-match rate per (task, length, depth, role) over the role's prompts (``n``), with
+    the baseline's rate on the same prompts beside it (``baseline_accuracy``; None where the
+    baseline lacks one of them), for the figure and the tables."""
     cells = _cells(pooled)
+    reference = role_values(pooled, REFERENCE, "exact")
     rows = []
-    for role, values in _shared(pooled, "exact").items():
-        groups: dict[tuple[str, int, float], list[float]] = defaultdict(list)
-        for prompt, v in values.items():
-            groups[cells[prompt]].append(v)
-        rows += [{"task": t, "length": l, "depth": d, "condition": role, "accuracy": float(np.mean(v)), "n": len(v)}
-                 for (t, l, d), v in sorted(groups.items())]
+    for role in ALL_ROLES:
+        values = role_values(pooled, role, "exact")
+        groups: dict[tuple[str, int, float], list[str]] = defaultdict(list)
+        for prompt in values:
+            groups[cells[prompt]].append(prompt)
+        rows += [{"task": t, "length": l, "depth": d, "condition": role, "n": len(prompts),
+                  "accuracy": float(np.mean([values[p] for p in prompts])),
+                  "baseline_accuracy": _mean_over(reference, prompts)}
+                 for (t, l, d), prompts in sorted(groups.items())]
     return rows
 
 
+def _mean_over(values: dict[str, Any], prompts: Sequence[str]) -> Any:
+    """Mean of ``values`` over ``prompts`` (a float, or a list per layer); None if one lacks a value."""
+    if not all(p in values for p in prompts):
+        return None
+    mean = np.mean([values[p] for p in prompts], axis=0)
+    return mean.tolist() if mean.ndim else float(mean)
+
+
 def needle(pooled: dict[tuple[str, str], dict[str, Any]], fields: Sequence[str] = NEEDLE_FIELDS) -> list[dict[str, Any]]:
-    """Mean of per-layer ``fields`` per (task, length, role, layer), on the prompts every role
-    of the (task, length) cell has them for (a placebo: the mean of its draws per prompt)."""
+    """Mean of per-layer ``fields`` per (task, length, role, layer) over the role's prompts that
+    hold them all (a placebo: the mean of its draws per prompt), each with the baseline's mean
+    on the same prompts beside it (``<field>_baseline``; None where the baseline lacks one)."""
     cells = _cells(pooled)
-    shared = {field: _shared(pooled, field) for field in fields}
+    reference = {f: role_values(pooled, REFERENCE, f) for f in fields}
     rows = []
     for role in ALL_ROLES:
-        per_cell: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
-        for prompt in shared[fields[0]][role]:
-            if all(prompt in shared[f][role] for f in fields):
-                per_cell[cells[prompt][:2]].append(np.stack([shared[f][role][prompt] for f in fields]))
-        for (task, length), arrays in sorted(per_cell.items()):
-            mean = np.mean(arrays, axis=0)
-            rows += [{"task": task, "length": length, "condition": role, "layer": l,
-                      **{f: float(mean[i, l]) for i, f in enumerate(fields)}, "n": len(arrays)}
-                     for l in range(mean.shape[1])]
+        values = {f: role_values(pooled, role, f) for f in fields}
+        per_cell: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for prompt in values[fields[0]]:
+            if all(prompt in values[f] for f in fields):
+                per_cell[cells[prompt][:2]].append(prompt)
+        for (task, length), prompts in sorted(per_cell.items()):
+            means = {f: np.mean([values[f][p] for p in prompts], axis=0) for f in fields}
+            base = {f: _mean_over(reference[f], prompts) for f in fields}
+            rows += [{"task": task, "length": length, "condition": role, "layer": l, "n": len(prompts),
+                      **{f: float(means[f][l]) for f in fields},
+                      **{f"{f}_baseline": None if base[f] is None else base[f][l] for f in fields}}
+                     for l in range(len(means[fields[0]]))]
+    return rows
+
+
+def knockout_totals(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (task, length, role), over the prompts with both: the mean first-order estimate of
+    knocking the needle out everywhere (``needle_knockout`` summed over layers), the mean exact
+    change (``needle_knockout_exact``), and their Pearson correlation over prompts (nats)."""
+    cells = _cells(pooled)
+    rows = []
+    for role in ALL_ROLES:
+        estimate, exact = role_values(pooled, role, KNOCKOUT), role_values(pooled, role, f"{KNOCKOUT}_exact")
+        per_cell: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+        for prompt in set(estimate) & set(exact):
+            per_cell[cells[prompt][:2]].append((float(np.sum(estimate[prompt])), exact[prompt]))
+        for (task, length), pairs in sorted(per_cell.items()):
+            est, ex = np.array(pairs).T
+            r = float(np.corrcoef(est, ex)[0, 1]) if len(pairs) > 2 and est.std() > 0 and ex.std() > 0 else None
+            rows.append({"task": task, "length": length, "condition": role, "n": len(pairs),
+                         "estimate": float(est.mean()), "exact": float(ex.mean()), "pearson_r": r})
     return rows
 
 
@@ -174,7 +210,8 @@ def prompt_lengths(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[s
 def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """The whole report: primary, every declared comparison per task (pooled and per length),
     accuracy per cell and role, the needle's attention per layer, the knockout estimate per
-    layer where records hold it, and the prompts' token counts per cell."""
+    layer and its total against the exact knockout where records hold them, and the prompts'
+    token counts per cell."""
     cells = _cells(pooled)
     tasks = sorted({c[0] for c in cells.values()})
     comparisons = []
@@ -189,4 +226,5 @@ def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
                         comparisons.append(row)
     return {"n_records": len(pooled), "prompts": len(cells), "primary": primary(pooled),
             "comparisons": comparisons, "accuracy": accuracy(pooled), "needle": needle(pooled),
-            "needle_knockout": needle(pooled, (KNOCKOUT,)), "prompt_lengths": prompt_lengths(pooled)}
+            "needle_knockout": needle(pooled, (KNOCKOUT,)), "knockout_totals": knockout_totals(pooled),
+            "prompt_lengths": prompt_lengths(pooled)}

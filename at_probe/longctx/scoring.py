@@ -16,34 +16,45 @@ prompt, the answer's rows as generated tokens, as in ``generate``) gives:
   change in ``logprob`` (nats) if the target needles were knocked out at that layer (every row
   after a needle loses its attention to it, rows renormalised as in ``at_probe.flow.knockout``):
   attribution patching, first order, at the edited pass (``at_probe.flow.attribution``); summed
-  over layers, the estimate for knocking it out everywhere. Negative: the answer leans on the
-  needle. It adds a checkpointed backward pass (about three times the scoring pass's time).
+  over layers, the first-order estimate for knocking it out everywhere. Negative: the answer
+  leans on the needle. ``needle_knockout_exact``: the exact change when it is knocked out at
+  every layer (one more forward pass), against which that sum can be judged. Together about
+  three to four times the scoring pass's time (a checkpointed backward pass and a forward).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from at_probe.flow.attribution import pattern_gradients, span_knockout_inner_products
+from at_probe.flow.knockout import knockout_hooks
 from at_probe.flow.region import RegionProbe
 from at_probe.longctx.tasks import Built
 
 
 def score(model: Any, built: Built, intervention: Any | None, *, knockout: bool = False) -> dict[str, Any]:
     """Scores of one built prompt under one intervention (None: the baseline); module docstring."""
+    if knockout and torch.is_inference_mode_enabled():  # the estimate takes gradients
+        with torch.inference_mode(False):
+            return score(model, built, intervention, knockout=True)
     prompt, answer = built.prompt, built.answer_ids
     n = len(prompt)
     ids = torch.tensor([[*prompt.ids, *answer]], device=model.cfg.device)
     probe = RegionProbe.for_model(model, row=n - 1, spans=built.needles)
-    hooks = [] if intervention is None else intervention.hooks(model, prompts=[prompt])
     target = torch.tensor(answer)
+
+    def edits() -> list:  # fresh hooks for each pass
+        return [] if intervention is None else intervention.hooks(model, prompts=[prompt])
+
     if knockout:
-        logits, effects = _with_knockout_estimate(model, ids, n, target, built.needles, hooks, probe.hooks())
+        logits, causal = _knockout_scores(model, ids, n, target, built.needles, edits, probe.hooks())
     else:
+        causal = {}
         with torch.inference_mode():
-            logits = model.run_with_hooks(ids, fwd_hooks=hooks + probe.hooks())
+            logits = model.run_with_hooks(ids, fwd_hooks=edits() + probe.hooks())
     logprobs = _answer_logprobs(logits, n, len(answer)).cpu()
     greedy = logprobs.argmax(-1)
     right = (greedy == target).long()
@@ -57,7 +68,7 @@ def score(model: Any, built: Built, intervention: Any | None, *, knockout: bool 
         "answer_tokens": len(answer),
         "needle_mass": [round(float(v), 6) for v in probe.mass.mean(-1)],
         "needle_flow": [round(float(v), 5) for v in probe.flow.mean(-1)],
-        **({"needle_knockout": [round(float(v), 6) for v in effects]} if knockout else {}),
+        **causal,
     }
 
 
@@ -66,19 +77,30 @@ def _answer_logprobs(logits: torch.Tensor, n: int, length: int) -> torch.Tensor:
     return logits[0, n - 1 : n - 1 + length].float().log_softmax(-1)
 
 
-def _with_knockout_estimate(model: Any, ids: torch.Tensor, n: int, target: torch.Tensor,
-                            needles: list[tuple[int, int]], edits: list, probe_hooks: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pass's logits and, per layer, the first-order change in the answer's log-probability
-    from knocking the needles out (``needle_knockout``)."""
+def _answer_logprob(logits: torch.Tensor, n: int, target: torch.Tensor) -> torch.Tensor:
+    """The answer's log-probability (nats, summed over its tokens)."""
+    return _answer_logprobs(logits, n, len(target)).gather(-1, target.to(logits.device)[:, None]).sum()
+
+
+def _knockout_scores(model: Any, ids: torch.Tensor, n: int, target: torch.Tensor, needles: list[tuple[int, int]],
+                     edits: Callable[[], list], probe_hooks: list) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The scoring pass's logits, and ``needle_knockout`` (per layer, first order) and
+    ``needle_knockout_exact`` (every layer at once, one more pass) for the target needles."""
     keys = torch.tensor([k for a, b in needles for k in range(a, b)], device=ids.device)
     ends = torch.tensor([b for a, b in needles for _ in range(a, b)], device=ids.device)
+    if len(set(keys.tolist())) != len(keys):
+        raise ValueError(f"needle spans {needles} overlap")
     effects = torch.zeros(int(model.cfg.n_layers))
 
     def reduce(layer: int, pattern: torch.Tensor, grad: torch.Tensor, first: int) -> None:
         effects[layer] += span_knockout_inner_products(pattern[0], grad[0], keys, ends, first_row=first).sum().cpu()
 
-    def logprob(logits: torch.Tensor) -> torch.Tensor:
-        return _answer_logprobs(logits, n, len(target)).gather(-1, target.to(logits.device)[:, None]).sum()
-
-    logits, _ = pattern_gradients(model, ids, logprob, reduce, edits=edits, fwd_hooks=probe_hooks)
-    return logits, effects
+    logits, _ = pattern_gradients(model, ids, lambda out: _answer_logprob(out, n, target), reduce,
+                                  edits=edits(), fwd_hooks=probe_hooks)
+    base = _answer_logprob(logits, n, target)
+    layers = range(int(model.cfg.n_layers))
+    knocks = [pair for start, end in needles for pair in knockout_hooks(start, end, layers)]
+    with torch.inference_mode():
+        knocked = _answer_logprob(model.run_with_hooks(ids, fwd_hooks=edits() + knocks), n, target)
+    return logits, {"needle_knockout": [round(float(v), 6) for v in effects],
+                    "needle_knockout_exact": round(float(knocked - base), 5)}

@@ -184,9 +184,10 @@ def append_jsonl(fh: IO[str], records: Iterable[dict[str, Any]]) -> None:
     os.fsync(fh.fileno())
 
 
-MANIFEST_DEFAULTS: dict[str, Any] = {"fix_text": False, "rouge_tokenizer": "default"}
+MANIFEST_DEFAULTS: dict[str, Any] = {"fix_text": False, "rouge_tokenizer": "default", "knockout_estimate": False}
 """Options added to the run manifests after runs were committed, with the value a manifest
-without the key implies: ``--fix-text`` (XSum text repair) and ``--rouge-tokenizer``. A run
+without the key implies: ``--fix-text`` (XSum text repair), ``--rouge-tokenizer`` and
+``longctx.py --knockout-estimate``. A run
 resumed with another value is refused; one made before the key existed compares as its default
 (a selection made then is still usable with the default options)."""
 

@@ -84,10 +84,16 @@ def test_knockout_estimates_are_recorded_and_pair_only_with_runs_that_have_them(
     assert longctx.main(_args(knock, "baseline", "--knockout-estimate")) == 0
     assert json.loads((knock / "manifest.json").read_text())["knockout_estimate"] is True
     ours = _records(knock)
-    assert all(len(r["needle_knockout"]) == 8 for r in ours)
-    strip = [{k: v for k, v in r.items() if k not in ("needle_knockout", "wall_seconds")} for r in ours]
+    assert all(len(r["needle_knockout"]) == 8 and isinstance(r["needle_knockout_exact"], float) for r in ours)
+    causal = ("needle_knockout", "needle_knockout_exact", "wall_seconds")
+    strip = [{k: v for k, v in r.items() if k not in causal} for r in ours]
     assert strip == [{k: v for k, v in r.items() if k != "wall_seconds"} for r in _records(plain)]
+    for run, flag in ((knock, []), (plain, ["--knockout-estimate"])):  # resumed with the flag flipped
+        assert longctx.main(_args(run, "baseline", *flag)) == 2
+        assert "knockout_estimate" in capsys.readouterr().err
+    capsys.readouterr()
     assert longctx_report.main([str(knock), "--out", str(tmp_path / "report")]) == 0
+    assert "knockout passkey 512 baseline: first-order estimate" in capsys.readouterr().out
     table = json.loads((tmp_path / "report" / "report.json").read_text())["needle_knockout"]
     assert len(table) == 2 * 8 and (tmp_path / "report" / "longctx_knockout.png").is_file()  # tasks x layers
     capsys.readouterr()

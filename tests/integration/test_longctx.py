@@ -167,8 +167,10 @@ def test_the_needle_knockout_estimate_is_the_first_order_change(tiny_model, docu
 
     tok = tiny_model.tokenizer
     built = build(tok, make_spec(tok, documents, "vt", length=600, depth=0.3, index=0))
-    result = score(tiny_model, built, KNOCKOUT_EDITS[edit](), knockout=True)
-    assert {k: v for k, v in result.items() if k != "needle_knockout"} == score(tiny_model, built, KNOCKOUT_EDITS[edit]())
+    with torch.inference_mode():  # the estimate takes its gradients all the same
+        result = score(tiny_model, built, KNOCKOUT_EDITS[edit](), knockout=True)
+    causal = ("needle_knockout", "needle_knockout_exact")
+    assert {k: v for k, v in result.items() if k not in causal} == score(tiny_model, built, KNOCKOUT_EDITS[edit]())
     n, target = len(built.prompt), torch.tensor(built.answer_ids)
     ids = torch.tensor([[*built.prompt.ids, *built.answer_ids]])
     for layer in (0, 5, int(tiny_model.cfg.n_layers) - 1):
@@ -186,6 +188,21 @@ def test_the_needle_knockout_estimate_is_the_first_order_change(tiny_model, docu
         (slope,) = torch.autograd.grad(logprob, eps)
         assert result["needle_knockout"][layer] == pytest.approx(float(slope), rel=1e-3, abs=2e-5)
     assert max(abs(v) for v in result["needle_knockout"]) > 1e-3
+
+    def knocked(pattern, *, hook):  # every layer: the exact knockout the first-order sum estimates
+        out = pattern.clone()
+        for a, b in built.needles:
+            out = ops.knockout(out, a, b)
+        return out
+
+    edit_hooks = [] if KNOCKOUT_EDITS[edit]() is None else KNOCKOUT_EDITS[edit]().hooks(tiny_model, prompts=[built.prompt])
+    with torch.inference_mode():
+        logits = tiny_model.run_with_hooks(ids, fwd_hooks=edit_hooks + [(pattern_hook(l), knocked) for l in
+                                                                          range(int(tiny_model.cfg.n_layers))])
+    logprob = logits[0, n - 1 : -1].float().log_softmax(-1).gather(-1, target[:, None]).sum()
+    assert result["needle_knockout_exact"] == pytest.approx(float(logprob) - result["logprob"], abs=2e-5)
+    assert abs(result["needle_knockout_exact"]) > 1e-3
     with chunked_attention(tiny_model, rows=128):
         chunked = score(tiny_model, built, KNOCKOUT_EDITS[edit](), knockout=True)
     assert chunked["needle_knockout"] == pytest.approx(result["needle_knockout"], rel=1e-4, abs=1e-6)
+    assert chunked["needle_knockout_exact"] == pytest.approx(result["needle_knockout_exact"], abs=1e-5)

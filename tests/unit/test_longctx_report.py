@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from at_probe.longctx.conditions import ALL_ROLES, PRIMARY_LENGTHS, PRIMARY_PROMPTS, ROLES, Comparison
-from at_probe.longctx.report import accuracy, needle, paired, pool_records, primary, report, role_values
+from at_probe.longctx.report import POOL_MIN, accuracy, needle, paired, pool_records, primary, report, role_values
 from at_probe.runs.stats import stratified_bootstrap_mean, stratified_interval
 
 N_LAYERS = 3
@@ -49,6 +49,13 @@ def test_a_comparison_pairs_prompts_across_runs_and_counts_the_unpaired():
     pooled = pool_records([primary_run, secondary_run])
     row = paired(pooled, Comparison("temperature", "baseline"), "logprob", "passkey", [1024])
     assert row["n"] == 1 and row["mean"] == pytest.approx(1.5) and row["n_one_role_only"] == 2
+
+
+def test_a_pair_in_two_runs_keeps_the_fields_of_both_whatever_their_order():
+    plain, knocked = _record("p1", "baseline", True, -1.0), _record("p1", "baseline", True, -1.0005)
+    knocked["needle_knockout"] = [-0.5, 0.0, -1.5]
+    for runs in ([[plain], [knocked]], [[knocked], [plain]]):
+        assert pool_records(runs)[("p1", "baseline")]["needle_knockout"] == [-0.5, 0.0, -1.5]
 
 
 def test_runs_that_disagree_on_a_pair_are_refused():
@@ -93,41 +100,54 @@ def test_accuracy_and_needle_tables():
     assert [r["needle_mass"] for r in layers] == pytest.approx([0.1, 0.2, 0.3]) and layers[0]["n"] == 3
 
 
-def test_the_tables_compare_conditions_on_the_same_prompts():
-    """A cell's rows use the prompts every condition in it has: the baseline's three prompts
-    are cut to the one SRA was scored on; other cells keep their own prompts."""
+def test_the_tables_give_each_condition_its_own_prompts_and_the_baselines_on_them():
+    """A partial condition does not cut a complete one: the baseline keeps its three prompts;
+    SRA, scored on one, has the baseline's value on that one beside its own."""
     sra = ROLES["sra"][0]
     records = [_record("p1", "baseline", True, -1.0), _record("p2", "baseline", False, -3.0),
                _record("p3", "baseline", False, -3.0), _record("p1", sra, False, -2.0),
-               _record("q1", "baseline", False, -3.0, length=2048), _record("q2", "baseline", True, -1.0, length=2048)]
+               _record("q1", sra, True, -1.0, length=2048)]  # the baseline lacks q1
     records[3]["needle_mass"] = [0.3, 0.3, 0.3]
+    records[0]["needle_mass"] = [0.6, 0.6, 0.6]
     pooled = pool_records([records])
     rows = {(r["length"], r["condition"]): r for r in accuracy(pooled)}
-    assert (rows[(1024, "baseline")]["accuracy"], rows[(1024, "baseline")]["n"]) == (1.0, 1)
-    assert (rows[(1024, "sra")]["accuracy"], rows[(1024, "sra")]["n"]) == (0.0, 1)
-    assert (rows[(2048, "baseline")]["accuracy"], rows[(2048, "baseline")]["n"]) == (0.5, 2)
+    base, treated = rows[(1024, "baseline")], rows[(1024, "sra")]
+    assert (base["accuracy"], base["n"], base["baseline_accuracy"]) == (pytest.approx(1 / 3), 3, pytest.approx(1 / 3))
+    assert (treated["accuracy"], treated["n"], treated["baseline_accuracy"]) == (0.0, 1, 1.0)
+    assert rows[(2048, "sra")]["baseline_accuracy"] is None
     layers = {(r["length"], r["condition"], r["layer"]): r for r in needle(pooled)}
-    assert layers[(1024, "baseline", 0)]["n"] == 1 and layers[(1024, "sra", 0)]["needle_mass"] == pytest.approx(0.3)
+    assert layers[(1024, "baseline", 0)]["n"] == 3
+    assert layers[(1024, "sra", 0)]["needle_mass"] == pytest.approx(0.3)
+    assert layers[(1024, "sra", 0)]["needle_mass_baseline"] == pytest.approx(0.6)
+    assert layers[(2048, "sra", 0)]["needle_mass_baseline"] is None
 
 
-def test_lengths_count_alike_when_pooled():
-    """Pooled over lengths, a comparison is the mean of the per-length means (10 prompts at 1k
-    with a difference of 1 and 2 at 2k with 0 pool to 0.5, not 10/12)."""
+def test_lengths_count_alike_when_pooled_and_a_running_cell_waits():
+    """Pooled over lengths, a comparison is the mean of the per-length means (30 prompts at 1k
+    with a difference of 1 and 20 at 2k with 0 pool to 0.5, not 30/50); a length with fewer
+    than POOL_MIN paired prompts (a cell still running) is left out and named."""
     temp = ROLES["temperature"][0]
     records = []
-    for length, n, hit in ((1024, 10, True), (2048, 2, False)):
+    for length, n, hit in ((1024, 30, True), (2048, 20, False), (4096, 5, True)):
         for i in range(n):
             records += [_record(f"p{length}-{i}", "baseline", False, -3.0, length=length),
                         _record(f"p{length}-{i}", temp, hit, -3.0, length=length)]
-    row = paired(pool_records([records]), Comparison("temperature", "baseline"), "exact", "passkey", [1024, 2048])
-    assert row["mean"] == pytest.approx(0.5) and row["n"] == 12
+    row = paired(pool_records([records]), Comparison("temperature", "baseline"), "exact", "passkey",
+                 [1024, 2048, 4096])
+    assert row["mean"] == pytest.approx(0.5) and row["n"] == 50 and row["lengths_left_out"] == [4096]
+    assert row["n_per_length"] == {"1024": 30, "2048": 20, "4096": 5} and POOL_MIN == 20
 
 
 def test_knockout_estimates_are_tabled_where_records_hold_them():
-    with_estimate = _record("p1", "baseline", True, -1.0) | {"needle_knockout": [-0.5, 0.0, -1.5]}
-    pooled = pool_records([[with_estimate, _record("p2", "baseline", True, -1.0)]])
-    rows = report(pooled)["needle_knockout"]
-    assert [r["needle_knockout"] for r in rows] == pytest.approx([-0.5, 0.0, -1.5]) and rows[0]["n"] == 1
+    records = [_record(f"p{i}", "baseline", True, -1.0) | {"needle_knockout": [-0.5 * i, 0.0, -1.5],
+                                                           "needle_knockout_exact": -float(i * i)}
+               for i in range(1, 4)]
+    result = report(pool_records([[*records, _record("p9", "baseline", True, -1.0)]]))
+    rows = result["needle_knockout"]
+    assert [r["needle_knockout"] for r in rows] == pytest.approx([-1.0, 0.0, -1.5]) and rows[0]["n"] == 3
+    (total,) = result["knockout_totals"]
+    assert (total["n"], total["estimate"], total["exact"]) == (3, pytest.approx(-2.5), pytest.approx(-14 / 3))
+    assert total["pearson_r"] == pytest.approx(np.corrcoef([-2.0, -2.5, -3.0], [-1, -4, -9])[0, 1])
     assert report(pool_records([[_record("p2", "baseline", True, -1.0)]]))["needle_knockout"] == []
 
 
@@ -139,23 +159,23 @@ def test_the_report_says_how_far_short_of_their_length_the_prompts_fall():
 
 
 def test_the_report_holds_pooled_and_per_length_comparisons():
-    result = report(pool_records([_run(5, {"baseline": 0.5, "sra": 0.5, "paper_example": 0.5,
-                                           "placebo_example": 0.5})]))
+    result = report(pool_records([_run(POOL_MIN, {"baseline": 0.5, "sra": 0.5, "paper_example": 0.5,
+                                                  "placebo_example": 0.5})]))
     sra = [r for r in result["comparisons"] if r["comparison"] == "sra - baseline" and r["metric"] == "exact"]
     assert [r["lengths"] for r in sra] == [list(PRIMARY_LENGTHS), *([l] for l in PRIMARY_LENGTHS)]
-    assert result["prompts"] == 15 and len(result["primary"]) == 2
+    assert result["prompts"] == 3 * POOL_MIN and len(result["primary"]) == 2
 
 
 def test_the_peers_comparisons_pool_with_the_bench_runs():
     """A peers run pooled with a bench run: each peer against its placebo's mean draw, adaptive
     temperature against the fixed temperature of the bench's run."""
-    bench = _run(4, {"baseline": 0.5, "temperature": 0.5})
-    peers = _run(4, {"sink_scaling": 1.0, "sink_scaling_placebo": 0.0, "adaptive_temperature": 1.0}, seed=1)
+    bench = _run(POOL_MIN, {"baseline": 0.5, "temperature": 0.5})
+    peers = _run(POOL_MIN, {"sink_scaling": 1.0, "sink_scaling_placebo": 0.0, "adaptive_temperature": 1.0}, seed=1)
     result = report(pool_records([bench, peers]))
     rows = {r["comparison"]: r for r in result["comparisons"]
             if r["metric"] == "exact" and r["lengths"] == list(PRIMARY_LENGTHS)}
-    assert rows["sink_scaling - sink_scaling_placebo"]["mean"] == 1.0 and rows["sink_scaling - sink_scaling_placebo"]["n"] == 12
-    assert rows["adaptive_temperature - temperature"]["n"] == 12
+    assert rows["sink_scaling - sink_scaling_placebo"]["mean"] == 1.0
+    assert rows["sink_scaling - sink_scaling_placebo"]["n"] == rows["adaptive_temperature - temperature"]["n"] == 3 * POOL_MIN
     assert {"sink_scaling", "adaptive_temperature"} <= {r["condition"] for r in result["accuracy"]}
 
 
