@@ -7,9 +7,9 @@ secondary run pair their shared passkey prompts; ``at_probe.longctx.report``) an
 * ``report.json``: the two primary comparisons (passkey exact match pooled over 1k-4k, 97.5%
   intervals, the answer in words), every declared comparison per task pooled and per length
   (exact match and log-probability, 95% intervals), accuracy per task, length, depth and
-  condition (on the prompts every condition of a cell has), the needle's attention mass and
-  value-weighted flow per layer, the knockout estimate per layer where records hold it, and the
-  prompts' token counts per cell;
+  condition (each on its own prompts, with the baseline's on the same prompts), the needle's
+  attention mass and value-weighted flow per layer, the knockout estimate per layer and its
+  total against the exact knockout where records hold them, and the prompts' token counts;
 * figures with their CSVs (``analyses/figures.py`` redraws them): ``longctx_paired`` (paired
   differences), ``longctx_accuracy`` (accuracy by depth x length per condition),
   ``longctx_needle`` (needle attention per layer by condition), ``longctx_knockout`` (the
