@@ -66,8 +66,8 @@ def span_knockout_inner_products(pattern: Tensor, grad: Tensor, keys: Tensor, en
                                  first_row: int = 0) -> Tensor:
     """``<G, dA>`` of knocking out a set of keys, per head summed over rows: ``[head]``.
 
-    Key ``keys[i]`` is knocked out for the rows ``>= ends[i]`` (the end of the span it belongs
-    to, as ``ops.knockout`` does for one span); each such row loses its mass on its knocked-out
+    Key ``keys[i]`` (distinct) is knocked out for the rows ``>= ends[i]`` (the end of the span it
+    belongs to, as ``ops.knockout`` does for one span); each such row loses its mass on its knocked-out
     keys and is rescaled to its old sum. ``pattern`` and ``grad`` are one sequence's ``[head,
     q, k]`` (a block of query rows whose first is row ``first_row`` under chunked attention).
     Same per-row formula as ``knockout_inner_products``, with the knocked-out set per row.
