@@ -208,17 +208,19 @@ def prompt_lengths(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[s
 
 
 def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
-    """The whole report: primary, every declared comparison per task (pooled and per length),
-    accuracy per cell and role, the needle's attention per layer, the knockout estimate per
-    layer and its total against the exact knockout where records hold them, and the prompts'
-    token counts per cell."""
+    """The whole report: primary, every declared comparison per task (pooled and per length;
+    in exact match, log-probability and, where recorded, the exact knockout's change), accuracy
+    per cell and role, the needle's attention per layer, the knockout estimate per layer and its
+    total against the exact knockout where records hold them, and the prompts' token counts."""
     cells = _cells(pooled)
     tasks = sorted({c[0] for c in cells.values()})
+    exact_knockout = f"{KNOCKOUT}_exact"
+    metrics = METRICS + ((exact_knockout,) if any(exact_knockout in r for r in pooled.values()) else ())
     comparisons = []
     for comparison in (*PRIMARY, *SECONDARY, *PEERS):
         for task in tasks:
             lengths = sorted({c[1] for c in cells.values() if c[0] == task})
-            for metric in METRICS:
+            for metric in metrics:
                 for scope in ([lengths] if len(lengths) > 1 else []) + [[l] for l in lengths]:
                     row = paired(pooled, comparison, metric, task, scope)
                     row.pop("_groups")

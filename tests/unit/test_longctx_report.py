@@ -149,6 +149,9 @@ def test_knockout_estimates_are_tabled_where_records_hold_them():
     assert (total["n"], total["estimate"], total["exact"]) == (3, pytest.approx(-2.5), pytest.approx(-14 / 3))
     assert total["pearson_r"] == pytest.approx(np.corrcoef([-2.0, -2.5, -3.0], [-1, -4, -9])[0, 1])
     assert report(pool_records([[_record("p2", "baseline", True, -1.0)]]))["needle_knockout"] == []
+    sra = [r | {"setting": ROLES["sra"][0], "needle_knockout_exact": r["needle_knockout_exact"] + 1.0} for r in records]
+    rows = [r for r in report(pool_records([records, sra]))["comparisons"] if r["metric"] == "needle_knockout_exact"]
+    assert [(r["comparison"], r["mean"], r["n"]) for r in rows] == [("sra - baseline", pytest.approx(1.0), 3)]
 
 
 def test_the_report_says_how_far_short_of_their_length_the_prompts_fall():
