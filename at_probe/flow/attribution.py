@@ -75,11 +75,15 @@ def span_knockout_inner_products(pattern: Tensor, grad: Tensor, keys: Tensor, en
     a, g = pattern.float(), grad.float()
     rows = first_row + torch.arange(a.shape[-2], device=a.device)
     inside = keys < a.shape[-1]
-    knocked = torch.zeros(a.shape[-2:], dtype=torch.bool, device=a.device)  # [q, k]
-    knocked[:, keys[inside]] = rows[:, None] >= ends[inside][None, :]
-    ga = g * a
-    mass, ga_knocked = (a * knocked).sum(-1), (ga * knocked).sum(-1)  # [head, q]
-    rest, ga_rest = (a * ~knocked).sum(-1), (ga * ~knocked).sum(-1)  # summed directly, not s - mass
+    cols = keys[inside]
+    knocked = (rows[:, None] >= ends[inside][None, :]).float()  # [q, knocked key]
+    a_k = a[..., cols]  # the knocked-out keys' columns: a handful, not a [q, k] mask of the block
+    mass, ga_knocked = (a_k * knocked).sum(-1), (g[..., cols] * a_k * knocked).sum(-1)  # [head, q]
+    # the rest summed directly, not s - mass: one working copy with the knocked entries zeroed
+    work = a.clone()
+    work[..., cols] = a_k * (1.0 - knocked)
+    rest = work.sum(-1)
+    ga_rest = work.mul_(g).sum(-1)
     scale = torch.where(rest > 0, mass / rest.clamp(min=1e-30), torch.zeros_like(rest))
     return (-ga_knocked + scale * ga_rest).sum(-1)
 

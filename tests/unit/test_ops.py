@@ -136,3 +136,32 @@ def test_entropy_ignores_rounding_negatives_after_the_transition():
     assert (out < 0).any()
     assert torch.isfinite(ops.row_entropy(out[0, 0]))
     torch.testing.assert_close(ops.row_entropy(out[0, 0]), ops.row_entropy(out[0, 0].clamp(min=0)))
+
+
+def test_probe_entropy_counts_zeros_and_rounding_negatives_as_zero_and_keeps_nan():
+    """The probe's blocked entropy (``p log p`` left out where NaN: zeros and the transition's
+    negatives) equals ``ops.row_entropy`` on such a pattern; a NaN of the pattern still gives NaN."""
+    import warnings
+    from types import SimpleNamespace
+
+    from at_probe.flow.probe import FlowProbe
+    from at_probe.interventions.transition import dispense
+
+    p = causal_pattern(heads=2, t=150, seed=4)
+    p[0, 0, 145] = 0.0
+    p[0, 0, 145, 20:30] = 0.1000001  # as above: the window's zeroed keys go slightly negative
+    out = dispense(p, [(140, 150)], 0.5, 1.0)
+    assert (out < 0).any() and (out[0, 1] == 0).any()
+
+    def entropy(pattern: torch.Tensor) -> torch.Tensor:
+        probe = FlowProbe(1, 2, regions=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # log of zeros and negatives: no warning per block
+            probe._hook(pattern, hook=SimpleNamespace(name="blocks.0.attn.hook_pattern"))
+        return probe.result().entropy[0]
+
+    got = entropy(out)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, torch.stack([ops.row_entropy(out[0, h]) for h in range(2)]))
+    out[0, 1, 100, 3] = float("nan")
+    assert entropy(out)[1].isnan() and entropy(out)[0].isfinite()
