@@ -71,7 +71,13 @@ def span_knockout_inner_products(pattern: Tensor, grad: Tensor, keys: Tensor, en
     keys and is rescaled to its old sum. ``pattern`` and ``grad`` are one sequence's ``[head,
     q, k]`` (a block of query rows whose first is row ``first_row`` under chunked attention).
     Same per-row formula as ``knockout_inner_products``, with the knocked-out set per row.
+    Keys past the block's last key are left out (no row of the block sees them).
+
+    Raises:
+        ValueError: ``keys`` are not distinct.
     """
+    if keys.unique().numel() != keys.numel():
+        raise ValueError("span_knockout_inner_products: keys must be distinct (a repeated key would count twice)")
     a, g = pattern.float(), grad.float()
     rows = first_row + torch.arange(a.shape[-2], device=a.device)
     inside = keys < a.shape[-1]
@@ -80,7 +86,7 @@ def span_knockout_inner_products(pattern: Tensor, grad: Tensor, keys: Tensor, en
     a_k = a[..., cols]  # the knocked-out keys' columns: a handful, not a [q, k] mask of the block
     mass, ga_knocked = (a_k * knocked).sum(-1), (g[..., cols] * a_k * knocked).sum(-1)  # [head, q]
     # the rest summed directly, not s - mass: one working copy with the knocked entries zeroed
-    work = a.clone()
+    work = a.clone() if a.data_ptr() == pattern.data_ptr() else a  # a half-precision pattern's float copy is ours
     work[..., cols] = a_k * (1.0 - knocked)
     rest = work.sum(-1)
     ga_rest = work.mul_(g).sum(-1)

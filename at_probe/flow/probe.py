@@ -372,7 +372,9 @@ class FlowProbe:
         row is NaN all the same."""
         n = p.numel()
         if self._scratch is None or self._scratch.numel() < n or self._scratch.device != p.device:
-            self._scratch = torch.empty(n, device=p.device)
+            # sized for the capture's largest sub-block at once, not regrown block by block
+            largest = self.n_heads * _ENTROPY_BLOCK * max(self._length, p.shape[-1])
+            self._scratch = torch.empty(max(n, largest), device=p.device)
         logs = self._scratch[:n].view(p.shape)
         _log(p, out=logs)
         logs.mul_(p)
@@ -427,13 +429,19 @@ class FlowProbe:
         )
 
 
+_NUMPY_LOG_THREADS = 3
+"""Up to this many torch threads the probe takes its logarithm through NumPy (``_log``)."""
+
+
 def _log(x: Tensor, *, out: Tensor) -> None:
-    """``out = log(x)`` for float32 ``x`` (any strides) and a contiguous ``out`` of its shape,
-    without warnings (``-inf`` at zeros, NaN below zero). On the CPU through NumPy (the two
-    share memory): its SIMD ``log`` took 0.54 ns a value against torch's 1.97 on this project's
-    CPU (AVX-512, one thread, torch 2.13), and the log was 44% of the probe's time at 8k tokens.
-    Values agree to float32 rounding."""
-    if x.device.type == "cpu" and out.is_contiguous():
+    """``out = log(x)`` for float32 ``x`` (any strides) and a contiguous float32 ``out`` of its
+    shape, without warnings (``-inf`` at zeros, NaN below zero and at NaN). On the CPU with
+    at most ``_NUMPY_LOG_THREADS`` torch threads, through NumPy (the two share memory): its SIMD
+    ``log``, on one thread, took 0.54 ns a value against torch's 1.97 on this project's CPU
+    (AVX-512, torch 2.13), and the log was over 40% of the probe's block reduction at 8k tokens;
+    torch's parallel ``log`` catches up from about four threads. Values agree within a few
+    float32 ulp."""
+    if x.device.type == "cpu" and out.is_contiguous() and torch.get_num_threads() <= _NUMPY_LOG_THREADS:
         with np.errstate(divide="ignore", invalid="ignore"):
             np.log(x.numpy(), out=out.numpy())
     else:
