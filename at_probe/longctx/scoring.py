@@ -20,6 +20,8 @@ prompt, the answer's rows as generated tokens, as in ``generate``) gives:
   leans on the needle. ``needle_knockout_exact``: the exact change when it is knocked out at
   every layer (one more forward pass), against which that sum can be judged. Together about
   three to four times the scoring pass's time (a checkpointed backward pass and a forward).
+  Each pass gets the setting's hooks afresh, so afterwards the intervention's ``last_report()``
+  describes the exact-knockout pass, not the scored one (the bench reads no report).
 """
 
 from __future__ import annotations
