@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from at_probe.flow import ops
+from at_probe.flow.block_sums import BlockSums
 from at_probe.models.chunked import ChunkedAttentionError, query_block, refuse_chunked
 from at_probe.models.names import layer_of, pattern_hook, value_hook
 from at_probe.runs.runfiles import write_json_atomic
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 _PER_HEAD = ("sink_mass", "entropy", "distance")
 _SAVED = ("region_bounds", "region_mass", "final_token_profile", *_PER_HEAD, "rollout", "final_token_value_profile")
-_ENTROPY_BLOCK = 64  # rows per sub-block: each reads keys only up to its last row (skips most causal zeros)
 _MAPS_NEED = ("rollout keeps head-averaged [L, T, T] maps, whole patterns that chunked attention never forms "
               "(each hook holds a block of query rows)")
 
@@ -231,8 +230,8 @@ class FlowProbe:
         self._open: tuple[int, int] | None = None  # (layer, next query row) of a layer read block by block
         self._sums: dict[str, Tensor] = {}
         self._norms: Tensor | None = None
-        self._scratch: Tensor | None = None
-        self._rows_and_keys: tuple[Tensor, Tensor] | None = None
+        self._block_sums = BlockSums()
+        self._row_regions: Tensor | None = None
         self._edges: list[int] = []
 
     def hooks(self) -> list[tuple[str, Any]]:
@@ -307,7 +306,7 @@ class FlowProbe:
                 self._labels = ops.region_labels(self._bounds)
             else:
                 self._bounds, self._labels = ops.prompt_regions(t, self.regions, self.document)
-        self._edges = [int(b) for b in self._bounds.tolist()]  # for the key slices of _key_sums
+        self._edges = [int(b) for b in self._bounds.tolist()]  # the key regions of the block sums
         regions = len(self._bounds) - 1
         self._sums = {"region_mass": torch.zeros(self.n_heads, regions, regions),
                       **{k: torch.zeros(self.n_heads) for k in _PER_HEAD}}
@@ -315,70 +314,31 @@ class FlowProbe:
 
     def _accumulate(self, layer: int, heads: Tensor, start: int, values: Tensor | None) -> None:
         """Add one block of query rows ``[head, rows, keys]`` (rows ``start ..``) to the layer's
-        sums: a few batched operations over all heads, in sub-blocks of ``_ENTROPY_BLOCK``
-        rows that read only the keys up to each sub-block's last row (a causal pattern's
-        other keys are zero). Row 0 can only attend to itself: it is left out of the per-row
-        means."""
-        assign, positions = self._assignment_and_positions(heads.device)
+        sums, from each row's region mass, position-weighted mass and ``sum p log p``
+        (``at_probe.flow.block_sums``: one compiled pass on the CPU). Row 0 can only attend to
+        itself: it is left out of the per-row means."""
         if values is not None and self._grams is not None and self._norms is not None:
             norms = ops.value_norms(values, gram=self._grams[layer])  # [head, rows]
             self._norms[:, start : start + norms.shape[1]] = norms.float().cpu()
+        mass, weighted, plogp = self._block_sums(heads, self._edges, start)
+        assign = self._assignment(mass.device)[start : start + heads.shape[1]].to(mass.dtype)
+        rows = slice(1 if start == 0 else 0, None)  # the block's rows that enter the per-row means
+        q = torch.arange(start, start + heads.shape[1], device=mass.device, dtype=mass.dtype)[rows]
+        key_mass = mass[:, rows]
+        # each row's total: ~1 (the transition's rounding residue kept) or NaN from a NaN weight
+        total = key_mass.sum(-1).clamp(min=1e-30)
         sums = self._sums
-        for r0 in range(0, heads.shape[1], _ENTROPY_BLOCK):
-            first = start + r0
-            keys = min(heads.shape[2], first + _ENTROPY_BLOCK)
-            p = heads[:, r0 : r0 + _ENTROPY_BLOCK, :keys].float()  # [head, rows, keys]
-            rows = slice(1 if first == 0 else 0, None)  # the real rows of this sub-block
-            q = torch.arange(first, first + p.shape[1], device=p.device, dtype=torch.float32)[rows]
-            mass, weighted = self._key_sums(p, positions[:keys])  # [head, rows, region], [head, rows]
-            sums["region_mass"] += torch.einsum("qf,hqr->hfr", assign[first : first + p.shape[1]], mass).cpu()
-            key_mass = mass[:, rows]
-            total = key_mass.sum(-1).clamp(min=1e-30)  # each row's mass
-            sums["sink_mass"] += key_mass[..., 0].sum(-1).cpu()
-            sums["distance"] += (q - weighted[:, rows] / total).sum(-1).cpu()
-            sums["entropy"] += self._row_entropy(p[:, rows], total).sum(-1).cpu()
+        sums["region_mass"] += torch.einsum("qf,hqr->hfr", assign, mass).cpu()
+        sums["sink_mass"] += key_mass[..., 0].sum(-1).cpu()
+        sums["distance"] += (q - weighted[:, rows] / total).sum(-1).cpu()
+        sums["entropy"] += (total.log() - plogp[:, rows] / total).sum(-1).cpu()
 
-    def _assignment_and_positions(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The capture's ``[T, region]`` query-row assignment and ``[T]`` key positions (made
-        once per capture, not per block)."""
-        if self._rows_and_keys is None or self._rows_and_keys[0].device != device:
+    def _assignment(self, device: torch.device) -> Tensor:
+        """The capture's ``[T, region]`` query-row assignment (made once per capture, not per block)."""
+        if self._row_regions is None or self._row_regions.device != device:
             assert self._bounds is not None
-            assign = ops._assignment(self._bounds.to(device), self._length)
-            self._rows_and_keys = (assign, torch.arange(self._length, device=device, dtype=torch.float32))
-        return self._rows_and_keys
-
-    def _key_sums(self, p: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Each row's mass on each key region, ``[head, rows, region]``, as a sum over the
-        region's slice of keys, and its position-weighted mass ``[head, rows]``, as one
-        matrix-vector product per head, for ``p`` ``[head, rows, keys]`` (a view into the
-        block). Some twenty small operations, not one product with a one-hot
-        ``[keys, region + 1]`` matrix: that product gives the same sums (to float rounding)
-        and took six times as long on a sub-block at 4k tokens (3.95 against 0.61 ms, one
-        thread), while the slices and the per-head products read ``p`` where it lies."""
-        edges = self._edges
-        mass = torch.stack([p[..., a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:])], dim=-1)
-        weighted = torch.stack([torch.mv(head, positions) for head in p])
-        return mass, weighted
-
-    def _row_entropy(self, p: Tensor, total: Tensor) -> Tensor:
-        """``ops.row_entropy``'s per-row entropy of ``p`` ``[head, rows, keys]``, in one scratch
-        buffer reused by every block (a fresh block-sized tensor per step costs more, in page
-        faults, than the arithmetic). ``p log p`` is NaN where ``p`` is zero (``0 * -inf``) or
-        holds the transition's rounding residue below zero (``log`` of a negative), and those
-        terms are left out of the row's sum: they count as 0, as in ``ops.row_entropy``. Three
-        passes over the block (log, product, sum), not the four of clamping first. The row sums
-        ``total`` ``[head, rows]`` come from the region sums (one pass less): they hold that
-        residue as it is (~1e-9), and a NaN of the pattern itself, so the entropy of such a
-        row is NaN all the same."""
-        n = p.numel()
-        if self._scratch is None or self._scratch.numel() < n or self._scratch.device != p.device:
-            # sized for the capture's largest sub-block at once, not regrown block by block
-            largest = self.n_heads * _ENTROPY_BLOCK * max(self._length, p.shape[-1])
-            self._scratch = torch.empty(max(n, largest), device=p.device)
-        logs = self._scratch[:n].view(p.shape)
-        _log(p, out=logs)
-        logs.mul_(p)
-        return total.log() - logs.nansum(-1) / total
+            self._row_regions = ops._assignment(self._bounds.to(device), self._length)
+        return self._row_regions
 
     def _finish_layer(self, layer: int, last_block: Tensor) -> None:
         """The layer's last rows have come: its measures from the sums; the final token's
@@ -427,25 +387,6 @@ class FlowProbe:
             maps=torch.stack([self._maps[l].cpu() for l in range(self.n_layers)]) if self.keep_maps else None,
             meta=dict(meta),
         )
-
-
-_NUMPY_LOG_THREADS = 3
-"""Up to this many torch threads the probe takes its logarithm through NumPy (``_log``)."""
-
-
-def _log(x: Tensor, *, out: Tensor) -> None:
-    """``out = log(x)`` for float32 ``x`` (any strides) and a contiguous float32 ``out`` of its
-    shape, without warnings (``-inf`` at zeros, NaN below zero and at NaN). On the CPU with
-    at most ``_NUMPY_LOG_THREADS`` torch threads, through NumPy (the two share memory): its SIMD
-    ``log``, on one thread, took 0.54 ns a value against torch's 1.97 on this project's CPU
-    (AVX-512, torch 2.13), and the log was over 40% of the probe's block reduction at 8k tokens;
-    torch's parallel ``log`` would catch up at about four threads (1.97 / 0.54; not measured).
-    Values agree within a few float32 ulp."""
-    if x.device.type == "cpu" and out.is_contiguous() and torch.get_num_threads() <= _NUMPY_LOG_THREADS:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.log(x.numpy(), out=out.numpy())
-    else:
-        torch.log(x, out=out)
 
 
 def probe_pass(model: Any, prompt: Any, transition: Any, regions: int,

@@ -171,7 +171,7 @@ def test_probe_entropy_counts_zeros_and_rounding_negatives_as_zero_and_keeps_nan
 def test_probe_log_agrees_with_torch_log_on_both_paths():
     """``_log`` (NumPy on the CPU, torch otherwise: here a non-contiguous ``out``) gives torch's
     log within float32 rounding, ``-inf`` at zeros and NaN below zero, from a strided input."""
-    from at_probe.flow.probe import _log
+    from at_probe.flow.block_sums import _log
 
     x = torch.rand(3, 8, 40)[:, :, :33]
     x[0, 0, :3] = torch.tensor([0.0, -1e-9, 1e-40])

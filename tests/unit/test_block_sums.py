@@ -1,0 +1,170 @@
+"""The probe's per-row block sums: the compiled pass and the torch path against a direct
+computation, with the conventions for zeros, rounding negatives and NaN."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from at_probe.flow import block_sums
+from at_probe.flow.block_sums import BlockSums
+from tests.unit.test_transition import causal_pattern
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                    reason="no C++ compiler: the probe's compiled block sums cannot build here")
+
+
+def direct(p: torch.Tensor, edges: list[int], first: int) -> tuple[torch.Tensor, ...]:
+    """Row by row in float64: region mass, position-weighted mass, sum p log p (p > 0 only)."""
+    heads, rows, keys = p.shape
+    mass = torch.zeros(heads, rows, len(edges) - 1, dtype=torch.float64)
+    weighted = torch.zeros(heads, rows, dtype=torch.float64)
+    plogp = torch.zeros(heads, rows, dtype=torch.float64)
+    for h in range(heads):
+        for r in range(rows):
+            row = p[h, r, : min(keys, first + r + 1)].double()
+            for j, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+                mass[h, r, j] = row[a:b].sum()
+            weighted[h, r] = (row * torch.arange(len(row), dtype=torch.float64)).sum()
+            positive = row[row > 0]
+            plogp[h, r] = (positive * positive.log()).sum()
+    return mass, weighted, plogp
+
+
+def block(first: int, rows: int, heads: int = 3, seed: int = 0) -> torch.Tensor:
+    """Rows ``first .. first + rows - 1`` of a causal pattern, with keys up to the last row."""
+    return causal_pattern(heads=heads, t=first + rows, seed=seed)[0, :, first:].contiguous()
+
+
+def edited(p: torch.Tensor) -> torch.Tensor:
+    """``p`` with a zeroed entry and two rounding negatives (the transition's residue)."""
+    p = p.clone()
+    p[0, 1, 2] = 0.0
+    p[1, 2, 3] = -3e-9
+    p[2, -1, 0] = -1e-9
+    return p
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def sums(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    if request.param == "compiled":
+        if shutil.which("c++") is None and shutil.which("g++") is None:
+            pytest.skip("no C++ compiler: the probe's compiled block sums cannot build here")
+        assert block_sums.kernel() is not None, "the compiled block sums did not build"
+    else:
+        monkeypatch.setattr(block_sums, "kernel", lambda: None)
+    return BlockSums()
+
+
+@pytest.mark.parametrize("first, rows", [(0, 70), (37, 5), (90, 130)])
+def test_block_sums_equal_the_direct_computation(sums, first, rows):
+    p = edited(block(first, rows))
+    edges = [0, 1, 9, 40, first + rows, first + rows + 50]  # the last region lies past every key
+    for got, want in zip(sums(p, edges, first), direct(p, edges, first)):
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5)
+
+
+def test_block_sums_skip_keys_after_the_block(sums):
+    """Keys after the block's last row (zero placeholders of a block given every key) are not read."""
+    p = block(20, 10)
+    padded = torch.cat([p, torch.full((3, 10, 6), 5.0)], dim=-1)
+    edges = [0, 1, 15, 36]
+    for got, want in zip(sums(padded, edges, 20), sums(p, edges, 20)):
+        torch.testing.assert_close(got, want)
+
+
+def test_block_sums_from_a_view_and_half_precision(sums):
+    """A strided view (a slice of a larger block) and a bfloat16 block give the float32 sums."""
+    big = block(10, 40)
+    view = big[:, 8:30]  # rows 18 .. 39: head and row strides of the larger block
+    edges = [0, 1, 12, 50]
+    for got, want in zip(sums(view, edges, 18), direct(view, edges, 18)):
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5)
+    half = big.bfloat16()
+    for got, want in zip(sums(half, edges, 10), direct(half.float(), edges, 10)):
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5)
+
+
+def test_regions_must_cover_the_keys():
+    with pytest.raises(ValueError, match="cover"):
+        BlockSums()(block(0, 8), [0, 4], 0)
+    with pytest.raises(ValueError, match="cover"):
+        BlockSums()(block(0, 8), [1, 8], 0)
+
+
+def test_a_nan_weight_reaches_the_mass_not_the_plogp(sums):
+    p = block(0, 30)
+    p[1, 20, 7] = float("nan")
+    mass, weighted, plogp = sums(p, [0, 1, 10, 30], 0)
+    assert mass[1, 20, 1].isnan() and weighted[1, 20].isnan()
+    assert plogp.isfinite().all() and mass[1, 19].isfinite().all() and mass[0, 20].isfinite().all()
+
+
+def test_the_compiled_and_torch_paths_agree_on_a_long_block(monkeypatch):
+    """Many keys per region (the compiled pass adds them in SIMD lanes, torch in its own order)."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: the probe's compiled block sums cannot build here")
+    p = edited(block(1900, 100, seed=3))
+    edges = [0, 1, 300, 1000, 1700, 2000]
+    compiled = BlockSums()(p, edges, 1900)
+    monkeypatch.setattr(block_sums, "kernel", lambda: None)
+    for got, want in zip(BlockSums()(p, edges, 1900), compiled):
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-4)
+
+
+@needs_compiler
+def test_the_probe_gives_the_same_measures_either_way(monkeypatch):
+    from at_probe.flow.probe import FlowProbe
+
+    pattern = causal_pattern(heads=2, t=150, seed=6)
+
+    def measures() -> dict[str, torch.Tensor]:
+        probe = FlowProbe(1, 2, regions=4)
+        probe._hook(pattern, hook=SimpleNamespace(name="blocks.0.attn.hook_pattern"))
+        result = probe.result()
+        return {k: getattr(result, k) for k in ("region_mass", "sink_mass", "entropy", "distance")}
+
+    compiled = measures()
+    monkeypatch.setattr(block_sums, "kernel", lambda: None)
+    for key, value in measures().items():
+        torch.testing.assert_close(value, compiled[key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_kernel_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv(block_sums.KERNEL_ENV, "0")
+    block_sums.kernel.cache_clear()
+    try:
+        assert block_sums.kernel() is None
+    finally:
+        block_sums.kernel.cache_clear()
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
+    import torch.utils.cpp_extension as cpp
+
+    def fail(**kwargs):
+        raise RuntimeError("Error building extension 'at_probe_block_sums'\nno compiler")
+
+    monkeypatch.setattr(cpp, "load", fail)
+    monkeypatch.delenv(block_sums.KERNEL_ENV, raising=False)
+    block_sums.kernel.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="did not build .*no compiler.*torch operations"):
+            assert block_sums.kernel() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert block_sums.kernel() is None  # cached: no second warning
+    finally:
+        block_sums.kernel.cache_clear()
+
+
+@needs_compiler
+def test_loading_the_kernel_keeps_subnormal_floats():
+    """The build must not flush subnormals process-wide (as linking with -ffast-math can)."""
+    assert block_sums.kernel() is not None
+    tiny = torch.tensor([1e-40]) * 1.0
+    assert tiny.item() > 0
