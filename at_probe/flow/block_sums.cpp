@@ -57,4 +57,6 @@ std::vector<torch::Tensor> block_sums(const torch::Tensor& p, const torch::Tenso
   return {mass, weighted, plogp};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("block_sums", &block_sums, "FlowProbe's per-row block sums"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("block_sums", &block_sums, "FlowProbe's per-row block sums", py::call_guard<py::gil_scoped_release>());
+}

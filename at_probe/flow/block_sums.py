@@ -22,7 +22,10 @@ as 0, and so does a NaN, which still reaches the row's mass.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,9 +38,10 @@ KERNEL_ENV = "AT_PROBE_KERNEL"
 """Environment variable: ``0`` makes the probe use torch operations instead of the compiled pass."""
 
 _SOURCE = Path(__file__).with_name("block_sums.cpp")
-_ARCH_FLAGS = {"AVX512": ["-march=x86-64-v4", "-mprefer-vector-width=512"], "AVX2": ["-march=x86-64-v3"]}
-# the build is named by torch's CPU capability, so a cache shared by different machines never
-# hands one a library compiled for instructions it lacks
+_ARCH_FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx2", "-mfma", "-mprefer-vector-width=512"],
+               "AVX2": ["-mavx2", "-mfma"]}
+# the build is named by torch's CPU capability and the source's hash, so a cache shared by
+# different machines or checkouts never hands one a library built for others
 _SUB_ROWS = 64  # torch path: rows per sub-block, each reading keys only up to its last row
 _NUMPY_LOG_THREADS = 3
 """Up to this many torch threads the torch path takes its logarithm through NumPy (``_log``)."""
@@ -46,19 +50,25 @@ _NUMPY_LOG_THREADS = 3
 @functools.cache
 def kernel() -> Any | None:
     """The compiled ``block_sums`` extension, built on first call, or None where it is switched
-    off (``AT_PROBE_KERNEL=0``) or does not build (a warning says why, once per process)."""
+    off (``AT_PROBE_KERNEL=0``, read once per process) or does not build (a warning says why,
+    once per process)."""
     if os.environ.get(KERNEL_ENV, "1") == "0":
         return None
     capability = torch.backends.cpu.get_cpu_capability()
+    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:10]
+    if shutil.which("ninja") is None:  # torch looks on PATH; the ninja package installs beside this Python
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     try:
         from torch.utils.cpp_extension import load
 
-        return load(name=f"at_probe_block_sums_{capability.lower()}", sources=[str(_SOURCE)],
+        return load(name=f"at_probe_block_sums_{capability.lower()}_{digest}", sources=[str(_SOURCE)],
                     extra_cflags=["-O3", "-fno-math-errno", "-fopenmp-simd", *_ARCH_FLAGS.get(capability, [])],
                     extra_ldflags=["-lmvec"], verbose=False)
     except Exception as err:  # any build failure: the torch path gives the same sums
+        lines = str(err).strip().splitlines() or [""]
+        reason = next((line for line in lines if "error:" in line), lines[-1]).strip()  # a compiler's first error
         warnings.warn(f"at_probe: the probe's compiled block sums did not build ({type(err).__name__}: "
-                      f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}); using torch "
+                      f"{reason}); using torch "
                       f"operations (same sums, slower; set {KERNEL_ENV}=0 to skip the attempt)", stacklevel=2)
         return None
 
@@ -81,15 +91,23 @@ class BlockSums:
         Returns:
             ``[head, rows, region]`` mass, ``[head, rows]`` position-weighted mass (keys
             weighted by their position) and ``[head, rows]`` ``sum p log p`` (nats), on
-            ``p``'s device, float64 from the compiled pass, else float32.
+            ``p``'s device: float64 from the compiled pass (float32 sums within each region,
+            added up in float64), else float32.
         """
         if edges[0] != 0 or edges[-1] < p.shape[-1]:
             raise ValueError(f"block sums: the key regions {edges[0]}..{edges[-1]} must cover the block's "
                              f"{p.shape[-1]} keys")
         compiled = kernel() if p.device.type == "cpu" else None
         if compiled is not None:
-            block = p if p.dtype == torch.float32 and p.stride(-1) == 1 else p.float().contiguous()
-            return tuple(compiled.block_sums(block, torch.tensor(edges, dtype=torch.int64), int(first)))
+            bounds = torch.tensor(edges, dtype=torch.int64)
+            if p.dtype == torch.float32 and p.stride(-1) == 1:
+                return tuple(compiled.block_sums(p, bounds, int(first)))
+            parts = []  # a float32 copy of a sub-block at a time, not of the whole block
+            for r0 in range(0, p.shape[1], _SUB_ROWS):
+                keys = min(p.shape[2], first + min(r0 + _SUB_ROWS, p.shape[1]))
+                part = p[:, r0 : r0 + _SUB_ROWS, :keys].float().contiguous()
+                parts.append(compiled.block_sums(part, bounds, int(first) + r0))
+            return tuple(torch.cat(part, dim=1) for part in zip(*parts))
         return self.torch_block_sums(p, edges, first)
 
     def torch_block_sums(self, p: Tensor, edges: list[int], first: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -110,7 +128,7 @@ class BlockSums:
     def _plogp(self, q: Tensor) -> Tensor:
         """``sum p log p`` per row of ``q``, in one scratch buffer reused by every sub-block (a
         fresh one per step costs more, in page faults, than the arithmetic): NaN terms (zeros,
-        ``0 * -inf``; negatives, ``log`` of one; a NaN) are left out, as the kernel's are."""
+        ``0 * -inf``; negatives, the log of a negative; a NaN) are left out, as the kernel's are."""
         n = q.numel()
         if self._scratch is None or self._scratch.numel() < n or self._scratch.device != q.device:
             grown = 2 * self._scratch.numel() if self._scratch is not None else 0  # a causal block's keys grow

@@ -43,8 +43,8 @@ def block(first: int, rows: int, heads: int = 3, seed: int = 0) -> torch.Tensor:
 def edited(p: torch.Tensor) -> torch.Tensor:
     """``p`` with a zeroed entry and two rounding negatives (the transition's residue)."""
     p = p.clone()
-    p[0, 1, 2] = 0.0
-    p[1, 2, 3] = -3e-9
+    p[0, -1, 2] = 0.0  # the last rows see these keys whatever the block's first row
+    p[1, -2, 3] = -3e-9
     p[2, -1, 0] = -1e-9
     return p
 
@@ -74,6 +74,21 @@ def test_block_sums_skip_keys_after_the_block(sums):
     padded = torch.cat([p, torch.full((3, 10, 6), 5.0)], dim=-1)
     edges = [0, 1, 15, 36]
     for got, want in zip(sums(padded, edges, 20), sums(p, edges, 20)):
+        torch.testing.assert_close(got, want)
+
+
+@needs_compiler
+def test_the_compiled_pass_reads_no_key_after_a_row():
+    """Weights after each row's own position (zero in a causal pattern) are not read by the
+    compiled pass (the torch path reads some: the callers' patterns are causal)."""
+    sums = BlockSums()
+    assert block_sums.kernel() is not None
+    p = block(20, 10)
+    dirty = p.clone()
+    for r in range(10):
+        dirty[:, r, 20 + r + 1 :] = 7.0
+    edges = [0, 1, 15, 30]
+    for got, want in zip(sums(dirty, edges, 20), sums(p, edges, 20)):
         torch.testing.assert_close(got, want)
 
 
@@ -147,13 +162,14 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
     import torch.utils.cpp_extension as cpp
 
     def fail(**kwargs):
-        raise RuntimeError("Error building extension 'at_probe_block_sums'\nno compiler")
+        raise RuntimeError("Error building extension 'at_probe_block_sums'\nblock_sums.cpp:9: error: no compiler\n"
+                           "ninja: build stopped: subcommand failed.")
 
     monkeypatch.setattr(cpp, "load", fail)
     monkeypatch.delenv(block_sums.KERNEL_ENV, raising=False)
     block_sums.kernel.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="did not build .*no compiler.*torch operations"):
+        with pytest.warns(UserWarning, match="did not build .*error: no compiler.*torch operations"):
             assert block_sums.kernel() is None
         with warnings.catch_warnings():
             warnings.simplefilter("error")
