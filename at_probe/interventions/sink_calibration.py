@@ -120,7 +120,8 @@ def calibrate_sinks_(pattern: Pattern, sinks: SinkMask, beta: float, *, heads: T
     """Damp the ``sinks`` keys of every row by ``beta`` and give the freed mass to the row's other
     keys in proportion to their weights, in place on ``pattern`` ``[1, head, q, k]`` (keys from
     the sequence's first token; ``sinks`` ``[edited heads, <= k]``). Rows with no weight off the
-    sinks are left as they are (nothing to give the mass to). Arithmetic in float32.
+    sinks are left as they are (nothing to give the mass to). Arithmetic in float32, the row masses
+    summed in float64 (the same factors for a block of query rows as for the whole pattern).
 
     Returns:
         The total-variation shift ``[head, rows]`` of each edited row.
@@ -130,8 +131,13 @@ def calibrate_sinks_(pattern: Pattern, sinks: SinkMask, beta: float, *, heads: T
     mask = torch.zeros(work.shape[0], work.shape[-1], dtype=torch.bool, device=work.device)
     width = min(sinks.shape[-1], work.shape[-1])
     mask[:, :width] = sinks[:, :width].to(work.device)
-    # each row's mass on the sinks and off them, in one pass: [head, rows, 2]
-    masses = work @ torch.stack((mask.float(), (~mask).float()), dim=-1)
+    # each row's mass on the sinks and off them [head, rows, 2], summed in float64 a head at a
+    # time: rounded to float32, the sums do not depend on how many zero keys past the row the
+    # pattern holds, so a block of query rows (chunked attention) gets the whole pattern's
+    # factors (a float32 product adds the keys in an order that depends on their number, on
+    # some CPUs' kernels)
+    split = torch.stack((mask, ~mask), dim=-1).double()  # [head, keys, 2]
+    masses = torch.stack([(work[h].double() @ split[h]).float() for h in range(work.shape[0])])
     sink_mass, other_mass = masses[..., 0], masses[..., 1]
     given = other_mass > 0  # rows with somewhere to give the freed mass
     factor = torch.where(given, 1.0 + (1.0 - beta) * sink_mass / other_mass.clamp_min(torch.finfo(torch.float32).tiny),
