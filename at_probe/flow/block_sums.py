@@ -15,8 +15,9 @@ come from torch and NumPy operations (``torch_block_sums``); the two agree to fl
 (``tests/unit/test_block_sums.py``).
 
 Conventions (both paths): a row's weights after its own position must be zero, as in a causal
-pattern (the compiled pass does not read them, the torch path reads some); in ``p log p`` zeros and rounding negatives (the transition's residue, ~1e-9) count
-as 0, and so does a NaN, which still reaches the row's mass.
+pattern (the compiled pass does not read them, the torch path reads some); in ``p log p`` zeros
+and rounding negatives (the transition's residue, ~1e-9) count as 0, and so does a NaN, which
+still reaches the row's mass.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +104,9 @@ class BlockSums:
             bounds = torch.tensor(edges, dtype=torch.int64)
             if p.dtype == torch.float32 and p.stride(-1) == 1:
                 return tuple(compiled.block_sums(p, bounds, int(first)))
-            parts = []  # a float32 copy of a sub-block at a time, not of the whole block
-            for r0 in range(0, p.shape[1], _SUB_ROWS):
-                keys = min(p.shape[2], first + min(r0 + _SUB_ROWS, p.shape[1]))
-                part = p[:, r0 : r0 + _SUB_ROWS, :keys].float().contiguous()
-                parts.append(compiled.block_sums(part, bounds, int(first) + r0))
+            # a float32 copy of a sub-block at a time, not of the whole block
+            parts = [compiled.block_sums(q.float().contiguous(), bounds, int(first) + r0)
+                     for r0, q in _sub_blocks(p, first)]
             return tuple(torch.cat(part, dim=1) for part in zip(*parts))
         return self.torch_block_sums(p, edges, first)
 
@@ -115,13 +115,12 @@ class BlockSums:
         reading the keys up to its last row, a few batched passes per sub-block."""
         positions = torch.arange(p.shape[-1], device=p.device, dtype=torch.float32)
         parts = []
-        for r0 in range(0, p.shape[1], _SUB_ROWS):
-            keys = min(p.shape[2], first + min(r0 + _SUB_ROWS, p.shape[1]))  # up to the sub-block's last row
-            q = p[:, r0 : r0 + _SUB_ROWS, :keys].float()
+        for _, q in _sub_blocks(p, first):
+            q = q.float()
             # slices and per-head products read q where it lies; a product with a one-hot
             # [keys, region] matrix gave the same sums six times slower (4k tokens, one thread)
             mass = torch.stack([q[..., a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:])], dim=-1)
-            weighted = torch.stack([torch.mv(head, positions[:keys]) for head in q])
+            weighted = torch.stack([torch.mv(head, positions[: q.shape[-1]]) for head in q])
             parts.append((mass, weighted, self._plogp(q)))
         return tuple(torch.cat(part, dim=1) for part in zip(*parts))
 
@@ -136,6 +135,15 @@ class BlockSums:
         logs = self._scratch[:n].view(q.shape)
         _log(q, out=logs)
         return logs.mul_(q).nansum(-1)
+
+
+def _sub_blocks(p: Tensor, first: int) -> Iterator[tuple[int, Tensor]]:
+    """``(r0, view)`` for each ``_SUB_ROWS`` rows of ``p`` ``[head, rows, keys]`` from row
+    ``r0``, the view holding the keys up to the sub-block's last row (a causal pattern's other
+    keys are zero)."""
+    for r0 in range(0, p.shape[1], _SUB_ROWS):
+        keys = min(p.shape[2], first + min(r0 + _SUB_ROWS, p.shape[1]))
+        yield r0, p[:, r0 : r0 + _SUB_ROWS, :keys]
 
 
 def _log(x: Tensor, *, out: Tensor) -> None:

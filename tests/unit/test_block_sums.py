@@ -14,8 +14,9 @@ from at_probe.flow import block_sums
 from at_probe.flow.block_sums import BlockSums
 from tests.unit.test_transition import causal_pattern
 
-needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                    reason="no C++ compiler: the probe's compiled block sums cannot build here")
+NO_COMPILER = shutil.which("c++") is None and shutil.which("g++") is None
+NO_COMPILER_REASON = "no C++ compiler: the probe's compiled block sums cannot build here"
+needs_compiler = pytest.mark.skipif(NO_COMPILER, reason=NO_COMPILER_REASON)
 
 
 def direct(p: torch.Tensor, edges: list[int], first: int) -> tuple[torch.Tensor, ...]:
@@ -52,8 +53,8 @@ def edited(p: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(params=["compiled", "torch"])
 def sums(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     if request.param == "compiled":
-        if shutil.which("c++") is None and shutil.which("g++") is None:
-            pytest.skip("no C++ compiler: the probe's compiled block sums cannot build here")
+        if NO_COMPILER:
+            pytest.skip(NO_COMPILER_REASON)
         assert block_sums.kernel() is not None, "the compiled block sums did not build"
     else:
         monkeypatch.setattr(block_sums, "kernel", lambda: None)
@@ -99,7 +100,8 @@ def test_block_sums_from_a_view_and_half_precision(sums):
     edges = [0, 1, 12, 50]
     for got, want in zip(sums(view, edges, 18), direct(view, edges, 18)):
         torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5)
-    half = big.bfloat16()
+    half = block(10, 100).bfloat16()  # over 64 rows: converted in sub-blocks
+    edges = [0, 1, 12, 110]
     for got, want in zip(sums(half, edges, 10), direct(half.float(), edges, 10)):
         torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5)
 
@@ -119,10 +121,9 @@ def test_a_nan_weight_reaches_the_mass_not_the_plogp(sums):
     assert plogp.isfinite().all() and mass[1, 19].isfinite().all() and mass[0, 20].isfinite().all()
 
 
+@needs_compiler
 def test_the_compiled_and_torch_paths_agree_on_a_long_block(monkeypatch):
     """Many keys per region (the compiled pass adds them in SIMD lanes, torch in its own order)."""
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler: the probe's compiled block sums cannot build here")
     p = edited(block(1900, 100, seed=3))
     edges = [0, 1, 300, 1000, 1700, 2000]
     compiled = BlockSums()(p, edges, 1900)
