@@ -231,3 +231,16 @@ def sweep_options(args: Any) -> dict[str, Any]:
         raise ValueError(f"--device {args.device} with Ray: each actor sees only its own GPU; "
                          "pass --device cuda")
     return {"workers": args.workers, "ray_address": args.ray_address, "gpus_per_worker": gpus}
+
+
+def check_context(lengths: Sequence[int], shape: Any, model: str, flag: str = "--lengths") -> None:
+    """Refuse token counts past the model's context (``shape.n_ctx``, from
+    ``at_probe.models.loading.model_shape``; nothing is checked where its config does not say).
+
+    Raises:
+        UsageError: one of ``lengths`` is longer than the context.
+    """
+    context = getattr(shape, "n_ctx", None)
+    longer = [n for n in lengths if context is not None and n > context]
+    if longer:
+        raise UsageError(f"argument {flag}: {max(longer)} tokens exceed the context of {model} ({context} tokens)")

@@ -40,7 +40,7 @@ def long_tokens(tokenizer: Any, n_tokens: int, data: Path) -> torch.Tensor:
         ids += tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"]
         if len(ids) >= n_tokens:
             return torch.tensor([ids[:n_tokens]])
-    raise ValueError(f"the development documents hold fewer than {n_tokens} tokens")
+    raise ValueError(f"argument --long-context: the development documents hold fewer than {n_tokens} tokens")
 
 
 def forward(kind: str, model_name: str, rows: int, device: str | None) -> Callable[[torch.Tensor], Any]:
@@ -189,12 +189,14 @@ def add_arguments(p: Any, data: Path) -> None:
 
 def run_long_context(p: Any, args: argparse.Namespace, given: frozenset[str], finish: Callable[..., int]) -> int:
     """``bench.py --long-context``: run every length, write ``--json``; exit 2 on a bad input."""
-    from at_probe.cli.args import prog
+    from at_probe.cli.args import check_context, prog
+    from at_probe.models.loading import model_shape
 
     p.refuse(given, ("--decode-only", "--memory-only", "--tokens", "--xsum", "--profile"),
              "is not used with --long-context")
     torch.manual_seed(0)
     try:
+        check_context(args.long_context, model_shape(args.model), args.model, "--long-context")
         results = run(args.model, args.long_context, args.attention_rows, args.data, args.device,
                       args.repeats, args.stock_up_to)
     except (FileNotFoundError, ValueError, OSError, TypeError) as err:

@@ -47,6 +47,7 @@ from at_probe.cli.args import (
     ArgumentParser,
     UsageError,
     add_sweep_arguments,
+    check_context,
     existing_dir,
     existing_file,
     model_name,
@@ -190,6 +191,29 @@ def _scored_elsewhere(runs: list[Path]) -> set[tuple[str, str]]:
     return {(r.get("doc_id"), r.get("setting")) for run in runs for r in read_jsonl(run / "records.jsonl")}
 
 
+def _holds_run(out: Path) -> None:
+    """Raises UsageError unless ``out`` holds a run (``--check`` reads its records)."""
+    if not (out / "manifest.json").is_file() or not (out / "records.jsonl").is_file():
+        raise UsageError(f"argument --check: {out} holds no run (manifest.json and records.jsonl) to check")
+
+
+def _profiles(path: Path) -> dict[str, Any] | None:
+    """The ``profiles`` of an ``alternatives_select.py`` selection.json.
+
+    Raises:
+        UsageError: the file is not JSON, or not a JSON object.
+    """
+    import json
+
+    try:
+        selection = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"argument --profiles: {path} is not JSON ({err})") from err
+    if not isinstance(selection, dict):
+        raise UsageError(f"argument --profiles: {path} is not a selection.json (a JSON object with 'profiles')")
+    return selection.get("profiles")
+
+
 def check(args: argparse.Namespace, specs: list[dict[str, Any]], profiles: dict[str, Any] | None) -> int:
     """Recompute the first ``args.check`` prompts' records and compare with those on disk."""
     import json
@@ -229,16 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         options = sweep_options(args)
-        profiles = None
-        if args.profiles:
-            import json
-
-            profiles = json.loads(args.profiles.read_text()).get("profiles")
+        if args.check:
+            _holds_run(args.out)
+        profiles = _profiles(args.profiles) if args.profiles else None
         settings = parse_settings(args.settings, profiles)
-        check_settings(settings, model_shape(args.model), attention_rows=args.attention_rows)
+        shape = model_shape(args.model)
+        check_settings(settings, shape, attention_rows=args.attention_rows)
+        check_context(args.lengths, shape, args.model)
         tokenizer = load_tokenizer(args.model)
-        documents = development_documents(args.data)
-        specs = plan_specs(tokenizer, documents, args.tasks, args.lengths, args.depths, args.prompts)
+        try:
+            documents = development_documents(args.data)
+        except FileNotFoundError as err:
+            raise UsageError(f"argument --data: {err}") from err
+        try:
+            specs = plan_specs(tokenizer, documents, args.tasks, args.lengths, args.depths, args.prompts)
+        except ValueError as err:  # a length too short for a prompt, or longer than the documents
+            raise UsageError(f"argument --lengths: {err}") from err
         config = _config(args, settings)
         paired_with = _paired_with(args, config)
         config.update({"paired_with": paired_with} if paired_with else {})

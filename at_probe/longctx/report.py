@@ -193,6 +193,33 @@ def knockout_totals(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[
     return rows
 
 
+def openings(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """How replies fail, per (task, length, role) over the prompts whose answer is a space and
+    digits (passkey, key-value): ``exact`` (the answer at once), ``opened`` (the reply's first
+    token is the answer's, a bare space: ``tokens_right >= 1``) and ``digits_after_opening``
+    (the teacher-forced argmax text, ``greedy``, ends with the answer's digits: each digit,
+    one token each in SmolLM2's tokenizer, is the top choice once the reply has opened as the
+    answer does). Per record, then over prompts (a placebo: the mean of its draws)."""
+    cells = _cells(pooled)
+    derived: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, r in pooled.items():
+        digits = r["answer"].strip()
+        if r["answer"] == " " + digits and digits.isdigit():
+            derived[key] = {"doc_id": r["doc_id"], "exact": float(r["exact"]), "opened": float(r["tokens_right"] >= 1),
+                            "digits_after_opening": float(r["greedy"].endswith(digits))}
+    fields = ("exact", "opened", "digits_after_opening")
+    rows = []
+    for role in ALL_ROLES:
+        values = {f: role_values(derived, role, f) for f in fields}
+        per_cell: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for prompt in values["exact"]:
+            per_cell[cells[prompt][:2]].append(prompt)
+        rows += [{"task": t, "length": l, "condition": role, "n": len(prompts),
+                  **{f: float(np.mean([values[f][p] for p in prompts])) for f in fields}}
+                 for (t, l), prompts in sorted(per_cell.items())]
+    return rows
+
+
 def prompt_lengths(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
     """Tokens of prompt and answer per (task, length) cell: how far short of the length the
     prompts fall (the haystack is cut at a sentence end, and a long stretch without one can
@@ -210,7 +237,7 @@ def prompt_lengths(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[s
 def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """The whole report: primary, every declared comparison per task (pooled and per length;
     in exact match, log-probability and, where recorded, the exact knockout's change), accuracy
-    per cell and role, the needle's attention per layer, the knockout estimate per layer and its
+    per cell and role, how replies open (``openings``), the needle's attention per layer, the knockout estimate per layer and its
     total against the exact knockout where records hold them, and the prompts' token counts."""
     cells = _cells(pooled)
     tasks = sorted({c[0] for c in cells.values()})
@@ -229,4 +256,4 @@ def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     return {"n_records": len(pooled), "prompts": len(cells), "primary": primary(pooled),
             "comparisons": comparisons, "accuracy": accuracy(pooled), "needle": needle(pooled),
             "needle_knockout": needle(pooled, (KNOCKOUT,)), "knockout_totals": knockout_totals(pooled),
-            "prompt_lengths": prompt_lengths(pooled)}
+            "openings": openings(pooled), "prompt_lengths": prompt_lengths(pooled)}

@@ -146,18 +146,20 @@ class ModelShape:
 
     ``cfg`` is the shape itself, so an intervention's ``hooks(shape)`` reads ``cfg.n_layers`` /
     ``cfg.n_heads`` as it would from a loaded model: a run's settings are checked against the
-    model before anything is loaded or written (``at_probe.xsum.check_settings``).
+    model before anything is loaded or written (``at_probe.xsum.check_settings``). ``n_ctx``:
+    the context in tokens (``max_position_embeddings``), None where the config does not say.
     """
 
     n_layers: int
     n_heads: int
+    n_ctx: int | None = None
 
     @property
     def cfg(self) -> ModelShape:
         return self
 
 
-SMOLLM2_SHAPE = ModelShape(n_layers=30, n_heads=9)
+SMOLLM2_SHAPE = ModelShape(n_layers=30, n_heads=9, n_ctx=8192)
 """SmolLM2-135M-Instruct's shape (the converted checkpoint of the pinned GGUF, ``GGUF_SHA256``)."""
 
 
@@ -178,7 +180,9 @@ def model_shape(name_or_path: str | Path = DEFAULT_MODEL) -> ModelShape:
     if str(name_or_path) == "smollm2":
         return SMOLLM2_SHAPE
     _, _, config = _llama_config(name_or_path)
-    return ModelShape(n_layers=int(config.num_hidden_layers), n_heads=int(config.num_attention_heads))
+    context = getattr(config, "max_position_embeddings", None)
+    return ModelShape(n_layers=int(config.num_hidden_layers), n_heads=int(config.num_attention_heads),
+                      n_ctx=None if context is None else int(context))
 
 
 def _llama_config(name_or_path: str | Path) -> tuple[str, bool, Any]:

@@ -97,3 +97,12 @@ def test_chunked_prefill_ratios_time_every_edit_under_chunked_attention(tmp_path
     results = json.loads(out.read_text())
     assert results["attention_rows"] == 64 and "sink_calibration" in results and "probe" in results
     assert not {"probe_with_rollout", "decode_step", "generation", "memory"} & set(results)
+
+
+def test_long_context_refuses_lengths_past_the_models_context(tmp_path, capsys):
+    """Before any model loads: the tiny model's context is 4,096 tokens."""
+    out = tmp_path / "bench.json"
+    assert bench.main(["--model", "tiny", "--long-context", "2048,8192", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "argument --long-context: 8192 tokens exceed the context of tiny (4096 tokens)" in err
+    assert not out.exists()

@@ -110,8 +110,18 @@ def test_knockout_estimates_are_recorded_and_pair_only_with_runs_that_have_them(
     ("--tasks", "passkey,nope", "--tasks"), ("--lengths", "512,x", "--lengths"), ("--depths", "0.5,1.5", "--depths"),
     ("--settings", "paper:alpha=-1", "alpha"), ("--prompts", "0", "--prompts"), ("--attention-rows", "0", "--attention-rows"),
     ("--paired-with", ".", "--paired-with"),  # a directory without records.jsonl
+    ("--lengths", "100", "--lengths"),  # too short for a prompt
+    ("--lengths", "512,5000", "--lengths"),  # past the tiny model's 4,096-token context
+    ("--check", "1", "--check"),  # --out holds no run
+    ("--profiles", "{not json", "--profiles"), ("--profiles", "[1, 2]", "--profiles"),
+    ("--data", "EMPTY", "--data"),  # a directory without the release
 ])
 def test_bad_flags_exit_2_naming_them(tmp_path, capsys, flag, value, message):
+    if flag == "--profiles":  # the file's text
+        (tmp_path / "selection.json").write_text(value)
+        value = str(tmp_path / "selection.json")
+    elif value == "EMPTY":
+        value = str(tmp_path)
     args = _args(tmp_path / "run")
     if flag in args:
         args[args.index(flag) + 1] = value

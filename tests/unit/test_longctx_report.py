@@ -17,7 +17,8 @@ def _record(prompt: str, setting: str, exact: bool, logprob: float, *, task: str
             length: int = 1024, depth: float = 0.5) -> dict:
     return {"doc_id": prompt, "setting": setting, "task": task, "length": length, "depth": depth, "exact": exact,
             "logprob": logprob, "needle_mass": [0.1, 0.2, 0.3], "needle_flow": [1.0, 2.0, 3.0],
-            "prompt_tokens": length - 20, "answer_tokens": 4}
+            "prompt_tokens": length - 20, "answer_tokens": 4, "answer": " 12345",
+            "greedy": " 12345" if exact else " a12345", "tokens_right": 6 if exact else 0}
 
 
 def _run(n: int, effect: dict[str, float], lengths=PRIMARY_LENGTHS, seed: int = 0) -> list[dict]:
@@ -152,6 +153,21 @@ def test_knockout_estimates_are_tabled_where_records_hold_them():
     sra = [r | {"setting": ROLES["sra"][0], "needle_knockout_exact": r["needle_knockout_exact"] + 1.0} for r in records]
     rows = [r for r in report(pool_records([records, sra]))["comparisons"] if r["metric"] == "needle_knockout_exact"]
     assert [(r["comparison"], r["mean"], r["n"]) for r in rows] == [("sra - baseline", pytest.approx(1.0), 3)]
+
+
+def test_openings_tell_a_reply_that_opens_otherwise_from_one_that_misses_the_key():
+    records = [_record("p1", "baseline", True, -1.0),
+               _record("p2", "baseline", False, -3.0),  # opens with " a", every digit right after the space
+               _record("p3", "baseline", False, -9.0) | {"greedy": " a12845"},  # a wrong digit
+               _record("p4", "baseline", False, -5.0) | {"greedy": " 92345", "tokens_right": 1},
+               _record("v1", "baseline", False, -20.0, task="vt") | {"answer": " AB, CD", "greedy": ":AB, CD"}]
+    (row,) = report(pool_records([records]))["openings"]
+    assert (row["task"], row["n"]) == ("passkey", 4)
+    assert (row["exact"], row["opened"], row["digits_after_opening"]) == (0.25, 0.5, 0.5)
+    placebo = ROLES["placebo_example"]
+    draws = [_record("p1", s, i == 0, -1.0) for i, s in enumerate(placebo)]
+    rows = [r for r in report(pool_records([draws]))["openings"] if r["condition"] == "placebo_example"]
+    assert [(r["n"], r["exact"], r["digits_after_opening"]) for r in rows] == [(1, pytest.approx(1 / 3), 1.0)]
 
 
 def test_the_report_says_how_far_short_of_their_length_the_prompts_fall():
