@@ -241,6 +241,5 @@ def check_context(lengths: Sequence[int], shape: Any, model: str, flag: str = "-
         UsageError: one of ``lengths`` is longer than the context.
     """
     context = getattr(shape, "n_ctx", None)
-    longer = [n for n in lengths if context is not None and n > context]
-    if longer:
-        raise UsageError(f"argument {flag}: {max(longer)} tokens exceed the context of {model} ({context} tokens)")
+    if context is not None and max(lengths) > context:
+        raise UsageError(f"argument {flag}: {max(lengths)} tokens exceed the context of {model} ({context} tokens)")

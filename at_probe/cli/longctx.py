@@ -151,7 +151,7 @@ def _paired_with(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
 
     given = [str(d) for d in args.paired_with]
     for run in args.paired_with:
-        if not (run / "records.jsonl").is_file() or not (run / "manifest.json").is_file():
+        if not _is_run(run):
             raise UsageError(f"argument --paired-with: {run} holds no run (manifest.json and records.jsonl)")
         theirs = json.loads((run / "manifest.json").read_text())
         keys = [*_SAME_RECORDS, *(["profiles_sha256"] if "profiles_sha256" in theirs else [])]
@@ -191,10 +191,9 @@ def _scored_elsewhere(runs: list[Path]) -> set[tuple[str, str]]:
     return {(r.get("doc_id"), r.get("setting")) for run in runs for r in read_jsonl(run / "records.jsonl")}
 
 
-def _holds_run(out: Path) -> None:
-    """Raises UsageError unless ``out`` holds a run (``--check`` reads its records)."""
-    if not (out / "manifest.json").is_file() or not (out / "records.jsonl").is_file():
-        raise UsageError(f"argument --check: {out} holds no run (manifest.json and records.jsonl) to check")
+def _is_run(directory: Path) -> bool:
+    """Whether ``directory`` holds a run (``manifest.json`` and ``records.jsonl``)."""
+    return (directory / "manifest.json").is_file() and (directory / "records.jsonl").is_file()
 
 
 def _profiles(path: Path) -> dict[str, Any] | None:
@@ -253,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         options = sweep_options(args)
-        if args.check:
-            _holds_run(args.out)
+        if args.check and not _is_run(args.out):
+            raise UsageError(f"argument --check: {args.out} holds no run (manifest.json and records.jsonl) to check")
         profiles = _profiles(args.profiles) if args.profiles else None
         settings = parse_settings(args.settings, profiles)
         shape = model_shape(args.model)

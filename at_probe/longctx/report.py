@@ -237,8 +237,9 @@ def prompt_lengths(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[s
 def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """The whole report: primary, every declared comparison per task (pooled and per length;
     in exact match, log-probability and, where recorded, the exact knockout's change), accuracy
-    per cell and role, how replies open (``openings``), the needle's attention per layer, the knockout estimate per layer and its
-    total against the exact knockout where records hold them, and the prompts' token counts."""
+    per cell and role, how replies open (``openings``), the needle's attention per layer, the
+    knockout estimate per layer and its total against the exact knockout where records hold
+    them, and the prompts' token counts."""
     cells = _cells(pooled)
     tasks = sorted({c[0] for c in cells.values()})
     exact_knockout = f"{KNOCKOUT}_exact"
