@@ -8,7 +8,9 @@ match of the answer (primary), its log-probability, and the last prompt token's 
 and value-weighted flow on the needle per layer; with ``--knockout-estimate`` also the causal
 map's estimate, per layer, of the answer's log-probability change if the needle were knocked
 out, and the exact change with it knocked out at every layer (a backward and a forward pass
-more: about three to four times the time).
+more: about three to four times the time); with ``--reply-tokens N`` also a greedy reply of up
+to N tokens and RULER's match of it (the fraction of the answer's items it holds: the score
+``vt`` needs, whose replies never open with the answer; one more pass and N decoding steps).
 
 Settings as in ``xsum_eval.py`` (``baseline``, ``paper:...``, ``placebo:...,seed=S``,
 ``sra:...``, ``temperature:...``, ``emphasis:...`` and ``calibration:...`` with the development
@@ -50,6 +52,7 @@ from at_probe.cli.args import (
     check_context,
     existing_dir,
     existing_file,
+    int_at_least,
     model_name,
     output_dir,
     positive_int,
@@ -113,6 +116,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also record needle_knockout (per layer, the first-order estimate of the answer's "
                         "log-probability change if the needle were knocked out) and needle_knockout_exact "
                         "(knocked out at every layer): about 3-4x the time")
+    p.add_argument("--reply-tokens", type=int_at_least(0), default=0, metavar="N",
+                   help="also generate a greedy reply of up to N tokens and record reply and reply_match "
+                        "(the fraction of the answer's items it holds, as RULER scores); default 0: no reply")
     p.add_argument("--paired-with", type=existing_dir, action="append", default=[], metavar="DIR",
                    help="another run directory whose (prompt, setting) records are not scored again (repeatable)")
     p.add_argument("--check", type=positive_int, default=None, metavar="N",
@@ -129,6 +135,7 @@ def _config(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any
             "depths": args.depths, "prompts": args.prompts, "settings": list(settings),
             **({"profiles_sha256": file_sha256(args.profiles)} if args.profiles else {}),
             "attention_rows": args.attention_rows, "knockout_estimate": args.knockout_estimate,
+            "reply_tokens": args.reply_tokens,
             "at_probe_version": at_probe.__version__}
 
 
@@ -160,6 +167,9 @@ def _paired_with(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
             raise UsageError(f"argument --paired-with: {run} is a run of another {', '.join(differ)}")
         if config.get("knockout_estimate") and not theirs.get("knockout_estimate"):
             raise UsageError(f"argument --paired-with: {run} has no knockout estimates, which its pairs would lack here")
+        if config["reply_tokens"] and theirs.get("reply_tokens", 0) != config["reply_tokens"]:
+            raise UsageError(f"argument --paired-with: {run} has no replies of {config['reply_tokens']} tokens, "
+                             "which its pairs would lack here")
     manifest = args.out / "manifest.json"
     if not manifest.is_file():
         return given
@@ -189,6 +199,18 @@ def _same_arithmetic(runs: list[Path], described: dict[str, Any]) -> None:
 def _scored_elsewhere(runs: list[Path]) -> set[tuple[str, str]]:
     """(prompt id, setting) pairs held by the ``--paired-with`` run directories."""
     return {(r.get("doc_id"), r.get("setting")) for run in runs for r in read_jsonl(run / "records.jsonl")}
+
+
+def _check_reply_room(args: argparse.Namespace, shape: Any) -> None:
+    """Refuse replies that would run past the model's context after the longest prompts.
+
+    Raises:
+        UsageError: the longest length plus ``--reply-tokens`` exceeds ``shape.n_ctx``.
+    """
+    context = getattr(shape, "n_ctx", None)
+    if args.reply_tokens and context is not None and max(args.lengths) + args.reply_tokens > context:
+        raise UsageError(f"argument --reply-tokens: {args.reply_tokens} reply tokens after a {max(args.lengths)}-token "
+                         f"prompt exceed the context of {args.model} ({context} tokens)")
 
 
 def _is_run(directory: Path) -> bool:
@@ -225,7 +247,8 @@ def check(args: argparse.Namespace, specs: list[dict[str, Any]], profiles: dict[
               file=sys.stderr)
         return 2
     worker = LongctxWorkerFactory(args.model, args.device, ";".join(manifest["settings"]), profiles,
-                                  manifest["attention_rows"], manifest.get("knockout_estimate", False))()
+                                  manifest["attention_rows"], manifest.get("knockout_estimate", False),
+                                  manifest.get("reply_tokens", 0))()
     differ = 0
     for spec in chosen:
         for name in manifest["settings"]:
@@ -259,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         shape = model_shape(args.model)
         check_settings(settings, shape, attention_rows=args.attention_rows)
         check_context(args.lengths, shape, args.model)
+        _check_reply_room(args, shape)
         tokenizer = load_tokenizer(args.model)
         try:
             documents = development_documents(args.data)
@@ -288,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(specs)} prompts x {len(settings)} settings: {len(sink.done)} done"
                   + (f", {len(pending) - len(units)} in --paired-with runs" if elsewhere else "") + f", {len(units)} to go")
             factory = LongctxWorkerFactory(args.model, args.device, ";".join(settings), profiles, args.attention_rows,
-                                           args.knockout_estimate)
+                                           args.knockout_estimate, args.reply_tokens)
             with tqdm(total=len(units), desc="longctx", unit="prompt") as bar:
                 run_units(units, factory, sink.write,
                           start=lambda described: (_same_arithmetic(args.paired_with, described),

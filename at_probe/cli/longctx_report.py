@@ -6,8 +6,10 @@ secondary run pair their shared passkey prompts; ``at_probe.longctx.report``) an
 
 * ``report.json``: the two primary comparisons (passkey exact match pooled over 1k-4k, 97.5%
   intervals, the answer in words), every declared comparison per task pooled and per length
-  (exact match and log-probability, 95% intervals), accuracy per task, length, depth and
-  condition (each on its own prompts, with the baseline's on the same prompts), the needle's
+  (exact match, log-probability and, from runs made with ``--reply-tokens``, the generated
+  reply's match; 95% intervals), accuracy per task, length, depth and condition (each on its
+  own prompts, with the baseline's on the same prompts; ``replies``: the same for the reply's
+  match), the needle's
   attention mass and value-weighted flow per layer, the knockout estimate per layer and its
   total against the exact knockout where records hold them, and the prompts' token counts;
 * figures with their CSVs (``analyses/figures.py`` redraws them): ``longctx_paired`` (paired
@@ -69,10 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     for row in result["knockout_totals"]:
         print(f"knockout {row['task']} {row['length']} {row['condition']}: first-order estimate {row['estimate']:+.2f}, "
               f"exact {row['exact']:+.2f} nats (n = {row['n']})")
+    for (task, length, condition), (n, match) in _per_cell(result["replies"]).items():
+        print(f"replies {task} {length} {condition}: match {match:.2f} (n = {n})")
     if not args.no_figures:
         write_figures(result, out)
     print(f"wrote {out / 'report.json'}")
     return 0
+
+
+def _per_cell(rows: list[dict]) -> dict[tuple[str, int, str], tuple[int, float]]:
+    """(task, length, condition) -> (prompts, mean) of per-depth ``accuracy`` rows."""
+    cells: dict[tuple[str, int, str], list[tuple[int, float]]] = {}
+    for r in rows:
+        cells.setdefault((r["task"], r["length"], r["condition"]), []).append((r["n"], r["accuracy"]))
+    return {k: (sum(n for n, _ in v), sum(n * a for n, a in v) / sum(n for n, _ in v)) for k, v in cells.items()}
 
 
 def write_figures(result: dict, out: Path) -> None:

@@ -40,6 +40,9 @@ NEEDLE_FIELDS = ("needle_mass", "needle_flow")
 """Per-layer needle measures every record holds (``at_probe.longctx.scoring``)."""
 KNOCKOUT = "needle_knockout"
 """The per-layer knockout estimate, held by the records of runs made with it."""
+REPLY = "reply_match"
+"""RULER's match of a generated reply (0-1 per prompt), held by the records of runs made with
+``--reply-tokens``."""
 POOL_MIN = 20
 """Paired prompts a length needs to enter a comparison pooled over lengths (each counts alike)."""
 REFERENCE = "baseline"
@@ -124,15 +127,16 @@ def primary(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
-def accuracy(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Exact-match rate per (task, length, depth, role) over the role's prompts (``n``), with
-    the baseline's rate on the same prompts beside it (``baseline_accuracy``; None where the
-    baseline lacks one of them), for the figure and the tables."""
+def accuracy(pooled: dict[tuple[str, str], dict[str, Any]], metric: str = "exact") -> list[dict[str, Any]]:
+    """Exact-match rate (or the mean of another 0-1 ``metric``, e.g. ``REPLY``) per (task, length,
+    depth, role) over the role's prompts (``n``), with the baseline's on the same prompts beside
+    it (``baseline_accuracy``; None where the baseline lacks one of them), for the figure and
+    the tables."""
     cells = _cells(pooled)
-    reference = role_values(pooled, REFERENCE, "exact")
+    reference = role_values(pooled, REFERENCE, metric)
     rows = []
     for role in ALL_ROLES:
-        values = role_values(pooled, role, "exact")
+        values = role_values(pooled, role, metric)
         groups: dict[tuple[str, int, float], list[str]] = defaultdict(list)
         for prompt in values:
             groups[cells[prompt]].append(prompt)
@@ -236,14 +240,15 @@ def prompt_lengths(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[s
 
 def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """The whole report: primary, every declared comparison per task (pooled and per length;
-    in exact match, log-probability and, where recorded, the exact knockout's change), accuracy
-    per cell and role, how replies open (``openings``), the needle's attention per layer, the
-    knockout estimate per layer and its total against the exact knockout where records hold
+    in exact match, log-probability and, where recorded, the exact knockout's change and the
+    generated reply's match), accuracy per cell and role (``replies``: the same for the reply's
+    match, where recorded), how replies open (``openings``), the needle's attention per layer,
+    the knockout estimate per layer and its total against the exact knockout where records hold
     them, and the prompts' token counts."""
     cells = _cells(pooled)
     tasks = sorted({c[0] for c in cells.values()})
-    exact_knockout = f"{KNOCKOUT}_exact"
-    metrics = METRICS + ((exact_knockout,) if any(exact_knockout in r for r in pooled.values()) else ())
+    recorded = [m for m in (f"{KNOCKOUT}_exact", REPLY) if any(m in r for r in pooled.values())]
+    metrics = METRICS + tuple(recorded)
     comparisons = []
     for comparison in (*PRIMARY, *SECONDARY, *PEERS):
         for task in tasks:
@@ -255,6 +260,7 @@ def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
                     if row["n"]:
                         comparisons.append(row)
     return {"n_records": len(pooled), "prompts": len(cells), "primary": primary(pooled),
-            "comparisons": comparisons, "accuracy": accuracy(pooled), "needle": needle(pooled),
+            "comparisons": comparisons, "accuracy": accuracy(pooled), "replies": accuracy(pooled, REPLY),
+            "needle": needle(pooled),
             "needle_knockout": needle(pooled, (KNOCKOUT,)), "knockout_totals": knockout_totals(pooled),
             "openings": openings(pooled), "prompt_lengths": prompt_lengths(pooled)}

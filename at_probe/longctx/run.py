@@ -36,7 +36,8 @@ def record_of(spec: dict[str, Any], setting: str, scores: dict[str, Any]) -> dic
 class LongctxWorkerFactory:
     """Worker of ``longctx.py``: loads the model (chunked attention of ``attention_rows``) and
     scores each unit's prompts under its setting (``at_probe.longctx.scoring.score``; with the
-    needle's knockout estimate if ``knockout``)."""
+    needle's knockout estimate if ``knockout``, and a generated reply of up to ``reply_tokens``
+    tokens, ``at_probe.longctx.scoring.reply``, if that is not 0)."""
 
     model: str
     device: str | None
@@ -44,9 +45,10 @@ class LongctxWorkerFactory:
     profiles: dict[str, Any] | None = None
     attention_rows: int | None = None
     knockout: bool = False
+    reply_tokens: int = 0
 
     def __call__(self) -> Any:
-        from at_probe.longctx.scoring import score
+        from at_probe.longctx.scoring import reply, score
         from at_probe.models.loading import load_model, model_description
         from at_probe.runs.sweep import FunctionWorker
         from at_probe.xsum.settings import parse_settings
@@ -58,8 +60,10 @@ class LongctxWorkerFactory:
             out = []
             for spec in unit.docs:
                 t0 = time.perf_counter()
-                scores = score(model, build(model.tokenizer, spec), interventions[unit.setting],
-                               knockout=self.knockout)
+                built, edit = build(model.tokenizer, spec), interventions[unit.setting]
+                scores = score(model, built, edit, knockout=self.knockout)
+                if self.reply_tokens:
+                    scores.update(reply(model, built, edit, self.reply_tokens))
                 out.append(record_of(spec, unit.setting, {**scores, "wall_seconds": round(time.perf_counter() - t0, 2)}))
             return out
 

@@ -23,6 +23,11 @@ prompt, the answer's rows as generated tokens, as in ``generate``) gives:
   three to four times the scoring pass's time (a checkpointed backward pass and a forward).
   Each pass gets the setting's hooks afresh, so afterwards the intervention's ``last_report()``
   describes the exact-knockout pass, not the scored one (the bench reads no report).
+
+``reply`` scores a generated reply instead, as RULER does (Hsieh et al. 2024, its
+``string_match_all``): greedy decoding after the prompt, and the fraction of the answer's items
+the reply holds anywhere. It is the score that can tell conditions apart on ``vt``, whose
+replies never open with the answer (docs/longctx.md, "What ``exact`` measures").
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import torch
 from at_probe.flow.attribution import pattern_gradients, span_knockout_inner_products
 from at_probe.flow.knockout import knockout_hooks
 from at_probe.flow.region import RegionProbe
-from at_probe.longctx.tasks import Built
+from at_probe.longctx.tasks import Built, answer_items
 
 
 def score(model: Any, built: Built, intervention: Any | None, *, knockout: bool = False) -> dict[str, Any]:
@@ -75,6 +80,27 @@ def score(model: Any, built: Built, intervention: Any | None, *, knockout: bool 
         "needle_flow": [round(float(v), 5) for v in probe.flow.mean(-1)],
         **causal,
     }
+
+
+def reply(model: Any, built: Built, intervention: Any | None, max_new_tokens: int) -> dict[str, Any]:
+    """The greedy reply after the prompt (which ends with the answer prefix) under a fresh copy
+    of the setting's hooks, with the KV cache, cut at the end-of-sequence token: ``reply`` (its
+    text) and ``reply_match``, the fraction of the answer's items (``answer_items``: the
+    variables of a ``vt`` chain, else the value) the reply contains, ignoring case (RULER's
+    ``string_match_all``; a key inside a longer number counts, as there). In ``[0, 1]``.
+    """
+    from contextlib import nullcontext
+
+    prompt = built.prompt
+    edit = nullcontext() if intervention is None else intervention.applied(model, prompts=[prompt])
+    with edit, torch.inference_mode():
+        out = model.generate(prompt.tensor(model.cfg.device), max_new_tokens=max_new_tokens, do_sample=False,
+                             stop_at_eos=True, verbose=False)
+    new = out[0, len(prompt) :].tolist()
+    eos = model.tokenizer.eos_token_id
+    text = model.tokenizer.decode(new[: new.index(eos)] if eos in new else new, skip_special_tokens=True)
+    items = answer_items(built.spec)
+    return {"reply": text, "reply_match": sum(i.lower() in text.lower() for i in items) / len(items)}
 
 
 def _answer_logprob(logits: torch.Tensor, n: int, target: torch.Tensor) -> torch.Tensor:

@@ -186,6 +186,12 @@ def make_spec(tokenizer: Any, documents: Sequence[str], task: str, *, length: in
             "question": question, "answer_prefix": prefix, "answer": answer}
 
 
+def answer_items(spec: dict[str, Any]) -> list[str]:
+    """What a generated reply must hold to count as right (``at_probe.longctx.scoring.reply``):
+    the 4 variables of a ``vt`` chain, else the answer's value (its digits)."""
+    return [item.strip() for item in spec["answer"].split(",")]
+
+
 def build(tokenizer: Any, spec: dict[str, Any]) -> Built:
     """Tokens of a spec (``make_spec``): prompt, answer ids, target and distractor needle spans."""
     prompt, answer_ids, spans = build_task_prompt(

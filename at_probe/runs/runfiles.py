@@ -184,10 +184,11 @@ def append_jsonl(fh: IO[str], records: Iterable[dict[str, Any]]) -> None:
     os.fsync(fh.fileno())
 
 
-MANIFEST_DEFAULTS: dict[str, Any] = {"fix_text": False, "rouge_tokenizer": "default", "knockout_estimate": False}
+MANIFEST_DEFAULTS: dict[str, Any] = {"fix_text": False, "rouge_tokenizer": "default", "knockout_estimate": False,
+                                     "reply_tokens": 0}
 """Options added to the run manifests after runs were committed, with the value a manifest
-without the key implies: ``--fix-text`` (XSum text repair), ``--rouge-tokenizer`` and
-``longctx.py --knockout-estimate``. A run
+without the key implies: ``--fix-text`` (XSum text repair), ``--rouge-tokenizer``,
+``longctx.py --knockout-estimate`` and ``--reply-tokens``. A run
 resumed with another value is refused; one made before the key existed compares as its default
 (a selection made then is still usable with the default options)."""
 

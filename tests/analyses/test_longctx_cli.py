@@ -106,6 +106,35 @@ def test_knockout_estimates_are_recorded_and_pair_only_with_runs_that_have_them(
     assert "ran in bfloat16" in capsys.readouterr().err
 
 
+def test_replies_are_recorded_reported_and_pair_only_with_runs_that_have_them(tmp_path, capsys):
+    """``--reply-tokens N`` adds a generated ``reply`` (at most N tokens) and its ``reply_match``
+    to each record (the manifest says so), leaves the other scores as they were, enters the
+    report's comparisons and ``replies`` table, and refuses a run without replies of N tokens
+    to resume or pair with it."""
+    plain, replied = tmp_path / "plain", tmp_path / "replied"
+    assert longctx.main(_args(plain, "baseline")) == 0
+    assert longctx.main(_args(replied, "baseline", "--reply-tokens", "6")) == 0
+    assert json.loads((replied / "manifest.json").read_text())["reply_tokens"] == 6
+    ours = _records(replied)
+    assert all(isinstance(r["reply"], str) and r["reply_match"] in (0.0, 0.25, 0.5, 0.75, 1.0) for r in ours)
+    strip = [{k: v for k, v in r.items() if k not in ("reply", "reply_match", "wall_seconds")} for r in ours]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_seconds"} for r in _records(plain)]
+    for run, flag in ((replied, []), (replied, ["--reply-tokens", "7"]), (plain, ["--reply-tokens", "6"])):
+        assert longctx.main(_args(run, "baseline", *flag)) == 2
+        assert "reply_tokens" in capsys.readouterr().err
+    args = _args(tmp_path / "third", "baseline;temperature:tau=1.5,layers=4-7", "--reply-tokens", "6")
+    assert longctx.main([*args, "--paired-with", str(plain)]) == 2
+    assert "argument --paired-with" in capsys.readouterr().err
+    assert longctx.main([*args, "--paired-with", str(replied)]) == 0
+    capsys.readouterr()
+    assert longctx_report.main([str(replied), str(tmp_path / "third"), "--out", str(tmp_path / "report")]) == 0
+    assert "replies vt 512 baseline: match" in capsys.readouterr().out
+    result = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {r["condition"] for r in result["replies"]} == {"baseline"}  # the temperature has no role here
+    assert longctx.main(_args(tmp_path / "long", "baseline", "--lengths", "4096", "--reply-tokens", "1")) == 2
+    assert capsys.readouterr().err.count("--reply-tokens") == 1
+
+
 @pytest.mark.parametrize("flag,value,message", [
     ("--tasks", "passkey,nope", "--tasks"), ("--lengths", "512,x", "--lengths"), ("--depths", "0.5,1.5", "--depths"),
     ("--settings", "paper:alpha=-1", "alpha"), ("--prompts", "0", "--prompts"), ("--attention-rows", "0", "--attention-rows"),

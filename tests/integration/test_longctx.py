@@ -9,8 +9,8 @@ import torch
 
 from at_probe.interventions.temperature import AttentionTemperature
 from at_probe.interventions.transition import PaperTransition, PlaceboTransition, SRATransition
-from at_probe.longctx.scoring import score
-from at_probe.longctx.tasks import DEPTHS, TASKS, build, development_documents, make_spec
+from at_probe.longctx.scoring import reply, score
+from at_probe.longctx.tasks import DEPTHS, TASKS, answer_items, build, development_documents, make_spec
 from at_probe.models.chunked import chunked_attention
 from tests.conftest import XSUM_DIR, require_shared, require_smollm2
 
@@ -43,6 +43,8 @@ def test_a_prompt_fits_its_length_and_holds_its_needles(chat_tokenizer, document
     assert len(built.distractors) == (3 if task == "kv_distractors" else 0)
     assert chat_tokenizer.decode(built.answer_ids) == spec["answer"]
     assert spec["answer"].strip().split(", ")[0] in " ".join(needles)  # the answer is in the first needle
+    items = answer_items(spec)  # what a generated reply must hold: the chain's variables, else the value
+    assert len(items) == (4 if task == "vt" else 1) and all(item and item in " ".join(needles) for item in items)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -206,3 +208,28 @@ def test_the_needle_knockout_estimate_is_the_first_order_change(tiny_model, docu
         chunked = score(tiny_model, built, KNOCKOUT_EDITS[edit](), knockout=True)
     assert chunked["needle_knockout"] == pytest.approx(result["needle_knockout"], rel=1e-4, abs=1e-6)
     assert chunked["needle_knockout_exact"] == pytest.approx(result["needle_knockout_exact"], abs=1e-5)
+
+
+@pytest.mark.parametrize("edit", list(KNOCKOUT_EDITS))
+def test_a_reply_is_the_greedy_continuation_and_its_match_counts_the_answers_items(tiny_model, documents, edit):
+    """``reply`` is the greedy continuation that ``generate`` without the KV cache gives under
+    the same edit (cut at EOS), the same under chunked attention; ``reply_match`` is the share
+    of the answer's items found in it, ignoring case (two of four here)."""
+    tok = tiny_model.tokenizer
+    built = build(tok, make_spec(tok, documents, "passkey", length=600, depth=0.5, index=2))  # where the
+    make = KNOCKOUT_EDITS[edit]  # temperature, ACT and Ms-PoE change the reply
+    with (make() or _Null()).applied(tiny_model, prompts=[built.prompt]), torch.inference_mode():
+        out = tiny_model.generate(built.prompt.tensor(), max_new_tokens=10, do_sample=False, use_past_kv_cache=False,
+                                  verbose=False)
+    new = out[0, len(built.prompt):].tolist()
+    text = tok.decode(new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new, skip_special_tokens=True)
+    result = reply(tiny_model, built, make(), 10)
+    assert result["reply"] == text
+    with chunked_attention(tiny_model, rows=128):
+        assert reply(tiny_model, built, make(), 10) == result
+    assert len(text.strip()) >= 6, f"the tiny model's reply {text!r} is too short for this test"
+    head, tail = text.strip()[:3], text.strip()[-3:]  # items it holds, in another case
+    answer = " " + ", ".join([head.upper(), "QXZQXJ", tail.lower(), "ZJQXZQ"])
+    case = type(built)({**built.spec, "answer": answer}, built.prompt, built.answer_ids, built.needles,
+                       built.distractors)
+    assert reply(tiny_model, case, make(), 10) == {"reply": text, "reply_match": 0.5}

@@ -155,6 +155,18 @@ def test_knockout_estimates_are_tabled_where_records_hold_them():
     assert [(r["comparison"], r["mean"], r["n"]) for r in rows] == [("sra - baseline", pytest.approx(1.0), 3)]
 
 
+def test_reply_matches_are_compared_and_tabled_where_records_hold_them():
+    base = [_record(f"p{i}", "baseline", False, -1.0) | {"reply_match": m} for i, m in enumerate((0.0, 0.5, 1.0))]
+    sra = [r | {"setting": ROLES["sra"][0], "reply_match": r["reply_match"] / 2} for r in base]
+    result = report(pool_records([base, sra]))
+    rows = [r for r in result["comparisons"] if r["metric"] == "reply_match"]
+    assert [(r["comparison"], r["mean"], r["n"]) for r in rows] == [("sra - baseline", pytest.approx(-0.25), 3)]
+    table = {r["condition"]: r for r in result["replies"]}
+    assert (table["sra"]["accuracy"], table["sra"]["baseline_accuracy"], table["sra"]["n"]) == (0.25, 0.5, 3)
+    plain = report(pool_records([[_record("p1", "baseline", True, -1.0)]]))
+    assert plain["replies"] == [] and all(r["metric"] != "reply_match" for r in plain["comparisons"])
+
+
 def test_openings_tell_a_reply_that_opens_otherwise_from_one_that_misses_the_key():
     records = [_record("p1", "baseline", True, -1.0),
                _record("p2", "baseline", False, -3.0),  # opens with " a", every digit right after the space
