@@ -117,8 +117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "log-probability change if the needle were knocked out) and needle_knockout_exact "
                         "(knocked out at every layer): about 3-4x the time")
     p.add_argument("--reply-tokens", type=int_at_least(0), default=0, metavar="N",
-                   help="also generate a greedy reply of up to N tokens and record reply and reply_match "
-                        "(the fraction of the answer's items it holds, as RULER scores); default 0: no reply")
+                   help="also generate a greedy reply of up to N tokens and record reply, reply_match "
+                        "(the fraction of the answer's items it holds, as RULER scores) and reply_ended; the "
+                        "longest length plus N must fit the context; default 0: no reply")
     p.add_argument("--paired-with", type=existing_dir, action="append", default=[], metavar="DIR",
                    help="another run directory whose (prompt, setting) records are not scored again (repeatable)")
     p.add_argument("--check", type=positive_int, default=None, metavar="N",

@@ -71,20 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     for row in result["knockout_totals"]:
         print(f"knockout {row['task']} {row['length']} {row['condition']}: first-order estimate {row['estimate']:+.2f}, "
               f"exact {row['exact']:+.2f} nats (n = {row['n']})")
-    for (task, length, condition), (n, match) in _per_cell(result["replies"]).items():
-        print(f"replies {task} {length} {condition}: match {match:.2f} (n = {n})")
+    for (task, length, condition), (n, match, ended) in _per_cell(result["replies"]).items():
+        print(f"replies {task} {length} {condition}: match {match:.2f}, ended within the limit {ended:.2f} (n = {n})")
     if not args.no_figures:
         write_figures(result, out)
     print(f"wrote {out / 'report.json'}")
     return 0
 
 
-def _per_cell(rows: list[dict]) -> dict[tuple[str, int, str], tuple[int, float]]:
-    """(task, length, condition) -> (prompts, mean) of per-depth ``accuracy`` rows."""
-    cells: dict[tuple[str, int, str], list[tuple[int, float]]] = {}
+def _per_cell(rows: list[dict]) -> dict[tuple[str, int, str], tuple[int, float, float]]:
+    """(task, length, condition) -> (prompts, mean match, share ended) of per-depth ``replies`` rows."""
+    cells: dict[tuple[str, int, str], list[tuple[int, float, float]]] = {}
     for r in rows:
-        cells.setdefault((r["task"], r["length"], r["condition"]), []).append((r["n"], r["accuracy"]))
-    return {k: (sum(n for n, _ in v), sum(n * a for n, a in v) / sum(n for n, _ in v)) for k, v in cells.items()}
+        cells.setdefault((r["task"], r["length"], r["condition"]), []).append((r["n"], r["reply_match"],
+                                                                               r["reply_ended"]))
+    return {k: (sum(n for n, _, _ in v), sum(n * m for n, m, _ in v) / sum(n for n, _, _ in v),
+                sum(n * e for n, _, e in v) / sum(n for n, _, _ in v)) for k, v in cells.items()}
 
 
 def write_figures(result: dict, out: Path) -> None:

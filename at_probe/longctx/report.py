@@ -43,6 +43,9 @@ KNOCKOUT = "needle_knockout"
 REPLY = "reply_match"
 """RULER's match of a generated reply (0-1 per prompt), held by the records of runs made with
 ``--reply-tokens``."""
+REPLY_METRICS = (REPLY, "reply_ended")
+"""The ``replies`` table's columns: the reply's match, and the share of replies that ended
+within the token limit (the others were cut by it)."""
 POOL_MIN = 20
 """Paired prompts a length needs to enter a comparison pooled over lengths (each counts alike)."""
 REFERENCE = "baseline"
@@ -54,7 +57,7 @@ def pool_records(runs: Iterable[list[dict[str, Any]]]) -> dict[tuple[str, str], 
     record holds the fields of both (e.g. a knockout estimate only one run recorded).
 
     Raises:
-        ValueError: two runs disagree on a pair's exact match or log-probability.
+        ValueError: two runs disagree on a pair's exact match, log-probability or generated reply.
     """
     pooled: dict[tuple[str, str], dict[str, Any]] = {}
     for records in runs:
@@ -65,6 +68,8 @@ def pool_records(runs: Iterable[list[dict[str, Any]]]) -> dict[tuple[str, str], 
                 continue
             if old["exact"] != r["exact"] or abs(old["logprob"] - r["logprob"]) > 1e-3:
                 raise ValueError(f"two runs disagree on {key}: {old['logprob']} vs {r['logprob']}")
+            if "reply" in old and "reply" in r and old["reply"] != r["reply"]:  # e.g. another --reply-tokens
+                raise ValueError(f"two runs disagree on {key}'s reply: {old['reply']!r} vs {r['reply']!r}")
             pooled[key] = {**r, **old}
     return pooled
 
@@ -127,22 +132,24 @@ def primary(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
-def accuracy(pooled: dict[tuple[str, str], dict[str, Any]], metric: str = "exact") -> list[dict[str, Any]]:
-    """Exact-match rate (or the mean of another 0-1 ``metric``, e.g. ``REPLY``) per (task, length,
-    depth, role) over the role's prompts (``n``), with the baseline's on the same prompts beside
-    it (``baseline_accuracy``; None where the baseline lacks one of them), for the figure and
-    the tables."""
+def accuracy(pooled: dict[tuple[str, str], dict[str, Any]], metrics: Sequence[str] = ("exact",)) -> list[dict[str, Any]]:
+    """Exact-match rate (``accuracy``) per (task, length, depth, role) over the role's prompts
+    (``n``), with the baseline's on the same prompts beside it (``baseline_accuracy``; None where
+    the baseline lacks one of them), for the figure and the tables. Other 0-1 ``metrics``
+    (``REPLY_METRICS``) give their means, named ``<metric>`` and ``baseline_<metric>``, over
+    the prompts holding the first."""
+    names = {m: "accuracy" if m == "exact" else m for m in metrics}
     cells = _cells(pooled)
-    reference = role_values(pooled, REFERENCE, metric)
+    reference = {m: role_values(pooled, REFERENCE, m) for m in metrics}
     rows = []
     for role in ALL_ROLES:
-        values = role_values(pooled, role, metric)
+        values = {m: role_values(pooled, role, m) for m in metrics}
         groups: dict[tuple[str, int, float], list[str]] = defaultdict(list)
-        for prompt in values:
+        for prompt in values[metrics[0]]:
             groups[cells[prompt]].append(prompt)
         rows += [{"task": t, "length": l, "depth": d, "condition": role, "n": len(prompts),
-                  "accuracy": float(np.mean([values[p] for p in prompts])),
-                  "baseline_accuracy": _mean_over(reference, prompts)}
+                  **{names[m]: _mean_over(values[m], prompts) for m in metrics},
+                  **{f"baseline_{names[m]}": _mean_over(reference[m], prompts) for m in metrics}}
                  for (t, l, d), prompts in sorted(groups.items())]
     return rows
 
@@ -260,7 +267,7 @@ def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
                     if row["n"]:
                         comparisons.append(row)
     return {"n_records": len(pooled), "prompts": len(cells), "primary": primary(pooled),
-            "comparisons": comparisons, "accuracy": accuracy(pooled), "replies": accuracy(pooled, REPLY),
+            "comparisons": comparisons, "accuracy": accuracy(pooled), "replies": accuracy(pooled, REPLY_METRICS),
             "needle": needle(pooled),
             "needle_knockout": needle(pooled, (KNOCKOUT,)), "knockout_totals": knockout_totals(pooled),
             "openings": openings(pooled), "prompt_lengths": prompt_lengths(pooled)}

@@ -21,8 +21,10 @@ prompt, the answer's rows as generated tokens, as in ``generate``) gives:
   leans on the needle. ``needle_knockout_exact``: the exact change when it is knocked out at
   every layer (one more forward pass), against which that sum can be judged. Together about
   three to four times the scoring pass's time (a checkpointed backward pass and a forward).
-  Each pass gets the setting's hooks afresh, so afterwards the intervention's ``last_report()``
-  describes the exact-knockout pass, not the scored one (the bench reads no report).
+
+Each pass gets the setting's hooks afresh, so afterwards the intervention's ``last_report()``
+describes the last pass made (the exact knockout's, or the reply's generation), not the scored
+one (the bench reads no report).
 
 ``reply`` scores a generated reply instead, as RULER does (Hsieh et al. 2024, its
 ``string_match_all``): greedy decoding after the prompt, and the fraction of the answer's items
@@ -84,10 +86,13 @@ def score(model: Any, built: Built, intervention: Any | None, *, knockout: bool 
 
 def reply(model: Any, built: Built, intervention: Any | None, max_new_tokens: int) -> dict[str, Any]:
     """The greedy reply after the prompt (which ends with the answer prefix) under a fresh copy
-    of the setting's hooks, with the KV cache, cut at the end-of-sequence token: ``reply`` (its
-    text) and ``reply_match``, the fraction of the answer's items (``answer_items``: the
-    variables of a ``vt`` chain, else the value) the reply contains, ignoring case (RULER's
-    ``string_match_all``; a key inside a longer number counts, as there). In ``[0, 1]``.
+    of the setting's hooks, with the KV cache, cut at the first special token (SmolLM2's end of
+    turn, or any other the tokenizer names): ``reply`` (its text), ``reply_length`` (its tokens),
+    ``reply_ended`` (whether a special token ended it within ``max_new_tokens``: a reply that did
+    not was cut by the limit) and ``reply_match``, the fraction of the answer's items
+    (``answer_items``: the variables of a ``vt`` chain, else the value) the reply contains,
+    ignoring case (RULER's ``string_match_all``; a key inside a longer number counts, as
+    there). In ``[0, 1]``.
     """
     from contextlib import nullcontext
 
@@ -97,10 +102,12 @@ def reply(model: Any, built: Built, intervention: Any | None, max_new_tokens: in
         out = model.generate(prompt.tensor(model.cfg.device), max_new_tokens=max_new_tokens, do_sample=False,
                              stop_at_eos=True, verbose=False)
     new = out[0, len(prompt) :].tolist()
-    eos = model.tokenizer.eos_token_id
-    text = model.tokenizer.decode(new[: new.index(eos)] if eos in new else new, skip_special_tokens=True)
+    special = set(model.tokenizer.all_special_ids)
+    end = next((i for i, t in enumerate(new) if t in special), None)
+    text = model.tokenizer.decode(new[:end])
     items = answer_items(built.spec)
-    return {"reply": text, "reply_match": sum(i.lower() in text.lower() for i in items) / len(items)}
+    return {"reply": text, "reply_length": len(new[:end]), "reply_ended": end is not None,
+            "reply_match": sum(i.lower() in text.lower() for i in items) / len(items)}
 
 
 def _answer_logprob(logits: torch.Tensor, n: int, target: torch.Tensor) -> torch.Tensor:

@@ -116,8 +116,10 @@ def test_replies_are_recorded_reported_and_pair_only_with_runs_that_have_them(tm
     assert longctx.main(_args(replied, "baseline", "--reply-tokens", "6")) == 0
     assert json.loads((replied / "manifest.json").read_text())["reply_tokens"] == 6
     ours = _records(replied)
-    assert all(isinstance(r["reply"], str) and r["reply_match"] in (0.0, 0.25, 0.5, 0.75, 1.0) for r in ours)
-    strip = [{k: v for k, v in r.items() if k not in ("reply", "reply_match", "wall_seconds")} for r in ours]
+    assert all(isinstance(r["reply"], str) and r["reply_match"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+               and r["reply_length"] <= 6 and r["reply_ended"] == (r["reply_length"] < 6) for r in ours)
+    replied_keys = ("reply", "reply_length", "reply_ended", "reply_match", "wall_seconds")
+    strip = [{k: v for k, v in r.items() if k not in replied_keys} for r in ours]
     assert strip == [{k: v for k, v in r.items() if k != "wall_seconds"} for r in _records(plain)]
     for run, flag in ((replied, []), (replied, ["--reply-tokens", "7"]), (plain, ["--reply-tokens", "6"])):
         assert longctx.main(_args(run, "baseline", *flag)) == 2

@@ -213,8 +213,9 @@ def test_the_needle_knockout_estimate_is_the_first_order_change(tiny_model, docu
 @pytest.mark.parametrize("edit", list(KNOCKOUT_EDITS))
 def test_a_reply_is_the_greedy_continuation_and_its_match_counts_the_answers_items(tiny_model, documents, edit):
     """``reply`` is the greedy continuation that ``generate`` without the KV cache gives under
-    the same edit (cut at EOS), the same under chunked attention; ``reply_match`` is the share
-    of the answer's items found in it, ignoring case (two of four here)."""
+    the same edit, cut at the first special token; the edit acted on the reply's prompt rows
+    (its report); chunked attention gives the same reply; ``reply_match`` is the share of the
+    answer's items found in it, ignoring case (two of four here)."""
     tok = tiny_model.tokenizer
     built = build(tok, make_spec(tok, documents, "passkey", length=600, depth=0.5, index=2))  # where the
     make = KNOCKOUT_EDITS[edit]  # temperature, ACT and Ms-PoE change the reply
@@ -222,9 +223,14 @@ def test_a_reply_is_the_greedy_continuation_and_its_match_counts_the_answers_ite
         out = tiny_model.generate(built.prompt.tensor(), max_new_tokens=10, do_sample=False, use_past_kv_cache=False,
                                   verbose=False)
     new = out[0, len(built.prompt):].tolist()
-    text = tok.decode(new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new, skip_special_tokens=True)
-    result = reply(tiny_model, built, make(), 10)
-    assert result["reply"] == text
+    cut = next((i for i, t in enumerate(new) if t in tok.all_special_ids), len(new))
+    text = tok.decode(new[:cut])
+    intervention = make()
+    result = reply(tiny_model, built, intervention, 10)
+    assert {k: result[k] for k in ("reply", "reply_length", "reply_ended")} == {
+        "reply": text, "reply_length": cut, "reply_ended": cut < len(new)}
+    if intervention is not None:
+        assert _edited(intervention.last_report()), f"{edit} edited no rows of the reply's prompt"
     with chunked_attention(tiny_model, rows=128):
         assert reply(tiny_model, built, make(), 10) == result
     assert len(text.strip()) >= 6, f"the tiny model's reply {text!r} is too short for this test"
@@ -232,4 +238,12 @@ def test_a_reply_is_the_greedy_continuation_and_its_match_counts_the_answers_ite
     answer = " " + ", ".join([head.upper(), "QXZQXJ", tail.lower(), "ZJQXZQ"])
     case = type(built)({**built.spec, "answer": answer}, built.prompt, built.answer_ids, built.needles,
                        built.distractors)
-    assert reply(tiny_model, case, make(), 10) == {"reply": text, "reply_match": 0.5}
+    assert reply(tiny_model, case, make(), 10)["reply_match"] == 0.5
+
+
+def _edited(report) -> bool:
+    """Whether an intervention's report shows edited rows (a transition's, an alternative's) or
+    rescaled heads (Ms-PoE's)."""
+    if hasattr(report, "ratios"):
+        return bool(report.ratios)
+    return any(getattr(r, "rows_touched", getattr(r, "rows_edited", 0)) > 0 for r in report.layers.values())

@@ -156,15 +156,19 @@ def test_knockout_estimates_are_tabled_where_records_hold_them():
 
 
 def test_reply_matches_are_compared_and_tabled_where_records_hold_them():
-    base = [_record(f"p{i}", "baseline", False, -1.0) | {"reply_match": m} for i, m in enumerate((0.0, 0.5, 1.0))]
-    sra = [r | {"setting": ROLES["sra"][0], "reply_match": r["reply_match"] / 2} for r in base]
+    base = [_record(f"p{i}", "baseline", False, -1.0) | {"reply": "x", "reply_match": m, "reply_ended": i > 0}
+            for i, m in enumerate((0.0, 0.5, 1.0))]
+    sra = [r | {"setting": ROLES["sra"][0], "reply_match": r["reply_match"] / 2, "reply_ended": True} for r in base]
     result = report(pool_records([base, sra]))
     rows = [r for r in result["comparisons"] if r["metric"] == "reply_match"]
     assert [(r["comparison"], r["mean"], r["n"]) for r in rows] == [("sra - baseline", pytest.approx(-0.25), 3)]
     table = {r["condition"]: r for r in result["replies"]}
-    assert (table["sra"]["accuracy"], table["sra"]["baseline_accuracy"], table["sra"]["n"]) == (0.25, 0.5, 3)
+    assert (table["sra"]["reply_match"], table["sra"]["baseline_reply_match"], table["sra"]["n"]) == (0.25, 0.5, 3)
+    assert (table["sra"]["reply_ended"], table["baseline"]["reply_ended"]) == (1.0, pytest.approx(2 / 3))
     plain = report(pool_records([[_record("p1", "baseline", True, -1.0)]]))
     assert plain["replies"] == [] and all(r["metric"] != "reply_match" for r in plain["comparisons"])
+    with pytest.raises(ValueError, match="reply"):  # the same pair replied otherwise (another --reply-tokens)
+        pool_records([base, [base[0] | {"reply": "x y"}]])
 
 
 def test_openings_tell_a_reply_that_opens_otherwise_from_one_that_misses_the_key():
