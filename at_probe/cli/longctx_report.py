@@ -9,9 +9,9 @@ secondary run pair their shared passkey prompts; ``at_probe.longctx.report``) an
   (exact match, log-probability and, from runs made with ``--reply-tokens``, the generated
   reply's match; 95% intervals), accuracy per task, length, depth and condition (each on its
   own prompts, with the baseline's on the same prompts; ``replies``: the same for the reply's
-  match), the needle's
-  attention mass and value-weighted flow per layer, the knockout estimate per layer and its
-  total against the exact knockout where records hold them, and the prompts' token counts;
+  match and the share of replies that ended within the limit), the needle's attention mass
+  and value-weighted flow per layer, the knockout estimate per layer and its total against the
+  exact knockout where records hold them, and the prompts' token counts;
 * figures with their CSVs (``analyses/figures.py`` redraws them): ``longctx_paired`` (paired
   differences), ``longctx_accuracy`` (accuracy by depth x length per condition),
   ``longctx_needle`` (needle attention per layer by condition), ``longctx_knockout`` (the

@@ -249,7 +249,7 @@ def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """The whole report: primary, every declared comparison per task (pooled and per length;
     in exact match, log-probability and, where recorded, the exact knockout's change and the
     generated reply's match), accuracy per cell and role (``replies``: the same for the reply's
-    match, where recorded), how replies open (``openings``), the needle's attention per layer,
+    match and the share of replies that ended, where recorded), how replies open (``openings``), the needle's attention per layer,
     the knockout estimate per layer and its total against the exact knockout where records hold
     them, and the prompts' token counts."""
     cells = _cells(pooled)
