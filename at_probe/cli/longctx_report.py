@@ -13,7 +13,8 @@ secondary run pair their shared passkey prompts; ``at_probe.longctx.report``) an
   and value-weighted flow per layer, the knockout estimate per layer and its total against the
   exact knockout where records hold them, and the prompts' token counts;
 * figures with their CSVs (``analyses/figures.py`` redraws them): ``longctx_paired`` (paired
-  differences), ``longctx_accuracy`` (accuracy by depth x length per condition),
+  differences), ``longctx_accuracy`` (accuracy by depth x length per condition; ``longctx_replies``
+  the same for the generated reply's match, from runs made with ``--reply-tokens``),
   ``longctx_needle`` (needle attention per layer by condition), ``longctx_knockout`` (the
   needle's knockout estimate per layer by condition, from runs made with ``--knockout-estimate``).
 
@@ -93,7 +94,7 @@ def write_figures(result: dict, out: Path) -> None:
     """The figures (the knockout one where records hold the estimate), each beside the CSV of its data."""
     import pandas as pd
 
-    from at_probe.runs.plotting import longctx_accuracy, longctx_needle, longctx_paired, save_figure
+    from at_probe.runs.plotting import PLOTS, longctx_accuracy, longctx_needle, longctx_paired, save_figure
 
     rows = [{"comparison": r["comparison"], "metric": r["metric"], "task": r["task"],
              "bucket": "all" if len(r["lengths"]) > 1 else str(r["lengths"][0]),
@@ -101,9 +102,11 @@ def write_figures(result: dict, out: Path) -> None:
             for r in result["comparisons"] if r["task"] == "passkey" and r["ci95"][0] is not None]
     if rows:
         save_figure(longctx_paired(pd.DataFrame(rows)), out, "longctx_paired", pd.DataFrame(rows))
-    accuracy = pd.DataFrame(result["accuracy"])
+    accuracy, replies = pd.DataFrame(result["accuracy"]), pd.DataFrame(result["replies"])
     if not accuracy.empty:
         save_figure(longctx_accuracy(accuracy), out, "longctx_accuracy", accuracy)
+    if not replies.empty:
+        save_figure(PLOTS["longctx_replies"](replies), out, "longctx_replies", replies)
     for name, table in (("longctx_needle", "needle"), ("longctx_knockout", "needle_knockout")):
         rows = pd.DataFrame(result[table])
         if not rows.empty:

@@ -375,10 +375,10 @@ def _forest_by_bucket(df: pd.DataFrame, order: Sequence[str], primary: str, *, l
     return fig
 
 
-def longctx_accuracy(df: pd.DataFrame) -> Figure:
-    """Long-context bench: exact-match rate by needle depth (rows) and prompt length (columns),
-    one panel per condition, a row of panels per task, one 0-1 colour scale for all.
-    ``df``: task, condition, length, depth, accuracy."""
+def longctx_accuracy(df: pd.DataFrame, value: str = "accuracy", label: str = "exact-match rate") -> Figure:
+    """Long-context bench: a 0-1 score (exact match; ``reply_match`` for generated replies) by
+    needle depth (rows) and prompt length (columns), one panel per condition, a row of panels
+    per task, one 0-1 colour scale for all. ``df``: task, condition, length, depth, ``value``."""
     _plt()
     tasks, conditions = list(dict.fromkeys(df["task"])), list(dict.fromkeys(df["condition"]))
     fig, axes = _panels([len(conditions)] * len(tasks), 2.4, 2.4, max_cols=len(conditions))
@@ -392,13 +392,13 @@ def longctx_accuracy(df: pd.DataFrame) -> Figure:
             if part.empty:
                 ax.set_visible(False)
                 continue
-            grid = part.pivot_table(index="depth", columns="length", values="accuracy")
+            grid = part.pivot_table(index="depth", columns="length", values=value)
             mesh = _heatmap(ax, grid, norm, SEQUENTIAL, fontsize=7)
             ax.set_title(f"{task}: {cond}", fontsize=8)
             ax.set(xlabel="prompt tokens", ylabel="needle depth")
         if mesh is not None:
-            mesh.axes.figure.colorbar(mesh, ax=[a for a in task_axes if a.get_visible()], label="exact-match rate")
-    fig.suptitle("Retrieval accuracy by needle depth and prompt length")
+            mesh.axes.figure.colorbar(mesh, ax=[a for a in task_axes if a.get_visible()], label=label)
+    fig.suptitle(f"{label[0].upper()}{label[1:]} by needle depth and prompt length")
     return fig
 
 
@@ -480,6 +480,7 @@ PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "xsum_roles": xsum_roles,
     "longctx_paired": longctx_paired,
     "longctx_accuracy": longctx_accuracy,
+    "longctx_replies": lambda df: longctx_accuracy(df, "reply_match", "reply match"),
     "longctx_needle": longctx_needle,
     "longctx_knockout": longctx_needle,
     "methods_compared": xsum_roles,

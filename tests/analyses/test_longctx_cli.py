@@ -133,6 +133,7 @@ def test_replies_are_recorded_reported_and_pair_only_with_runs_that_have_them(tm
     assert "replies vt 512 baseline: match" in capsys.readouterr().out
     result = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {r["condition"] for r in result["replies"]} == {"baseline"}  # the temperature has no role here
+    assert (tmp_path / "report" / "longctx_replies.png").is_file()
     assert longctx.main(_args(tmp_path / "long", "baseline", "--lengths", "4096", "--reply-tokens", "1")) == 2
     assert capsys.readouterr().err.count("--reply-tokens") == 1
 

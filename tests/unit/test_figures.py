@@ -103,6 +103,8 @@ def _frames() -> dict[str, pd.DataFrame]:
     return {
         "longctx_paired": _csv(long_pairs),
         "longctx_accuracy": _csv(accuracy),
+        "longctx_replies": _csv([{k: v for k, v in r.items() if k != "accuracy"} | {"reply_match": r["accuracy"]}
+                                 for r in accuracy]),
         "longctx_needle": _csv(needle),
         "longctx_knockout": _csv([{"condition": r["condition"], "length": r["length"], "layer": r["layer"],
                                    "needle_knockout": -r["needle_mass"]} for r in needle]),
