@@ -202,18 +202,6 @@ def _scored_elsewhere(runs: list[Path]) -> set[tuple[str, str]]:
     return {(r.get("doc_id"), r.get("setting")) for run in runs for r in read_jsonl(run / "records.jsonl")}
 
 
-def _check_reply_room(args: argparse.Namespace, shape: Any) -> None:
-    """Refuse replies that would run past the model's context after the longest prompts.
-
-    Raises:
-        UsageError: the longest length plus ``--reply-tokens`` exceeds ``shape.n_ctx``.
-    """
-    context = getattr(shape, "n_ctx", None)
-    if args.reply_tokens and context is not None and max(args.lengths) + args.reply_tokens > context:
-        raise UsageError(f"argument --reply-tokens: {args.reply_tokens} reply tokens after a {max(args.lengths)}-token "
-                         f"prompt exceed the context of {args.model} ({context} tokens)")
-
-
 def _is_run(directory: Path) -> bool:
     """Whether ``directory`` holds a run (``manifest.json`` and ``records.jsonl``)."""
     return (directory / "manifest.json").is_file() and (directory / "records.jsonl").is_file()
@@ -283,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         shape = model_shape(args.model)
         check_settings(settings, shape, attention_rows=args.attention_rows)
         check_context(args.lengths, shape, args.model)
-        _check_reply_room(args, shape)
+        if args.reply_tokens:  # the reply follows a prompt of up to the longest length
+            check_context([max(args.lengths) + args.reply_tokens], shape, args.model, flag="--reply-tokens")
         tokenizer = load_tokenizer(args.model)
         try:
             documents = development_documents(args.data)
