@@ -35,6 +35,7 @@ replies never open with the answer (docs/longctx.md, "What ``exact`` measures").
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -94,8 +95,6 @@ def reply(model: Any, built: Built, intervention: Any | None, max_new_tokens: in
     ignoring case (RULER's ``string_match_all``; a key inside a longer number counts, as
     there). In ``[0, 1]``.
     """
-    from contextlib import nullcontext
-
     prompt = built.prompt
     edit = nullcontext() if intervention is None else intervention.applied(model, prompts=[prompt])
     with edit, torch.inference_mode():
