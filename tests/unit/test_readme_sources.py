@@ -190,6 +190,58 @@ def test_long_context_numbers_are_those_of_the_report(claim, comparison, length)
     assert claim.format(_interval(row["mean"], *row["ci95"])) in README
 
 
+@pytest.mark.parametrize(("claim", "comparison", "task", "metric"), [
+    ("repeat the exact-match ones: SRA minus the baseline {};", "sra - baseline", "passkey", "reply_match"),
+    ("; the paper example minus its placebo {}; emphasis minus its placebo", "paper_example - placebo_example",
+     "passkey", "reply_match"),
+    ("emphasis minus its placebo +{}, but minus the baseline", "emphasis - emphasis_placebo", "passkey", "reply_match"),
+    ("but minus the baseline only +{}, with the", "emphasis - baseline", "passkey", "reply_match"),
+    ("with the placebo minus the baseline at {}. Emphasis's", "emphasis_placebo - baseline", "passkey", "reply_match"),
+    ("list the variables: SRA minus the baseline {};", "sra - baseline", "vt", "reply_match"),
+    ("the paper example minus its placebo +{}; emphasis minus its placebo −0.03", "paper_example - placebo_example",
+     "vt", "reply_match"),
+    ("emphasis minus its placebo {} and minus the baseline", "emphasis - emphasis_placebo", "vt", "reply_match"),
+    ("and minus the baseline {}. - **Emphasis", "emphasis - baseline", "vt", "reply_match"),
+    ("log-probability by +{} nats over the", "emphasis - baseline", "vt", "logprob"),
+    ("(+{} over its placebo)", "emphasis - emphasis_placebo", "vt", "logprob"),
+])
+def test_long_context_replies_are_those_of_their_report(claim, comparison, task, metric):
+    """docs/longctx.md quotes the replies run's 1,024-token comparisons (95% intervals, 30 prompts)."""
+    report = json.loads((ROOT / "figures/longctx-smollm2/replies/report.json").read_text())
+    (row,) = [r for r in report["comparisons"]
+              if (r["comparison"], r["metric"], r["lengths"], r["task"]) == (comparison, metric, [1024], task)]
+    assert row["n"] == 30
+    assert claim.format(_interval(row["mean"], *row["ci95"])) in README
+
+
+@pytest.mark.parametrize(("task", "name"), [("passkey", "passkey"), ("vt", "variable tracking")])
+def test_long_context_replies_table_is_that_of_their_report(task, name):
+    """docs/longctx.md's replies table: each condition's reply match (and share ended) at 1,024 tokens."""
+    report = json.loads((ROOT / "figures/longctx-smollm2/replies/report.json").read_text())
+    conditions = ("baseline", "sra", "paper_example", "placebo_example", "emphasis", "emphasis_placebo")
+    cells = []
+    for condition in conditions:
+        rows = [r for r in report["replies"] if (r["task"], r["length"], r["condition"]) == (task, 1024, condition)]
+        n = sum(r["n"] for r in rows)
+        assert n == 30
+        match, ended = (sum(r["n"] * r[m] for r in rows) / n for m in ("reply_match", "reply_ended"))
+        cells.append(f"{match:.2f} ({ended:.2f})")
+    assert f"| {name} | {' | '.join(cells)} |" in README
+
+
+def test_long_context_reply_counts_are_those_of_the_records():
+    """docs/longctx.md's counts of 1,024-token replies come from the committed records."""
+    lines = (ROOT / "figures/longctx-smollm2/replies/records.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if r["length"] == 1024]
+    passkey = [r for r in records if r["task"] == "passkey"]
+    same = sum(r["reply_match"] == float(r["exact"]) for r in passkey)
+    assert f"Reply match equals exact match in {same} of the {len(passkey)} records" in README
+    vt = [r for r in records if (r["task"], r["setting"]) == ("vt", "baseline")]
+    some, every = sum(r["reply_match"] > 0 for r in vt), sum(r["reply_match"] == 1 for r in vt)
+    assert f"{some} of {len(vt)} name at least one of the four variables and {every} of {len(vt)} name all four" in README
+    assert f"Most ({sum(not r['reply_ended'] for r in vt)} of {len(vt)}) do not end within 96 tokens" in README
+
+
 @pytest.mark.parametrize("length", ["2048", "4096", "8192"])
 def test_long_context_costs_are_those_of_the_bench(length):
     """docs/longctx.md's cost table quotes figures/bench-cpu/long_context.json."""
