@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -236,10 +237,23 @@ def test_long_context_reply_counts_are_those_of_the_records():
     passkey = [r for r in records if r["task"] == "passkey"]
     same = sum(r["reply_match"] == float(r["exact"]) for r in passkey)
     assert f"Reply match equals exact match in {same} of the {len(passkey)} records" in README
+    emphasis = [r for r in passkey if r["setting"].startswith("emphasis:") and not r["reply_ended"]]
+    key_then_loop = sum(r["exact"] and _loops(r["reply"]) for r in emphasis)
+    assert f"{key_then_loop} of the {len(emphasis)} that do not give the key and then loop" in README
     vt = [r for r in records if (r["task"], r["setting"]) == ("vt", "baseline")]
     some, every = sum(r["reply_match"] > 0 for r in vt), sum(r["reply_match"] == 1 for r in vt)
     assert f"{some} of {len(vt)} name at least one of the four variables and {every} of {len(vt)} name all four" in README
-    assert f"Most ({sum(not r['reply_ended'] for r in vt)} of {len(vt)}) do not end within 96 tokens" in README
+    cut = [r["reply"] for r in vt if not r["reply_ended"]]
+    loops = sum(map(_loops, cut))
+    assert f"Most ({len(cut)} of {len(vt)}) do not end within 96 tokens, and of those, {loops} loop" in README
+
+
+def _loops(text: str) -> bool:
+    """A line (its list number aside) or four words in a row, three times or more."""
+    lines = Counter(re.sub(r"^\s*[-\d.]+\s*", "", line).strip() for line in text.split("\n") if line.strip())
+    words = text.split()
+    grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+    return max(lines.values(), default=0) >= 3 or max(grams.values(), default=0) >= 3
 
 
 @pytest.mark.parametrize("length", ["2048", "4096", "8192"])
