@@ -160,7 +160,8 @@ class _EchoWorker:
 @pytest.fixture(scope="module")
 def echo_in_actors():
     """Actors unpickle the echo worker by value: a Ray worker process need not import this module."""
-    cloudpickle = pytest.importorskip("ray.cloudpickle")
+    from ray import cloudpickle
+
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

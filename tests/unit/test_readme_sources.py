@@ -191,61 +191,102 @@ def test_long_context_numbers_are_those_of_the_report(claim, comparison, length)
     assert claim.format(_interval(row["mean"], *row["ci95"])) in README
 
 
+REPLIES = ROOT / "figures/longctx-smollm2/replies"
+
+
+def _replies_report() -> dict:
+    return json.loads((REPLIES / "report.json").read_text())
+
+
+def _reply_records(length: int) -> list[dict]:
+    """The replies run's records at ``length``; a line still being written (no newline yet) is left out."""
+    lines = (REPLIES / "records.jsonl").read_text().split("\n")[:-1]
+    return [r for r in map(json.loads, lines) if r["length"] == length]
+
+
 @pytest.mark.parametrize(("claim", "comparison", "task", "metric"), [
-    ("repeat the exact-match ones: SRA minus the baseline {};", "sra - baseline", "passkey", "reply_match"),
-    ("; the paper example minus its placebo {}; emphasis minus its placebo", "paper_example - placebo_example",
-     "passkey", "reply_match"),
-    ("emphasis minus its placebo +{}, but minus the baseline", "emphasis - emphasis_placebo", "passkey", "reply_match"),
-    ("but minus the baseline only +{}, with the", "emphasis - baseline", "passkey", "reply_match"),
-    ("with the placebo minus the baseline at {}. Emphasis's", "emphasis_placebo - baseline", "passkey", "reply_match"),
-    ("list the variables: SRA minus the baseline {};", "sra - baseline", "vt", "reply_match"),
-    ("the paper example minus its placebo +{}; emphasis minus its placebo −0.03", "paper_example - placebo_example",
-     "vt", "reply_match"),
+    ("SRA minus the baseline is {}, as in exact match", "sra - baseline", "passkey", "reply_match"),
+    ("the paper example minus its placebo {} (exact match:", "paper_example - placebo_example", "passkey",
+     "reply_match"),
+    ("(exact match: {}, the difference", "paper_example - placebo_example", "passkey", "exact"),
+    ("emphasis minus its placebo +{}, but emphasis", "emphasis - emphasis_placebo", "passkey", "reply_match"),
+    ("but emphasis minus the baseline only +{}, with", "emphasis - baseline", "passkey", "reply_match"),
+    ("with emphasis's placebo minus the baseline at {}. Emphasis's", "emphasis_placebo - baseline", "passkey",
+     "reply_match"),
+    ("below its 0.33. SRA minus the baseline {};", "sra - baseline", "vt", "reply_match"),
+    ("the paper example minus its placebo +{}, while", "paper_example - placebo_example", "vt", "reply_match"),
+    ("while the paper example minus the baseline is {} and", "paper_example - baseline", "vt", "reply_match"),
+    ("its placebo minus the baseline {}; emphasis", "placebo_example - baseline", "vt", "reply_match"),
     ("emphasis minus its placebo {} and minus the baseline", "emphasis - emphasis_placebo", "vt", "reply_match"),
     ("and minus the baseline {}. - **Emphasis", "emphasis - baseline", "vt", "reply_match"),
-    ("log-probability by +{} nats over the", "emphasis - baseline", "vt", "logprob"),
-    ("(+{} over its placebo)", "emphasis - emphasis_placebo", "vt", "logprob"),
+    ("by +{} nats over the baseline", "emphasis - baseline", "vt", "logprob"),
+    ("the +{} over its placebo", "emphasis - emphasis_placebo", "vt", "logprob"),
+    ("(emphasis itself +{} over the baseline)", "emphasis - baseline", "passkey", "reply_match"),
+    ("than the baseline's ({}): a gain", "emphasis - baseline", "vt", "reply_match"),
 ])
 def test_long_context_replies_are_those_of_their_report(claim, comparison, task, metric):
     """docs/longctx.md quotes the replies run's 1,024-token comparisons (95% intervals, 30 prompts)."""
-    report = json.loads((ROOT / "figures/longctx-smollm2/replies/report.json").read_text())
-    (row,) = [r for r in report["comparisons"]
+    (row,) = [r for r in _replies_report()["comparisons"]
               if (r["comparison"], r["metric"], r["lengths"], r["task"]) == (comparison, metric, [1024], task)]
     assert row["n"] == 30
     assert claim.format(_interval(row["mean"], *row["ci95"])) in README
 
 
-@pytest.mark.parametrize(("task", "name"), [("passkey", "passkey"), ("vt", "variable tracking")])
-def test_long_context_replies_table_is_that_of_their_report(task, name):
+def _reply_cell(task: str, condition: str, metric: str) -> float:
+    """A condition's mean over the 30 prompts of a 1,024-token cell (the report keeps it per depth)."""
+    rows = [r for r in _replies_report()["replies"] if (r["task"], r["length"], r["condition"]) == (task, 1024, condition)]
+    n = sum(r["n"] for r in rows)
+    assert n == 30
+    return sum(r["n"] * r[metric] for r in rows) / n
+
+
+def test_long_context_replies_table_is_that_of_their_report():
     """docs/longctx.md's replies table: each condition's reply match (and share ended) at 1,024 tokens."""
-    report = json.loads((ROOT / "figures/longctx-smollm2/replies/report.json").read_text())
-    conditions = ("baseline", "sra", "paper_example", "placebo_example", "emphasis", "emphasis_placebo")
-    cells = []
-    for condition in conditions:
-        rows = [r for r in report["replies"] if (r["task"], r["length"], r["condition"]) == (task, 1024, condition)]
-        n = sum(r["n"] for r in rows)
-        assert n == 30
-        match, ended = (sum(r["n"] * r[m] for r in rows) / n for m in ("reply_match", "reply_ended"))
-        cells.append(f"{match:.2f} ({ended:.2f})")
-    assert f"| {name} | {' | '.join(cells)} |" in README
+    columns = {"baseline": "baseline", "sra": "SRA", "paper_example": "paper example",
+               "placebo_example": "its placebo", "emphasis": "emphasis", "emphasis_placebo": "its placebo"}
+    assert f"| task | {' | '.join(columns.values())} |" in README
+    for task, name in (("passkey", "passkey"), ("vt", "variable tracking")):
+        cells = [f"{_reply_cell(task, c, 'reply_match'):.2f} ({_reply_cell(task, c, 'reply_ended'):.2f})"
+                 for c in columns]
+        assert f"| {name} | {' | '.join(cells)} |" in README
+    ended = [f"{_reply_cell('passkey', c, 'reply_ended'):.2f}" for c in ("emphasis", "baseline")]
+    assert "0.{} of them end within 96 tokens against the baseline's 0.{}".format(*(e[2:] for e in ended)) in README
+    logprob = [r for r in _replies_report()["comparisons"] if (r["comparison"], r["metric"], r["lengths"], r["task"])
+               == ("emphasis_placebo - baseline", "logprob", [1024], "vt")][0]["mean"]
+    assert f"(−{-logprob:.2f} nats against the baseline)" in README
 
 
 def test_long_context_reply_counts_are_those_of_the_records():
     """docs/longctx.md's counts of 1,024-token replies come from the committed records."""
-    lines = (ROOT / "figures/longctx-smollm2/replies/records.jsonl").read_text().splitlines()
-    records = [r for r in map(json.loads, lines) if r["length"] == 1024]
+    records = _reply_records(1024)
+    assert f"the eight declared settings ({len(records)} records)" in README
     passkey = [r for r in records if r["task"] == "passkey"]
-    same = sum(r["reply_match"] == float(r["exact"]) for r in passkey)
-    assert f"Reply match equals exact match in {same} of the {len(passkey)} records" in README
+    differ = [r for r in passkey if r["reply_match"] != float(r["exact"])]
+    assert all(r["setting"].startswith("placebo:") for r in differ)
+    assert f"Reply match equals exact match in {len(passkey) - len(differ)} of the {len(passkey)} records" in README
+    assert f"(the two others are placebo replies" in README and len(differ) == 2
     emphasis = [r for r in passkey if r["setting"].startswith("emphasis:") and not r["reply_ended"]]
     key_then_loop = sum(r["exact"] and _loops(r["reply"]) for r in emphasis)
-    assert f"{key_then_loop} of the {len(emphasis)} that do not give the key and then loop" in README
+    assert f"of the {len(emphasis)} that do not end, {key_then_loop} give the key and then loop" in README
     vt = [r for r in records if (r["task"], r["setting"]) == ("vt", "baseline")]
-    some, every = sum(r["reply_match"] > 0 for r in vt), sum(r["reply_match"] == 1 for r in vt)
-    assert f"{some} of {len(vt)} name at least one of the four variables and {every} of {len(vt)} name all four" in README
+    lists = sum(bool(re.match(r"[:\s]*(\d+\.|-)", r["reply"])) for r in vt)
+    assert lists == len(vt) and f"(all {len(vt)} under the baseline)" in README
+    counts = [sum(r["reply_match"] >= share for r in vt) for share in (0.25, 0.75, 1.0)]
+    assert "{} of {} name at least one of the four variables, {} at least three, and {} all four".format(
+        counts[0], len(vt), *counts[1:]) in README
     cut = [r["reply"] for r in vt if not r["reply_ended"]]
     loops = sum(map(_loops, cut))
     assert f"Most ({len(cut)} of {len(vt)}) do not end within 96 tokens, and of those, {loops} loop" in README
+    assert f"and the other {['no', 'one', 'two', 'three'][len(cut) - loops]} run on about the document" in README
+
+
+def test_long_context_runs_in_progress_are_counted_as_their_reports():
+    """"At this writing N of its M records are in": N is what the committed report was made from."""
+    pooled = json.loads((ROOT / "figures/longctx-smollm2/report.json").read_text())
+    primary = (ROOT / "figures/longctx-smollm2/primary/records.jsonl").read_text().count("\n")
+    assert pooled["runs"] == ["figures/longctx-smollm2/primary", "figures/longctx-smollm2/secondary"]
+    assert f"At this writing {pooled['n_records'] - primary:,} of its 6,660 records are in" in README
+    assert f"At this writing {_replies_report()['n_records']:,} of its 960 records are in" in README
 
 
 def _loops(text: str) -> bool:
