@@ -220,7 +220,7 @@ def _reply_records(length: int) -> list[dict]:
     ("emphasis minus its placebo {} and minus the baseline", "emphasis - emphasis_placebo", "vt", "reply_match"),
     ("and minus the baseline {}. - **Emphasis", "emphasis - baseline", "vt", "reply_match"),
     ("by +{} nats over the baseline", "emphasis - baseline", "vt", "logprob"),
-    ("the +{} over its placebo", "emphasis - emphasis_placebo", "vt", "logprob"),
+    ("of its +{} over its placebo, more than half", "emphasis - emphasis_placebo", "vt", "logprob"),
     ("(emphasis itself +{} over the baseline)", "emphasis - baseline", "passkey", "reply_match"),
     ("than the baseline's ({}): a gain", "emphasis - baseline", "vt", "reply_match"),
 ])
