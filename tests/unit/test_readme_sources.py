@@ -250,7 +250,7 @@ def test_long_context_replies_table_is_that_of_their_report():
                  for c in columns]
         assert f"| {name} | {' | '.join(cells)} |" in README
     ended = [f"{_reply_cell('passkey', c, 'reply_ended'):.2f}" for c in ("emphasis", "baseline")]
-    assert "0.{} of them end within 96 tokens against the baseline's 0.{}".format(*(e[2:] for e in ended)) in README
+    assert f"{ended[0]} of them end within 96 tokens against the baseline's {ended[1]}" in README
     logprob = [r for r in _replies_report()["comparisons"] if (r["comparison"], r["metric"], r["lengths"], r["task"])
                == ("emphasis_placebo - baseline", "logprob", [1024], "vt")][0]["mean"]
     assert f"(−{-logprob:.2f} nats against the baseline)" in README
@@ -264,7 +264,7 @@ def test_long_context_reply_counts_are_those_of_the_records():
     differ = [r for r in passkey if r["reply_match"] != float(r["exact"])]
     assert all(r["setting"].startswith("placebo:") for r in differ)
     assert f"Reply match equals exact match in {len(passkey) - len(differ)} of the {len(passkey)} records" in README
-    assert f"(the two others are placebo replies" in README and len(differ) == 2
+    assert "(the two others are placebo replies" in README and len(differ) == 2
     emphasis = [r for r in passkey if r["setting"].startswith("emphasis:") and not r["reply_ended"]]
     key_then_loop = sum(r["exact"] and _loops(r["reply"]) for r in emphasis)
     assert f"of the {len(emphasis)} that do not end, {key_then_loop} give the key and then loop" in README
