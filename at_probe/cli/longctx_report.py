@@ -28,11 +28,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from at_probe.cli.args import ArgumentParser, existing_dir, output_dir, prog
-from at_probe.longctx.report import POOL_MIN, pool_records, report
+from at_probe.longctx.report import plan_of, pool_records, report
 from at_probe.runs.runfiles import read_jsonl, write_json_atomic
 
 
@@ -47,11 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [str(r) for r in args.runs if not (r / "records.jsonl").is_file()]
-    if missing:
-        print(f"{prog('longctx_report.py')}: error: argument runs: no records.jsonl in {', '.join(missing)}",
-              file=sys.stderr)
-        return 2
+    for name in ("records.jsonl", "manifest.json"):  # the manifest: what the run plans (complete cells)
+        missing = [str(r) for r in args.runs if not (r / name).is_file()]
+        if missing:
+            print(f"{prog('longctx_report.py')}: error: argument runs: no {name} in {', '.join(missing)}",
+                  file=sys.stderr)
+            return 2
     try:
         pooled = pool_records(read_jsonl(r / "records.jsonl") for r in args.runs)
     except ValueError as err:
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or args.runs[0]
     out.mkdir(parents=True, exist_ok=True)
-    result = {"runs": [str(r) for r in args.runs], **report(pooled)}
+    plan = plan_of(json.loads((r / "manifest.json").read_text()) for r in args.runs)
+    result = {"runs": [str(r) for r in args.runs], **report(pooled, plan)}
     write_json_atomic(out / "report.json", result)
     for row in result["primary"]:
         lo, hi = row["ci97_5"]
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"primary {row['comparison']}: {row['mean']:+.3f} exact match, 97.5% CI {interval}, "
               f"n = {row['n']} ({counts}) -> {row['answer']}" if row["n"] else
               f"primary {row['comparison']}: {row['answer']}: paired prompts per length {counts}; "
-              f"a length is pooled from {POOL_MIN}")
+              "a length is pooled once its cell is complete")
     for row in result["knockout_totals"]:
         print(f"knockout {row['task']} {row['length']} {row['condition']}: first-order estimate {row['estimate']:+.2f}, "
               f"exact {row['exact']:+.2f} nats (n = {row['n']})")
@@ -98,8 +101,11 @@ def write_figures(result: dict, out: Path) -> None:
 
     rows = [{"comparison": r["comparison"], "metric": r["metric"], "task": r["task"],
              "bucket": "all" if len(r["lengths"]) > 1 else str(r["lengths"][0]),
+             "lengths": "+".join(map(str, kept)),
              "mean": r["mean"], "lo": r["ci95"][0], "hi": r["ci95"][1], "n": r["n"]}
-            for r in result["comparisons"] if r["task"] == "passkey" and r["ci95"][0] is not None]
+            for r in result["comparisons"] if r["task"] == "passkey" and r["ci95"][0] is not None
+            for kept in [[l for l in r["lengths"] if l not in r["lengths_left_out"]]]
+            if len(r["lengths"]) == 1 or len(kept) > 1]  # a pooled row of one length repeats that length's
     if rows:
         save_figure(longctx_paired(pd.DataFrame(rows)), out, "longctx_paired", pd.DataFrame(rows))
     accuracy, replies = pd.DataFrame(result["accuracy"]), pd.DataFrame(result["replies"])

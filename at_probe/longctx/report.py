@@ -5,8 +5,10 @@ passkey prompts of the secondary run are the first ones of the primary run, so c
 pair them across runs. A role's value for a prompt is its setting's score, or the mean of its
 draws' scores (a placebo's seeds); a comparison uses the prompts scored under every setting of
 both roles (``n``), and says how many others it left out. Pooled over lengths, each length
-with at least ``POOL_MIN`` paired prompts counts alike (the mean of the per-length means,
-whatever their prompt counts; a cell still running is left out until it has them). Intervals are
+whose cell is complete counts alike (the mean of the per-length means, whatever their prompt
+counts): complete means every prompt the runs' manifests plan for both roles is paired
+(``plan_of``), so a cell still running joins a pooled row only once it is done and a pooled
+number does not change meaning while a run goes on. Intervals are
 percentile bootstraps over prompts, stratified by length when lengths are pooled
 (``at_probe.runs.stats``). The accuracy and needle tables give each condition over its own
 prompts (the primary conditions have 100 per cell, the others 30, a run under way fewer) and,
@@ -16,7 +18,7 @@ beside it, the baseline's value on the same prompts: the paired reference.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,8 +48,8 @@ REPLY = "reply_match"
 REPLY_METRICS = (REPLY, "reply_ended")
 """The ``replies`` table's columns: the reply's match, and the share of replies that ended
 within the token limit (the others were cut by it)."""
-POOL_MIN = 20
-"""Paired prompts a length needs to enter a comparison pooled over lengths (each counts alike)."""
+Plan = dict[tuple[str, int], dict[str, int]]
+"""(task, length) -> setting -> prompts the runs plan for it (the first that many of the cell)."""
 REFERENCE = "baseline"
 """The role whose values on the same prompts the accuracy and needle tables give beside each role's."""
 
@@ -74,6 +76,27 @@ def pool_records(runs: Iterable[list[dict[str, Any]]]) -> dict[tuple[str, str], 
     return pooled
 
 
+def plan_of(manifests: Iterable[Mapping[str, Any]]) -> Plan:
+    """What run directories plan, from their ``manifest.json`` (``tasks``, ``lengths``,
+    ``prompts``, ``settings``): each run scores prompts ``0 .. prompts - 1`` of each of its
+    cells under each of its settings (pairs another run holds are skipped, not dropped: the
+    union is what counts), so a setting's plan is the most prompts any run gives it."""
+    plan: Plan = defaultdict(dict)
+    for m in manifests:
+        for task in m["tasks"]:
+            for length in m["lengths"]:
+                for setting in m["settings"]:
+                    cell = plan[(task, int(length))]
+                    cell[setting] = max(cell.get(setting, 0), int(m["prompts"]))
+    return dict(plan)
+
+
+def planned_pairs(plan: Plan, comparison: Comparison, task: str, length: int) -> int:
+    """Prompts of a cell the plan scores under every setting of both roles of ``comparison``."""
+    cell = plan.get((task, length), {})
+    return min(cell.get(s, 0) for role in (comparison.treated, comparison.control) for s in ALL_ROLES[role])
+
+
 def role_values(pooled: dict[tuple[str, str], dict[str, Any]], role: str, metric: str) -> dict[str, Any]:
     """Prompt id -> the role's value (mean over its settings), for prompts scored under all of
     them (and, for a per-layer field, holding it): a float, or an array ``[layer]`` for a list field."""
@@ -91,11 +114,13 @@ def _cells(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, tuple[str
 
 
 def paired(pooled: dict[tuple[str, str], dict[str, Any]], comparison: Comparison, metric: str, task: str,
-           lengths: Sequence[int]) -> dict[str, Any]:
+           lengths: Sequence[int], plan: Plan | None = None) -> dict[str, Any]:
     """``comparison`` on ``task`` over ``lengths``: mean paired difference, 95% interval, prompts
-    per length, and prompts of one role only (left out). Over several lengths, the mean of the
-    per-length means (stratified bootstrap), over the lengths with at least ``POOL_MIN`` paired
-    prompts (the others, a cell still running, are named in ``lengths_left_out``)."""
+    per length, and prompts of one role only at the lengths it uses (left out). Over several
+    lengths, the mean of the per-length means (stratified bootstrap) over the lengths whose
+    cell is complete: as many paired prompts as ``plan`` has for the comparison
+    (``planned_pairs``; None: the records are of finished runs, every cell complete). The
+    others, cells still running, are named in ``lengths_left_out``."""
     cells = _cells(pooled)
     a, b = role_values(pooled, comparison.treated, metric), role_values(pooled, comparison.control, metric)
     groups, per_length = {}, {}
@@ -103,24 +128,27 @@ def paired(pooled: dict[tuple[str, str], dict[str, Any]], comparison: Comparison
         prompts = sorted(p for p in set(a) & set(b) if cells[p][:2] == (task, length))
         groups[length] = np.array([a[p] - b[p] for p in prompts])
         per_length[str(length)] = len(prompts)
-    only_one = sum(1 for p in set(a) ^ set(b) if cells[p][0] == task and cells[p][1] in lengths)
     if len(lengths) == 1:
-        kept, estimate = list(groups.values()), bootstrap_mean(groups[lengths[0]])
+        left_out, estimate = [], bootstrap_mean(groups[lengths[0]])
     else:
-        kept = [g for g in groups.values() if len(g) >= POOL_MIN]
-        estimate = stratified_bootstrap_mean(kept, weights="groups")
-    left_out = [l for l, g in groups.items() if len(lengths) > 1 and len(g) < POOL_MIN]
+        left_out = [l for l, g in groups.items()
+                    if not len(g) or (plan is not None and len(g) < planned_pairs(plan, comparison, task, l))]
+        estimate = stratified_bootstrap_mean([g for l, g in groups.items() if l not in left_out],
+                                             weights="groups")
+    kept = [l for l in lengths if l not in left_out]
+    only_one = sum(1 for p in set(a) ^ set(b) if cells[p][0] == task and cells[p][1] in kept)
     return {"comparison": comparison.label, "metric": metric, "task": task, "lengths": list(lengths),
             **estimate.to_dict(), "n_per_length": per_length, "lengths_left_out": left_out,
-            "n_one_role_only": only_one, "_groups": kept}
+            "n_one_role_only": only_one, "_groups": [groups[l] for l in kept]}
 
 
-def primary(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+def primary(pooled: dict[tuple[str, str], dict[str, Any]], plan: Plan | None = None) -> list[dict[str, Any]]:
     """The declared primary comparisons with their 97.5% intervals and the plain answer, which
-    is final only once every length has ``PRIMARY_PROMPTS`` paired prompts (``complete``)."""
+    is final only once every length has ``PRIMARY_PROMPTS`` paired prompts (``complete``);
+    ``plan`` as in ``paired``."""
     out = []
     for comparison in PRIMARY:
-        row = paired(pooled, comparison, "exact", PRIMARY_TASK, PRIMARY_LENGTHS)
+        row = paired(pooled, comparison, "exact", PRIMARY_TASK, PRIMARY_LENGTHS, plan)
         groups = row.pop("_groups")
         lo, hi = stratified_interval(groups, PRIMARY_LEVEL, weights="groups") if row["n"] >= 2 else (None, None)
         row["ci97_5"] = [lo, hi]
@@ -245,13 +273,14 @@ def prompt_lengths(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[s
             for (t, l), v in sorted(cells.items())]
 
 
-def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+def report(pooled: dict[tuple[str, str], dict[str, Any]], plan: Plan | None = None) -> dict[str, Any]:
     """The whole report: primary, every declared comparison per task (pooled and per length;
     in exact match, log-probability and, where recorded, the exact knockout's change and the
     generated reply's match), accuracy per cell and role (``replies``: the same for the reply's
     match and the share of replies that ended, where recorded), how replies open (``openings``), the needle's attention per layer,
     the knockout estimate per layer and its total against the exact knockout where records hold
-    them, and the prompts' token counts."""
+    them, and the prompts' token counts. ``plan``: what the runs plan (``plan_of`` their
+    manifests), which says when a cell is complete enough to pool (``paired``)."""
     cells = _cells(pooled)
     tasks = sorted({c[0] for c in cells.values()})
     recorded = [m for m in (f"{KNOCKOUT}_exact", REPLY) if any(m in r for r in pooled.values())]
@@ -262,11 +291,11 @@ def report(pooled: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
             lengths = sorted({c[1] for c in cells.values() if c[0] == task})
             for metric in metrics:
                 for scope in ([lengths] if len(lengths) > 1 else []) + [[l] for l in lengths]:
-                    row = paired(pooled, comparison, metric, task, scope)
+                    row = paired(pooled, comparison, metric, task, scope, plan)
                     row.pop("_groups")
                     if row["n"]:
                         comparisons.append(row)
-    return {"n_records": len(pooled), "prompts": len(cells), "primary": primary(pooled),
+    return {"n_records": len(pooled), "prompts": len(cells), "primary": primary(pooled, plan),
             "comparisons": comparisons, "accuracy": accuracy(pooled), "replies": accuracy(pooled, REPLY_METRICS),
             "needle": needle(pooled),
             "needle_knockout": needle(pooled, (KNOCKOUT,)), "knockout_totals": knockout_totals(pooled),

@@ -7,7 +7,17 @@ import numpy as np
 import pytest
 
 from at_probe.longctx.conditions import ALL_ROLES, PRIMARY_LENGTHS, PRIMARY_PROMPTS, ROLES, Comparison
-from at_probe.longctx.report import POOL_MIN, accuracy, needle, paired, pool_records, primary, report, role_values
+from at_probe.longctx.report import (
+    accuracy,
+    needle,
+    paired,
+    plan_of,
+    planned_pairs,
+    pool_records,
+    primary,
+    report,
+    role_values,
+)
 from at_probe.runs.stats import stratified_bootstrap_mean, stratified_interval
 
 N_LAYERS = 3
@@ -125,18 +135,29 @@ def test_the_tables_give_each_condition_its_own_prompts_and_the_baselines_on_the
 
 def test_lengths_count_alike_when_pooled_and_a_running_cell_waits():
     """Pooled over lengths, a comparison is the mean of the per-length means (30 prompts at 1k
-    with a difference of 1 and 20 at 2k with 0 pool to 0.5, not 30/50); a length with fewer
-    than POOL_MIN paired prompts (a cell still running) is left out and named."""
+    with a difference of 1 and 20 at 2k with 0 pool to 0.5, not 30/50); a length whose cell
+    the plan has not completed (4k: 25 of its 30 prompts paired) is left out and named, and
+    so are its prompts of one role only."""
     temp = ROLES["temperature"][0]
     records = []
-    for length, n, hit in ((1024, 30, True), (2048, 20, False), (4096, 5, True)):
+    for length, n, hit in ((1024, 30, True), (2048, 20, False), (4096, 25, True)):
         for i in range(n):
             records += [_record(f"p{length}-{i}", "baseline", False, -3.0, length=length),
                         _record(f"p{length}-{i}", temp, hit, -3.0, length=length)]
-    row = paired(pool_records([records]), Comparison("temperature", "baseline"), "exact", "passkey",
-                 [1024, 2048, 4096])
+    records.append(_record("p4096-29", "baseline", False, -3.0, length=4096))  # its temperature one: to come
+    plan = plan_of([
+        {"tasks": ["passkey", "vt"], "lengths": [2048], "prompts": 100, "settings": ["baseline"]},
+        {"tasks": ["passkey"], "lengths": [1024, 4096], "prompts": 30, "settings": ["baseline", temp]},
+        {"tasks": ["passkey"], "lengths": [2048], "prompts": 20, "settings": ["baseline", temp]}])
+    assert plan[("passkey", 2048)] == {temp: 20, "baseline": 100} and plan[("vt", 2048)] == {"baseline": 100}
+    comparison = Comparison("temperature", "baseline")
+    assert [planned_pairs(plan, comparison, "passkey", l) for l in (1024, 2048, 4096)] == [30, 20, 30]
+    row = paired(pool_records([records]), comparison, "exact", "passkey", [1024, 2048, 4096], plan)
     assert row["mean"] == pytest.approx(0.5) and row["n"] == 50 and row["lengths_left_out"] == [4096]
-    assert row["n_per_length"] == {"1024": 30, "2048": 20, "4096": 5} and POOL_MIN == 20
+    assert row["n_per_length"] == {"1024": 30, "2048": 20, "4096": 25} and row["n_one_role_only"] == 0
+    finished = paired(pool_records([records]), comparison, "exact", "passkey", [1024, 2048, 4096])
+    assert finished["lengths_left_out"] == [] and finished["n"] == 75 and finished["n_one_role_only"] == 1
+    assert finished["mean"] == pytest.approx(2 / 3)
 
 
 def test_knockout_estimates_are_tabled_where_records_hold_them():
@@ -194,23 +215,24 @@ def test_the_report_says_how_far_short_of_their_length_the_prompts_fall():
 
 
 def test_the_report_holds_pooled_and_per_length_comparisons():
-    result = report(pool_records([_run(POOL_MIN, {"baseline": 0.5, "sra": 0.5, "paper_example": 0.5,
+    result = report(pool_records([_run(20, {"baseline": 0.5, "sra": 0.5, "paper_example": 0.5,
                                                   "placebo_example": 0.5})]))
     sra = [r for r in result["comparisons"] if r["comparison"] == "sra - baseline" and r["metric"] == "exact"]
     assert [r["lengths"] for r in sra] == [list(PRIMARY_LENGTHS), *([l] for l in PRIMARY_LENGTHS)]
-    assert result["prompts"] == 3 * POOL_MIN and len(result["primary"]) == 2
+    assert result["prompts"] == 3 * 20 and len(result["primary"]) == 2
 
 
 def test_the_peers_comparisons_pool_with_the_bench_runs():
     """A peers run pooled with a bench run: each peer against its placebo's mean draw, adaptive
     temperature against the fixed temperature of the bench's run."""
-    bench = _run(POOL_MIN, {"baseline": 0.5, "temperature": 0.5})
-    peers = _run(POOL_MIN, {"sink_scaling": 1.0, "sink_scaling_placebo": 0.0, "adaptive_temperature": 1.0}, seed=1)
+    bench = _run(20, {"baseline": 0.5, "temperature": 0.5})
+    peers = _run(20, {"sink_scaling": 1.0, "sink_scaling_placebo": 0.0, "adaptive_temperature": 1.0}, seed=1)
     result = report(pool_records([bench, peers]))
     rows = {r["comparison"]: r for r in result["comparisons"]
             if r["metric"] == "exact" and r["lengths"] == list(PRIMARY_LENGTHS)}
     assert rows["sink_scaling - sink_scaling_placebo"]["mean"] == 1.0
-    assert rows["sink_scaling - sink_scaling_placebo"]["n"] == rows["adaptive_temperature - temperature"]["n"] == 3 * POOL_MIN
+    peers_n = rows["sink_scaling - sink_scaling_placebo"]["n"]
+    assert peers_n == rows["adaptive_temperature - temperature"]["n"] == 3 * 20
     assert {"sink_scaling", "adaptive_temperature"} <= {r["condition"] for r in result["accuracy"]}
 
 
@@ -229,3 +251,34 @@ def test_the_peers_settings_are_canonical_and_run_under_chunked_attention():
     built = parse_settings(";".join(settings), profiles)
     assert list(built) == settings and len(settings) == 1 + sum(len(v) for v in PEER_ROLES.values())
     check_settings(built, SMOLLM2_SHAPE, attention_rows=128)
+
+
+def test_the_command_pools_a_length_only_once_the_manifests_say_its_cells_are_done(tmp_path, capsys):
+    """longctx_report.py reads each run's manifest: 2k, with 25 of the 30 planned prompts paired,
+    stays out of the pooled rows (and of the figure's, which would then repeat 1k) until done."""
+    import json
+
+    from at_probe.cli import longctx_report
+
+    temp = ROLES["temperature"][0]
+    runs = {"primary": (["baseline"], _run(30, {"baseline": 0.5}, lengths=(1024, 2048))),
+            "secondary": ([temp], [r for r in _run(30, {"temperature": 0.5}, lengths=(1024, 2048), seed=1)
+                                   if not (r["length"] == 2048 and r["doc_id"] >= "passkey-2048-0.5-025")])}
+    for name, (settings, records) in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert longctx_report.main([str(tmp_path / "primary"), str(tmp_path / "secondary")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"no manifest.json in {tmp_path / 'primary'}, {tmp_path / 'secondary'}")
+    for name, (settings, _) in runs.items():
+        manifest = {"tasks": ["passkey"], "lengths": [1024, 2048], "prompts": 30, "settings": settings}
+        (tmp_path / name / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "report"
+    runs_args = [str(tmp_path / "primary"), str(tmp_path / "secondary")]
+    assert longctx_report.main([*runs_args, "--out", str(out)]) == 0
+    rows = [r for r in json.loads((out / "report.json").read_text())["comparisons"]
+            if (r["comparison"], r["metric"]) == ("temperature - baseline", "exact")]
+    assert [(r["lengths"], r["n"], r["lengths_left_out"]) for r in rows] == [
+        ([1024, 2048], 30, [2048]), ([1024], 30, []), ([2048], 25, [])]
+    figure = (out / "longctx_paired.csv").read_text()
+    assert ",all," not in figure and ",2048,2048," in figure  # only the per-length rows
