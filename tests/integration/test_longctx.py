@@ -102,7 +102,8 @@ def test_bad_specs_are_refused(chat_tokenizer, documents, bad):
         make_spec(chat_tokenizer, documents, kwargs.pop("task"), index=0, **kwargs)
 
 
-EDITS = {"baseline": lambda: None, "paper": lambda: PaperTransition(),
+EDITS = {"baseline": lambda: None, "paper": lambda: PaperTransition(), "placebo": lambda: PlaceboTransition(seed=1),
+         "sra": lambda: SRATransition(begin_length=5, threshold_len=50),
          "temperature": lambda: AttentionTemperature(tau=1.5, layers=range(4, 8))}
 
 
