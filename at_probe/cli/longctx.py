@@ -63,7 +63,14 @@ from at_probe.cli.args import (
 from at_probe.longctx.run import LongctxWorkerFactory, plan_specs
 from at_probe.longctx.tasks import DEPTHS, LENGTHS, TASKS, development_documents
 from at_probe.models.loading import DEFAULT_MODEL, load_tokenizer, model_shape
-from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run, read_jsonl
+from at_probe.runs.runfiles import (
+    MANIFEST_DEFAULTS,
+    check_manifest,
+    ensure_manifest,
+    file_sha256,
+    owned_run,
+    read_jsonl,
+)
 from at_probe.runs.sweep import RecordSink, plan_units, run_units
 from at_probe.xsum import SettingError, check_settings, parse_settings
 from at_probe.xsum.release import release_files
@@ -245,19 +252,39 @@ def check(args: argparse.Namespace, specs: list[dict[str, Any]], profiles: dict[
             if old is None:
                 continue
             (new,) = worker(plan_units([name], [spec], 1)[0])
-            keys = [k for k in new if k not in ("wall_seconds",)]
-            bad = [k for k in keys if not _close(old.get(k), new[k])]
+            bad = [k for k in sorted((old.keys() | new.keys()) - {"wall_seconds"})
+                   if k not in old or k not in new or not _close(old[k], new[k], k)]
             differ += bool(bad)
             print(f"{spec['id']} {name}: " + ("same" if not bad else f"differs in {', '.join(bad)}"))
     return 1 if differ else 0
 
 
-def _close(a: Any, b: Any) -> bool:
+def _close(a: Any, b: Any, key: str) -> bool:
+    """Equal, numbers within a relative 1e-3 or one unit of the last decimal the record keeps."""
+    from at_probe.longctx.scoring import DECIMALS
+
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_close(x, y, key) for x, y in zip(a, b))
     if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-4)
+        return math.isclose(a, b, rel_tol=1e-3, abs_tol=1.01 * 10.0 ** -DECIMALS.get(key, 6))
     return a == b
+
+
+_CHECKED_FLAGS = {"model": "--model", "data_sha256": "--data", "profiles_sha256": "--profiles",
+                  "settings": "--settings", "attention_rows": "--attention-rows",
+                  "knockout_estimate": "--knockout-estimate", "reply_tokens": "--reply-tokens"}
+"""What ``--check`` needs the same as the run it checks, and the flag that gives each."""
+
+
+def _same_as_checked(out: Path, config: dict[str, Any]) -> None:
+    """Raises UsageError naming the first flag that differs from the run in ``out``."""
+    import json
+
+    manifest = {**MANIFEST_DEFAULTS, **json.loads((out / "manifest.json").read_text())}
+    for key, flag in _CHECKED_FLAGS.items():
+        if manifest.get(key) != config.get(key):
+            raise UsageError(f"argument {flag}: {out} was run with {key} {manifest.get(key)!r}, "
+                             f"not {config.get(key)!r}: --check reruns the run's own command")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.check and not _is_run(args.out):
             raise UsageError(f"argument --check: {args.out} holds no run (manifest.json and records.jsonl) to check")
         profiles = _profiles(args.profiles) if args.profiles else None
-        settings = parse_settings(args.settings, profiles)
+        try:
+            settings = parse_settings(args.settings, profiles)
+        except SettingError as err:
+            raise UsageError(f"argument --settings: {err}") from None
         shape = model_shape(args.model)
         check_settings(settings, shape, attention_rows=args.attention_rows)
         check_context(args.lengths, shape, args.model)
@@ -283,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:  # a length too short for a prompt, or longer than the documents
             raise UsageError(f"argument --lengths: {err}") from err
         config = _config(args, settings)
+        if args.check:
+            _same_as_checked(args.out, config)
         paired_with = _paired_with(args, config)
         config.update({"paired_with": paired_with} if paired_with else {})
         elsewhere = _scored_elsewhere(args.paired_with)

@@ -45,6 +45,9 @@ from at_probe.flow.knockout import knockout_hooks
 from at_probe.flow.region import RegionProbe
 from at_probe.longctx.tasks import Built, answer_items
 
+DECIMALS = {"logprob": 5, "needle_mass": 6, "needle_flow": 5, "needle_knockout": 6, "needle_knockout_exact": 5}
+"""Decimals each number of a record is rounded to (the check of a rerun allows one unit of the last)."""
+
 
 def score(model: Any, built: Built, intervention: Any | None, *, knockout: bool = False) -> dict[str, Any]:
     """Scores of one built prompt under one intervention (None: the baseline); module docstring."""
@@ -74,13 +77,13 @@ def score(model: Any, built: Built, intervention: Any | None, *, knockout: bool 
     assert probe.flow is not None
     return {
         "exact": bool(right.all()),
-        "logprob": round(float(logprobs.gather(-1, target[:, None]).sum()), 5),
+        "logprob": round(float(logprobs.gather(-1, target[:, None]).sum()), DECIMALS["logprob"]),
         "tokens_right": int(right.cumprod(0).sum()),
         "greedy": model.tokenizer.decode(greedy.tolist()),
         "prompt_tokens": n,
         "answer_tokens": len(answer),
-        "needle_mass": [round(float(v), 6) for v in probe.mass.mean(-1)],
-        "needle_flow": [round(float(v), 5) for v in probe.flow.mean(-1)],
+        "needle_mass": [round(float(v), DECIMALS["needle_mass"]) for v in probe.mass.mean(-1)],
+        "needle_flow": [round(float(v), DECIMALS["needle_flow"]) for v in probe.flow.mean(-1)],
         **causal,
     }
 
@@ -135,5 +138,5 @@ def _knockout_scores(model: Any, ids: torch.Tensor, n: int, target: torch.Tensor
     knocks = [pair for start, end in needles for pair in knockout_hooks(start, end, layers)]
     with torch.inference_mode():
         knocked = _answer_logprob(model.run_with_hooks(ids, fwd_hooks=edits() + knocks), n, target)
-    return logits, {"needle_knockout": [round(float(v), 6) for v in effects],
-                    "needle_knockout_exact": round(float(knocked - base), 5)}
+    return logits, {"needle_knockout": [round(float(v), DECIMALS["needle_knockout"]) for v in effects],
+                    "needle_knockout_exact": round(float(knocked - base), DECIMALS["needle_knockout_exact"])}

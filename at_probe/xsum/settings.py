@@ -88,7 +88,7 @@ def parse_setting(text: str, profiles: dict[str, Any] | None = None) -> tuple[st
 def _profile(profiles: dict[str, Any] | None, key: str, kind: str) -> Any:
     if not profiles or key not in profiles:
         raise ValueError(f"{kind} settings need the development profile {key!r}: run "
-                         "analyses/alternatives_select.py and pass its selection.json (--selection)")
+                         "analyses/alternatives_select.py and pass its selection.json")
     return profiles[key]
 
 

@@ -57,6 +57,24 @@ def test_check_recomputes_the_committed_records(tmp_path, capsys):
     (out / "records.jsonl").write_text("\n".join([lines[0], json.dumps(tampered), *lines[2:]]) + "\n")
     assert longctx.main(_args(out, "baseline;temperature:tau=1.5,layers=4-7", "--check", "1")) == 1
     assert "differs in logprob" in capsys.readouterr().out
+    # a small needle share moved by 2e-5 (a tenth of it or more), and a field the rerun lacks
+    untouched = json.loads(lines[1])
+    mass = untouched["needle_mass"]
+    smallest = min(range(len(mass)), key=lambda i: abs(mass[i]))
+    assert abs(mass[smallest]) < 2e-4
+    mass[smallest] += 2e-5
+    (out / "records.jsonl").write_text("\n".join([lines[0], json.dumps(untouched | {"note": 1}), *lines[2:]]) + "\n")
+    assert longctx.main(_args(out, "baseline;temperature:tau=1.5,layers=4-7", "--check", "1")) == 1
+    assert "differs in needle_mass, note" in capsys.readouterr().out
+    for flag, value in (("--settings", "baseline"), ("--attention-rows", "64"), ("--reply-tokens", "4")):
+        args = _args(out, "baseline;temperature:tau=1.5,layers=4-7", "--check", "1")
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+        assert longctx.main(args) == 2  # not the run's own command
+        err = capsys.readouterr().err
+        assert f"argument {flag}:" in err and "--check reruns the run's own command" in err
 
 
 def test_paired_with_skips_what_another_run_holds(tmp_path, capsys):
@@ -140,7 +158,7 @@ def test_replies_are_recorded_reported_and_pair_only_with_runs_that_have_them(tm
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--tasks", "passkey,nope", "--tasks"), ("--lengths", "512,x", "--lengths"), ("--depths", "0.5,1.5", "--depths"),
-    ("--settings", "paper:alpha=-1", "alpha"), ("--prompts", "0", "--prompts"), ("--attention-rows", "0", "--attention-rows"),
+    ("--settings", "paper:alpha=-1", "--settings: invalid"), ("--prompts", "0", "--prompts"), ("--attention-rows", "0", "--attention-rows"),
     ("--paired-with", ".", "--paired-with"),  # a directory without records.jsonl
     ("--lengths", "100", "--lengths"),  # too short for a prompt
     ("--lengths", "512,5000", "--lengths"),  # past the tiny model's 4,096-token context
