@@ -60,7 +60,7 @@ from at_probe.cli.args import (
     sweep_options,
     torch_device,
 )
-from at_probe.longctx.run import LongctxWorkerFactory, plan_specs
+from at_probe.longctx.run import LongctxWorkerFactory, plan_specs, prompt_hashes
 from at_probe.longctx.tasks import DEPTHS, LENGTHS, TASKS, development_documents
 from at_probe.models.loading import DEFAULT_MODEL, load_tokenizer, model_shape
 from at_probe.runs.runfiles import (
@@ -137,13 +137,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _config(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+def _config(args: argparse.Namespace, settings: dict[str, Any], tokenizer: Any,
+            specs: list[dict[str, Any]]) -> dict[str, Any]:
     data = {name: file_sha256(path) for name, path in sorted(release_files(args.data).items())}
     return {"model": args.model, "data_sha256": data, "tasks": args.tasks, "lengths": args.lengths,
             "depths": args.depths, "prompts": args.prompts, "settings": list(settings),
             **({"profiles_sha256": file_sha256(args.profiles)} if args.profiles else {}),
             "attention_rows": args.attention_rows, "knockout_estimate": args.knockout_estimate,
-            "reply_tokens": args.reply_tokens,
+            "reply_tokens": args.reply_tokens, "prompt_sha256": prompt_hashes(tokenizer, specs),
             "at_probe_version": at_probe.__version__}
 
 
@@ -175,6 +176,11 @@ def _paired_with(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
             raise UsageError(f"argument --paired-with: {run} is a run of another {', '.join(differ)}")
         if config.get("knockout_estimate") and not theirs.get("knockout_estimate"):
             raise UsageError(f"argument --paired-with: {run} has no knockout estimates, which its pairs would lack here")
+        ours, their_hashes = config.get("prompt_sha256", {}), theirs.get("prompt_sha256", {})
+        moved = sorted(p for p in ours.keys() & their_hashes.keys() if ours[p] != their_hashes[p])
+        if moved:
+            raise UsageError(f"argument --paired-with: {run} scored {len(moved)} of these prompts from other "
+                             f"text or tokens (prompt_sha256), e.g. {moved[0]}")
         if config["reply_tokens"] and theirs.get("reply_tokens", 0) != config["reply_tokens"]:
             raise UsageError(f"argument --paired-with: {run} has no replies of {config['reply_tokens']} tokens, "
                              "which its pairs would lack here")
@@ -312,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             specs = plan_specs(tokenizer, documents, args.tasks, args.lengths, args.depths, args.prompts)
         except ValueError as err:  # a length too short for a prompt, or longer than the documents
             raise UsageError(f"argument --lengths: {err}") from err
-        config = _config(args, settings)
+        config = _config(args, settings, tokenizer, specs)
         if args.check:
             _same_as_checked(args.out, config)
         paired_with = _paired_with(args, config)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from at_probe.longctx.tasks import build, make_spec
+from at_probe.runs.runfiles import json_sha256
 
 
 def plan_specs(tokenizer: Any, documents: Sequence[str], tasks: Sequence[str], lengths: Sequence[int],
@@ -24,6 +25,19 @@ def plan_specs(tokenizer: Any, documents: Sequence[str], tasks: Sequence[str], l
     shorter, cheaper cells complete and every task's cell of a length equally far along."""
     return [make_spec(tokenizer, documents, task, length=length, depth=depths[i % len(depths)], index=i)
             for length in lengths for i in range(prompts) for task in tasks]
+
+
+def prompt_hashes(tokenizer: Any, specs: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Prompt id -> a short hash (16 hex digits) of what is scored under that id: the spec and
+    its prompt's and answer's token ids. A run's manifest keeps them (``prompt_sha256``), so
+    that a resumed or a paired run whose prompts came out otherwise (another ``tasks.py``,
+    tokenizer or text repair) is refused rather than pooled under the same ids."""
+    out = {}
+    for spec in specs:
+        built = build(tokenizer, spec)
+        out[spec["id"]] = json_sha256({"spec": spec, "prompt": list(built.prompt.ids),
+                                       "answer": list(built.answer_ids)})[:16]
+    return out
 
 
 def record_of(spec: dict[str, Any], setting: str, scores: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def test_a_run_writes_paired_records_resumes_and_grows(tmp_path, capsys):
     assert len(_records(out)) == 12  # the new setting only
     assert json.loads((out / "manifest.json").read_text())["settings"][-1] == "paper:alpha=1.0,beta=0.5,k=2"
     assert longctx.main(_args(out, "baseline", "--prompts", "3")) == 2  # another grid: refused
-    assert "different configuration (prompts" in capsys.readouterr().err
+    assert "different configuration (prompt_sha256, prompts," in capsys.readouterr().err
 
 
 def test_check_recomputes_the_committed_records(tmp_path, capsys):
@@ -91,6 +91,16 @@ def test_paired_with_skips_what_another_run_holds(tmp_path, capsys):
     spelled = str(first / ".." / "first")
     assert longctx.main(_args(second, "baseline;temperature:tau=1.5,layers=4-7", "--paired-with", spelled)) == 0
     assert "0 to go" in capsys.readouterr().out
+    # prompts that came out otherwise (another tasks.py, tokenizer or text repair) are refused
+    for run, flag in ((first, "argument --paired-with"), (second, "different configuration (prompt_sha256")):
+        text = (run / "manifest.json").read_text()
+        manifest = json.loads(text)
+        assert sorted(manifest["prompt_sha256"]) == sorted(r["doc_id"] for r in _records(first))
+        manifest["prompt_sha256"]["vt-512-0.3-001"] = "0" * 16
+        (run / "manifest.json").write_text(json.dumps(manifest))
+        assert longctx.main(_args(second, "baseline;temperature:tau=1.5,layers=4-7", "--paired-with", str(first))) == 2
+        assert flag in capsys.readouterr().err
+        (run / "manifest.json").write_text(text)
 
 
 def test_knockout_estimates_are_recorded_and_pair_only_with_runs_that_have_them(tmp_path, capsys):
