@@ -208,7 +208,8 @@ def add_sweep_arguments(parser: Any) -> None:
                         help="join a Ray cluster (e.g. 'auto' on a node of it, or HOST:6379) instead of "
                              "starting a local one; --workers then defaults to 1 actor")
     parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=None,
-                        help="GPUs each actor asks Ray for (default: 1 with --device cuda, else 0)")
+                        help="GPUs each actor asks Ray for (default: 1 with --device cuda, or without --device "
+                             "where this machine has a GPU; else 0)")
 
 
 def sweep_options(args: Any) -> dict[str, Any]:
