@@ -109,19 +109,20 @@ def alternatives(model: Any) -> dict[str, Any]:
 
 def paired_ratio(plain: Callable[[], Any], treated: Callable[[], Any], repeats: int,
                  device: torch.device) -> dict[str, float]:
-    """Median of treated/plain time ratios over interleaved runs (one warm-up each)."""
+    """Median of treated/plain time ratios over interleaved runs (one warm-up each), the order
+    alternating round by round so that neither always runs after the other."""
     plain(), treated()
     ratios, base_times = [], []
-    for _ in range(repeats):
-        times = []
-        for fn in (plain, treated):
+    for round_ in range(repeats):
+        times = {}
+        for name, fn in (("plain", plain), ("treated", treated))[:: 1 if round_ % 2 == 0 else -1]:
             _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
-            times.append(time.perf_counter() - t0)
-        base_times.append(times[0])
-        ratios.append(times[1] / times[0])
+            times[name] = time.perf_counter() - t0
+        base_times.append(times["plain"])
+        ratios.append(times["treated"] / times["plain"])
     return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "plain_seconds_median": statistics.median(base_times)}
 

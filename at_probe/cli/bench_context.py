@@ -3,13 +3,17 @@
 For each length ``T`` (tokens of concatenated XSum development documents), against a Hugging
 Face forward of the same checkpoint and tokens with SDPA attention (no ``T x T`` pattern):
 
-* time, in this process, paired and interleaved (median of ``--repeats`` ratios): a chunked
-  bridge forward with a ``FlowProbe`` (raw and value-weighted) over SDPA; the chunked forward
-  alone over SDPA; the probe's own cost (chunked with probe over chunked alone); and, where it
-  fits (``--stock-up-to``), the stock (unchunked) bridge forward over SDPA for reference;
+* time, in this process, paired and interleaved, the order rotating round by round (median of
+  ``--repeats`` ratios): a chunked bridge forward with a ``FlowProbe`` (raw and value-weighted)
+  over SDPA; the chunked forward alone over SDPA; the probe's own cost (chunked with probe
+  over chunked alone); and, where it fits (``--stock-up-to``), the stock (unchunked) bridge
+  forward over SDPA for reference;
 * memory, each in a fresh process: the peak resident memory a forward adds to the loaded
-  model (Linux ``VmHWM`` after ``clear_refs``, minus the resident size before the pass) and
-  the peak in all, for the same four forwards.
+  model, once a 16-token forward has paged every weight in (Linux ``VmHWM`` after
+  ``clear_refs``, minus the resident size before the pass), and the peak in all, for the same
+  four forwards.
+
+The results record the commit, CPU and library versions they were measured with.
 
 The budgets: at 8,192 tokens chunked+probe at most 1.3x SDPA's added peak memory and 2.5x its
 time; the probe at most 1.15x the chunked forward.
@@ -70,6 +74,8 @@ def child_peak(kind: str, model_name: str, n_tokens: int, rows: int, data: str, 
 
     tokens = long_tokens(load_tokenizer(model_name), n_tokens, Path(data))
     run = forward(kind, model_name, rows, device)
+    with torch.inference_mode():  # every weight paged in (they load as mmap slices), not counted below
+        run(tokens[:, :16])
     release_freed_memory()
     before = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current size
@@ -97,12 +103,15 @@ def memory(kind: str, model_name: str, n_tokens: int, rows: int, data: Path, dev
 
 
 def paired_times(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each run, ``repeats`` rounds interleaved (after one warm-up round)."""
+    """Seconds of each run, ``repeats`` rounds interleaved (after one warm-up round), each round
+    starting one run later than the one before, so that no run always follows the same one."""
     import time
 
     times: dict[str, list[float]] = {k: [] for k in runs}
+    keys = list(runs)
     for round_ in range(repeats + 1):
-        for key, fn in runs.items():
+        for key in keys[round_ % len(keys):] + keys[: round_ % len(keys)]:
+            fn = runs[key]
             t0 = time.perf_counter()
             with torch.inference_mode():
                 fn()
@@ -146,7 +155,8 @@ def run(model_name: str, lengths: list[int], rows: int, data: Path, device: str 
         stock_up_to: int) -> dict[str, Any]:
     """Every length (printed as it finishes); the forwards are loaded once for the time ratios."""
     runs = {k: forward(k, model_name, rows, device) for k in KINDS}
-    results: dict[str, Any] = {"model": model_name, "rows": rows, "threads": torch.get_num_threads(), "lengths": {}}
+    results: dict[str, Any] = {"model": model_name, "rows": rows, "threads": torch.get_num_threads(),
+                               **provenance(), "lengths": {}}
     for n in lengths:
         r = results["lengths"][str(n)] = bench_length(model_name, n, rows, data, device, repeats, n <= stock_up_to, runs)
         t, m = r["time"], r["memory_ratios"]
@@ -157,6 +167,31 @@ def run(model_name: str, lengths: list[int], rows: int, data: Path, device: str 
               f"{m['chunked_over_sdpa']['added']:.2f}x" + (f", stock {m['stock_over_sdpa']['added']:.2f}x"
                                                             if "stock_over_sdpa" in m else ""), flush=True)
     return results
+
+
+def provenance() -> dict[str, Any]:
+    """What the numbers were measured with: the commit (and whether the tree had changes), the
+    CPU, torch and transformers versions."""
+    import platform
+    from importlib.metadata import version
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    commit = git("rev-parse", "HEAD")
+    changed = None if commit == "unknown" else bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"commit": commit, "uncommitted_changes": changed, "cpu": cpu,
+            "versions": {"torch": torch.__version__, "transformers": version("transformers")}}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def token_counts(text: str) -> list[int]:
