@@ -161,13 +161,17 @@ def decode_step_seconds(model: Any, tokens: torch.Tensor, steps: int, applied: C
 def decode_step_ratios(model: Any, tokens: torch.Tensor, edits: dict[str, Callable[[], Any]], steps: int,
                        repeats: int, device: torch.device) -> dict[str, dict[str, float]]:
     """Per edit: the median over ``repeats`` rounds of (its decode-step time / the plain model's,
-    timed just before it), after one warm-up round."""
+    timed beside it: before it in even rounds, after it in odd ones), after one warm-up round."""
     ratios: dict[str, list[float]] = {key: [] for key in edits}
     base: list[float] = []
     for round_ in range(repeats + 1):
         for key, applied in edits.items():
-            t_plain = decode_step_seconds(model, tokens, steps, contextlib.nullcontext, device)
-            t_edit = decode_step_seconds(model, tokens, steps, applied, device)
+            if round_ % 2:
+                t_edit = decode_step_seconds(model, tokens, steps, applied, device)
+                t_plain = decode_step_seconds(model, tokens, steps, contextlib.nullcontext, device)
+            else:
+                t_plain = decode_step_seconds(model, tokens, steps, contextlib.nullcontext, device)
+                t_edit = decode_step_seconds(model, tokens, steps, applied, device)
             if round_:
                 ratios[key].append(t_edit / t_plain)
                 base.append(t_plain)

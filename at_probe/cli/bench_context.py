@@ -3,7 +3,7 @@
 For each length ``T`` (tokens of concatenated XSum development documents), against a Hugging
 Face forward of the same checkpoint and tokens with SDPA attention (no ``T x T`` pattern):
 
-* time, in this process, paired and interleaved, the order rotating round by round (median of
+* time, in this process, paired and interleaved, the rounds taking every order in turn (median of
   ``--repeats`` ratios): a chunked bridge forward with a ``FlowProbe`` (raw and value-weighted)
   over SDPA; the chunked forward alone over SDPA; the probe's own cost (chunked with probe
   over chunked alone); and, where it fits (``--stock-up-to``), the stock (unchunked) bridge
@@ -74,7 +74,7 @@ def child_peak(kind: str, model_name: str, n_tokens: int, rows: int, data: str, 
 
     tokens = long_tokens(load_tokenizer(model_name), n_tokens, Path(data))
     run = forward(kind, model_name, rows, device)
-    with torch.inference_mode():  # every weight paged in (they load as mmap slices), not counted below
+    with torch.inference_mode():  # weights paged in (mmap slices), compiled probe sums loaded: not counted
         run(tokens[:, :16])
     release_freed_memory()
     before = _status_kib("VmRSS")
@@ -103,14 +103,16 @@ def memory(kind: str, model_name: str, n_tokens: int, rows: int, data: Path, dev
 
 
 def paired_times(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each run, ``repeats`` rounds interleaved (after one warm-up round), each round
-    starting one run later than the one before, so that no run always follows the same one."""
+    """Seconds of each run, ``repeats`` rounds interleaved (after one warm-up round), round ``r``
+    in the ``r``-th order of the runs (``itertools.permutations``, cycled), so that over the
+    rounds each run follows each other one alike and none always runs after the same one."""
+    import itertools
     import time
 
     times: dict[str, list[float]] = {k: [] for k in runs}
-    keys = list(runs)
+    orders = list(itertools.permutations(runs))
     for round_ in range(repeats + 1):
-        for key in keys[round_ % len(keys):] + keys[: round_ % len(keys)]:
+        for key in orders[round_ % len(orders)]:
             fn = runs[key]
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -175,16 +177,18 @@ def provenance() -> dict[str, Any]:
     import platform
     from importlib.metadata import version
 
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
-        return done.stdout.strip() if done.returncode == 0 else "unknown"
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+        except OSError:  # no git here
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
 
     cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
-    commit = git("rev-parse", "HEAD")
-    changed = None if commit == "unknown" else bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"commit": commit, "uncommitted_changes": changed, "cpu": cpu,
-            "versions": {"torch": torch.__version__, "transformers": version("transformers")}}
+    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown", "uncommitted_changes": None if status is None else bool(status),
+            "cpu": cpu, "versions": {"torch": torch.__version__, "transformers": version("transformers")}}
 
 
 def _read(path: str) -> str:

@@ -288,9 +288,13 @@ def _same_as_checked(out: Path, config: dict[str, Any]) -> None:
 
     manifest = {**MANIFEST_DEFAULTS, **json.loads((out / "manifest.json").read_text())}
     for key, flag in _CHECKED_FLAGS.items():
-        if manifest.get(key) != config.get(key):
-            raise UsageError(f"argument {flag}: {out} was run with {key} {manifest.get(key)!r}, "
-                             f"not {config.get(key)!r}: --check reruns the run's own command")
+        ours, theirs = config.get(key), manifest.get(key)
+        if key == "settings":  # the same settings in any order (the check takes the run's)
+            ours, theirs = sorted(ours or []), sorted(theirs or [])
+        if ours != theirs:
+            shown = "" if isinstance(theirs, (dict, list)) else f" ({theirs!r}, not {ours!r})"
+            raise UsageError(f"argument {flag}: {out} was run with another {key}{shown}: "
+                             "--check reruns the run's own command")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         except SettingError as err:
             raise UsageError(f"argument --settings: {err}") from None
         shape = model_shape(args.model)
-        check_settings(settings, shape, attention_rows=args.attention_rows)
+        try:
+            check_settings(settings, shape, attention_rows=args.attention_rows)
+        except SettingError as err:
+            raise UsageError(f"argument --settings: {err}") from None
         check_context(args.lengths, shape, args.model)
         if args.reply_tokens:  # the reply follows a prompt of up to the longest length
             check_context([max(args.lengths) + args.reply_tokens], shape, args.model, flag="--reply-tokens")

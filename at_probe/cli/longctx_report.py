@@ -1,6 +1,7 @@
 """Report of long-context bench runs: the declared comparisons, accuracy, the needle's attention.
 
-Reads ``records.jsonl`` of one or more ``longctx.py`` run directories (the primary and the
+Reads ``records.jsonl`` and ``manifest.json`` (what each run plans: a length is pooled once
+its cells are complete) of one or more ``longctx.py`` run directories (the primary and the
 secondary run pair their shared passkey prompts; ``at_probe.longctx.report``) and writes into
 ``--out`` (default: the first run directory):
 
@@ -61,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or args.runs[0]
     out.mkdir(parents=True, exist_ok=True)
-    plan = plan_of(json.loads((r / "manifest.json").read_text()) for r in args.runs)
+    try:
+        plan = plan_of(json.loads((r / "manifest.json").read_text()) for r in args.runs)
+    except (KeyError, json.JSONDecodeError) as err:  # not a longctx.py manifest
+        print(f"{prog('longctx_report.py')}: error: argument runs: a manifest.json that is not longctx.py's "
+              f"({type(err).__name__}: {err})", file=sys.stderr)
+        return 2
     result = {"runs": [str(r) for r in args.runs], **report(pooled, plan)}
     write_json_atomic(out / "report.json", result)
     for row in result["primary"]:

@@ -49,7 +49,7 @@ def test_check_recomputes_the_committed_records(tmp_path, capsys):
     out = tmp_path / "run"
     assert longctx.main(_args(out)) == 0
     capsys.readouterr()
-    assert longctx.main(_args(out, "baseline;temperature:tau=1.5,layers=4-7", "--check", "2")) == 0
+    assert longctx.main(_args(out, "temperature:tau=1.5,layers=4-7;baseline", "--check", "2")) == 0
     assert capsys.readouterr().out.count("same") == 4
     lines = (out / "records.jsonl").read_text().splitlines()
     tampered = json.loads(lines[1])
@@ -168,7 +168,9 @@ def test_replies_are_recorded_reported_and_pair_only_with_runs_that_have_them(tm
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--tasks", "passkey,nope", "--tasks"), ("--lengths", "512,x", "--lengths"), ("--depths", "0.5,1.5", "--depths"),
-    ("--settings", "paper:alpha=-1", "--settings: invalid"), ("--prompts", "0", "--prompts"), ("--attention-rows", "0", "--attention-rows"),
+    ("--settings", "paper:alpha=-1", "--settings: invalid"),
+    ("--settings", "temperature:tau=1.5,layers=4-20", "argument --settings: "),  # the tiny model has 8 layers
+    ("--prompts", "0", "--prompts"), ("--attention-rows", "0", "--attention-rows"),
     ("--paired-with", ".", "--paired-with"),  # a directory without records.jsonl
     ("--lengths", "100", "--lengths"),  # too short for a prompt
     ("--lengths", "512,5000", "--lengths"),  # past the tiny model's 4,096-token context

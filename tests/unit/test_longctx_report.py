@@ -270,6 +270,10 @@ def test_the_command_pools_a_length_only_once_the_manifests_say_its_cells_are_do
     assert longctx_report.main([str(tmp_path / "primary"), str(tmp_path / "secondary")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"no manifest.json in {tmp_path / 'primary'}, {tmp_path / 'secondary'}")
+    for name in runs:  # a manifest of another command
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"model": "tiny"}))
+    assert longctx_report.main([str(tmp_path / "primary"), str(tmp_path / "secondary")]) == 2
+    assert "argument runs: a manifest.json that is not longctx.py's" in capsys.readouterr().err
     for name, (settings, _) in runs.items():
         manifest = {"tasks": ["passkey"], "lengths": [1024, 2048], "prompts": 30, "settings": settings}
         (tmp_path / name / "manifest.json").write_text(json.dumps(manifest))
