@@ -248,3 +248,21 @@ def _edited(report) -> bool:
     if hasattr(report, "ratios"):
         return bool(report.ratios)
     return any(getattr(r, "rows_touched", getattr(r, "rows_edited", 0)) > 0 for r in report.layers.values())
+
+
+@pytest.mark.parametrize(("run", "prompt"), [("primary", "passkey-1024-0.1-000"), ("secondary", "vt-2048-0.5-002"),
+                                             ("secondary", "kv_distractors-8192-0.9-029"),
+                                             ("replies", "vt-1024-0.3-001")])
+def test_the_committed_runs_prompts_are_what_this_code_builds(chat_tokenizer, documents, run, prompt):
+    """The hash a committed run's manifest keeps for a prompt is the hash of the prompt this
+    code builds under that id: the runs resume and pair with today's prompts (a change to the
+    tasks, the tokenizer or the text repair fails here before a run refuses it)."""
+    import json
+
+    from at_probe.longctx.run import prompt_hashes
+    from tests.conftest import REPO
+
+    manifest = json.loads((REPO / "figures" / "longctx-smollm2" / run / "manifest.json").read_text())
+    task, length, depth, index = prompt.rsplit("-", 3)
+    spec = make_spec(chat_tokenizer, documents, task, length=int(length), depth=float(depth), index=int(index))
+    assert prompt_hashes(chat_tokenizer, [spec]) == {prompt: manifest["prompt_sha256"][prompt]}
