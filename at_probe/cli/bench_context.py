@@ -175,7 +175,8 @@ def provenance() -> dict[str, Any]:
     """What the numbers were measured with: the commit (and whether the tree had changes), the
     CPU, torch and transformers versions."""
     import platform
-    from importlib.metadata import version
+
+    from at_probe.models.loading import library_versions
 
     def git(*args: str) -> str | None:
         try:
@@ -188,7 +189,7 @@ def provenance() -> dict[str, Any]:
                 if line.startswith("model name")), platform.processor() or "unknown")
     commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit or "unknown", "uncommitted_changes": None if status is None else bool(status),
-            "cpu": cpu, "versions": {"torch": torch.__version__, "transformers": version("transformers")}}
+            "cpu": cpu, "versions": library_versions()}
 
 
 def _read(path: str) -> str:

@@ -205,15 +205,19 @@ def _llama_config(name_or_path: str | Path) -> tuple[str, bool, Any]:
     return source, local, config
 
 
-def model_description(model: Any) -> dict[str, Any]:
-    """What a run's manifest records about the loaded model (prompt style, device, dtype, versions)."""
+def library_versions() -> dict[str, str]:
+    """The torch and transformers versions, as manifests and benchmark results record them."""
     import transformers
 
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def model_description(model: Any) -> dict[str, Any]:
+    """What a run's manifest records about the loaded model (prompt style, device, dtype, versions)."""
     from at_probe.models.prompts import prompt_style
 
     return {"prompt_style": prompt_style(model.tokenizer), "device": str(model.cfg.device),
-            "dtype": str(model.cfg.dtype).removeprefix("torch."),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+            "dtype": str(model.cfg.dtype).removeprefix("torch."), "versions": library_versions()}
 
 
 def random_llama(
