@@ -420,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
             "head_profilings": edits,
             "at_probe_version": at_probe.__version__,
         }
+    except (FileNotFoundError, ValueError, OSError, KeyError) as err:  # bad input: nothing written
+        print(f"{prog('alternatives_select.py')}: error: {err}", file=sys.stderr)
+        return 2
+    try:
         # one driver; the manifest (which profile.jsonl and profiles.json belong to) checked first
         with owned_run(args.out):
             ensure_manifest(args.out, config)
@@ -450,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             selection["test_settings"] = run_settings(selection)
             selection["roles"] = setting_roles(selection)
             write_json_atomic(args.out / "selection.json", selection)
-    except (FileNotFoundError, ValueError, OSError, KeyError) as err:
+    except (UsageError, OSError) as err:  # another driver or run in --out, a reference that does not fit
         print(f"{prog('alternatives_select.py')}: error: {err}", file=sys.stderr)
         return 2
     for method, name in selection["selected"].items():

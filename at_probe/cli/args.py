@@ -229,7 +229,7 @@ def sweep_options(args: Any) -> dict[str, Any]:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         gpus = 1.0 if uses_ray and str(device or "").startswith("cuda") else 0.0
     if uses_ray and gpus and args.device not in (None, "cuda", "cuda:0"):
-        raise ValueError(f"--device {args.device} with Ray: each actor sees only its own GPU; "
+        raise UsageError(f"argument --device: {args.device} with Ray: each actor sees only its own GPU; "
                          "pass --device cuda")
     return {"workers": args.workers, "ray_address": args.ray_address, "gpus_per_worker": gpus}
 

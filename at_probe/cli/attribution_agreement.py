@@ -48,6 +48,7 @@ from at_probe.flow.ops import prompt_regions
 from at_probe.flow.probe import DEFAULT_REGIONS
 from at_probe.models.loading import DEFAULT_MODEL, load_model
 from at_probe.models.prompts import build_prompt, continuation_ids
+from at_probe.runs.errors import UsageError
 from at_probe.runs.runfiles import (
     append_jsonl,
     ensure_manifest,
@@ -63,8 +64,11 @@ from at_probe.xsum import is_heldout, load_records, repair_note, text_repair_man
 def document_cells(model: Any, record: dict[str, Any], regions: int, band: int) -> dict[str, Any]:
     """Exact and estimated NLL change of every (band, region) knockout of one document."""
     ref = continuation_ids(model.tokenizer, record["summary"])
-    prompt = build_prompt(model.tokenizer, record["document"], max_tokens=int(model.cfg.n_ctx) - len(ref))
-    bounds, labels = prompt_regions(len(prompt), regions, prompt.document)
+    try:  # the document's own fault (too short for the regions, no room): one line, exit 2
+        prompt = build_prompt(model.tokenizer, record["document"], max_tokens=int(model.cfg.n_ctx) - len(ref))
+        bounds, labels = prompt_regions(len(prompt), regions, prompt.document)
+    except ValueError as err:
+        raise UsageError(f"document {record['id']}: {err} (see --regions)") from None
     kw = dict(
         bounds=bounds, band_size=band, labels=labels, reference=torch.tensor([ref], device=model.cfg.device)
     )
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                       "cells_worst_first": failures(frame), "seconds": round(time.time() - started, 1)}
             write_json_atomic(args.out / "agreement.json", result)
             save_figure(attribution_agreement(frame), args.out, "attribution_agreement", frame)
-    except (ValueError, OSError) as err:  # another driver or run in --out
+    except (UsageError, OSError) as err:  # another driver or run in --out; a bug keeps its traceback
         print(f"{prog('attribution_agreement.py')}: error: {err}", file=sys.stderr)
         return 2
     m = result["spearman_mean"]

@@ -36,15 +36,20 @@ KINDS = ("sdpa", "chunked_probe", "chunked", "stock")
 
 
 def long_tokens(tokenizer: Any, n_tokens: int, data: Path) -> torch.Tensor:
-    """``[1, n_tokens]`` ids: BOS-free text of the XSum development documents, concatenated."""
+    """``[1, n_tokens]`` ids: BOS-free text of the XSum development documents, concatenated.
+
+    Raises:
+        UsageError: the documents hold fewer tokens.
+    """
     from at_probe.longctx.tasks import development_documents
+    from at_probe.runs.errors import UsageError
 
     ids: list[int] = []
     for text in development_documents(data):
         ids += tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"]
         if len(ids) >= n_tokens:
             return torch.tensor([ids[:n_tokens]])
-    raise ValueError(f"argument --long-context: the development documents hold fewer than {n_tokens} tokens")
+    raise UsageError(f"argument --long-context: the development documents hold fewer than {n_tokens} tokens")
 
 
 def forward(kind: str, model_name: str, rows: int, device: str | None) -> Callable[[torch.Tensor], Any]:
@@ -229,17 +234,22 @@ def add_arguments(p: Any, data: Path) -> None:
 
 def run_long_context(p: Any, args: argparse.Namespace, given: frozenset[str], finish: Callable[..., int]) -> int:
     """``bench.py --long-context``: run every length, write ``--json``; exit 2 on a bad input."""
-    from at_probe.cli.args import check_context, prog
-    from at_probe.models.loading import model_shape
+    from at_probe.cli.args import UsageError, check_context, prog
+    from at_probe.models.loading import load_tokenizer, model_shape
 
     p.refuse(given, ("--decode-only", "--memory-only", "--tokens", "--xsum", "--profile"),
              "is not used with --long-context")
     torch.manual_seed(0)
-    try:
+    try:  # the inputs, before minutes of loading and timing
         check_context(args.long_context, model_shape(args.model), args.model, "--long-context")
+        long_tokens(load_tokenizer(args.model), max(args.long_context), args.data)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"{prog('bench.py')}: error: {err}", file=sys.stderr)
+        return 2
+    try:
         results = run(args.model, args.long_context, args.attention_rows, args.data, args.device,
                       args.repeats, args.stock_up_to)
-    except (FileNotFoundError, ValueError, OSError, TypeError) as err:
+    except (UsageError, OSError) as err:  # a bug keeps its traceback
         print(f"{prog('bench.py')}: error: {err}", file=sys.stderr)
         return 2
     return finish(results, args.json)

@@ -363,15 +363,20 @@ def main(argv: list[str] | None = None) -> int:
         except SettingError as err:
             raise UsageError(f"argument --settings: {err}" if args.settings else str(err)) from None
         options = sweep_options(args)
-        if docs is not None:  # corpus mode: the model is loaded by the sweep's worker(s)
-            return run_corpus(args, conditions, docs, options)
-        if options["workers"] or options["ray_address"] or args.gpus_per_worker is not None:
+        single = docs is None  # corpus mode's model is loaded by the sweep's worker(s)
+        if single and (options["workers"] or options["ray_address"] or args.gpus_per_worker is not None):
             raise UsageError("--workers, --ray-address and --gpus-per-worker spread corpus mode (--docs) "
                              "only")
-        model = load_model(args.model, device=args.device, attention_rows=args.attention_rows)
+        model = load_model(args.model, device=args.device, attention_rows=args.attention_rows) if single else None
     except (UsageError, FileNotFoundError, ValueError, OSError) as err:
         print(f"{prog('flow.py')}: error: {err}", file=sys.stderr)
         return 2
+    if not single:
+        try:
+            return run_corpus(args, conditions, docs, options)
+        except (UsageError, OSError) as err:  # the run directory, a document's fault (a bug: its traceback)
+            print(f"{prog('flow.py')}: error: {err}", file=sys.stderr)
+            return 2
     from at_probe.runs.plotting import PLOTS, save_figure
 
     started = time.time()

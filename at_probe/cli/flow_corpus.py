@@ -174,13 +174,16 @@ def report_only(args: argparse.Namespace) -> int:
         return 2
     try:
         with owned_run(args.out):  # no driver may append to docs.jsonl meanwhile
-            manifest = json.loads((args.out / "manifest.json").read_text())
-            records = RecordSink(args.out / "docs.jsonl", key=lambda r: (r["doc_id"], "")).records
-            previous = args.out / "corpus.json"
-            seconds = json.loads(previous.read_text()).get("seconds") if previous.is_file() else None
-            report_corpus(args, dict.fromkeys(manifest["conditions"]), [{"id": r["doc_id"]} for r in records],
-                          records, started, seconds)
-    except (OSError, ValueError, KeyError) as err:
-        print(f"{prog('flow.py')}: error: argument --out: {err}", file=sys.stderr)
+            try:
+                conditions = dict.fromkeys(json.loads((args.out / "manifest.json").read_text())["conditions"])
+                records = RecordSink(args.out / "docs.jsonl", key=lambda r: (r["doc_id"], "")).records
+                previous = args.out / "corpus.json"
+                seconds = json.loads(previous.read_text()).get("seconds") if previous.is_file() else None
+            except (json.JSONDecodeError, KeyError, TypeError) as err:  # not a corpus run's files
+                raise UsageError(f"argument --out: {args.out} is not a corpus run ({type(err).__name__}: {err})"
+                                 ) from None
+            report_corpus(args, conditions, [{"id": r["doc_id"]} for r in records], records, started, seconds)
+    except (UsageError, OSError) as err:  # a bug in the report keeps its traceback
+        print(f"{prog('flow.py')}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -200,14 +200,14 @@ def _same_arithmetic(runs: list[Path], described: dict[str, Any]) -> None:
     CPU within the report's pooling check).
 
     Raises:
-        ValueError: a run's manifest names another dtype.
+        UsageError: a run's manifest names another dtype.
     """
     import json
 
     for run in runs:
         theirs = json.loads((run / "manifest.json").read_text()).get("dtype")
         if theirs is not None and theirs != described.get("dtype"):
-            raise ValueError(f"argument --paired-with: {run} ran in {theirs}, this run's model in {described.get('dtype')}")
+            raise UsageError(f"argument --paired-with: {run} ran in {theirs}, this run's model in {described.get('dtype')}")
 
 
 def _scored_elsewhere(runs: list[Path]) -> set[tuple[str, str]]:
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    ensure_manifest(args.out, {**config, **described},
                                                                    growable=("settings",))),
                           progress=lambda unit: bar.update(1), **options)
-    except (ValueError, OSError) as err:
+    except (UsageError, OSError) as err:  # a bug's own error keeps its traceback
         print(f"{prog('longctx.py')}: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {sink.path}")

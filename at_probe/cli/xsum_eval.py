@@ -187,8 +187,8 @@ def starter(out: Path, config: dict[str, Any], growth: dict[str, Any], sink: Rec
         if reused:
             try:
                 check_model_facts(source, theirs, described)
-            except ValueError as err:
-                raise ValueError(f"argument --reuse-records: {err}") from None
+            except UsageError as err:
+                raise UsageError(f"argument --reuse-records: {err}") from None
         ensure_manifest(out, {**config, **described}, **growth)
         sink.adopt(reused)
     return start
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_units(units, factory, sink.write,
                           start=starter(args.out, config, growth, sink, args.reuse_records, theirs, reused),
                           progress=lambda unit: bar.update(len(unit.docs)), **options)
-    except (ValueError, OSError) as err:  # another driver or run in --out, a reference that does not fit
+    except (UsageError, OSError) as err:  # another driver or run in --out, a reference that does not fit
         print(f"{prog('xsum_eval.py')}: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {sink.path}")

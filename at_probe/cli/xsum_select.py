@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 import at_probe
 from at_probe.cli.args import (
     ArgumentParser,
+    UsageError,
     add_fix_text_argument,
     add_sweep_arguments,
     existing_dir,
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                   "batch_size": args.batch_size, "metric": "summary_nll",
                   **text_repair_manifest(args.fix_text),
                   "at_probe_version": at_probe.__version__}
+    except (FileNotFoundError, ValueError, OSError) as err:  # bad input: nothing written
+        print(f"{prog('xsum_select.py')}: error: {err}", file=sys.stderr)
+        return 2
+    try:
         with owned_run(args.out):  # one driver; the manifest checked before sweep.jsonl is repaired
             check_manifest(args.out, config)
             sink = RecordSink(args.out / "sweep.jsonl")
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             selection["minus_baseline"] = minus_baseline(sink.records, [str(d["id"]) for d in docs])
             selection["test_settings"] = run_settings(selection)
             write_json_atomic(args.out / "selection.json", selection)
-    except (FileNotFoundError, ValueError, OSError) as err:  # bad input, another driver or run, a long ref.
+    except (UsageError, OSError) as err:  # another driver or run in --out, a reference that does not fit
         print(f"{prog('xsum_select.py')}: error: {err}", file=sys.stderr)
         return 2
 

@@ -315,9 +315,11 @@ class FlowWorkerFactory:
         import torch
 
         from at_probe.flow.attribution import attribution_sweep
+        from at_probe.flow.ops import prompt_regions
         from at_probe.flow.probe import probe_pass
         from at_probe.models.loading import load_model, model_description
         from at_probe.models.prompts import build_prompt, continuation_ids
+        from at_probe.runs.errors import UsageError
         from at_probe.runs.sweep import FunctionWorker
 
         model = load_model(self.model, device=self.device, attention_rows=self.attention_rows)
@@ -328,8 +330,12 @@ class FlowWorkerFactory:
             for rec in unit.docs:
                 doc_id = str(rec["id"])
                 ref = continuation_ids(model.tokenizer, rec["summary"]) if self.attribution_band else []
-                prompt = build_prompt(model.tokenizer, rec["document"],
-                                      max_tokens=min(n_ctx - len(ref), self.max_tokens or n_ctx))
+                try:  # the document's own fault (too short for the regions, no room): one line, exit 2
+                    prompt = build_prompt(model.tokenizer, rec["document"],
+                                          max_tokens=min(n_ctx - len(ref), self.max_tokens or n_ctx))
+                    prompt_regions(len(prompt), self.regions, prompt.document)
+                except ValueError as err:
+                    raise UsageError(f"document {doc_id}: {err} (see --regions, --max-tokens)") from None
                 rows = []
                 for name, transition in self.conditions.items():
                     result, _ = probe_pass(model, prompt, transition, self.regions)

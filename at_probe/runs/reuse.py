@@ -31,12 +31,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from at_probe.runs.runfiles import MANIFEST_DEFAULTS, read_jsonl
+from at_probe.runs.errors import UsageError
+from at_probe.runs.runfiles import MANIFEST_DEFAULTS, read_jsonl, read_manifest
 
 RUN_SPECIFIC = frozenset({"settings", "roles", "selection_sha256", "roles_subset", "placebo_draws"})
 """Manifest keys that say which settings a run holds, not how a record is made."""
@@ -54,19 +54,19 @@ def check_source(source: Path, manifest: dict[str, Any], out: Path) -> dict[str,
         The source's manifest, for ``check_model_facts``.
 
     Raises:
-        ValueError: ``source`` is ``out``, holds no manifest, or was made with other options
-            (the message names each key with both values).
+        UsageError: ``source`` is ``out``, holds no manifest (or one that is not JSON), or was made
+            with other options (the message names each key with both values).
     """
     if source.resolve() == out.resolve():
-        raise ValueError(f"{source} is the output directory itself")
+        raise UsageError(f"{source} is the output directory itself")
     path = source / "manifest.json"
     if not path.is_file():
-        raise ValueError(f"{source} holds no run (no manifest.json)")
-    theirs = {**MANIFEST_DEFAULTS, **json.loads(path.read_text())}
+        raise UsageError(f"{source} holds no run (no manifest.json)")
+    theirs = {**MANIFEST_DEFAULTS, **read_manifest(path)}
     ours = {**MANIFEST_DEFAULTS, **manifest}
     differ = sorted(k for k in ours.keys() - RUN_SPECIFIC if theirs.get(k) != ours[k])
     if differ:
-        raise ValueError(f"{source} was made with other options: "
+        raise UsageError(f"{source} was made with other options: "
                          + "; ".join(f"{k} {theirs.get(k)!r} there, {ours[k]!r} here" for k in differ))
     return theirs
 
@@ -90,9 +90,9 @@ def check_model_facts(source: Path, theirs: dict[str, Any], described: dict[str,
         described: this run's loaded model's facts (``at_probe.models.loading.model_description``).
 
     Raises:
-        ValueError: a fact differs (the message names each with both values).
+        UsageError: a fact differs (the message names each with both values).
     """
     differ = sorted(k for k in described if theirs.get(k) != described[k])
     if differ:
-        raise ValueError(f"{source} was made with another model setup: "
+        raise UsageError(f"{source} was made with another model setup: "
                          + "; ".join(f"{k} {theirs.get(k)!r} there, {described[k]!r} here" for k in differ))

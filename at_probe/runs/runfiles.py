@@ -38,6 +38,8 @@ from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
+from at_probe.runs.errors import UsageError
+
 
 class RunDirectoryBusy(OSError):
     """Another live process holds the run directory (the message names it: pid, host, command
@@ -155,7 +157,7 @@ def read_jsonl(path: Path, *, repair: bool = False, role: str = "run") -> list[d
     cache beside the records has its own role).
 
     Raises:
-        ValueError: a complete line that is not JSON (the file is corrupt, not cut short).
+        UsageError: a complete line that is not JSON (the file is corrupt, not cut short).
         RuntimeError: ``repair=True`` outside ``owned_run(path.parent, role=role)``.
     """
     if repair and not owns(path.parent, role):
@@ -170,7 +172,7 @@ def read_jsonl(path: Path, *, repair: bool = False, role: str = "run") -> list[d
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {number} is not JSON ({err}); the file is corrupt") from None
+            raise UsageError(f"{path}: line {number} is not JSON ({err}); the file is corrupt") from None
     if repair and len(complete) != len(raw):
         with open(path, "r+b") as fh:
             fh.truncate(len(complete))
@@ -214,28 +216,43 @@ def check_manifest(run: Path, manifest: dict[str, Any], *, growable: Collection[
         True when there is no manifest yet or the run grows; False when it is the same run.
 
     Raises:
-        ValueError: the directory holds a run with a different configuration (names the keys).
+        UsageError: the directory holds a run with a different configuration (names the keys).
     """
     path = run / "manifest.json"
     if not path.is_file():
         return True
-    old = {**MANIFEST_DEFAULTS, **json.loads(path.read_text())}
+    old = {**MANIFEST_DEFAULTS, **read_manifest(path)}
     manifest = {**MANIFEST_DEFAULTS, **manifest}
     # a key the old manifest lacks was added to the format later: nothing to compare it with
     diff = sorted(k for k in manifest if k in old and old[k] != manifest[k])
     grown = {k for k in diff if k in growable and _grows(old[k], manifest[k])}
     refused = [k for k in diff if k not in grown and not (grown and k in follows_growth)]
     if refused:
-        raise ValueError(f"{run} holds a run with a different configuration ({', '.join(refused)}); "
+        raise UsageError(f"{run} holds a run with a different configuration ({', '.join(refused)}); "
                          "use another output directory")
     if not grown:
         return False
     if set(manifest) - set(old) or (set(old) - set(manifest) and not partial):
         keys = ", ".join(sorted(set(old) ^ set(manifest)))
-        raise ValueError(f"{run} cannot gain {', '.join(sorted(grown))}: its manifest and this run's "
+        raise UsageError(f"{run} cannot gain {', '.join(sorted(grown))}: its manifest and this run's "
                          f"differ in keys ({keys}), so not all of the configuration can be compared; "
                          "use another output directory")
     return True
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A run's ``manifest.json``.
+
+    Raises:
+        UsageError: the file is not a JSON object (not a run's manifest, or corrupt).
+    """
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not JSON ({err}): not a run's manifest, or a corrupt one") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{path} is not a run's manifest (a JSON object)")
+    return manifest
 
 
 def ensure_manifest(run: Path, manifest: dict[str, Any], *, growable: Collection[str] = (),
@@ -244,7 +261,7 @@ def ensure_manifest(run: Path, manifest: dict[str, Any], *, growable: Collection
     run (``check_manifest``, whose arguments and rules these are).
 
     Raises:
-        ValueError: the directory holds a run with a different configuration (names the keys).
+        UsageError: the directory holds a run with a different configuration (names the keys).
     """
     if check_manifest(run, manifest, growable=growable, follows_growth=follows_growth, partial=False):
         run.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from at_probe.runs.errors import UsageError
 from at_probe.runs.runfiles import append_jsonl, read_jsonl
 
 
@@ -178,6 +179,8 @@ def run_units(
     Raises:
         SweepError: a unit's worker died ``max_attempts`` times, or an actor died while loading
             the model ``max_attempts`` times in a row.
+        UsageError: the workers ask for more GPUs than the Ray cluster has.
+        Whatever ``factory()`` or a worker raises, with its own type (from a Ray actor too).
     """
     if workers < 0 or max_attempts < 1:
         raise ValueError("workers must be >= 0 and max_attempts >= 1")
@@ -228,7 +231,7 @@ def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, star
         n_actors = min(workers, max(len(units), 1))
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus_per_worker and n_actors * gpus_per_worker > gpus:
-            raise ValueError(f"{n_actors} workers x {gpus_per_worker} GPU need more than the cluster's "
+            raise UsageError(f"{n_actors} workers x {gpus_per_worker} GPU need more than the cluster's "
                              f"{gpus:g} GPUs")
         actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_ActorBody)
         starting: dict[Any, tuple[Any, int]] = {}  # describe() ref -> (actor, its start attempt)

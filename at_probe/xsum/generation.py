@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from at_probe.models.prompts import build_prompts, continuation_ids
+from at_probe.runs.errors import UsageError
 from at_probe.xsum.metrics import score_summary
 from at_probe.xsum.settings import development_sweep_settings, parse_settings
 
@@ -112,9 +113,10 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
     reference rows as they treat generated tokens. No documents give ``[]``.
 
     Raises:
-        ValueError: ``documents`` and ``references`` differ in length, a reference without
-            tokens (empty or whitespace: its NLL is undefined), or a prompt and its reference
-            that do not fit in ``max_prompt_tokens`` (the context).
+        ValueError: ``documents`` and ``references`` differ in length.
+        UsageError (a ValueError): a reference without tokens (empty or whitespace: its NLL is
+            undefined), or a prompt and its reference that do not fit in ``max_prompt_tokens``
+            (the context): the data's fault, which a command reports in one line.
     """
     import torch
 
@@ -125,14 +127,14 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
     refs = [continuation_ids(tok, r) for r in references]
     empty = [i for i, r in enumerate(refs) if not r]
     if empty:
-        raise ValueError(f"references {empty} have no tokens: a teacher-forced NLL needs at least one")
+        raise UsageError(f"references {empty} have no tokens: a teacher-forced NLL needs at least one")
     limit = prompt_limit(model, max_prompt_tokens, max_new_tokens)
     prompts = build_prompts(model.tokenizer, documents, max_tokens=limit)
     prompts_ids = [list(p.ids) for p in prompts]
     total = _context(model, max_prompt_tokens)
     too_long = [i for i, (p, r) in enumerate(zip(prompts_ids, refs)) if len(p) + len(r) > total]
     if too_long:
-        raise ValueError(f"references {too_long} do not fit after their prompts in {total} tokens; "
+        raise UsageError(f"references {too_long} do not fit after their prompts in {total} tokens; "
                          f"raise max_new_tokens above {max(len(refs[i]) for i in too_long)}")
     ids, mask = left_pad(model, [p + r for p, r in zip(prompts_ids, refs)])
     hooks = [] if transition is None else transition.hooks(model, prompts=prompts)

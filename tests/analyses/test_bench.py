@@ -106,3 +106,18 @@ def test_long_context_refuses_lengths_past_the_models_context(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "argument --long-context: 8192 tokens exceed the context of tiny (4096 tokens)" in err
     assert not out.exists()
+
+
+def test_long_context_lets_a_bug_keep_its_traceback(tmp_path, monkeypatch, capsys):
+    """Only bad input is exit 2: an error inside the timed run is raised as it is."""
+    from at_probe.cli import bench_context
+    from tests.conftest import XSUM_DIR, require_shared
+
+    def broken(*_args, **_kwargs):
+        raise TypeError("a bug in the bench")
+
+    monkeypatch.setattr(bench_context, "run", broken)
+    args = ["--model", "tiny", "--long-context", "512", "--data", str(require_shared(XSUM_DIR)),
+            "--json", str(tmp_path / "bench.json")]
+    with pytest.raises(TypeError, match="a bug in the bench"):
+        bench.main(args)

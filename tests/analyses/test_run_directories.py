@@ -91,3 +91,53 @@ def test_every_analysis_with_a_run_directory_has_one_driver(script, args, tmp_pa
         assert sorted(p.name for p in out.iterdir()) == [".run.holder.json", ".run.lock"], "nothing written"
     line = capsys.readouterr().err.strip().splitlines()[-1]  # after a model-loading progress bar
     assert line.startswith(f"{script}.py: error:") and f"pid {os.getpid()} on " in line
+
+
+_RUN_STEPS = [  # (script, the first call of its run block, arguments that pass its input checks)
+    ("xsum_eval", "xsum_eval.check_manifest", ["--model", "tiny", "--data", "{data}", "--bucket", "800",
+                                               "--limit", "1", "--max-new-tokens", "4", "--device", "cpu"]),
+    ("xsum_select", "xsum_select.check_manifest", ["--model", "tiny", "--bucket", "800", "--docs", "1",
+                                                   "--max-new-tokens", "4", "--device", "cpu", "--data", "{data}"]),
+    ("alternatives_select", "alternatives_select.ensure_manifest", [
+        "--model", "tiny", "--bucket", "800", "--docs", "1", "--profile-docs", "1", "--max-new-tokens", "4",
+        "--device", "cpu", "--data", "{data}"]),
+    ("flow", "flow_corpus.check_manifest", ["--model", "tiny", "--xsum", "{release}", "--docs", "1",
+                                            "--device", "cpu"]),
+    ("attribution_agreement", "attribution_agreement.ensure_manifest", ["--model", "tiny", "--xsum", "{release}",
+                                                                        "--docs", "1", "--device", "cpu"]),
+    ("longctx", "longctx.check_manifest", ["--model", "tiny", "--data", "{data}", "--tasks", "passkey",
+                                           "--lengths", "512", "--prompts", "1", "--settings", "baseline"]),
+]
+
+
+@pytest.mark.parametrize("script, step, args", _RUN_STEPS, ids=[s[0] for s in _RUN_STEPS])
+def test_only_bad_input_is_exit_2_once_a_run_starts(script, step, args, tmp_path, monkeypatch, capsys):
+    """Inside a run, the data's fault (a ``UsageError``: a corrupt record, another run's manifest,
+    a reference that does not fit) is one line and exit 2; any other error is a bug and keeps its
+    type and traceback, not passed off as bad input."""
+    from at_probe.runs.errors import UsageError
+
+    module, name = step.split(".")
+    args = [a.format(data=_data(), release=_release()) for a in args] + ["--out", str(tmp_path / "run")]
+
+    def fail(error):
+        def raising(*_args, **_kwargs):
+            raise error
+        monkeypatch.setattr(f"at_probe.cli.{module}.{name}", raising)
+
+    fail(ValueError("a bug in the run"))
+    with pytest.raises(ValueError, match="a bug in the run"):
+        load_script(script).main(args)
+    fail(UsageError("the data's fault"))
+    assert load_script(script).main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"{script}.py: error: the data's fault"
+
+
+@pytest.mark.parametrize("script", ["flow", "attribution_agreement"])
+def test_a_document_too_short_for_the_regions_is_exit_2_naming_it(script, tmp_path, capsys):
+    """Found inside the run (the worker builds the prompt): the document's fault, in one line."""
+    args = ["--model", "tiny", "--xsum", _release(), "--docs", "1", "--regions", "3000", "--device", "cpu",
+            "--out", str(tmp_path / "run")]
+    assert load_script(script).main(args) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"{script}.py: error: document ") and "cannot be split into 3000 regions" in line

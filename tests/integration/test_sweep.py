@@ -241,3 +241,12 @@ def test_errors_inside_actors_keep_their_type(ray_cluster, tmp_path):
     wrong = SummaryWorkerFactory("tiny", "cpu", "baseline", 4)  # the work fails: a setting it lacks
     with pytest.raises(KeyError):
         run_units(units[-1:], wrong, lambda u, r: None, workers=1)
+
+
+@needs_ray
+def test_more_gpus_than_the_cluster_has_is_the_inputs_fault(ray_cluster, echo_in_actors):
+    """A ``UsageError`` (one line, exit 2 in the commands), raised before any actor starts."""
+    from at_probe.runs.errors import UsageError
+
+    with pytest.raises(UsageError, match="2 workers x 1.0 GPU need more than the cluster's 0 GPUs"):
+        run_units(_echo_units(), _EchoWorker, lambda unit, recs: None, workers=2, gpus_per_worker=1.0)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from at_probe.runs import runfiles
+from at_probe.runs.errors import UsageError
 from at_probe.runs.runfiles import (
     RunDirectoryBusy,
     append_jsonl,
@@ -48,7 +49,7 @@ def test_partial_last_line_is_left_out_and_only_cut_by_the_owner(tmp_path):
 def test_a_corrupt_complete_line_is_an_error_not_a_truncation(tmp_path):
     path = tmp_path / "records.jsonl"
     path.write_text('{"a": 1}\n{"a": 2\n{"a": 3}\n')
-    with owned_run(tmp_path), pytest.raises(ValueError, match="line 2"):
+    with owned_run(tmp_path), pytest.raises(UsageError, match="line 2"):
         read_jsonl(path, repair=True)
     assert path.read_text().count("\n") == 3, "nothing was deleted"
 
@@ -108,8 +109,18 @@ def test_manifest_is_written_once_and_guards_the_run(tmp_path):
     ensure_manifest(run, {"model": "tiny", "limit": 4})
     ensure_manifest(run, {"model": "tiny", "limit": 4})
     assert json.loads((run / "manifest.json").read_text()) == {"model": "tiny", "limit": 4}
-    with pytest.raises(ValueError, match="limit"):
+    with pytest.raises(UsageError, match="limit"):
         ensure_manifest(run, {"model": "tiny", "limit": 8})
+
+
+def test_a_manifest_that_is_not_a_json_object_is_the_inputs_fault(tmp_path):
+    """A ``UsageError`` (exit 2 in the commands), not a JSONDecodeError from inside a run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for text, message in (('{"model": "tiny"', "is not JSON"), ('["tiny"]', "is not a run's manifest")):
+        (run / "manifest.json").write_text(text)
+        with pytest.raises(UsageError, match=message):
+            check_manifest(run, {"model": "tiny"})
 
 
 def test_manifest_may_grow_only_where_allowed(tmp_path):
@@ -118,21 +129,21 @@ def test_manifest_may_grow_only_where_allowed(tmp_path):
     ensure_manifest(run, first)
     grown = {**first, "settings": ["a", "c", "b"], "roles": {"x": "a", "y": "c"}, "selection_sha256": "2"}
     kw = {"growable": ("settings", "roles"), "follows_growth": ("selection_sha256",)}
-    with pytest.raises(ValueError, match="roles, selection_sha256, settings"):
+    with pytest.raises(UsageError, match="roles, selection_sha256, settings"):
         ensure_manifest(run, grown)  # growth refused unless allowed
-    with pytest.raises(ValueError, match="selection_sha256"):
+    with pytest.raises(UsageError, match="selection_sha256"):
         ensure_manifest(run, {**first, "selection_sha256": "2"}, **kw)  # a new hash alone is not growth
-    with pytest.raises(ValueError, match="settings"):
+    with pytest.raises(UsageError, match="settings"):
         ensure_manifest(run, {**grown, "settings": ["a", "c"]}, **kw)  # "b" lost: not growth
-    with pytest.raises(ValueError, match="roles"):
+    with pytest.raises(UsageError, match="roles"):
         ensure_manifest(run, {**grown, "roles": {"x": "c", "y": "c"}}, **kw)  # role "x" changed
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(UsageError, match="model"):
         ensure_manifest(run, {**grown, "model": "smollm2"}, **kw)
-    with pytest.raises(ValueError, match="differ in keys"):
+    with pytest.raises(UsageError, match="differ in keys"):
         ensure_manifest(run, {**grown, "choices_sha256": "9"}, **kw)  # a guard the old run lacks
-    with pytest.raises(ValueError, match="differ in keys"):
+    with pytest.raises(UsageError, match="differ in keys"):
         ensure_manifest(run, {k: v for k, v in grown.items() if k != "selection_sha256"}, **kw)  # key lost
-    with pytest.raises(ValueError, match="settings"):
+    with pytest.raises(UsageError, match="settings"):
         ensure_manifest(run, {**grown, "settings": ["a", "b", "a"]}, **kw)  # a repeat is not growth
     assert json.loads((run / "manifest.json").read_text()) == first, "a refused run leaves the manifest alone"
     ensure_manifest(run, grown, **kw)

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from at_probe import xsum
+from at_probe.runs.errors import UsageError
 from tests.conftest import XSUM_DIR, require_shared
 
 
@@ -42,8 +43,14 @@ def test_documents_and_references_of_different_lengths_are_refused(stub_model):
 
 def test_a_reference_without_tokens_is_refused(stub_model):
     """Its mean NLL would be NaN (the mean of nothing)."""
-    with pytest.raises(ValueError, match=r"references \[1\] have no tokens"):
+    with pytest.raises(UsageError, match=r"references \[1\] have no tokens"):
         xsum.reference_nll(stub_model, ["A town.", "A city."], ["A town", " \n "], None)
+
+
+def test_a_reference_longer_than_the_room_after_its_prompt_is_the_datas_fault(stub_model):
+    """A ``UsageError``: the run drivers report it in one line (exit 2) and let other errors raise."""
+    with pytest.raises(UsageError, match=r"references \[0\] do not fit after their prompts in 512 tokens"):
+        xsum.reference_nll(stub_model, ["A town. " * 300], [" word" * 40], None, max_new_tokens=20)
 
 
 def test_left_pad_refuses_an_empty_row_and_pads_on_the_left(stub_model):
