@@ -64,6 +64,7 @@ from at_probe.cli.args import (
     ArgumentParser,
     add_fix_text_argument,
     add_sweep_arguments,
+    check_summary_room,
     existing_dir,
     existing_file,
     model_name,
@@ -77,7 +78,7 @@ from at_probe.flow.probe import DEFAULT_REGIONS
 from at_probe.interventions import registry
 from at_probe.interventions.emphasis import TARGETS
 from at_probe.interventions.profiling import profile_heads, rank_heads
-from at_probe.models.loading import DEFAULT_MODEL, model_shape
+from at_probe.models.loading import DEFAULT_MODEL, load_tokenizer, model_shape
 from at_probe.runs.choices import choice_message
 from at_probe.runs.errors import UsageError
 from at_probe.runs.runfiles import (
@@ -87,6 +88,7 @@ from at_probe.runs.runfiles import (
     json_sha256,
     owned_run,
     read_jsonl,
+    read_manifest,
     write_json_atomic,
 )
 from at_probe.runs.stats import describe
@@ -389,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.head_ranking_from is not None and not profilings:
             raise UsageError(f"--head-ranking-from: --methods {','.join(args.methods)} use no head ranking")
         check_rankings_fit(settings, profilings, shape)  # a top too large: before any profiling
+        tokenizer = load_tokenizer(args.model)
+        check_summary_room(tokenizer, shape, docs, args.max_new_tokens)
+        if "calibration" in args.methods:  # the position bias splits each profiling prompt into --regions
+            check_summary_room(tokenizer, shape, profile_docs, args.max_new_tokens, regions=args.regions)
         edits = profiling_edits(profilings, shape.cfg.n_layers)
         parts, parts_source = ({}, None) if args.parts_of is None else parts_of(args.parts_of, {
             "model": args.model, "bucket": args.bucket, "data_sha256": file_sha256(data_file),
@@ -429,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_manifest(args.out, config)
             profiles_path = args.out / "profiles.json"
             if profiles_path.is_file():
-                profiles = json.loads(profiles_path.read_text())
+                profiles = read_manifest(profiles_path)  # a corrupt file: exit 2, naming it
             else:
                 profiles = build_profiles(args, profile_docs, profilings, edits)
                 write_json_atomic(profiles_path, profiles)

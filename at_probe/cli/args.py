@@ -244,3 +244,51 @@ def check_context(lengths: Sequence[int], shape: Any, model: str, flag: str = "-
     context = getattr(shape, "n_ctx", None)
     if context is not None and max(lengths) > context:
         raise UsageError(f"argument {flag}: {max(lengths)} tokens exceed the context of {model} ({context} tokens)")
+
+
+def check_prompts(docs: Iterable[dict[str, Any]], build: Callable[[dict[str, Any]], Any], *,
+                  room_flag: str | None, regions: int | None = None) -> None:
+    """Build each document's prompt as the run will, and split it into ``regions`` as the probe
+    will, so that a flag leaving no room for a document or a document too short for the regions
+    is refused before the run directory is written (inside the run it would surface as a plain
+    ``ValueError`` of ``build_prompt`` or ``prompt_regions``).
+
+    Args:
+        docs: XSum records (``id``, ``document``, ``summary``).
+        build: the run's own prompt of a record (an ``at_probe.models.prompts.Prompt``).
+        room_flag: the flag that sets how many tokens a prompt may take, named when a prompt has
+            no room for its document; None where no flag does (a reference that fills the context).
+        regions: the document regions the run splits each prompt into; None for no split.
+
+    Raises:
+        UsageError: names the flag and the document.
+    """
+    from at_probe.flow.ops import prompt_regions
+
+    flag = f"argument {room_flag}: " if room_flag else ""
+    for doc in docs:
+        try:
+            prompt = build(doc)
+        except ValueError as err:
+            raise UsageError(f"{flag}document {doc['id']}: {err}") from None
+        if regions is None:
+            continue
+        try:
+            prompt_regions(len(prompt), regions, prompt.document)
+        except ValueError as err:
+            raise UsageError(f"argument --regions: document {doc['id']}: {err}") from None
+
+
+def check_summary_room(tokenizer: Any, shape: Any, docs: Sequence[dict[str, Any]], max_new_tokens: int,
+                       regions: int | None = None) -> None:
+    """``check_prompts`` for the XSum runs, whose prompts are cut to the model's context
+    (``shape.n_ctx``) less ``--max-new-tokens``: the room does not depend on the document, so one
+    is built, unless ``regions`` asks for every document's split."""
+    from at_probe.models.prompts import build_prompt
+
+    context = getattr(shape, "n_ctx", None)
+    if context is None or not docs:
+        return
+    check_prompts(docs if regions else docs[:1],
+                  lambda d: build_prompt(tokenizer, d["document"], max_tokens=context - max_new_tokens),
+                  room_flag="--max-new-tokens", regions=regions)

@@ -35,6 +35,7 @@ import at_probe
 from at_probe.cli.args import (
     ArgumentParser,
     add_fix_text_argument,
+    check_prompts,
     existing_file,
     model_name,
     output_dir,
@@ -47,7 +48,7 @@ from at_probe.flow.knockout import knockout_sweep
 from at_probe.flow.ops import prompt_regions
 from at_probe.flow.probe import DEFAULT_REGIONS
 from at_probe.models.loading import DEFAULT_MODEL, load_model
-from at_probe.models.prompts import build_prompt, continuation_ids
+from at_probe.models.prompts import Prompt, build_prompt, continuation_ids
 from at_probe.runs.errors import UsageError
 from at_probe.runs.runfiles import (
     append_jsonl,
@@ -61,14 +62,16 @@ from at_probe.runs.stats import bootstrap_mean, describe
 from at_probe.xsum import is_heldout, load_records, repair_note, text_repair_manifest
 
 
+def document_prompt(model: Any, record: dict[str, Any]) -> tuple[Prompt, list[int]]:
+    """A document's prompt, cut to leave room for its reference, and the reference's ids."""
+    ref = continuation_ids(model.tokenizer, record["summary"])
+    return build_prompt(model.tokenizer, record["document"], max_tokens=int(model.cfg.n_ctx) - len(ref)), ref
+
+
 def document_cells(model: Any, record: dict[str, Any], regions: int, band: int) -> dict[str, Any]:
     """Exact and estimated NLL change of every (band, region) knockout of one document."""
-    ref = continuation_ids(model.tokenizer, record["summary"])
-    try:  # the document's own fault (too short for the regions, no room): one line, exit 2
-        prompt = build_prompt(model.tokenizer, record["document"], max_tokens=int(model.cfg.n_ctx) - len(ref))
-        bounds, labels = prompt_regions(len(prompt), regions, prompt.document)
-    except ValueError as err:
-        raise UsageError(f"document {record['id']}: {err} (see --regions)") from None
+    prompt, ref = document_prompt(model, record)
+    bounds, labels = prompt_regions(len(prompt), regions, prompt.document)
     kw = dict(
         bounds=bounds, band_size=band, labels=labels, reference=torch.tensor([ref], device=model.cfg.device)
     )
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"argument --band: bands of {args.band} layers, but {args.model} has "
                              f"{n_layers} layers")
         band = args.band or -(-n_layers // 3)
+        # every prompt and its regions, before the run directory is written
+        check_prompts(records, lambda r: document_prompt(model, r)[0], room_flag=None, regions=args.regions)
         manifest = {"model": args.model, "xsum": args.xsum.name, "xsum_sha256": file_sha256(args.xsum),
                     "regions": args.regions, "band": band, "at_probe_version": at_probe.__version__,
                     **text_repair_manifest(args.fix_text)}

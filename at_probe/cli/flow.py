@@ -69,7 +69,7 @@ from at_probe.cli.args import (
     sweep_options,
     torch_device,
 )
-from at_probe.cli.flow_corpus import corpus_documents, report_only, run_corpus
+from at_probe.cli.flow_corpus import check_corpus_prompts, corpus_documents, report_only, run_corpus
 from at_probe.flow.attribution import attribution_sweep
 from at_probe.flow.knockout import KnockoutResult, knockout_sweep
 from at_probe.flow.probe import DEFAULT_REGIONS, FlowResult, probe_pass
@@ -364,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"argument --settings: {err}" if args.settings else str(err)) from None
         options = sweep_options(args)
         single = docs is None  # corpus mode's model is loaded by the sweep's worker(s)
+        if not single:  # every document's prompt and regions, before the run directory is written
+            check_corpus_prompts(args, docs, shape)
         if single and (options["workers"] or options["ray_address"] or args.gpus_per_worker is not None):
             raise UsageError("--workers, --ray-address and --gpus-per-worker spread corpus mode (--docs) "
                              "only")

@@ -16,11 +16,19 @@ from tqdm.auto import tqdm
 import at_probe
 from at_probe.cli.args import (
     UsageError,
+    check_prompts,
     prog,
 )
 from at_probe.interventions.registry import placebo_pairs
-from at_probe.models.loading import model_shape
-from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run, write_json_atomic
+from at_probe.models.loading import load_tokenizer, model_shape
+from at_probe.runs.runfiles import (
+    check_manifest,
+    ensure_manifest,
+    file_sha256,
+    owned_run,
+    read_manifest,
+    write_json_atomic,
+)
 from at_probe.runs.sweep import RecordSink, plan_units, run_units
 from at_probe.xsum import (
     is_heldout,
@@ -53,6 +61,22 @@ def corpus_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.fix_text:
         print(repair_note(release, records[: args.docs]))
     return records[: args.docs]
+
+
+def check_corpus_prompts(args: argparse.Namespace, docs: list[dict[str, Any]], shape: Any) -> None:
+    """Corpus mode's prompts built and split as its workers will (``check_prompts``).
+
+    Raises:
+        UsageError: ``--max-tokens`` leaves no room, or a document too short for ``--regions``.
+    """
+    from at_probe.flow.corpus import document_prompt
+
+    tokenizer = load_tokenizer(args.model)
+    with_reference = bool(args.attribution)  # the causal map scores the reference after the prompt
+    def build(doc: dict[str, Any]) -> Any:
+        return document_prompt(tokenizer, doc, shape.n_ctx, args.max_tokens, with_reference)[0]
+
+    check_prompts(docs, build, room_flag="--max-tokens", regions=args.regions)
 
 
 def attribution_band(args: argparse.Namespace, model_name: str) -> int:
@@ -175,15 +199,14 @@ def report_only(args: argparse.Namespace) -> int:
     try:
         with owned_run(args.out):  # no driver may append to docs.jsonl meanwhile
             try:
-                conditions = dict.fromkeys(json.loads((args.out / "manifest.json").read_text())["conditions"])
+                conditions = dict.fromkeys(read_manifest(args.out / "manifest.json")["conditions"])
                 records = RecordSink(args.out / "docs.jsonl", key=lambda r: (r["doc_id"], "")).records
                 previous = args.out / "corpus.json"
-                seconds = json.loads(previous.read_text()).get("seconds") if previous.is_file() else None
-            except (json.JSONDecodeError, KeyError, TypeError) as err:  # not a corpus run's files
-                raise UsageError(f"argument --out: {args.out} is not a corpus run ({type(err).__name__}: {err})"
-                                 ) from None
+                seconds = read_manifest(previous).get("seconds") if previous.is_file() else None
+            except (KeyError, TypeError) as err:  # JSON, but not a corpus run's
+                raise UsageError(f"{args.out} is not a corpus run ({type(err).__name__}: {err})") from None
             report_corpus(args, conditions, [{"id": r["doc_id"]} for r in records], records, started, seconds)
     except (UsageError, OSError) as err:  # a bug in the report keeps its traceback
-        print(f"{prog('flow.py')}: error: {err}", file=sys.stderr)
+        print(f"{prog('flow.py')}: error: argument --out: {err}", file=sys.stderr)
         return 2
     return 0

@@ -335,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog('longctx.py')}: error: {err}", file=sys.stderr)
         return 2
     if args.check:
-        return check(args, specs, profiles)
+        try:
+            return check(args, specs, profiles)
+        except (UsageError, OSError) as err:  # a corrupt records file; a bug keeps its traceback
+            print(f"{prog('longctx.py')}: error: {err}", file=sys.stderr)
+            return 2
     try:
         with owned_run(args.out):
             check_manifest(args.out, config, growable=("settings",))

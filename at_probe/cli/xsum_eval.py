@@ -70,6 +70,7 @@ from at_probe.cli.args import (
     UsageError,
     add_fix_text_argument,
     add_sweep_arguments,
+    check_summary_room,
     existing_dir,
     existing_file,
     model_name,
@@ -81,7 +82,7 @@ from at_probe.cli.args import (
     torch_device,
 )
 from at_probe.interventions import registry
-from at_probe.models.loading import DEFAULT_MODEL, model_shape
+from at_probe.models.loading import DEFAULT_MODEL, load_tokenizer, model_shape
 from at_probe.runs.reuse import check_model_facts, check_source, reused_records
 from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run
 from at_probe.runs.sweep import RecordSink, plan_units, run_units
@@ -212,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         names = [*roles.values(), *(s for d in draws.values() for s in d)] if selection else [args.settings]
         settings = parse_settings(";".join(dict.fromkeys(names)), profiles)
         # a bad --model or setting, or one that cannot run chunked: exit 2, nothing written
-        check_settings(settings, model_shape(args.model), attention_rows=args.attention_rows)
+        shape = model_shape(args.model)
+        check_settings(settings, shape, attention_rows=args.attention_rows)
         records = docs = load_records(data_file, fix_text=args.fix_text)
         if args.split == "heldout":
             docs = [d for d in docs if is_heldout(d["id"])]
         docs = docs[: args.limit]
+        check_summary_room(load_tokenizer(args.model), shape, docs, args.max_new_tokens)
         if args.fix_text:
             print(repair_note(records, docs))
         config = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
@@ -246,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             # document-major: a run stopped early holds whole documents (every setting) for a report
             plan = sorted(plan_units(list(settings), docs, args.batch_size), key=lambda u: position[u.doc_ids[0]])
             wanted = {(d, u.setting) for u in plan for d in u.doc_ids} - sink.done
-            reused = reused_records(args.reuse_records, wanted) if theirs else []
+            try:
+                reused = reused_records(args.reuse_records, wanted) if theirs else []
+            except UsageError as err:  # a corrupt line in the source's records
+                raise UsageError(f"argument --reuse-records: {err}") from None
             units = sink.pending(plan, coming=[(r["doc_id"], r["setting"]) for r in reused])
             print(f"{len(docs)} documents x {len(settings)} settings: {len(sink.done)} done, "
                   + (f"{len(reused)} to take from {args.reuse_records}, " if theirs else "")

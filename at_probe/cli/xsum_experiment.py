@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from at_probe.cli.args import ArgumentParser, existing_dir, nonnegative_int, output_dir, prog
+from at_probe.cli.args import ArgumentParser, UsageError, existing_dir, nonnegative_int, output_dir, prog
 from at_probe.interventions import registry
 from at_probe.runs.runfiles import (
     append_jsonl,
@@ -124,7 +124,8 @@ class ReportError(Exception):
 
 
 def load_test_run(run: Path, data_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(manifest, records of the documents complete under every setting, with semantic similarity)."""
+    """(manifest, records of the documents complete under every setting); ``semantic_scores``
+    adds their semantic similarity."""
     manifest_path, records_path = run / "manifest.json", run / "records.jsonl"
     if not manifest_path.is_file() or not records_path.is_file():
         raise ReportError(f"{run} is not an xsum_eval.py run directory (manifest.json, records.jsonl)")
@@ -142,8 +143,6 @@ def load_test_run(run: Path, data_dir: Path) -> tuple[dict[str, Any], pd.DataFra
     records = records[records.doc_id.isin(complete[complete].index)].copy()
     if records.empty:
         raise ReportError(f"{run} has no document scored under every setting yet: resume xsum_eval.py")
-    release = release_records(run, manifest, data_dir)
-    records["semantic_similarity"] = semantic_scores(run, records, release)
     return manifest, records
 
 
@@ -354,7 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         if len(set(buckets)) < len(buckets):
             raise ReportError(f"two runs of the same bucket ({buckets}): give one test run per bucket")
         releases = [release_records(run, m, args.data) for run, (m, _) in zip(args.runs, runs)]
-    except (ReportError, FileNotFoundError, ValueError, OSError) as err:  # OSError: a busy semantic cache
+    except (ReportError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"{prog('xsum_experiment.py')}: error: {err}", file=sys.stderr)
+        return 2
+    from at_probe.xsum.semantic import MissingEmbeddingModelError
+
+    try:  # the outputs embedded (cached beside each run's records); a bug keeps its traceback
+        for run, (_, records), release in zip(args.runs, runs, releases):
+            records["semantic_similarity"] = semantic_scores(run, records, release)
+    except (UsageError, OSError, MissingEmbeddingModelError) as err:  # a busy or corrupt cache, no embedder
         print(f"{prog('xsum_experiment.py')}: error: {err}", file=sys.stderr)
         return 2
     try:

@@ -30,6 +30,7 @@ import httpx
 from tqdm.auto import tqdm
 
 from at_probe.cli.args import ArgumentParser, existing_dir, positive_int, prog
+from at_probe.runs.errors import UsageError
 from at_probe.runs.runfiles import RunDirectoryBusy, append_jsonl, file_sha256, owned_run, read_jsonl
 from at_probe.xsum import load_records
 from at_probe.xsum.judgements import parse_scores
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     reply = ask(client, endpoint, args.model, prompt)
                     scores = {names[k]: v for k, v in parse_scores(reply).items() if k in names}
                     append_jsonl(out, [{"doc_id": doc_id, "scores": scores, "reply": reply}])
-    except RunDirectoryBusy as err:
+    except (RunDirectoryBusy, UsageError) as err:  # another judge; a corrupt judgements.jsonl
         print(f"{prog('xsum_judge.py')}: error: {err}", file=sys.stderr)
         return 2
     print(f"judged {len(todo)} documents; wrote {out_path}")

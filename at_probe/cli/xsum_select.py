@@ -37,6 +37,7 @@ from at_probe.cli.args import (
     UsageError,
     add_fix_text_argument,
     add_sweep_arguments,
+    check_summary_room,
     existing_dir,
     model_name,
     output_dir,
@@ -45,7 +46,7 @@ from at_probe.cli.args import (
     sweep_options,
     torch_device,
 )
-from at_probe.models.loading import DEFAULT_MODEL, model_shape
+from at_probe.models.loading import DEFAULT_MODEL, load_tokenizer, model_shape
 from at_probe.runs.runfiles import check_manifest, ensure_manifest, file_sha256, owned_run, write_json_atomic
 from at_probe.runs.sweep import RecordSink, plan_units, run_units
 from at_probe.xsum import (
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.fix_text:
             print(repair_note(records, docs))
         built = development_sweep_settings()
-        check_settings(built, model_shape(args.model))  # a bad --model: exit 2 before the directory exists
+        shape = model_shape(args.model)
+        check_settings(built, shape)  # a bad --model: exit 2 before the directory exists
+        check_summary_room(load_tokenizer(args.model), shape, docs, args.max_new_tokens)
         settings = list(built)
         config = {"model": args.model, "data_file": data_file.name, "data_sha256": file_sha256(data_file),
                   "bucket": args.bucket, "split": "development", "documents": [str(d["id"]) for d in docs],

@@ -290,6 +290,21 @@ def interval_words(estimate: dict[str, Any]) -> str:
     return f"{text} ({verdict}, n={e.n}" + (f"; {e.warning})" if e.warning else ")")
 
 
+def document_prompt(tokenizer: Any, record: dict[str, Any], n_ctx: int, max_tokens: int | None,
+                    with_reference: bool) -> tuple[Any, list[int]]:
+    """A corpus document's prompt (cut to ``max_tokens``, and to leave room for the reference
+    when ``with_reference``: the causal map scores it) and the reference's ids (``[]`` without).
+
+    Raises:
+        ValueError: no room for the document (``build_prompt``).
+    """
+    from at_probe.models.prompts import build_prompt, continuation_ids
+
+    ref = continuation_ids(tokenizer, record["summary"]) if with_reference else []
+    limit = min(n_ctx - len(ref), max_tokens or n_ctx)
+    return build_prompt(tokenizer, record["document"], max_tokens=limit), ref
+
+
 @dataclass(frozen=True)
 class FlowWorkerFactory:
     """Worker of corpus flow (``flow.py --docs``): per document, every condition's probe rows,
@@ -315,11 +330,8 @@ class FlowWorkerFactory:
         import torch
 
         from at_probe.flow.attribution import attribution_sweep
-        from at_probe.flow.ops import prompt_regions
         from at_probe.flow.probe import probe_pass
         from at_probe.models.loading import load_model, model_description
-        from at_probe.models.prompts import build_prompt, continuation_ids
-        from at_probe.runs.errors import UsageError
         from at_probe.runs.sweep import FunctionWorker
 
         model = load_model(self.model, device=self.device, attention_rows=self.attention_rows)
@@ -329,13 +341,8 @@ class FlowWorkerFactory:
             out = []
             for rec in unit.docs:
                 doc_id = str(rec["id"])
-                ref = continuation_ids(model.tokenizer, rec["summary"]) if self.attribution_band else []
-                try:  # the document's own fault (too short for the regions, no room): one line, exit 2
-                    prompt = build_prompt(model.tokenizer, rec["document"],
-                                          max_tokens=min(n_ctx - len(ref), self.max_tokens or n_ctx))
-                    prompt_regions(len(prompt), self.regions, prompt.document)
-                except ValueError as err:
-                    raise UsageError(f"document {doc_id}: {err} (see --regions, --max-tokens)") from None
+                prompt, ref = document_prompt(model.tokenizer, rec, n_ctx, self.max_tokens,
+                                              bool(self.attribution_band))
                 rows = []
                 for name, transition in self.conditions.items():
                     result, _ = probe_pass(model, prompt, transition, self.regions)

@@ -74,7 +74,11 @@ def check_source(source: Path, manifest: dict[str, Any], out: Path) -> dict[str,
 def reused_records(source: Path, wanted: Collection[tuple[str, str]]) -> list[dict[str, Any]]:
     """Copies of the records of ``source`` whose ``(doc_id, setting)`` is in ``wanted``, each
     with ``reused_from`` (kept when the record was itself reused). A line the source's driver
-    is still writing is left out."""
+    is still writing is left out.
+
+    Raises:
+        UsageError: a line of the source's records that is not a JSON object.
+    """
     name = source.resolve().name
     wanted = set(wanted)
     return [{**r, "reused_from": r.get("reused_from") or name} for r in read_jsonl(source / "records.jsonl")

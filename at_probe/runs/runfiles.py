@@ -157,7 +157,7 @@ def read_jsonl(path: Path, *, repair: bool = False, role: str = "run") -> list[d
     cache beside the records has its own role).
 
     Raises:
-        UsageError: a complete line that is not JSON (the file is corrupt, not cut short).
+        UsageError: a complete line that is not a JSON object (the file is corrupt, not cut short).
         RuntimeError: ``repair=True`` outside ``owned_run(path.parent, role=role)``.
     """
     if repair and not owns(path.parent, role):
@@ -170,9 +170,12 @@ def read_jsonl(path: Path, *, repair: bool = False, role: str = "run") -> list[d
     records = []
     for number, line in enumerate(complete.splitlines(), start=1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UsageError(f"{path}: line {number} is not JSON ({err}); the file is corrupt") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}: line {number} is not a record (a JSON object); the file is corrupt")
+        records.append(record)
     if repair and len(complete) != len(raw):
         with open(path, "r+b") as fh:
             fh.truncate(len(complete))
@@ -216,7 +219,8 @@ def check_manifest(run: Path, manifest: dict[str, Any], *, growable: Collection[
         True when there is no manifest yet or the run grows; False when it is the same run.
 
     Raises:
-        UsageError: the directory holds a run with a different configuration (names the keys).
+        UsageError: the directory holds a run with a different configuration (names the keys), or a
+            manifest that is not a JSON object.
     """
     path = run / "manifest.json"
     if not path.is_file():
@@ -241,17 +245,17 @@ def check_manifest(run: Path, manifest: dict[str, Any], *, growable: Collection[
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """A run's ``manifest.json``.
+    """A run's ``manifest.json`` (or another JSON object a run keeps, such as a report).
 
     Raises:
-        UsageError: the file is not a JSON object (not a run's manifest, or corrupt).
+        UsageError: the file is not a JSON object (corrupt, or not what a run writes).
     """
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not JSON ({err}): not a run's manifest, or a corrupt one") from None
+        raise UsageError(f"{path} is not JSON ({err}); the file is corrupt") from None
     if not isinstance(manifest, dict):
-        raise UsageError(f"{path} is not a run's manifest (a JSON object)")
+        raise UsageError(f"{path} is not a JSON object")
     return manifest
 
 
@@ -261,7 +265,8 @@ def ensure_manifest(run: Path, manifest: dict[str, Any], *, growable: Collection
     run (``check_manifest``, whose arguments and rules these are).
 
     Raises:
-        UsageError: the directory holds a run with a different configuration (names the keys).
+        UsageError: the directory holds a run with a different configuration (names the keys), or a
+            manifest that is not a JSON object.
     """
     if check_manifest(run, manifest, growable=growable, follows_growth=follows_growth, partial=False):
         run.mkdir(parents=True, exist_ok=True)

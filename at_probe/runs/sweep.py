@@ -103,13 +103,18 @@ class RecordSink:
 
     Raises:
         RuntimeError: opened outside ``owned_run`` of the file's directory.
+        UsageError: a line that is not a JSON object, or a record without its key (``key``):
+            not a run's records.
     """
 
     def __init__(self, path: Path, key: Callable[[dict[str, Any]], tuple[str, str]] | None = None) -> None:
         self.path = path
         self.key = key or (lambda r: (r["doc_id"], r["setting"]))
         self.records = read_jsonl(path, repair=True)
-        self.done = {self.key(r) for r in self.records}
+        try:
+            self.done = {self.key(r) for r in self.records}
+        except KeyError as err:
+            raise UsageError(f"{path}: a record without {err}: not a run's records") from None
 
     def pending(self, units: Sequence[Unit], coming: Collection[tuple[str, str]] = ()) -> list[Unit]:
         """Units with at least one record missing, in plan order; keys in ``coming`` (records
@@ -232,7 +237,7 @@ def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, star
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus_per_worker and n_actors * gpus_per_worker > gpus:
             raise UsageError(f"{n_actors} workers x {gpus_per_worker} GPU need more than the cluster's "
-                             f"{gpus:g} GPUs")
+                             f"{gpus:g} GPUs (--workers, --gpus-per-worker; --device cuda asks 1 each)")
         actor_class = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_ActorBody)
         starting: dict[Any, tuple[Any, int]] = {}  # describe() ref -> (actor, its start attempt)
 
@@ -248,7 +253,7 @@ def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, star
             try:
                 return actor, ray.get(ref)
             except RayTaskError as err:  # the factory failed (bad model name, say): its own error
-                raise err.as_instanceof_cause() from None
+                raise _cause(err) from None
             except RayError:  # the process died while loading (out of memory, lost node): start another
                 ray.kill(actor)
                 actors.remove(actor)
@@ -286,7 +291,7 @@ def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, star
             try:
                 records = ray.get(ref)
             except RayTaskError as err:  # the work itself failed: stop with its error
-                raise err.as_instanceof_cause() from None
+                raise _cause(err) from None
             except RayError:  # the worker is gone (killed, out of memory, lost node): retry elsewhere
                 attempts[unit.key] += 1
                 if attempts[unit.key] >= max_attempts:
@@ -304,6 +309,12 @@ def _run_on_ray(units: list[Unit], factory: WorkerFactory, write: Callable, star
             ray.kill(actor)
         if started_here:
             ray.shutdown()
+
+
+def _cause(err: Any) -> BaseException:
+    """The error a Ray task raised, with its own type: the bad input's ``UsageError`` itself (its
+    one-line message), anything else with the remote traceback in its message."""
+    return err.cause if isinstance(err.cause, UsageError) else err.as_instanceof_cause()
 
 
 @dataclass(frozen=True)

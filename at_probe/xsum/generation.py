@@ -104,13 +104,15 @@ def summarise(model: Any, documents: list[str], transition: Any, *, max_new_toke
 
 
 def reference_nll(model: Any, documents: list[str], references: list[str], transition: Any,
-                  *, max_new_tokens: int = 50, max_prompt_tokens: int | None = None) -> list[float]:
+                  *, max_new_tokens: int = 50, max_prompt_tokens: int | None = None,
+                  names: Sequence[str] | None = None) -> list[float]:
     """Teacher-forced mean NLL (nats/token) of each reference given its prompt, setting active.
 
     Prompts are cut exactly as ``summarise`` cuts them with the same ``max_new_tokens`` and
     ``max_prompt_tokens`` (``prompt_limit``), whatever the other references of the batch.
     A transition edits prompt rows only, never the reference's; the alternatives treat the
-    reference rows as they treat generated tokens. No documents give ``[]``.
+    reference rows as they treat generated tokens. No documents give ``[]``. ``names`` (the
+    documents' ids) name the references in errors; by default, their positions in the batch.
 
     Raises:
         ValueError: ``documents`` and ``references`` differ in length.
@@ -125,7 +127,8 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
         return []
     tok = model.tokenizer
     refs = [continuation_ids(tok, r) for r in references]
-    empty = [i for i, r in enumerate(refs) if not r]
+    shown = list(names) if names is not None else list(range(len(refs)))
+    empty = [shown[i] for i, r in enumerate(refs) if not r]
     if empty:
         raise UsageError(f"references {empty} have no tokens: a teacher-forced NLL needs at least one")
     limit = prompt_limit(model, max_prompt_tokens, max_new_tokens)
@@ -134,8 +137,9 @@ def reference_nll(model: Any, documents: list[str], references: list[str], trans
     total = _context(model, max_prompt_tokens)
     too_long = [i for i, (p, r) in enumerate(zip(prompts_ids, refs)) if len(p) + len(r) > total]
     if too_long:
-        raise UsageError(f"references {too_long} do not fit after their prompts in {total} tokens; "
-                         f"raise max_new_tokens above {max(len(refs[i]) for i in too_long)}")
+        need = max(len(refs[i]) for i in too_long)
+        raise UsageError(f"references {[shown[i] for i in too_long]} do not fit after their prompts in {total} "
+                         f"tokens; a run with max_new_tokens above {need} fits them")
     ids, mask = left_pad(model, [p + r for p, r in zip(prompts_ids, refs)])
     hooks = [] if transition is None else transition.hooks(model, prompts=prompts)
     width = ids.shape[1]
@@ -185,7 +189,7 @@ class SummaryWorkerFactory:
             transition = transitions[unit.setting]
             outputs = summarise(model, documents, transition, max_new_tokens=self.max_new_tokens)
             nlls = reference_nll(model, documents, [d["summary"] for d in unit.docs], transition,
-                                 max_new_tokens=self.max_new_tokens)
+                                 max_new_tokens=self.max_new_tokens, names=unit.doc_ids)
             seconds = (time.perf_counter() - t0) / len(unit.docs)
             return [{"doc_id": str(d["id"]), "setting": unit.setting, "output": o,
                      **score_summary(o, d, rouge_tokenizer=self.rouge_tokenizer),
@@ -219,7 +223,8 @@ class NLLWorkerFactory:
 
         def run(unit: Any) -> list[dict[str, Any]]:
             nlls = reference_nll(model, [d["document"] for d in unit.docs], [d["summary"] for d in unit.docs],
-                                 transitions[unit.setting], max_new_tokens=self.max_new_tokens)
+                                 transitions[unit.setting], max_new_tokens=self.max_new_tokens,
+                                 names=unit.doc_ids)
             return [{"doc_id": str(d["id"]), "setting": unit.setting, "summary_nll": nll}
                     for d, nll in zip(unit.docs, nlls)]
 

@@ -108,16 +108,31 @@ def test_long_context_refuses_lengths_past_the_models_context(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_long_context_lets_a_bug_keep_its_traceback(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("bug", [ValueError, TypeError, KeyError])
+def test_long_context_lets_a_bug_keep_its_traceback(bug, tmp_path, monkeypatch):
     """Only bad input is exit 2: an error inside the timed run is raised as it is."""
     from at_probe.cli import bench_context
     from tests.conftest import XSUM_DIR, require_shared
 
     def broken(*_args, **_kwargs):
-        raise TypeError("a bug in the bench")
+        raise bug("a bug in the bench")
 
     monkeypatch.setattr(bench_context, "run", broken)
     args = ["--model", "tiny", "--long-context", "512", "--data", str(require_shared(XSUM_DIR)),
             "--json", str(tmp_path / "bench.json")]
-    with pytest.raises(TypeError, match="a bug in the bench"):
+    with pytest.raises(bug, match="a bug in the bench"):
         bench.main(args)
+
+
+def test_long_context_refuses_too_little_text_before_timing_anything(tmp_path, monkeypatch, capsys):
+    from at_probe.cli import bench_context
+    from at_probe.longctx import tasks
+    from tests.conftest import XSUM_DIR, require_shared
+
+    monkeypatch.setattr(tasks, "development_documents", lambda data: ["A short text."])
+    monkeypatch.setattr(bench_context, "run", lambda *a, **k: pytest.fail("the bench ran"))
+    args = ["--model", "tiny", "--long-context", "512", "--data", str(require_shared(XSUM_DIR)),
+            "--json", str(tmp_path / "bench.json")]
+    assert bench.main(args) == 2
+    assert capsys.readouterr().err.strip() == ("bench.py: error: argument --long-context: the development "
+                                               "documents hold fewer than 512 tokens")

@@ -110,8 +110,9 @@ _RUN_STEPS = [  # (script, the first call of its run block, arguments that pass 
 ]
 
 
+@pytest.mark.parametrize("bug", [ValueError, KeyError, TypeError])
 @pytest.mark.parametrize("script, step, args", _RUN_STEPS, ids=[s[0] for s in _RUN_STEPS])
-def test_only_bad_input_is_exit_2_once_a_run_starts(script, step, args, tmp_path, monkeypatch, capsys):
+def test_only_bad_input_is_exit_2_once_a_run_starts(script, step, args, bug, tmp_path, monkeypatch, capsys):
     """Inside a run, the data's fault (a ``UsageError``: a corrupt record, another run's manifest,
     a reference that does not fit) is one line and exit 2; any other error is a bug and keeps its
     type and traceback, not passed off as bad input."""
@@ -125,19 +126,74 @@ def test_only_bad_input_is_exit_2_once_a_run_starts(script, step, args, tmp_path
             raise error
         monkeypatch.setattr(f"at_probe.cli.{module}.{name}", raising)
 
-    fail(ValueError("a bug in the run"))
-    with pytest.raises(ValueError, match="a bug in the run"):
+    fail(bug("a bug in the run"))
+    with pytest.raises(bug, match="a bug in the run"):
         load_script(script).main(args)
     fail(UsageError("the data's fault"))
     assert load_script(script).main(args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"{script}.py: error: the data's fault"
 
 
-@pytest.mark.parametrize("script", ["flow", "attribution_agreement"])
-def test_a_document_too_short_for_the_regions_is_exit_2_naming_it(script, tmp_path, capsys):
-    """Found inside the run (the worker builds the prompt): the document's fault, in one line."""
-    args = ["--model", "tiny", "--xsum", _release(), "--docs", "1", "--regions", "3000", "--device", "cpu",
-            "--out", str(tmp_path / "run")]
+_UNFIT = [  # (script, arguments, the flag named): prompts the run could not build or split
+    ("flow", ["--xsum", "{release}", "--docs", "2", "--regions", "3000"], "--regions"),
+    ("flow", ["--xsum", "{release}", "--docs", "2", "--max-tokens", "5"], "--max-tokens"),
+    ("attribution_agreement", ["--xsum", "{release}", "--docs", "2", "--regions", "3000"], "--regions"),
+    ("alternatives_select", ["--data", "{data}", "--bucket", "800", "--docs", "1", "--profile-docs", "1",
+                             "--methods", "calibration", "--regions", "3000"], "--regions"),
+    ("xsum_eval", ["--data", "{data}", "--bucket", "800", "--limit", "1", "--max-new-tokens", "4096"],
+     "--max-new-tokens"),
+    ("xsum_select", ["--data", "{data}", "--bucket", "800", "--docs", "1", "--max-new-tokens", "4096"],
+     "--max-new-tokens"),
+    ("alternatives_select", ["--data", "{data}", "--bucket", "800", "--docs", "1", "--profile-docs", "1",
+                             "--methods", "temperature", "--max-new-tokens", "4096"], "--max-new-tokens"),
+]
+
+
+@pytest.mark.parametrize("script, args, flag", _UNFIT, ids=[f"{s}{f}" for s, _, f in _UNFIT])
+def test_prompts_the_run_cannot_build_are_refused_before_the_directory_is_written(script, args, flag, tmp_path,
+                                                                                   capsys):
+    """A flag that leaves a prompt no room for its document (the tiny model's context is 4,096
+    tokens), or a document too short for ``--regions``: exit 2 naming the flag and the document,
+    with nothing written, so the corrected command may use the same ``--out``."""
+    out = tmp_path / "run"
+    args = ["--model", "tiny", "--device", "cpu", *[a.format(data=_data(), release=_release()) for a in args],
+            "--out", str(out)]
     assert load_script(script).main(args) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f"{script}.py: error: document ") and "cannot be split into 3000 regions" in line
+    assert line.startswith(f"{script}.py: error: argument {flag}: document ")
+    assert ("cannot be split into 3000 regions" if flag == "--regions" else "no room for a document") in line
+    assert not out.exists()
+
+
+def test_a_corrupt_records_line_is_exit_2_naming_the_file(tmp_path, capsys):
+    """Found once the run has the directory: the input's fault, in one line."""
+    out = tmp_path / "run"
+    assert xsum_eval.main(_eval_args(out, "--limit", "1")) == 0
+    with open(out / "records.jsonl", "a") as fh:
+        fh.write('{"doc_id": "0", "setting"\n')
+    assert xsum_eval.main(_eval_args(out, "--limit", "1")) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("xsum_eval.py: error: ") and "records.jsonl: line 2 is not JSON" in line
+
+
+def test_report_only_reports_a_corrupt_run_in_one_line_and_a_bug_with_its_traceback(tmp_path, monkeypatch,
+                                                                                       capsys):
+    from at_probe.cli import flow_corpus
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"conditions": {"baseline": "None"}}))
+    (out / "docs.jsonl").write_text(json.dumps({"doc_id": "0", "series": []}) + "\n")
+    args = ["--report-only", "--out", str(out)]
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("a bug in the report")
+
+    monkeypatch.setattr(flow_corpus, "report_corpus", broken)
+    with pytest.raises(ValueError, match="a bug in the report"):
+        load_script("flow").main(args)
+    for name, text in (("docs.jsonl", "[1]\n"), ("manifest.json", "{}")):
+        (out / name).write_text(text)
+        assert load_script("flow").main(args) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith("flow.py: error: argument --out: ")

@@ -243,6 +243,25 @@ def test_errors_inside_actors_keep_their_type(ray_cluster, tmp_path):
         run_units(units[-1:], wrong, lambda u, r: None, workers=1)
 
 
+class _RefusingWorker(_EchoWorker):
+    """A worker whose unit is the input's fault (a reference that does not fit, say)."""
+
+    def __call__(self, unit: Unit) -> list[dict]:
+        from at_probe.runs.errors import UsageError
+
+        raise UsageError(f"document {unit.doc_ids[0]}: does not fit")
+
+
+@needs_ray
+def test_the_inputs_fault_in_an_actor_is_its_own_one_line_error(ray_cluster, echo_in_actors):
+    """Not Ray's wrapper, whose message is the remote traceback: the commands print it as is."""
+    from at_probe.runs.errors import UsageError
+
+    with pytest.raises(UsageError) as raised:
+        run_units(_echo_units()[:1], _RefusingWorker, lambda unit, recs: None, workers=1)
+    assert str(raised.value) == "document 0: does not fit"
+
+
 @needs_ray
 def test_more_gpus_than_the_cluster_has_is_the_inputs_fault(ray_cluster, echo_in_actors):
     """A ``UsageError`` (one line, exit 2 in the commands), raised before any actor starts."""

@@ -117,10 +117,35 @@ def test_a_manifest_that_is_not_a_json_object_is_the_inputs_fault(tmp_path):
     """A ``UsageError`` (exit 2 in the commands), not a JSONDecodeError from inside a run."""
     run = tmp_path / "run"
     run.mkdir()
-    for text, message in (('{"model": "tiny"', "is not JSON"), ('["tiny"]', "is not a run's manifest")):
+    for text, message in (('{"model": "tiny"', "is not JSON"), ('["tiny"]', "is not a JSON object")):
         (run / "manifest.json").write_text(text)
         with pytest.raises(UsageError, match=message):
             check_manifest(run, {"model": "tiny"})
+
+
+def test_records_that_are_not_json_objects_are_the_inputs_fault(tmp_path):
+    path = tmp_path / "records.jsonl"
+    for content, message in ((b'{"a": 1}\n[1]\n', "line 2 is not a record"), (b'{"a": 1}\n\xff\n', "line 2 is not JSON")):
+        path.write_bytes(content)
+        with pytest.raises(UsageError, match=message):
+            read_jsonl(path)
+
+
+def test_records_without_their_key_are_not_a_runs_records(tmp_path):
+    from at_probe.runs.sweep import RecordSink
+
+    (tmp_path / "records.jsonl").write_text('{"setting": "baseline"}\n')
+    with owned_run(tmp_path), pytest.raises(UsageError, match="a record without 'doc_id'"):
+        RecordSink(tmp_path / "records.jsonl")
+
+
+def test_a_reused_source_whose_manifest_is_not_json_is_the_inputs_fault(tmp_path):
+    from at_probe.runs.reuse import check_source
+
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "manifest.json").write_text("{")
+    with pytest.raises(UsageError, match="is not JSON"):
+        check_source(tmp_path / "source", {"model": "tiny"}, tmp_path / "out")
 
 
 def test_manifest_may_grow_only_where_allowed(tmp_path):

@@ -51,6 +51,8 @@ def test_a_reference_longer_than_the_room_after_its_prompt_is_the_datas_fault(st
     """A ``UsageError``: the run drivers report it in one line (exit 2) and let other errors raise."""
     with pytest.raises(UsageError, match=r"references \[0\] do not fit after their prompts in 512 tokens"):
         xsum.reference_nll(stub_model, ["A town. " * 300], [" word" * 40], None, max_new_tokens=20)
+    with pytest.raises(UsageError, match=r"references \['doc-7'\] do not fit"):  # named by the caller
+        xsum.reference_nll(stub_model, ["A town. " * 300], [" word" * 40], None, max_new_tokens=20, names=["doc-7"])
 
 
 def test_left_pad_refuses_an_empty_row_and_pads_on_the_left(stub_model):
