@@ -185,7 +185,8 @@ def run_units(
         SweepError: a unit's worker died ``max_attempts`` times, or an actor died while loading
             the model ``max_attempts`` times in a row.
         UsageError: the workers ask for more GPUs than the Ray cluster has.
-        Whatever ``factory()`` or a worker raises, with its own type (from a Ray actor too).
+        Exception: what ``factory()`` or a worker raised, with its own type (from a Ray actor
+            too; its ``UsageError`` as itself, with its one-line message).
     """
     if workers < 0 or max_attempts < 1:
         raise ValueError("workers must be >= 0 and max_attempts >= 1")
