@@ -226,31 +226,72 @@ def _reply_records(length: int) -> list[dict]:
 ])
 def test_long_context_replies_are_those_of_their_report(claim, comparison, task, metric):
     """docs/longctx.md quotes the replies run's 1,024-token comparisons (95% intervals, 30 prompts)."""
+    _assert_reply_claim(claim, comparison, task, metric, 1024)
+
+
+@pytest.mark.parametrize(("claim", "comparison", "task", "metric"), [
+    ("all 240 records. Under the baseline", None, "passkey", None),
+    ("SRA minus the baseline +{}; the paper example minus its placebo +{} and", ("sra - baseline",
+     "paper_example - placebo_example"), "passkey", "reply_match"),
+    ("and minus the baseline +{}; emphasis minus its placebo +{}, emphasis minus the baseline +{}, its placebo "
+     "minus the baseline {}: as at", ("paper_example - baseline", "emphasis - emphasis_placebo", "emphasis - baseline",
+                                      "emphasis_placebo - baseline"), "passkey", "reply_match"),
+    ("loops. SRA minus the baseline {}; the paper example minus its placebo +{}, minus the baseline {}, and its "
+     "placebo minus the baseline {}; emphasis minus its placebo {} and minus the baseline {}, an interval below zero",
+     ("sra - baseline", "paper_example - placebo_example", "paper_example - baseline", "placebo_example - baseline",
+      "emphasis - emphasis_placebo", "emphasis - baseline"), "vt", "reply_match"),
+    ("log-probability by +{} nats over the baseline (+{} over its placebo", ("emphasis - baseline",
+     "emphasis - emphasis_placebo"), "vt", "logprob"),
+    ("less often at 2,048 ({}), where", ("emphasis - baseline",), "vt", "reply_match"),
+    ("under emphasis at 2k less often (**{}**;", ("emphasis - baseline",), "vt", "reply_match"),  # README
+    ("less often at 2k ({}); no transition", ("emphasis - baseline",), "vt", "reply_match"),  # findings
+])
+def test_long_context_2048_token_replies_are_those_of_their_report(claim, comparison, task, metric):
+    """docs/longctx.md quotes the replies run's 2,048-token comparisons (95% intervals, 30 prompts)."""
+    if comparison is None:
+        records = [r for r in _reply_records(2048) if r["task"] == task]
+        assert all(r["reply_match"] == float(r["exact"]) for r in records) and len(records) == 240
+        assert claim in README
+        return
+    intervals = []
+    for name in comparison:
+        (row,) = [r for r in _replies_report()["comparisons"]
+                  if (r["comparison"], r["metric"], r["lengths"], r["task"]) == (name, metric, [2048], task)]
+        assert row["n"] == 30
+        intervals.append(_interval(row["mean"], *row["ci95"]))
+    assert claim.format(*intervals) in README
+
+
+def _assert_reply_claim(claim: str, comparison: str, task: str, metric: str, length: int) -> None:
     (row,) = [r for r in _replies_report()["comparisons"]
-              if (r["comparison"], r["metric"], r["lengths"], r["task"]) == (comparison, metric, [1024], task)]
+              if (r["comparison"], r["metric"], r["lengths"], r["task"]) == (comparison, metric, [length], task)]
     assert row["n"] == 30
     assert claim.format(_interval(row["mean"], *row["ci95"])) in README
 
 
-def _reply_cell(task: str, condition: str, metric: str) -> float:
-    """A condition's mean over the 30 prompts of a 1,024-token cell (the report keeps it per depth)."""
-    rows = [r for r in _replies_report()["replies"] if (r["task"], r["length"], r["condition"]) == (task, 1024, condition)]
+def _reply_cell(task: str, condition: str, metric: str, length: int = 1024) -> float:
+    """A condition's mean over the 30 prompts of a cell (the report keeps it per depth)."""
+    rows = [r for r in _replies_report()["replies"]
+            if (r["task"], r["length"], r["condition"]) == (task, length, condition)]
     n = sum(r["n"] for r in rows)
     assert n == 30
     return sum(r["n"] * r[metric] for r in rows) / n
 
 
-def test_long_context_replies_table_is_that_of_their_report():
-    """docs/longctx.md's replies table: each condition's reply match (and share ended) at 1,024 tokens."""
+@pytest.mark.parametrize("length", [1024, 2048])
+def test_long_context_replies_table_is_that_of_their_report(length):
+    """docs/longctx.md's replies tables: each condition's reply match (and share ended) per length."""
     columns = {"baseline": "baseline", "sra": "SRA", "paper_example": "paper example",
                "placebo_example": "its placebo", "emphasis": "emphasis", "emphasis_placebo": "its placebo"}
     assert f"| task | {' | '.join(columns.values())} |" in README
     for task, name in (("passkey", "passkey"), ("vt", "variable tracking")):
-        cells = [f"{_reply_cell(task, c, 'reply_match'):.2f} ({_reply_cell(task, c, 'reply_ended'):.2f})"
+        cells = [f"{_reply_cell(task, c, 'reply_match', length):.2f} ({_reply_cell(task, c, 'reply_ended', length):.2f})"
                  for c in columns]
         assert f"| {name} | {' | '.join(cells)} |" in README
-    ended = [f"{_reply_cell('passkey', c, 'reply_ended'):.2f}" for c in ("emphasis", "baseline")]
-    assert f"{ended[0]} of them end within 96 tokens against the baseline's {ended[1]}" in README
+    ended = [f"{_reply_cell('passkey', c, 'reply_ended', length):.2f}" for c in ("emphasis", "baseline")]
+    wording = ("{} of them end within 96 tokens against the baseline's {}" if length == 1024 else
+               "replies end less often ({} against the baseline's {})")
+    assert wording.format(*ended) in README
     logprob = [r for r in _replies_report()["comparisons"] if (r["comparison"], r["metric"], r["lengths"], r["task"])
                == ("emphasis_placebo - baseline", "logprob", [1024], "vt")][0]["mean"]
     assert f"(−{-logprob:.2f} nats against the baseline)" in README
@@ -280,13 +321,44 @@ def test_long_context_reply_counts_are_those_of_the_records():
     assert f"and the other {['no', 'one', 'two', 'three'][len(cut) - loops]} run on about the document" in README
 
 
+def test_long_context_2048_token_reply_counts_are_those_of_the_records():
+    """docs/longctx.md's counts of 2,048-token replies come from the committed records."""
+    records = _reply_records(2048)
+    passkey = [r for r in records if (r["task"], r["setting"]) == ("passkey", "baseline")]
+    missed = [r["reply"] for r in passkey if not r["exact"]]
+    assert all(reply.startswith(" a ") for reply in missed)  # "what a pass key is"
+    cut = [r["reply"] for r in passkey if not r["reply_ended"]]
+    assert (f"the {len(missed)} replies without it all go on to say what a pass key is" in README
+            and f"and {sum(map(_loops, cut))} of the {len(cut)} that do not end loop" in README)
+    emphasis = [r["reply"] for r in records if r["task"] == "passkey" and r["setting"].startswith("emphasis:")
+                and not r["reply_ended"]]
+    assert sum(map(_loops, emphasis)) == len(emphasis) and f"and all {len(emphasis)} that do not end loop" in README
+    vt = [r for r in records if (r["task"], r["setting"]) == ("vt", "baseline")]
+    assert all(re.match(r"[:\s]*(\d+\.|-)", r["reply"]) for r in vt) and "(all 30 again)" in README
+    counts = [sum(r["reply_match"] >= share for r in vt) for share in (0.25, 0.75, 1.0)]
+    cut = [r["reply"] for r in vt if not r["reply_ended"]]
+    assert ("again); {} of {} name at least one of the four variables, {} at least three, and {} all four; {} do "
+            "not end within 96 tokens, {} of them loops").format(counts[0], len(vt), *counts[1:], len(cut),
+                                                                  sum(map(_loops, cut))) in README
+    emphasis = [r for r in records if r["task"] == "vt" and r["setting"].startswith("emphasis:")]
+    cut = [r["reply"] for r in emphasis if not r["reply_ended"]]
+    named = sum(r["reply_match"] >= 0.25 for r in emphasis)
+    assert (f"Under emphasis {len(cut)} of the {len(emphasis)} replies run to the limit, {sum(map(_loops, cut))} "
+            f"of them loops") in README and f"and {named} name at least one variable" in README
+
+
 def test_long_context_runs_in_progress_are_counted_as_their_reports():
     """"At this writing N of its M records are in": N is what the committed report was made from."""
     pooled = json.loads((ROOT / "figures/longctx-smollm2/report.json").read_text())
     primary = (ROOT / "figures/longctx-smollm2/primary/records.jsonl").read_text().count("\n")
     assert pooled["runs"] == ["figures/longctx-smollm2/primary", "figures/longctx-smollm2/secondary"]
     assert f"At this writing {pooled['n_records'] - primary:,} of its 6,660 records are in" in README
-    assert f"At this writing {_replies_report()['n_records']:,} of its 960 records are in" in README
+    replies = _replies_report()["n_records"]
+    assert (f"At this writing {replies:,} of its 960 records are in" if replies < 960
+            else "All 960 of its records are in (the run is complete)") in README
+    knockout = (ROOT / "figures/longctx-smollm2/knockout/records.jsonl").read_text().split("\n")[:-1]
+    at_2048 = sum(json.loads(line)["length"] == 2048 for line in knockout)
+    assert f"Its 2,048-token cells hold {at_2048} of their 180 records" in README
 
 
 def _loops(text: str) -> bool:
