@@ -218,7 +218,8 @@ def _reply_records(length: int) -> list[dict]:
     ("while the paper example minus the baseline is {} and", "paper_example - baseline", "vt", "reply_match"),
     ("its placebo minus the baseline {}; emphasis", "placebo_example - baseline", "vt", "reply_match"),
     ("emphasis minus its placebo {} and minus the baseline", "emphasis - emphasis_placebo", "vt", "reply_match"),
-    ("and minus the baseline {}. - **Emphasis", "emphasis - baseline", "vt", "reply_match"),
+    ("and minus the baseline {}, its placebo minus", "emphasis - baseline", "vt", "reply_match"),
+    ("its placebo minus the baseline {}. - **Emphasis", "emphasis_placebo - baseline", "vt", "reply_match"),
     ("by +{} nats over the baseline", "emphasis - baseline", "vt", "logprob"),
     ("of its +{} over its placebo, more than half", "emphasis - emphasis_placebo", "vt", "logprob"),
     ("(emphasis itself +{} over the baseline)", "emphasis - baseline", "passkey", "reply_match"),
@@ -230,21 +231,20 @@ def test_long_context_replies_are_those_of_their_report(claim, comparison, task,
 
 
 @pytest.mark.parametrize(("claim", "comparison", "task", "metric"), [
-    ("all 240 records. Under the baseline", None, "passkey", None),
+    ("all 240 records. These are the first 30 prompts", None, "passkey", None),
     ("SRA minus the baseline +{}; the paper example minus its placebo +{} and", ("sra - baseline",
      "paper_example - placebo_example"), "passkey", "reply_match"),
     ("and minus the baseline +{}; emphasis minus its placebo +{}, emphasis minus the baseline +{}, its placebo "
      "minus the baseline {}: as at", ("paper_example - baseline", "emphasis - emphasis_placebo", "emphasis - baseline",
                                       "emphasis_placebo - baseline"), "passkey", "reply_match"),
     ("loops. SRA minus the baseline {}; the paper example minus its placebo +{}, minus the baseline {}, and its "
-     "placebo minus the baseline {}; emphasis minus its placebo {} and minus the baseline {}, an interval below zero",
+     "placebo minus the baseline {}; emphasis minus its placebo {} and minus the baseline {} (7 prompts lower, 1 "
+     "higher, 22 tied; its upper bound is −0.025), its placebo minus the baseline {}. Of the 14",
      ("sra - baseline", "paper_example - placebo_example", "paper_example - baseline", "placebo_example - baseline",
-      "emphasis - emphasis_placebo", "emphasis - baseline"), "vt", "reply_match"),
+      "emphasis - emphasis_placebo", "emphasis - baseline", "emphasis_placebo - baseline"), "vt", "reply_match"),
     ("log-probability by +{} nats over the baseline (+{} over its placebo", ("emphasis - baseline",
      "emphasis - emphasis_placebo"), "vt", "logprob"),
-    ("less often at 2,048 ({}), where", ("emphasis - baseline",), "vt", "reply_match"),
-    ("under emphasis at 2k less often (**{}**;", ("emphasis - baseline",), "vt", "reply_match"),  # README
-    ("less often at 2k ({}); no transition", ("emphasis - baseline",), "vt", "reply_match"),  # findings
+    ("both 1k and 2k ({} and {}; 30 prompts each", ("emphasis - baseline",) * 2, "vt", "reply_match"),  # findings
 ])
 def test_long_context_2048_token_replies_are_those_of_their_report(claim, comparison, task, metric):
     """docs/longctx.md quotes the replies run's 2,048-token comparisons (95% intervals, 30 prompts)."""
@@ -253,13 +253,70 @@ def test_long_context_2048_token_replies_are_those_of_their_report(claim, compar
         assert all(r["reply_match"] == float(r["exact"]) for r in records) and len(records) == 240
         assert claim in README
         return
+    lengths = [[1024], [2048]] if claim.startswith("both 1k and 2k") else [[2048]] * len(comparison)
     intervals = []
-    for name in comparison:
+    for name, length in zip(comparison, lengths):
         (row,) = [r for r in _replies_report()["comparisons"]
-                  if (r["comparison"], r["metric"], r["lengths"], r["task"]) == (name, metric, [2048], task)]
+                  if (r["comparison"], r["metric"], r["lengths"], r["task"]) == (name, metric, length, task)]
         assert row["n"] == 30
         intervals.append(_interval(row["mean"], *row["ci95"]))
     assert claim.format(*intervals) in README
+
+
+@pytest.mark.parametrize("claim", ["slightly less often at both lengths ({} over the 60 prompts",  # README
+                                   "2,048; {} over the 60 prompts of both"])  # longctx.md
+def test_long_context_replies_pooled_over_both_lengths_are_those_of_their_report(claim):
+    (row,) = [r for r in _replies_report()["comparisons"] if (r["comparison"], r["metric"], r["lengths"], r["task"])
+              == ("emphasis - baseline", "reply_match", [1024, 2048], "vt")]
+    assert row["n"] == 60 and claim.format(_interval(row["mean"], *row["ci95"])) in README
+
+
+def test_long_context_2048_token_reply_details_are_those_of_the_records():
+    """The 2,048-token write-up's finer counts: ties, the prompts behind the passkey edges,
+    emphasis's replies against the baseline's, and how many intervals exclude zero."""
+    records = _reply_records(2048)
+    cell = lambda task, prefix: {r["doc_id"]: r for r in records  # noqa: E731
+                                 if r["task"] == task and r["setting"].startswith(prefix)}
+    base, emph = cell("vt", "baseline"), cell("vt", "emphasis:")
+    diff = [emph[p]["reply_match"] - base[p]["reply_match"] for p in base]
+    lower, higher = sum(d < 0 for d in diff), sum(d > 0 for d in diff)
+    assert f"({lower} prompts lower, {higher} higher, {len(diff) - lower - higher} tied;" in README
+    (row,) = [r for r in _replies_report()["comparisons"] if (r["comparison"], r["metric"], r["lengths"], r["task"])
+              == ("emphasis - baseline", "reply_match", [2048], "vt")]
+    assert f"its upper bound is −{-row['ci95'][1]:.3f})" in README
+    quoted = ("sra - baseline", "paper_example - placebo_example", "paper_example - baseline",
+              "placebo_example - baseline", "emphasis - emphasis_placebo", "emphasis - baseline",
+              "emphasis_placebo - baseline")
+    rows = [r for r in _replies_report()["comparisons"] if r["metric"] == "reply_match" and r["task"] == "vt"
+            and r["comparison"] in quoted and len(r["lengths"]) == 1]
+    excluding = sum(r["ci95"][0] > 0 or r["ci95"][1] < 0 for r in rows)
+    assert len(rows) == 14 and excluding == 2 and "Of the 14 variable-tracking" in README
+    cut = lambda c: [r for r in c.values() if not r["reply_ended"]]  # noqa: E731
+    assert f"({len(cut(emph))} of 30 against {len(cut(base))})" in README
+    loops = [sum(_loops(r["reply"]) for r in c.values()) for c in (emph, base)]
+    named = [sum(r["reply_match"] > 0 for r in c.values()) for c in (emph, base)]
+    assert (f"loop no more ({loops[0]} loops against {loops[1]}), and name a variable in {named[0]} "
+            f"against {named[1]}") in README
+    plain = [r for r in cut(emph) if not _loops(r["reply"])]
+    assert f"its {len(plain)} cut replies that do not loop list the document's facts" in README
+    assert sorted(r["reply_match"] for r in plain) == [0.0] * (len(plain) - 1) + [0.25]  # "one names a variable"
+    key = {p: r["exact"] for p, r in cell("passkey", "baseline").items()}
+    gains = {prefix: (sum(r["exact"] and not key[p] for p, r in cell("passkey", prefix).items()),
+                      sum(key[p] and not r["exact"] for p, r in cell("passkey", prefix).items()))
+             for prefix in ("emphasis:", "emphasis_placebo:", "paper:")}
+    assert gains == {"emphasis:": (1, 0), "emphasis_placebo:": (0, 2), "paper:": (0, 0)}
+    assert "emphasis gains one key over the baseline, its placebo loses two; the paper example gives" in README
+    unended = [r for r in cell("passkey", "emphasis:").values() if not r["reply_ended"]]
+    assert f"only {sum(r['exact'] for r in unended)} of them after giving the key (at 1,024 tokens, 9 of 13)" in README
+    primary = [json.loads(line) for line in (ROOT / "figures/longctx-smollm2/primary/records.jsonl").open()]
+    first = [r for r in primary if (r["task"], r["length"], r["setting"]) == ("passkey", 2048, "baseline")]
+    assert set(key) <= {r["doc_id"] for r in first} and len(first) == 100
+    assert all(r["exact"] == key[r["doc_id"]] for r in first if r["doc_id"] in key)
+    assert f"0.20 here is {sum(r['exact'] for r in first) / 100:.2f} over all 100 of them" in README
+    logprob = {r["comparison"]: r["mean"] for r in _replies_report()["comparisons"]
+               if (r["metric"], r["lengths"], r["task"]) == ("logprob", [2048], "vt")}
+    share = -logprob["emphasis_placebo - baseline"] / logprob["emphasis - emphasis_placebo"]
+    assert abs(share - 1 / 3) < 0.02 and f"own change of −{-logprob['emphasis_placebo - baseline']:.2f}" in README
 
 
 def _assert_reply_claim(claim: str, comparison: str, task: str, metric: str, length: int) -> None:
@@ -285,8 +342,8 @@ def test_long_context_replies_table_is_that_of_their_report(length):
                "placebo_example": "its placebo", "emphasis": "emphasis", "emphasis_placebo": "its placebo"}
     assert f"| task | {' | '.join(columns.values())} |" in README
     for task, name in (("passkey", "passkey"), ("vt", "variable tracking")):
-        cells = [f"{_reply_cell(task, c, 'reply_match', length):.2f} ({_reply_cell(task, c, 'reply_ended', length):.2f})"
-                 for c in columns]
+        cells = [f"{_reply_cell(task, c, 'reply_match', length):.2f} "
+                 f"({_reply_cell(task, c, 'reply_ended', length):.2f})" for c in columns]
         assert f"| {name} | {' | '.join(cells)} |" in README
     ended = [f"{_reply_cell('passkey', c, 'reply_ended', length):.2f}" for c in ("emphasis", "baseline")]
     wording = ("{} of them end within 96 tokens against the baseline's {}" if length == 1024 else
@@ -328,7 +385,7 @@ def test_long_context_2048_token_reply_counts_are_those_of_the_records():
     missed = [r["reply"] for r in passkey if not r["exact"]]
     assert all(reply.startswith(" a ") for reply in missed)  # "what a pass key is"
     cut = [r["reply"] for r in passkey if not r["reply_ended"]]
-    assert (f"the {len(missed)} replies without it all go on to say what a pass key is" in README
+    assert (f"The {len(missed)} replies without the key all complete \"The pass key is\" with a made-up" in README
             and f"and {sum(map(_loops, cut))} of the {len(cut)} that do not end loop" in README)
     emphasis = [r["reply"] for r in records if r["task"] == "passkey" and r["setting"].startswith("emphasis:")
                 and not r["reply_ended"]]
@@ -340,11 +397,6 @@ def test_long_context_2048_token_reply_counts_are_those_of_the_records():
     assert ("again); {} of {} name at least one of the four variables, {} at least three, and {} all four; {} do "
             "not end within 96 tokens, {} of them loops").format(counts[0], len(vt), *counts[1:], len(cut),
                                                                   sum(map(_loops, cut))) in README
-    emphasis = [r for r in records if r["task"] == "vt" and r["setting"].startswith("emphasis:")]
-    cut = [r["reply"] for r in emphasis if not r["reply_ended"]]
-    named = sum(r["reply_match"] >= 0.25 for r in emphasis)
-    assert (f"Under emphasis {len(cut)} of the {len(emphasis)} replies run to the limit, {sum(map(_loops, cut))} "
-            f"of them loops") in README and f"and {named} name at least one variable" in README
 
 
 def test_long_context_runs_in_progress_are_counted_as_their_reports():
