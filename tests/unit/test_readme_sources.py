@@ -439,3 +439,20 @@ def test_long_context_costs_with_64_rows_are_those_of_the_bench():
               for k in ("chunked_probe_over_sdpa", "chunked_over_sdpa", "probe_over_chunked")]
     memory = f"{bench['memory_ratios']['chunked_probe_over_sdpa']['added']:.2f}x"
     assert f"{', '.join(ratios)}, added memory {memory}" in README
+
+
+@pytest.mark.parametrize("length", ["2048", "4096", "8192"])
+def test_long_context_budget_table_is_that_of_the_bench(length):
+    """docs/longctx.md's budget table: medians and the rounds' ranges of the committed bench."""
+    bench = json.loads((ROOT / "figures/bench-cpu/long_context.json").read_text())["lengths"][length]
+    time, memory = bench["time"], bench["memory_ratios"]["chunked_probe_over_sdpa"]
+    spread = lambda key: f"({time[key]['ratio_min']:.2f}-{time[key]['ratio_max']:.2f})"  # noqa: E731
+    bold = "**" if length == "8192" else ""
+    cells = [f"{bold}{time['chunked_probe_over_sdpa']['ratio_median']:.2f}x{bold} {spread('chunked_probe_over_sdpa')}",
+             f"{time['chunked_over_sdpa']['ratio_median']:.2f}x",
+             f"{bold}{time['probe_over_chunked']['ratio_median']:.2f}x{bold} {spread('probe_over_chunked')}"]
+    assert f"| {int(length):,} | {' | '.join(cells)} |" in README
+    assert f"{bold}{memory['added']:.2f}x{bold} ({memory['peak']:.2f}x) |" in README
+    if length == "8192":
+        met = time["chunked_probe_over_sdpa"]["ratio_median"] <= 2.5
+        assert met == ("Time at most 2.5x: **2.72x, not met**" not in README)
