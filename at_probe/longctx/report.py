@@ -222,7 +222,7 @@ def knockout_totals(pooled: dict[tuple[str, str], dict[str, Any]]) -> list[dict[
     for role in ALL_ROLES:
         estimate, exact = role_values(pooled, role, KNOCKOUT), role_values(pooled, role, f"{KNOCKOUT}_exact")
         per_cell: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
-        for prompt in set(estimate) & set(exact):
+        for prompt in sorted(set(estimate) & set(exact)):  # prompt order: the same sums in every process
             per_cell[cells[prompt][:2]].append((float(np.sum(estimate[prompt])), exact[prompt]))
         for (task, length), pairs in sorted(per_cell.items()):
             est, ex = np.array(pairs).T

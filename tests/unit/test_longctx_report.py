@@ -176,6 +176,17 @@ def test_knockout_estimates_are_tabled_where_records_hold_them():
     assert [(r["comparison"], r["mean"], r["n"]) for r in rows] == [("sra - baseline", pytest.approx(1.0), 3)]
 
 
+def test_knockout_totals_sum_in_prompt_order_whatever_the_hash_seed():
+    """Float sums depend on their order: the prompts are taken sorted, not in a set's order
+    (which changes with PYTHONHASHSEED), so a regenerated report.json keeps every last digit."""
+    values = [1e16, 1.0, -1e16, 3.0, 0.1, 1e-3, 7e15, -7e15, 0.3, 2.5] * 2
+    records = [_record(f"p{i:02d}", "baseline", True, -1.0) | {"needle_knockout": [v, 0.0], "needle_knockout_exact": v}
+               for i, v in enumerate(values)]
+    (total,) = report(pool_records([records]))["knockout_totals"]
+    in_order = np.array(values)  # p00, p01, ... sorted
+    assert (total["estimate"], total["exact"]) == (float(in_order.mean()), float(in_order.mean()))
+
+
 def test_reply_matches_are_compared_and_tabled_where_records_hold_them():
     base = [_record(f"p{i}", "baseline", False, -1.0) | {"reply": "x", "reply_match": m, "reply_ended": i > 0}
             for i, m in enumerate((0.0, 0.5, 1.0))]
