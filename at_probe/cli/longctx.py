@@ -196,18 +196,24 @@ def _paired_with(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
 
 def _same_arithmetic(runs: list[Path], described: dict[str, Any]) -> None:
     """Refuse ``--paired-with`` runs made in another dtype than this run's model (their records
-    would pair bf16 scores with fp32 ones); the device may differ (fp32 on a GPU agrees with the
-    CPU within the report's pooling check).
+    would pair bf16 scores with fp32 ones) or with other torch or transformers versions (the
+    rule a resumed run follows: its manifest refuses them); the device may differ (fp32 on a GPU
+    agrees with the CPU within the report's pooling check).
 
     Raises:
-        UsageError: a run's manifest names another dtype.
+        UsageError: a run's manifest names another dtype or other versions.
     """
     import json
 
     for run in runs:
-        theirs = json.loads((run / "manifest.json").read_text()).get("dtype")
+        manifest = json.loads((run / "manifest.json").read_text())
+        theirs = manifest.get("dtype")
         if theirs is not None and theirs != described.get("dtype"):
             raise UsageError(f"argument --paired-with: {run} ran in {theirs}, this run's model in {described.get('dtype')}")
+        versions = manifest.get("versions")
+        if versions is not None and versions != described.get("versions"):
+            raise UsageError(f"argument --paired-with: {run} ran with {versions}, this run with "
+                             f"{described.get('versions')}")
 
 
 def _scored_elsewhere(runs: list[Path]) -> set[tuple[str, str]]:

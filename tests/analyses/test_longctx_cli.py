@@ -132,6 +132,10 @@ def test_knockout_estimates_are_recorded_and_pair_only_with_runs_that_have_them(
     (knock / "manifest.json").write_text(json.dumps({**manifest, "dtype": "bfloat16"}))
     assert longctx.main([*args, "--paired-with", str(knock)]) == 2
     assert "ran in bfloat16" in capsys.readouterr().err
+    older = {**manifest["versions"], "torch": "2.0.0"}  # the rule of a resumed run
+    (knock / "manifest.json").write_text(json.dumps({**manifest, "versions": older}))
+    assert longctx.main([*args, "--paired-with", str(knock)]) == 2
+    assert f"ran with {older}" in capsys.readouterr().err
 
 
 def test_replies_are_recorded_reported_and_pair_only_with_runs_that_have_them(tmp_path, capsys):
