@@ -70,6 +70,7 @@ from at_probe.runs.runfiles import (
     file_sha256,
     owned_run,
     read_jsonl,
+    read_manifest,
 )
 from at_probe.runs.sweep import RecordSink, plan_units, run_units
 from at_probe.xsum import SettingError, check_settings, parse_settings
@@ -232,15 +233,11 @@ def _profiles(path: Path) -> dict[str, Any] | None:
     Raises:
         UsageError: the file is not JSON, or not a JSON object.
     """
-    import json
-
     try:
-        selection = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"argument --profiles: {path} is not JSON ({err})") from err
-    if not isinstance(selection, dict):
-        raise UsageError(f"argument --profiles: {path} is not a selection.json (a JSON object with 'profiles')")
-    return selection.get("profiles")
+        return read_manifest(path).get("profiles")
+    except UsageError as err:
+        raise UsageError(f"argument --profiles: {err} (a selection.json is a JSON object with 'profiles')"
+                         ) from None
 
 
 def check(args: argparse.Namespace, specs: list[dict[str, Any]], profiles: dict[str, Any] | None) -> int:
