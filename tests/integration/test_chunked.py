@@ -132,6 +132,19 @@ def test_chunking_is_exact_not_merely_close(tiny_model, prompts, monkeypatch, ev
     assert spans and any(span < total for span, total in spans) == short
 
 
+def test_blocks_scores_are_served_from_the_heap(tiny_model, batch, monkeypatch):
+    """Each chunked CPU forward asks the allocator to keep tensors of a block's scores (batch x
+    heads x rows x the pass's keys, float32) in its heap: mapped anew, each block's few such
+    tensors cost page faults, a third of the time at 8,192 tokens (``at_probe.runs.memory``)."""
+    tokens, mask, _ = batch
+    asked = []
+    monkeypatch.setattr(chunked, "heap_allocations_up_to", asked.append)
+    with torch.inference_mode(), chunked_attention(tiny_model, rows=64):
+        tiny_model(tokens, attention_mask=mask)
+    size = tokens.shape[0] * tiny_model.cfg.n_heads * 64 * tokens.shape[1] * 4
+    assert asked == [size] * tiny_model.cfg.n_layers
+
+
 @pytest.mark.parametrize("causal", [True, False], ids=["causal-keys", "all-keys"])
 def test_hooks_fire_once_per_block_and_know_their_rows(tiny_model, prompts, causal):
     t = len(prompts[0])
