@@ -477,7 +477,8 @@ def _chunked_forward(attn: Any, rows: int, causal_keys: bool) -> Any:
         hf_attn = attn.original_component
         if hidden.device.type == "cpu":  # the blocks' scores and weights: reused, not mapped anew each time
             heads = int(hf_attn.config.num_attention_heads)
-            heap_allocations_up_to(int(hidden.shape[0]) * heads * rows * total * max(hidden.element_size(), 4))
+            width = max(hidden.element_size(), 4)  # the softmax runs in float32
+            heap_allocations_up_to(int(hidden.shape[0]) * heads * rows * total * width)
         groups = int(getattr(hf_attn, "num_key_value_groups", 1))
         exact_short = sums_in_key_order(str(hidden.device), hidden.dtype, rows, int(hf_attn.head_dim))
         unit = PRODUCT_KEYS if exact_short else None  # else every key, as the stock product

@@ -56,8 +56,9 @@ print(faults() - before)
                     reason="needs Linux with glibc (mallopt)")
 def test_large_blocks_reuse_the_heap_once_the_threshold_is_raised():
     def faults(mode: str, **env: str) -> int:
-        out = subprocess.run([sys.executable, "-c", FAULTS_CHILD, mode], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parents[2], env={"PATH": "/usr/bin:/bin", **env})
+        out = subprocess.run([sys.executable, "-c", FAULTS_CHILD, mode], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parents[2],
+                             env={"PATH": "/usr/bin:/bin", **env})
         return int(out.stdout)
 
     pages = 4 * 41 * 2**20 // 4096  # four blocks of 40-43 MB

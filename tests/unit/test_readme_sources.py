@@ -441,6 +441,12 @@ def test_long_context_budget_table_is_that_of_the_bench(length):
              f"{bold}{time['probe_over_chunked']['ratio_median']:.2f}x{bold} {spread('probe_over_chunked')}"]
     assert f"| {int(length):,} | {' | '.join(cells)} |" in README
     assert f"{bold}{memory['added']:.2f}x{bold} ({memory['peak']:.2f}x) |" in README
-    if length == "8192":
-        met = time["chunked_probe_over_sdpa"]["ratio_median"] <= 2.5
-        assert met == ("Time at most 2.5x: **2.72x, not met**" not in README)
+    if length == "8192":  # the verdicts follow the bench's medians
+        over_sdpa = time["chunked_probe_over_sdpa"]["ratio_median"]
+        probe = time["probe_over_chunked"]["ratio_median"]
+        assert f"at most 2.5x: {over_sdpa:.2f}x by the median" in README
+        assert ("time met by the median" in README) == (over_sdpa <= 2.5)
+        assert ("the probe's cost not met" in README) == (probe > 1.15)
+        assert (f"**{probe:.2f}x, not met** on this CPU" in README) == (probe > 1.15)
+        run = json.loads((ROOT / "figures/bench-cpu/long_context.json").read_text())
+        assert f"on an {run['cpu']} with AVX2 at commit {run['commit'][:7]}," in README
