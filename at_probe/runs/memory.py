@@ -37,7 +37,8 @@ def _malloc_trim():  # type: ignore[no-untyped-def]
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
-_MAX_THRESHOLD = 2**30
+_MAX_THRESHOLD = 2**30 - 1
+_ADAPTIVE_CAP = 32 * 2**20  # glibc's own threshold adapts up to this (64-bit): left to it below
 _heap_limit = 0  # the largest threshold set in this process
 
 
@@ -56,7 +57,8 @@ def heap_allocations_up_to(nbytes: int) -> bool:
 
     Raises the mmap threshold to ``nbytes`` and the trim threshold to twice that, as glibc's
     own adaptive threshold would do but for its 32 MiB cap; the freed memory then stays with
-    the process until ``release_freed_memory``. Only ever raises the thresholds. Does nothing
+    the process until ``release_freed_memory``, for the rest of the process. Sizes up to 32 MiB
+    are left to glibc's adaptive threshold (setting one would switch it off). Does nothing
     where the user set them (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or
     ``GLIBC_TUNABLES``) or without glibc.
 
@@ -66,6 +68,8 @@ def heap_allocations_up_to(nbytes: int) -> bool:
     """
     global _heap_limit
     if nbytes <= _heap_limit:
+        return True
+    if nbytes <= _ADAPTIVE_CAP:
         return True
     if nbytes > _MAX_THRESHOLD:
         return False

@@ -76,12 +76,13 @@ def test_heap_threshold_is_never_lowered_nor_set_over_the_users(monkeypatch):
     monkeypatch.setattr(memory, "_heap_limit", 0)
     for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
         monkeypatch.delenv(var, raising=False)
-    assert memory.heap_allocations_up_to(10 * 2**20)
-    assert calls == [(memory._M_MMAP_THRESHOLD, 10 * 2**20), (memory._M_TRIM_THRESHOLD, 20 * 2**20)]
-    assert memory.heap_allocations_up_to(5 * 2**20) and len(calls) == 2  # never lowered
-    assert not memory.heap_allocations_up_to(2**31) and len(calls) == 2  # beyond mallopt's int
+    assert memory.heap_allocations_up_to(10 * 2**20) and calls == []  # glibc's adaptive threshold covers it
+    assert memory.heap_allocations_up_to(40 * 2**20)
+    assert calls == [(memory._M_MMAP_THRESHOLD, 40 * 2**20), (memory._M_TRIM_THRESHOLD, 80 * 2**20)]
+    assert memory.heap_allocations_up_to(35 * 2**20) and len(calls) == 2  # never lowered
+    assert not memory.heap_allocations_up_to(2**30) and len(calls) == 2  # its double beyond mallopt's int
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1073741824")
-    assert not memory.heap_allocations_up_to(20 * 2**20) and len(calls) == 2
+    assert not memory.heap_allocations_up_to(50 * 2**20) and len(calls) == 2
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4096")
-    assert not memory.heap_allocations_up_to(20 * 2**20) and len(calls) == 2
+    assert not memory.heap_allocations_up_to(50 * 2**20) and len(calls) == 2
