@@ -28,12 +28,17 @@ import os
 
 
 @functools.cache
-def _malloc_trim():  # type: ignore[no-untyped-def]
+def _libc(function: str):  # type: ignore[no-untyped-def]
+    """The C library's ``function``, or None (no C library found, or not glibc's function)."""
     name = ctypes.util.find_library("c")
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        return getattr(ctypes.CDLL(name), function, None) if name else None
     except OSError:
         return None
+
+
+def _malloc_trim():  # type: ignore[no-untyped-def]
+    return _libc("malloc_trim")
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
@@ -42,13 +47,8 @@ _ADAPTIVE_CAP = 32 * 2**20  # glibc's own threshold adapts up to this (64-bit): 
 _heap_limit = 0  # the largest threshold set in this process
 
 
-@functools.cache
 def _mallopt():  # type: ignore[no-untyped-def]
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "mallopt", None) if name else None
-    except OSError:
-        return None
+    return _libc("mallopt")
 
 
 def heap_allocations_up_to(nbytes: int) -> bool:
