@@ -63,13 +63,12 @@ def heap_allocations_up_to(nbytes: int) -> bool:
     ``GLIBC_TUNABLES``) or without glibc.
 
     Returns:
-        True when the thresholds now cover ``nbytes`` (never above 1 GiB: mallopt takes a C
+        True when the thresholds now cover ``nbytes``, or it is within the adaptive range
+        (never above 1 GiB: mallopt takes a C
         int, and mapping fresh pages costs little beside the work on a tensor that large).
     """
     global _heap_limit
-    if nbytes <= _heap_limit:
-        return True
-    if nbytes <= _ADAPTIVE_CAP:
+    if nbytes <= max(_heap_limit, _ADAPTIVE_CAP):  # set already, or within glibc's own adaptation
         return True
     if nbytes > _MAX_THRESHOLD:
         return False
