@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from at_probe.runs.memory import _malloc_trim
+from at_probe.runs.memory import _malloc_trim, _mallopt
 
 CHILD = """
 import sys
@@ -40,7 +40,6 @@ if sys.argv[1] == "raise":
     assert heap_allocations_up_to(48 * 2**20)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-blocks = []
 for size in range(40, 44):                  # growing tensors of 40-43 MB, as a chunked pass's blocks
     block = bytearray(size * 2**20)         # bytearray writes every page, as a tensor's kernel does
     del block
@@ -52,7 +51,7 @@ print(faults() - before)
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists() or _malloc_trim() is None,
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or _mallopt() is None,
                     reason="needs Linux with glibc (mallopt)")
 def test_large_blocks_reuse_the_heap_once_the_threshold_is_raised():
     def faults(mode: str, **env: str) -> int:
