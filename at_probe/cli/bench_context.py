@@ -178,7 +178,8 @@ def run(model_name: str, lengths: list[int], rows: int, data: Path, device: str 
 
 def provenance() -> dict[str, Any]:
     """What the numbers were measured with: the commit (and whether the tree had changes), the
-    CPU, torch and transformers versions."""
+    CPU and the instruction set torch's kernels and the probe's compiled sums were built for
+    (``cpu_capability``: ``AVX512``, ``AVX2`` or ``DEFAULT``), torch and transformers versions."""
     import platform
 
     from at_probe.models.loading import library_versions
@@ -194,7 +195,8 @@ def provenance() -> dict[str, Any]:
                 if line.startswith("model name")), platform.processor() or "unknown")
     commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit or "unknown", "uncommitted_changes": None if status is None else bool(status),
-            "cpu": cpu, "versions": library_versions()}
+            "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "versions": library_versions()}
 
 
 def _read(path: str) -> str:

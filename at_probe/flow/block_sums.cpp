@@ -6,9 +6,7 @@
 #include <algorithm>
 #include <vector>
 
-// glibc's vector logf (libmvec), declared here rather than through -ffast-math, which would also
-// drop IEEE semantics (NaN, infinities) from the whole file.
-extern "C" float logf(float) noexcept __attribute__((__simd__("notinbranch")));
+#include "block_sums_region.h"
 
 // p: [head, rows, keys] float32, keys contiguous; row r is the query at position first + r and
 // reads keys 0 .. first + r only (a causal pattern is zero after them). edges: [region + 1]
@@ -20,6 +18,7 @@ std::vector<torch::Tensor> block_sums(const torch::Tensor& p, const torch::Tenso
   TORCH_CHECK(edges.dim() == 1 && edges.scalar_type() == torch::kInt64 && edges.is_contiguous() && edges.size(0) >= 2,
               "block_sums: edges must be a contiguous int64 vector of at least two bounds");
   const int64_t heads = p.size(0), rows = p.size(1), keys = p.size(2), regions = edges.size(0) - 1;
+  TORCH_CHECK(keys <= INT32_MAX, "block_sums: at most 2**31 - 1 keys");
   const auto options = torch::TensorOptions().dtype(torch::kFloat64);
   auto mass = torch::zeros({heads, rows, regions}, options);
   auto weighted = torch::zeros({heads, rows}, options);
@@ -38,14 +37,8 @@ std::vector<torch::Tensor> block_sums(const torch::Tensor& p, const torch::Tenso
       double row_weighted = 0, row_plogp = 0;
       for (int64_t j = 0; j < regions; ++j) {
         const int64_t a = std::max<int64_t>(bounds[j], 0), b = std::min<int64_t>(bounds[j + 1], seen);
-        float m = 0, w = 0, e = 0;  // a region's float sums, added up in double
-#pragma omp simd reduction(+ : m, w, e)
-        for (int64_t k = a; k < b; ++k) {
-          const float x = row[k];
-          m += x;
-          w += x * static_cast<float>(k);
-          e += x > 0.0f ? x * logf(x) : 0.0f;  // zeros and rounding negatives count as 0; NaN too (m keeps it)
-        }
+        float m, w, e;
+        region_sums(row, a, b, m, w, e);
         mass_out[i * regions + j] = m;
         row_weighted += w;
         row_plogp += e;

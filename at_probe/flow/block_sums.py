@@ -40,9 +40,13 @@ KERNEL_ENV = "AT_PROBE_KERNEL"
 """Environment variable: ``0`` makes the probe use torch operations instead of the compiled pass."""
 
 _SOURCE = Path(__file__).with_name("block_sums.cpp")
-_ARCH_FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx2", "-mfma", "-mprefer-vector-width=512"],
-               "AVX2": ["-mavx2", "-mfma"]}
-# the build is named by torch's CPU capability and the source's hash, so a cache shared by
+_HEADER = _SOURCE.with_name("block_sums_region.h")  # the hot loop, included by the source
+CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
+"""The compiler flags of every build; the last two let the loop vectorize (``block_sums_region.h``)."""
+ARCH_FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx2", "-mfma", "-mprefer-vector-width=512"],
+              "AVX2": ["-mavx2", "-mfma"]}
+"""Extra flags by torch's CPU capability (``torch.backends.cpu.get_cpu_capability()``)."""
+# the build is named by torch's CPU capability and the sources' hash, so a cache shared by
 # different machines or checkouts never hands one a library built for others
 _SUB_ROWS = 64  # torch path: rows per sub-block, each reading keys only up to its last row
 _NUMPY_LOG_THREADS = 3
@@ -57,14 +61,14 @@ def kernel() -> Any | None:
     if os.environ.get(KERNEL_ENV, "1") == "0":
         return None
     capability = torch.backends.cpu.get_cpu_capability()
-    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:10]
+    digest = hashlib.sha256(_SOURCE.read_bytes() + _HEADER.read_bytes()).hexdigest()[:10]
     if shutil.which("ninja") is None:  # torch looks on PATH; the ninja package installs beside this Python
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     try:
         from torch.utils.cpp_extension import load
 
         return load(name=f"at_probe_block_sums_{capability.lower()}_{digest}", sources=[str(_SOURCE)],
-                    extra_cflags=["-O3", "-fno-math-errno", "-fopenmp-simd", *_ARCH_FLAGS.get(capability, [])],
+                    extra_cflags=[*CFLAGS, *ARCH_FLAGS.get(capability, [])],
                     extra_ldflags=["-lmvec"], verbose=False)
     except Exception as err:  # any build failure: the torch path gives the same sums
         lines = str(err).strip().splitlines() or [""]

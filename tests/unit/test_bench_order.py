@@ -49,7 +49,8 @@ def test_results_name_the_commit_cpu_and_versions(monkeypatch):
     import subprocess
 
     info = provenance()
-    assert set(info) == {"commit", "uncommitted_changes", "cpu", "versions"}
+    assert set(info) == {"commit", "uncommitted_changes", "cpu", "cpu_capability", "versions"}
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert len(info["commit"]) == 40 or info["commit"] == "unknown"
     assert info["versions"]["torch"] == torch.__version__ and info["cpu"]
 

@@ -3,8 +3,11 @@ computation, with the conventions for zeros, rounding negatives and NaN."""
 
 from __future__ import annotations
 
+import platform
 import shutil
+import subprocess
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -185,3 +188,26 @@ def test_loading_the_kernel_keeps_subnormal_floats():
     assert block_sums.kernel() is not None
     tiny = torch.tensor([1e-40]) * 1.0
     assert tiny.item() > 0
+
+
+VECTOR_LOGF = {None: "_ZGVbN4v_logf", "AVX2": "_ZGVdN8v_logf", "AVX512": "_ZGVeN16v_logf"}
+"""glibc's vector logf for each build's instruction set (x86-64 vector ABI: SSE, AVX2, AVX-512)."""
+
+
+@needs_compiler
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the vector ABI names checked are x86-64's")
+@pytest.mark.parametrize("capability", VECTOR_LOGF)
+def test_the_hot_loop_vectorizes_for_every_instruction_set(capability, tmp_path):
+    """The region loop, compiled with the build's flags for each CPU capability, calls glibc's
+    vector logf: a loop left scalar took 3.2 ns a weight against 0.54 vectorized (AVX2, one
+    thread), most of the probe's cost at 8k tokens."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    driver = tmp_path / "driver.cpp"
+    driver.write_text('#include "block_sums_region.h"\n'
+                      "void sums(const float* row, long a, long b, float* out) {\n"
+                      "  region_sums(row, a, b, out[0], out[1], out[2]);\n}\n")
+    flags = [*block_sums.CFLAGS, *block_sums.ARCH_FLAGS.get(capability, [])]
+    header = Path(block_sums.__file__).parent
+    assembly = tmp_path / "driver.s"
+    subprocess.run([compiler, *flags, f"-I{header}", "-S", str(driver), "-o", str(assembly)], check=True)
+    assert VECTOR_LOGF[capability] in assembly.read_text()
