@@ -64,8 +64,9 @@ def heap_allocations_up_to(nbytes: int) -> bool:
 
     Returns:
         True when the thresholds now cover ``nbytes``, or it is within the adaptive range
-        (never above 1 GiB: mallopt takes a C
-        int, and mapping fresh pages costs little beside the work on a tensor that large).
+        (never above 1 GiB: mallopt takes a C int, and mapping fresh pages costs little beside
+        the work on a tensor that large). False also where glibc refuses the value: its manual
+        gives 32 MiB as the upper limit on 64-bit systems, which glibc 2.36 does not enforce.
     """
     global _heap_limit
     if nbytes <= max(_heap_limit, _ADAPTIVE_CAP):  # set already, or within glibc's own adaptation
