@@ -8,10 +8,10 @@
 
 #include "block_sums_region.h"
 
-// p: [head, rows, keys] float32, keys contiguous; row r is the query at position first + r and
-// reads keys 0 .. first + r only (a causal pattern is zero after them). edges: [region + 1]
-// int64 key bounds. Returns float64 [head, rows, region] mass, [head, rows] position-weighted
-// mass and [head, rows] sum of p log p over the row's positive entries.
+// p: [head, rows, keys] float32, keys contiguous (fewer than 2**31); row r is the query at
+// position first + r and reads keys 0 .. first + r only (a causal pattern is zero after them).
+// edges: [region + 1] int64 key bounds. Returns float64 [head, rows, region] mass, [head, rows]
+// position-weighted mass and [head, rows] sum of p log p over the row's positive entries.
 std::vector<torch::Tensor> block_sums(const torch::Tensor& p, const torch::Tensor& edges, int64_t first) {
   TORCH_CHECK(p.dim() == 3 && p.scalar_type() == torch::kFloat32 && p.device().is_cpu() && p.stride(2) == 1,
               "block_sums: p must be a CPU float32 [head, rows, keys] tensor with contiguous keys");

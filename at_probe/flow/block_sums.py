@@ -42,7 +42,8 @@ KERNEL_ENV = "AT_PROBE_KERNEL"
 _SOURCE = Path(__file__).with_name("block_sums.cpp")
 _HEADER = _SOURCE.with_name("block_sums_region.h")  # the hot loop, included by the source
 CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
-"""The compiler flags of every build; the last two let the loop vectorize (``block_sums_region.h``)."""
+"""The compiler flags of every build: without ``-fno-math-errno`` and ``-fno-trapping-math`` the
+loop calls the scalar ``logf`` (``block_sums_region.h``)."""
 ARCH_FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx2", "-mfma", "-mprefer-vector-width=512"],
               "AVX2": ["-mavx2", "-mfma"]}
 """Extra flags by torch's CPU capability (``torch.backends.cpu.get_cpu_capability()``)."""

@@ -60,10 +60,10 @@ def test_large_blocks_reuse_the_heap_once_the_threshold_is_raised():
                              env={"PATH": "/usr/bin:/bin", **env})
         return int(out.stdout)
 
-    accepts = subprocess.run([sys.executable, "-c", "import ctypes; print(ctypes.CDLL(None).mallopt(-3, 48 << 20))"],
-                             capture_output=True, text=True, check=True)
+    probe = "import ctypes; print(ctypes.CDLL(None).mallopt(-3, 48 << 20))"  # M_MMAP_THRESHOLD, 48 MiB
+    accepts = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     if accepts.stdout.strip() != "1":
-        pytest.skip("this glibc refuses mmap thresholds above 32 MiB (the upper limit its manual gives)")
+        pytest.skip("the C library refuses mmap thresholds above 32 MiB (glibc's manual gives that limit)")
     pages = 4 * 41 * 2**20 // 4096  # four blocks of 40-43 MB
     assert faults("keep") > pages // 2, "glibc's default should map fresh pages for blocks above 32 MiB"
     assert faults("raise") < pages // 20, "the freed blocks were mapped anew: the threshold was not raised"
