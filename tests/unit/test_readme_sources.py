@@ -429,6 +429,18 @@ def test_long_context_costs_with_64_rows_are_those_of_the_bench():
     assert f"{', '.join(ratios)}, added memory {memory}" in README
 
 
+def test_long_context_costs_held_to_avx2_are_those_of_the_bench():
+    run = json.loads((ROOT / "figures/bench-cpu/long_context_avx2.json").read_text())
+    bench = run["lengths"]["8192"]
+    time, memory = bench["time"], bench["memory_ratios"]["chunked_probe_over_sdpa"]
+    cell = lambda key: f"{time[key]['ratio_median']:.2f}x"  # noqa: E731
+    spread = lambda key: f"({time[key]['ratio_min']:.2f}-{time[key]['ratio_max']:.2f})"  # noqa: E731
+    assert run["cpu_capability"] == "AVX2" and bench["repeats"] == 3
+    assert (f"chunked with the probe {cell('chunked_probe_over_sdpa')} SDPA {spread('chunked_probe_over_sdpa')}, "
+            f"chunked alone {cell('chunked_over_sdpa')}, **the probe {cell('probe_over_chunked')}** "
+            f"{spread('probe_over_chunked')}, added memory {memory['added']:.2f}x ({memory['peak']:.2f}x peak)") in README
+
+
 @pytest.mark.parametrize("length", ["2048", "4096", "8192"])
 def test_long_context_budget_table_is_that_of_the_bench(length):
     """docs/longctx.md's budget table: medians and the rounds' ranges of the committed bench."""
