@@ -5,8 +5,8 @@
 #include <cstdint>
 
 // glibc's vector logf (libmvec), declared here rather than through -ffast-math, which would also
-// drop IEEE semantics (NaN, infinities). The select below vectorizes with AVX2 (no mask
-// registers) only under -fno-trapping-math (block_sums.py's flags); AVX-512 needs neither.
+// drop IEEE semantics (NaN, infinities). GCC calls it only under -fno-math-errno, and with AVX2
+// (no mask registers) the select below also needs -fno-trapping-math (block_sums.py's flags).
 extern "C" float logf(float) noexcept __attribute__((__simd__("notinbranch")));
 
 // Keys a .. b - 1 of row (b - 1 < 2**31): mass m, position-weighted mass w and sum of p log p e,
