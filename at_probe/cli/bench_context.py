@@ -177,9 +177,10 @@ def run(model_name: str, lengths: list[int], rows: int, data: Path, device: str 
 
 
 def provenance() -> dict[str, Any]:
-    """What the numbers were measured with: the commit (and whether the tree had changes), the
-    CPU and the instruction set torch's kernels and the probe's compiled sums were built for
-    (``cpu_capability``: ``AVX512``, ``AVX2`` or ``DEFAULT``), torch and transformers versions."""
+    """What the numbers were measured with: the commit (whether tracked files had changes, and
+    which: ``uncommitted_paths``), the CPU and the instruction set torch's kernels and the
+    probe's compiled sums were built for (``cpu_capability``: ``AVX512``, ``AVX2`` or
+    ``DEFAULT``), torch and transformers versions."""
     import platform
 
     from at_probe.models.loading import library_versions
@@ -193,8 +194,10 @@ def provenance() -> dict[str, Any]:
 
     cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
-    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit or "unknown", "uncommitted_changes": None if status is None else bool(status),
+    commit, changed = git("rev-parse", "HEAD"), git("diff", "--name-only", "HEAD")
+    paths = None if changed is None else changed.splitlines()
+    return {"commit": commit or "unknown", "uncommitted_changes": None if paths is None else bool(paths),
+            "uncommitted_paths": paths,
             "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "versions": library_versions()}
 

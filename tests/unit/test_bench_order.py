@@ -49,13 +49,27 @@ def test_results_name_the_commit_cpu_and_versions(monkeypatch):
     import subprocess
 
     info = provenance()
-    assert set(info) == {"commit", "uncommitted_changes", "cpu", "cpu_capability", "versions"}
+    assert set(info) == {"commit", "uncommitted_changes", "uncommitted_paths", "cpu", "cpu_capability",
+                         "versions"}
     assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert len(info["commit"]) == 40 or info["commit"] == "unknown"
     assert info["versions"]["torch"] == torch.__version__ and info["cpu"]
+
+    real_run = subprocess.run
+
+    def changed_records(command, **kwargs):
+        if command[:2] == ["git", "diff"]:  # a tracked data file changed, as during a long run
+            return subprocess.CompletedProcess(command, 0, stdout="figures/run/records.jsonl\n", stderr="")
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", changed_records)
+    info = provenance()
+    assert info["uncommitted_changes"] and info["uncommitted_paths"] == ["figures/run/records.jsonl"]
 
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
     monkeypatch.setattr(subprocess, "run", no_git)
-    assert provenance()["commit"] == "unknown" and provenance()["uncommitted_changes"] is None
+    info = provenance()
+    assert info["commit"] == "unknown" and info["uncommitted_changes"] is None
+    assert info["uncommitted_paths"] is None
