@@ -429,16 +429,21 @@ def test_long_context_costs_with_64_rows_are_those_of_the_bench():
     assert f"{', '.join(ratios)}, added memory {memory}" in README
 
 
+def _spread(ratio: dict) -> str:
+    """A bench ratio's range over its rounds, as the docs write it: ``(min-max)``."""
+    return f"({ratio['ratio_min']:.2f}-{ratio['ratio_max']:.2f})"
+
+
 def test_long_context_costs_held_to_avx2_are_those_of_the_bench():
     run = json.loads((ROOT / "figures/bench-cpu/long_context_avx2.json").read_text())
     bench = run["lengths"]["8192"]
     time, memory = bench["time"], bench["memory_ratios"]["chunked_probe_over_sdpa"]
-    cell = lambda key: f"{time[key]['ratio_median']:.2f}x"  # noqa: E731
-    spread = lambda key: f"({time[key]['ratio_min']:.2f}-{time[key]['ratio_max']:.2f})"  # noqa: E731
+    with_probe, chunked, probe = (time[k] for k in ("chunked_probe_over_sdpa", "chunked_over_sdpa",
+                                                    "probe_over_chunked"))
     assert run["cpu_capability"] == "AVX2" and bench["repeats"] == 3
-    assert (f"chunked with the probe {cell('chunked_probe_over_sdpa')} SDPA {spread('chunked_probe_over_sdpa')}, "
-            f"chunked alone {cell('chunked_over_sdpa')}, **the probe {cell('probe_over_chunked')}** "
-            f"{spread('probe_over_chunked')}, added memory {memory['added']:.2f}x ({memory['peak']:.2f}x peak)") in README
+    assert (f"chunked with the probe {with_probe['ratio_median']:.2f}x SDPA {_spread(with_probe)}, "
+            f"chunked alone {chunked['ratio_median']:.2f}x, **the probe {probe['ratio_median']:.2f}x** "
+            f"{_spread(probe)}, added memory {memory['added']:.2f}x ({memory['peak']:.2f}x peak)") in README
 
 
 @pytest.mark.parametrize("length", ["2048", "4096", "8192"])
@@ -446,7 +451,7 @@ def test_long_context_budget_table_is_that_of_the_bench(length):
     """docs/longctx.md's budget table: medians and the rounds' ranges of the committed bench."""
     bench = json.loads((ROOT / "figures/bench-cpu/long_context.json").read_text())["lengths"][length]
     time, memory = bench["time"], bench["memory_ratios"]["chunked_probe_over_sdpa"]
-    spread = lambda key: f"({time[key]['ratio_min']:.2f}-{time[key]['ratio_max']:.2f})"  # noqa: E731
+    spread = lambda key: _spread(time[key])  # noqa: E731
     bold = "**" if length == "8192" else ""
     cells = [f"{bold}{time['chunked_probe_over_sdpa']['ratio_median']:.2f}x{bold} {spread('chunked_probe_over_sdpa')}",
              f"{time['chunked_over_sdpa']['ratio_median']:.2f}x",
