@@ -227,7 +227,8 @@ def _region_sums(program: Path, row: np.ndarray, a: int, b: int) -> np.ndarray:
     return np.array([float.fromhex(v) if v not in ("nan", "-nan") else np.nan for v in out.stdout.split()])
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="the vector ABI names checked are x86-64's")
+@pytest.mark.skipif(platform.machine() != "x86_64",
+                    reason="x86-64 only: the build flags and vector logf names checked are x86-64's")
 @pytest.mark.parametrize("capability", VECTOR_LOGF)
 def test_the_hot_loop_vectorizes_and_keeps_its_sums_for_every_instruction_set(capability, tmp_path):
     """The region loop, compiled with the build's flags for each CPU capability, calls glibc's
